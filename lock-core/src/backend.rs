@@ -1,0 +1,242 @@
+//! The backend contract: the minimum of atomic primitives, no policy.
+
+use std::any::Any;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::error::BackendError;
+use crate::types::{Grant, LockKey, Token};
+
+/// A request to acquire (or re-acquire) a lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcquireRequest {
+    /// The lock.
+    pub key: LockKey,
+    /// The owner token of this acquisition.
+    pub token: Token,
+    /// How long the backend keeps the lock without renewal.
+    pub ttl: Duration,
+    /// Whether to mint a fencing token.
+    pub fencing: bool,
+}
+
+/// The answer to an [`AcquireRequest`]. Contention is a value, not an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AcquireOutcome {
+    /// The lock is ours (newly, or again for the same token).
+    Acquired(Grant),
+    /// Another owner holds the lock.
+    Held {
+        /// The holder's remaining TTL, when the backend knows it. Waiters cap their wait with it.
+        remaining: Option<Duration>,
+    },
+}
+
+/// A request to reset a held lock's expiry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtendRequest {
+    /// The lock.
+    pub key: LockKey,
+    /// The owner token it must still hold.
+    pub token: Token,
+    /// The new TTL, counted from when the backend applies it.
+    pub ttl: Duration,
+}
+
+/// The answer to an [`ExtendRequest`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExtendOutcome {
+    /// The expiry was reset. `valid_until` is counted from before the request was sent.
+    Extended {
+        /// The new validity deadline.
+        valid_until: Instant,
+    },
+    /// The key does not hold this token (expired, released or taken over). Nothing was changed.
+    NotHeld,
+}
+
+/// The answer to a release.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReleaseOutcome {
+    /// The key held our token and was deleted; waiters were notified.
+    Released,
+    /// The key did not hold our token; nothing was changed.
+    NotHeld,
+}
+
+/// What a backend can do beyond the required primitives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// Acquire can mint fencing tokens.
+    pub fencing: bool,
+    /// [`LockBackend::watch_releases`] delivers release notices.
+    pub wake_up: bool,
+}
+
+impl Capabilities {
+    /// No optional capability.
+    pub const NONE: Capabilities = Capabilities { fencing: false, wake_up: false };
+
+    /// Builds a capability set.
+    pub const fn new(fencing: bool, wake_up: bool) -> Self {
+        Self { fencing, wake_up }
+    }
+}
+
+/// A subscription to the release notices of one key.
+///
+/// Backends create it from a [`watch::Receiver`] whose value they bump on every release of the
+/// key; notices between two waits coalesce into one. The optional `keep` value lives as long as
+/// the subscription, so a backend can count subscribers and unsubscribe when the last one goes.
+pub struct ReleaseWatch {
+    rx: watch::Receiver<u64>,
+    _keep: Option<Box<dyn Any + Send + Sync>>,
+}
+
+impl std::fmt::Debug for ReleaseWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReleaseWatch").field("seen", &*self.rx.borrow()).finish()
+    }
+}
+
+impl ReleaseWatch {
+    /// A subscription on a receiver; the backend bumps the sender's value on every release.
+    pub fn new(rx: watch::Receiver<u64>) -> Self {
+        Self { rx, _keep: None }
+    }
+
+    /// Like [`ReleaseWatch::new`], keeping `keep` alive (e.g. a subscriber count guard).
+    pub fn with_keep(rx: watch::Receiver<u64>, keep: impl Any + Send + Sync) -> Self {
+        Self { rx, _keep: Some(Box::new(keep)) }
+    }
+
+    /// Waits until a release notice newer than the last one seen arrives, or `max` passes.
+    /// Returns `true` when woken by a notice.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: a notice that arrives after cancellation is seen by the next call.
+    pub async fn wait(&mut self, max: Duration) -> bool {
+        matches!(tokio::time::timeout(max, self.rx.changed()).await, Ok(Ok(())))
+    }
+}
+
+/// The atomic primitives a lock store must offer. All policy (waiting, retry, renewal,
+/// reentrancy, validity accounting) lives in [`crate::LockClient`].
+///
+/// # Contract
+/// - **acquire** sets `key = token` with expiry `ttl` only if the key is absent. If the key
+///   already holds **this token**, it refreshes the expiry and succeeds again with the same
+///   fencing token: a retried acquire whose reply was lost must not wait for its own lock.
+///   If another token holds the key it returns [`AcquireOutcome::Held`] with the holder's
+///   remaining TTL. Contention is `Ok`; `Err` means infrastructure failure.
+/// - The returned [`Grant::valid_until`] is counted from an instant sampled **before** the
+///   request was sent, minus drift (see [`crate::validity_deadline`]). A backend never returns a
+///   grant whose `valid_until` has already passed.
+/// - With `fencing` on (and [`Capabilities::fencing`]), every new acquisition of a key gets a
+///   token strictly greater than every earlier one for that key; a re-acquire by the same owner
+///   gets the same token.
+/// - **extend** resets the expiry to `ttl` only if `key == token`, else reports
+///   [`ExtendOutcome::NotHeld`] and changes nothing.
+/// - **release** deletes the key only if `key == token`, reports whether it did, and notifies
+///   the key's release watchers when it did.
+/// - All three are idempotent for the same arguments (drivers resend commands after
+///   reconnects).
+/// - **watch_releases** (optional, when [`Capabilities::wake_up`]) subscribes to release
+///   notices. It must be subscribed before the caller retries acquire, so a release between
+///   the retry and the wait is not missed. The default returns `None`, and waiters fall back to
+///   a jittered, bounded sleep.
+///
+/// The trait is object-safe: `Arc<dyn LockBackend>` is itself a backend.
+#[async_trait]
+pub trait LockBackend: Send + Sync + 'static {
+    /// A short name for logs and errors, e.g. `"redis-rs"`.
+    fn name(&self) -> &str;
+
+    /// The identity of the server(s) behind this backend, used to reject the same node listed
+    /// twice in a quorum. Two backends talking to the same server must return the same string.
+    fn endpoint(&self) -> String;
+
+    /// The optional capabilities of this backend.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Acquires `req.key` for `req.token` if it is free or already ours.
+    ///
+    /// # Errors
+    /// Infrastructure failures only; contention is [`AcquireOutcome::Held`].
+    async fn acquire(&self, req: &AcquireRequest) -> Result<AcquireOutcome, BackendError>;
+
+    /// Resets the expiry of a lock this token holds.
+    ///
+    /// # Errors
+    /// Infrastructure failures only; a lost lock is [`ExtendOutcome::NotHeld`].
+    async fn extend(&self, req: &ExtendRequest) -> Result<ExtendOutcome, BackendError>;
+
+    /// Extends many locks at once. The default calls [`LockBackend::extend`] for each; backends
+    /// may batch them into one round trip. The answers are in request order.
+    async fn extend_many(&self, reqs: &[ExtendRequest]) -> Vec<Result<ExtendOutcome, BackendError>> {
+        let mut out = Vec::with_capacity(reqs.len());
+        for req in reqs {
+            out.push(self.extend(req).await);
+        }
+        out
+    }
+
+    /// Deletes the lock if this token holds it, and notifies waiters.
+    ///
+    /// # Errors
+    /// Infrastructure failures only; a lock that was not ours is [`ReleaseOutcome::NotHeld`].
+    async fn release(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError>;
+
+    /// Subscribes to release notices for `key`. `Ok(None)` means the backend has no wake-up
+    /// and waiters sleep with jittered backoff instead (the default).
+    ///
+    /// # Errors
+    /// When the subscription could not be made; waiters then fall back to sleeping.
+    async fn watch_releases(&self, key: &LockKey) -> Result<Option<ReleaseWatch>, BackendError> {
+        let _ = key;
+        Ok(None)
+    }
+}
+
+macro_rules! forward_backend {
+    ($($ptr:tt)*) => {
+        #[async_trait]
+        impl<T: LockBackend + ?Sized> LockBackend for $($ptr)*<T> {
+            fn name(&self) -> &str {
+                (**self).name()
+            }
+            fn endpoint(&self) -> String {
+                (**self).endpoint()
+            }
+            fn capabilities(&self) -> Capabilities {
+                (**self).capabilities()
+            }
+            async fn acquire(&self, req: &AcquireRequest) -> Result<AcquireOutcome, BackendError> {
+                (**self).acquire(req).await
+            }
+            async fn extend(&self, req: &ExtendRequest) -> Result<ExtendOutcome, BackendError> {
+                (**self).extend(req).await
+            }
+            async fn extend_many(
+                &self,
+                reqs: &[ExtendRequest],
+            ) -> Vec<Result<ExtendOutcome, BackendError>> {
+                (**self).extend_many(reqs).await
+            }
+            async fn release(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError> {
+                (**self).release(key, token).await
+            }
+            async fn watch_releases(&self, key: &LockKey) -> Result<Option<ReleaseWatch>, BackendError> {
+                (**self).watch_releases(key).await
+            }
+        }
+    };
+}
+
+forward_backend!(Arc);
+forward_backend!(Box);

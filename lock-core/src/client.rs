@@ -1,0 +1,433 @@
+//! The user API: [`LockClient`], [`Mutex`] and [`LockOptions`].
+
+use std::future::Future;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use tokio::runtime::Handle;
+use tokio::time::Instant;
+use tracing::{Instrument, debug, debug_span};
+
+use crate::backend::{AcquireOutcome, AcquireRequest, LockBackend, ReleaseWatch};
+use crate::backoff::Backoff;
+use crate::config::LockConfig;
+use crate::error::{BackendError, LockError};
+use crate::lease::{Guard, LeaseCtx, LeaseInner, deadline_error};
+use crate::types::{LockKey, Token, validity_deadline};
+
+/// The entry point: a backend plus a validated [`LockConfig`]. Cheap to clone.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), lock_core::LockError> {
+/// use lock_core::LockClient;
+/// use lock_testkit::MemoryBackend;
+///
+/// let client = LockClient::new(MemoryBackend::new());
+/// let total = client
+///     .with_lock("reports:daily", |lease| async move {
+///         assert!(lease.is_held());
+///         40 + 2
+///     })
+///     .await?;
+/// assert_eq!(total, 42);
+/// # Ok(()) }
+/// ```
+pub struct LockClient<B> {
+    backend: Arc<B>,
+    ctx: LeaseCtx,
+}
+
+impl<B> Clone for LockClient<B> {
+    fn clone(&self) -> Self {
+        Self { backend: Arc::clone(&self.backend), ctx: self.ctx.clone() }
+    }
+}
+
+impl<B: LockBackend> std::fmt::Debug for LockClient<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LockClient")
+            .field("backend", &self.backend.name())
+            .field("config", &*self.ctx.config)
+            .finish()
+    }
+}
+
+impl<B: LockBackend> LockClient<B> {
+    /// A client with the default [`LockConfig`] (fencing off, so any backend fits).
+    pub fn new(backend: B) -> Self {
+        let backend = Arc::new(backend);
+        let dyn_backend: Arc<dyn LockBackend> = backend.clone();
+        Self { backend, ctx: LeaseCtx { backend: dyn_backend, config: Arc::new(LockConfig::default()) } }
+    }
+
+    /// A client with a custom configuration.
+    ///
+    /// # Errors
+    /// [`LockError::Unsupported`] when the configuration asks for fencing and the backend
+    /// cannot mint fencing tokens.
+    pub fn with_config(backend: B, config: LockConfig) -> Result<Self, LockError> {
+        if config.fencing() && !backend.capabilities().fencing {
+            return Err(LockError::Unsupported {
+                backend: backend.name().to_string(),
+                feature: "fencing tokens",
+            });
+        }
+        let mut client = Self::new(backend);
+        client.ctx.config = Arc::new(config);
+        Ok(client)
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &LockConfig {
+        &self.ctx.config
+    }
+
+    /// A handle on the lock named `key` (after the configured prefix). Cheap; makes no request.
+    ///
+    /// Locking through one handle (or its clones) while it is held is reentrant; two handles
+    /// made by two calls contend, even in one process.
+    ///
+    /// # Errors
+    /// [`LockError::InvalidKey`] when the key is empty or too long.
+    pub fn mutex(&self, key: impl AsRef<str>) -> Result<Mutex, LockError> {
+        let prefix = self.ctx.config.key_prefix();
+        let key = if prefix.is_empty() {
+            LockKey::new(key.as_ref())?
+        } else {
+            if key.as_ref().is_empty() {
+                return Err(LockError::InvalidKey { reason: "the key is empty".into() });
+            }
+            LockKey::new(format!("{prefix}{}", key.as_ref()))?
+        };
+        Ok(Mutex {
+            inner: Arc::new(MutexInner {
+                ctx: self.ctx.clone(),
+                key,
+                gate: tokio::sync::Mutex::new(()),
+                current: std::sync::Mutex::new(Weak::new()),
+            }),
+        })
+    }
+
+    /// Takes the lock `key`, runs `body` with the lease, and releases. The body is stopped
+    /// (dropped at its next await) if the lease is lost first.
+    ///
+    /// # Errors
+    /// Those of [`Mutex::lock`] and [`Guard::release`], and [`LockError::LeaseLost`] when the
+    /// lease was lost before the body finished.
+    ///
+    /// # Cancel safety
+    /// Cancelling drops the body and releases the lock in the background.
+    pub async fn with_lock<F, Fut, T>(&self, key: impl AsRef<str>, body: F) -> Result<T, LockError>
+    where
+        F: FnOnce(Guard) -> Fut,
+        Fut: Future<Output = T>,
+    {
+        let mutex = self.mutex(key)?;
+        let guard = mutex.lock().await?;
+        let lost = guard.lost();
+        let work = body(guard.clone());
+        let outcome = tokio::select! {
+            biased;
+            reason = lost => Err(reason),
+            value = work => Ok(value),
+        };
+        match outcome {
+            Ok(value) => guard.release().await.map(|()| value),
+            Err(reason) => {
+                let key = guard.key().clone();
+                drop(guard);
+                Err(LockError::LeaseLost { key, reason })
+            }
+        }
+    }
+}
+
+/// Per-call options for [`Mutex::lock_with`].
+///
+/// ```
+/// use std::time::Duration;
+/// let opts = lock_core::LockOptions::new().timeout(Duration::from_millis(500));
+/// assert_eq!(opts.get_timeout(), Some(Duration::from_millis(500)));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LockOptions {
+    timeout: Option<Duration>,
+    watchdog: Option<bool>,
+}
+
+impl LockOptions {
+    /// Options that change nothing.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Wait at most this long (instead of the configured acquire timeout).
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+    /// Turn renewal on or off for this acquisition.
+    #[must_use]
+    pub fn watchdog(mut self, on: bool) -> Self {
+        self.watchdog = Some(on);
+        self
+    }
+    /// The timeout set, if any.
+    pub fn get_timeout(&self) -> Option<Duration> {
+        self.timeout
+    }
+}
+
+struct MutexInner {
+    ctx: LeaseCtx,
+    key: LockKey,
+    /// Serialises acquisitions through this handle so clones share one lease, not race.
+    gate: tokio::sync::Mutex<()>,
+    current: std::sync::Mutex<Weak<LeaseInner>>,
+}
+
+/// A handle on one named lock. Cheap to clone; clones share reentrancy.
+#[derive(Clone)]
+pub struct Mutex {
+    inner: Arc<MutexInner>,
+}
+
+impl std::fmt::Debug for Mutex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mutex").field("key", &self.inner.key).finish()
+    }
+}
+
+impl Mutex {
+    /// The lock's key (prefix included).
+    pub fn key(&self) -> &LockKey {
+        &self.inner.key
+    }
+
+    /// Takes the lock if it is free right now; never waits for another holder. Reentrant: while
+    /// this handle holds the lock, returns another guard on the same lease with no round trip.
+    ///
+    /// # Errors
+    /// [`LockError::Backend`] when the backend fails.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: an acquisition that may have been applied is released in the background.
+    pub async fn try_lock(&self) -> Result<Option<Guard>, LockError> {
+        if let Some(guard) = self.reenter() {
+            return Ok(Some(guard));
+        }
+        let Ok(_gate) = self.inner.gate.try_lock() else {
+            // Another task is acquiring through this handle right now: not ours yet.
+            return Ok(None);
+        };
+        if let Some(guard) = self.reenter() {
+            return Ok(Some(guard));
+        }
+        let guard = acquire(&self.inner, None, None).await?;
+        if let Some(guard) = &guard {
+            self.remember(guard);
+        }
+        Ok(guard)
+    }
+
+    /// Waits for the lock up to the configured acquire timeout. Reentrant like
+    /// [`Mutex::try_lock`]. Waiters are woken by the backend's release notices when it has
+    /// them, else by jittered backoff; every wait is capped by the holder's remaining TTL.
+    ///
+    /// # Errors
+    /// [`LockError::Timeout`] naming the key and the time waited; [`LockError::Backend`] for a
+    /// permanent backend error.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: dropping the future leaves no lock behind; an acquisition that may have
+    /// been applied is released in the background.
+    pub async fn lock(&self) -> Result<Guard, LockError> {
+        self.lock_with(LockOptions::default()).await
+    }
+
+    /// [`Mutex::lock`] with per-call options.
+    ///
+    /// # Errors
+    /// As [`Mutex::lock`].
+    ///
+    /// # Cancel safety
+    /// As [`Mutex::lock`].
+    pub async fn lock_with(&self, options: LockOptions) -> Result<Guard, LockError> {
+        if let Some(guard) = self.reenter() {
+            return Ok(guard);
+        }
+        let _gate = self.inner.gate.lock().await;
+        if let Some(guard) = self.reenter() {
+            return Ok(guard);
+        }
+        let timeout = options.timeout.unwrap_or(self.inner.ctx.config.acquire_timeout());
+        match acquire(&self.inner, Some(timeout), options.watchdog).await? {
+            Some(guard) => {
+                self.remember(&guard);
+                Ok(guard)
+            }
+            // acquire() with a timeout only returns a guard or an error.
+            None => Err(LockError::Timeout { key: self.inner.key.clone(), waited: timeout, last_error: None }),
+        }
+    }
+
+    fn reenter(&self) -> Option<Guard> {
+        let current = self.inner.current.lock().unwrap_or_else(|p| p.into_inner());
+        let inner = current.upgrade()?;
+        inner.is_held().then_some(Guard { inner })
+    }
+
+    fn remember(&self, guard: &Guard) {
+        let mut current = self.inner.current.lock().unwrap_or_else(|p| p.into_inner());
+        *current = Arc::downgrade(&guard.inner);
+    }
+}
+
+/// Releases, in the background, an acquisition that may have been applied on the backend but
+/// was never handed out (cancelled future, error, timeout). Owner-checked, so harmless if not.
+struct PendingAcquire {
+    backend: Arc<dyn LockBackend>,
+    key: LockKey,
+    token: Token,
+    armed: bool,
+}
+
+impl Drop for PendingAcquire {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if let Ok(rt) = Handle::try_current() {
+            let (backend, key, token) = (Arc::clone(&self.backend), self.key.clone(), self.token);
+            rt.spawn(async move {
+                let outcome = backend.release(&key, &token).await;
+                debug!(%key, ?outcome, "released an acquisition that was never handed out");
+            });
+        }
+    }
+}
+
+/// One acquisition: a single attempt when `timeout` is `None`, else waiting up to it.
+async fn acquire(
+    mutex: &MutexInner,
+    timeout: Option<Duration>,
+    watchdog: Option<bool>,
+) -> Result<Option<Guard>, LockError> {
+    let span = debug_span!("acquire", key = %mutex.key, backend = mutex.ctx.backend.name());
+    acquire_inner(mutex, timeout, watchdog).instrument(span).await
+}
+
+async fn acquire_inner(
+    mutex: &MutexInner,
+    timeout: Option<Duration>,
+    watchdog: Option<bool>,
+) -> Result<Option<Guard>, LockError> {
+    let ctx = &mutex.ctx;
+    let config = &ctx.config;
+    let key = &mutex.key;
+    let backend = &ctx.backend;
+    let start = Instant::now();
+    let deadline = timeout.map(|t| start.checked_add(t).unwrap_or(start + Duration::from_secs(86_400 * 365)));
+    // One token for the whole call: a retry after a lost reply re-acquires idempotently.
+    let token = Token::random();
+    let req = AcquireRequest { key: key.clone(), token, ttl: config.ttl(), fencing: config.fencing() };
+    let mut pending = PendingAcquire { backend: Arc::clone(backend), key: key.clone(), token, armed: false };
+    let mut errored = false;
+    let mut backoff = Backoff::new(config.backoff_min(), config.backoff_max());
+    let mut watch: Option<ReleaseWatch> = None;
+    let mut last_error: Option<BackendError> = None;
+    let wake_up = backend.capabilities().wake_up;
+
+    loop {
+        let started = Instant::now();
+        // A grant that arrives after ttl - drift is worthless, so no call waits longer.
+        let Some(validity_end) = validity_deadline(started, config.ttl(), config.drift()) else {
+            return Err(LockError::Config { field: "ttl", reason: "leaves no validity after drift".into() });
+        };
+        let call_deadline = deadline.map_or(validity_end, |d| d.min(validity_end));
+        pending.armed = true;
+        let mut remaining = None;
+        let mut held = false;
+        match tokio::time::timeout_at(call_deadline, backend.acquire(&req)).await {
+            Ok(Ok(AcquireOutcome::Acquired(grant))) => {
+                let valid_until = grant.valid_until.min(validity_end);
+                let now = Instant::now();
+                if now < valid_until {
+                    pending.armed = false;
+                    debug!(fence = ?grant.fence, "acquired");
+                    let inner = LeaseInner::start(
+                        ctx.clone(),
+                        key.clone(),
+                        token,
+                        grant.fence,
+                        started,
+                        valid_until,
+                        watchdog.unwrap_or(config.watchdog()),
+                    );
+                    return Ok(Some(Guard { inner }));
+                }
+                // Never hand out a grant whose validity has passed (S2); retry re-acquires.
+                errored = true;
+                last_error = Some(deadline_error("grant arrived after its validity deadline"));
+            }
+            Ok(Ok(AcquireOutcome::Held { remaining: r })) => {
+                if !errored {
+                    pending.armed = false;
+                }
+                held = true;
+                remaining = r;
+            }
+            Ok(Err(e)) if e.is_retryable() => {
+                debug!(error = %e, "acquire failed, will retry");
+                errored = true;
+                last_error = Some(e);
+            }
+            Ok(Err(source)) => return Err(LockError::Backend { key: key.clone(), source }),
+            Err(_) => {
+                errored = true;
+                last_error = Some(deadline_error("acquire request did not answer in time"));
+            }
+        }
+
+        let Some(deadline) = deadline else {
+            // try_lock: one attempt, no waiting.
+            return match (held, last_error) {
+                (false, Some(source)) => Err(LockError::Backend { key: key.clone(), source }),
+                _ => Ok(None),
+            };
+        };
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(LockError::Timeout { key: key.clone(), waited: now - start, last_error });
+        }
+        if held && wake_up && watch.is_none() {
+            // Subscribe first, then retry at once: a release between our attempt and the
+            // subscription would otherwise be missed.
+            if let Ok(Some(w)) = backend.watch_releases(key).await {
+                watch = Some(w);
+                continue;
+            }
+        }
+        let mut wait = match (&watch, held) {
+            (Some(_), true) => backoff.max(),
+            _ => backoff.next_delay(),
+        };
+        if let Some(r) = remaining {
+            wait = wait.min(r.max(Duration::from_millis(1)));
+        }
+        wait = wait.min(deadline - now);
+        match (&mut watch, held) {
+            (Some(w), true) => {
+                w.wait(wait).await;
+            }
+            _ => tokio::time::sleep(wait).await,
+        }
+    }
+}

@@ -1,0 +1,535 @@
+//! The held lock: [`Guard`], the [`Lease`] trait, and the watchdog that renews it.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::runtime::Handle;
+use tokio::sync::watch;
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use crate::backend::{ExtendOutcome, ExtendRequest, LockBackend, ReleaseOutcome};
+use crate::backoff::Backoff;
+use crate::config::{LockConfig, MAX_TTL, MIN_TTL};
+use crate::error::{BackendErrorKind, LockError, LostReason};
+use crate::types::{FencingToken, LockKey, Token, default_drift, validity_deadline};
+
+/// How many times an explicit release retries a transient backend error before giving up
+/// (the key then expires by its TTL).
+const RELEASE_ATTEMPTS: u32 = 3;
+
+#[derive(Debug, Clone)]
+enum Status {
+    Held,
+    Lost(LostReason),
+    Released,
+}
+
+#[derive(Debug, Clone)]
+struct State {
+    valid_until: Instant,
+    status: Status,
+    /// Renewal has stopped for good at the maximum hold time: expiry then means MaxHoldReached.
+    capped: bool,
+}
+
+/// What the guards and the watchdog of one acquisition share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    key: LockKey,
+    token: Token,
+    fence: Option<FencingToken>,
+    max_hold_until: Option<Instant>,
+    state: watch::Sender<State>,
+}
+
+impl Shared {
+    fn snapshot(&self) -> State {
+        self.state.borrow().clone()
+    }
+
+    /// Marks the lease lost if it is still held. Returns whether this call marked it.
+    fn mark_lost(&self, reason: LostReason) -> bool {
+        let marked = self.state.send_if_modified(|s| {
+            if matches!(s.status, Status::Held) {
+                s.status = Status::Lost(reason.clone());
+                true
+            } else {
+                false
+            }
+        });
+        if marked {
+            warn!(key = %self.key, %reason, "lease lost");
+        }
+        marked
+    }
+
+    /// Marks the lease lost if its deadline has passed; returns the reason it ended, if it has.
+    fn expire_if_due(&self, now: Instant) -> Option<LostReason> {
+        let s = self.snapshot();
+        match s.status {
+            Status::Lost(r) => Some(r),
+            Status::Released => None,
+            Status::Held if now >= s.valid_until => {
+                let reason = if s.capped { LostReason::MaxHoldReached } else { LostReason::Expired };
+                self.mark_lost(reason);
+                match self.snapshot().status {
+                    Status::Lost(r) => Some(r),
+                    _ => None,
+                }
+            }
+            Status::Held => None,
+        }
+    }
+
+    fn set_valid_until(&self, valid_until: Instant) {
+        self.state.send_if_modified(|s| {
+            if matches!(s.status, Status::Held) && s.valid_until != valid_until {
+                s.valid_until = valid_until;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    fn is_held(&self) -> bool {
+        let s = self.state.borrow();
+        matches!(s.status, Status::Held) && Instant::now() < s.valid_until
+    }
+
+    /// Resolves when the lease is lost: at once if the backend reported it, or exactly at the
+    /// validity deadline if no renewal moved it, whatever renewal calls are doing (S5).
+    fn lost(self: Arc<Self>) -> impl Future<Output = LostReason> + Send + 'static {
+        async move {
+            let mut rx = self.state.subscribe();
+            loop {
+                let valid_until = {
+                    let s = rx.borrow_and_update();
+                    match &s.status {
+                        Status::Lost(r) => return r.clone(),
+                        // Released leases have no guard left to observe them; never resolve.
+                        Status::Released => None,
+                        Status::Held => Some(s.valid_until),
+                    }
+                };
+                match valid_until {
+                    None => std::future::pending::<()>().await,
+                    Some(deadline) => {
+                        tokio::select! {
+                            changed = rx.changed() => {
+                                if changed.is_err() {
+                                    std::future::pending::<()>().await;
+                                }
+                            }
+                            () = tokio::time::sleep_until(deadline) => {
+                                if let Some(reason) = self.expire_if_due(Instant::now()) {
+                                    return reason;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The parts of the client a lease needs.
+#[derive(Clone)]
+pub(crate) struct LeaseCtx {
+    pub(crate) backend: Arc<dyn LockBackend>,
+    pub(crate) config: Arc<LockConfig>,
+}
+
+/// One acquisition: dropped when the last [`Guard`] on it goes.
+pub(crate) struct LeaseInner {
+    shared: Arc<Shared>,
+    ctx: LeaseCtx,
+    watchdog: Option<AbortHandle>,
+    released: AtomicBool,
+    runtime: Option<Handle>,
+}
+
+impl LeaseInner {
+    pub(crate) fn start(
+        ctx: LeaseCtx,
+        key: LockKey,
+        token: Token,
+        fence: Option<FencingToken>,
+        acquired_at: Instant,
+        valid_until: Instant,
+        watchdog: bool,
+    ) -> Arc<Self> {
+        let max_hold_until = ctx.config.max_hold().and_then(|d| acquired_at.checked_add(d));
+        let (state, _) =
+            watch::channel(State { valid_until, status: Status::Held, capped: false });
+        let shared = Arc::new(Shared { key, token, fence, max_hold_until, state });
+        let runtime = Handle::try_current().ok();
+        let watchdog = match (&runtime, watchdog) {
+            (Some(rt), true) => Some(
+                rt.spawn(run_watchdog(Arc::downgrade(&shared), ctx.clone(), acquired_at))
+                    .abort_handle(),
+            ),
+            _ => None,
+        };
+        Arc::new(Self { shared, ctx, watchdog, released: AtomicBool::new(false), runtime })
+    }
+
+    pub(crate) fn is_held(&self) -> bool {
+        self.shared.is_held()
+    }
+
+    fn stop_watchdog(&self) {
+        if let Some(w) = &self.watchdog {
+            w.abort();
+        }
+    }
+
+    async fn release_now(&self) -> Result<(), LockError> {
+        self.stop_watchdog();
+        let key = &self.shared.key;
+        let before = self.shared.snapshot().status;
+        let mut backoff = Backoff::new(self.ctx.config.backoff_min(), self.ctx.config.backoff_max());
+        let mut attempt = 0;
+        let result = loop {
+            attempt += 1;
+            match self.ctx.backend.release(key, &self.shared.token).await {
+                Err(e) if e.is_retryable() && attempt < RELEASE_ATTEMPTS => {
+                    debug!(%key, error = %e, "release failed, retrying");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+                other => break other,
+            }
+        };
+        // Only now: if this future is dropped mid-release, Drop still releases in the background.
+        self.released.store(true, Ordering::SeqCst);
+        self.shared.state.send_modify(|s| s.status = Status::Released);
+        debug!(%key, ?result, "released");
+        match result {
+            Ok(ReleaseOutcome::Released) => match before {
+                Status::Lost(reason) => Err(LockError::LeaseLost { key: key.clone(), reason }),
+                _ => Ok(()),
+            },
+            Ok(ReleaseOutcome::NotHeld) => Err(LockError::NotHeld { key: key.clone() }),
+            Err(source) => Err(LockError::Backend { key: key.clone(), source }),
+        }
+    }
+}
+
+impl Drop for LeaseInner {
+    fn drop(&mut self) {
+        self.stop_watchdog();
+        if self.released.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        self.shared.state.send_modify(|s| s.status = Status::Released);
+        let backend = Arc::clone(&self.ctx.backend);
+        let key = self.shared.key.clone();
+        let token = self.shared.token;
+        let runtime = self.runtime.clone().or_else(|| Handle::try_current().ok());
+        match runtime {
+            // Never block in Drop: hand the release to the runtime (S8).
+            Some(rt) => {
+                rt.spawn(async move {
+                    match backend.release(&key, &token).await {
+                        Ok(outcome) => debug!(%key, ?outcome, "background release"),
+                        Err(e) => warn!(%key, error = %e, "background release failed; the key expires by its ttl"),
+                    }
+                });
+            }
+            None => warn!(%key, "guard dropped outside a tokio runtime; the key expires by its ttl"),
+        }
+    }
+}
+
+/// Renews the lease until it is released, dropped, lost, or capped by the maximum hold time.
+async fn run_watchdog(shared: Weak<Shared>, ctx: LeaseCtx, acquired_at: Instant) {
+    let config = &ctx.config;
+    let mut next = acquired_at + config.renew_interval();
+    loop {
+        tokio::time::sleep_until(next).await;
+        let Some(shared) = shared.upgrade() else { return };
+        let mut ttl = config.ttl();
+        if let Some(cap) = shared.max_hold_until {
+            let left = cap.saturating_duration_since(Instant::now());
+            if left <= config.drift() + MIN_TTL {
+                // The hold may not be extended any further: let the lease run out.
+                shared.state.send_modify(|s| s.capped = true);
+                debug!(key = %shared.key, "maximum hold time reached; renewal stops");
+                return;
+            }
+            ttl = ttl.min(left);
+        }
+        let req = ExtendRequest { key: shared.key.clone(), token: shared.token, ttl };
+        let mut backoff = Backoff::new(config.backoff_min(), config.backoff_max());
+        loop {
+            let state = shared.snapshot();
+            if !matches!(state.status, Status::Held) {
+                return;
+            }
+            let deadline = state.valid_until;
+            let started = Instant::now();
+            if started >= deadline {
+                shared.mark_lost(LostReason::Expired);
+                return;
+            }
+            // A renewal that has not answered by the deadline is a lost lease, even if the call
+            // would hang forever.
+            match tokio::time::timeout_at(deadline, ctx.backend.extend(&req)).await {
+                Err(_) => {
+                    shared.mark_lost(LostReason::Expired);
+                    return;
+                }
+                Ok(Ok(ExtendOutcome::Extended { valid_until })) => {
+                    let mine = validity_deadline(started, ttl, config.drift().max(default_drift(ttl)));
+                    let mut new_deadline = mine.map_or(valid_until, |m| m.min(valid_until));
+                    if let Some(cap) = shared.max_hold_until {
+                        new_deadline = new_deadline.min(cap);
+                    }
+                    // A renewal never shortens what an earlier success promised (S4).
+                    if new_deadline > deadline {
+                        shared.set_valid_until(new_deadline);
+                    }
+                    debug!(key = %shared.key, "renewed");
+                    next = started + config.renew_interval();
+                    break;
+                }
+                Ok(Ok(ExtendOutcome::NotHeld)) => {
+                    shared.mark_lost(LostReason::NotOwner);
+                    return;
+                }
+                Ok(Err(e)) if e.is_retryable() => {
+                    debug!(key = %shared.key, error = %e, "renewal failed, retrying");
+                    let wake = Instant::now() + backoff.next_delay();
+                    tokio::time::sleep_until(wake.min(deadline)).await;
+                }
+                Ok(Err(e)) => {
+                    shared.mark_lost(LostReason::Backend(e));
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A held lock. Cloning a guard is a reentrant acquisition of the same lease; the backend is
+/// released when the last clone is released or dropped.
+///
+/// Dropping the last guard stops renewal and spawns a best-effort release on the runtime that
+/// acquired it; it never blocks. Prefer [`Guard::release`] to learn whether the lock was still
+/// held.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), lock_core::LockError> {
+/// use lock_core::LockClient;
+/// use lock_testkit::MemoryBackend;
+///
+/// let client = LockClient::new(MemoryBackend::new());
+/// let guard = client.mutex("orders:42")?.lock().await?;
+/// assert!(guard.is_held());
+/// guard.release().await?;
+/// # Ok(()) }
+/// ```
+#[must_use = "dropping a guard releases the lock at once"]
+#[derive(Clone)]
+pub struct Guard {
+    pub(crate) inner: Arc<LeaseInner>,
+}
+
+impl std::fmt::Debug for Guard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = self.inner.shared.snapshot();
+        f.debug_struct("Guard")
+            .field("key", &self.inner.shared.key)
+            .field("fence", &self.inner.shared.fence)
+            .field("valid_until", &s.valid_until)
+            .field("status", &s.status)
+            .finish()
+    }
+}
+
+impl Guard {
+    /// The lock's key (prefix included).
+    pub fn key(&self) -> &LockKey {
+        &self.inner.shared.key
+    }
+
+    /// The fencing token of this acquisition, when fencing is on.
+    pub fn fencing_token(&self) -> Option<FencingToken> {
+        self.inner.shared.fence
+    }
+
+    /// The instant until which the lock is safely held, as last confirmed.
+    pub fn valid_until(&self) -> Instant {
+        self.inner.shared.snapshot().valid_until
+    }
+
+    /// Time left until [`Guard::valid_until`]; zero once it has passed.
+    pub fn remaining(&self) -> Duration {
+        self.valid_until().saturating_duration_since(Instant::now())
+    }
+
+    /// Whether the lease is still held: not lost, not released, and within its validity.
+    pub fn is_held(&self) -> bool {
+        self.inner.is_held()
+    }
+
+    /// A future that resolves when the lease is lost, with the reason. It resolves exactly at
+    /// the validity deadline when no renewal moved it, without waiting for a network error.
+    /// It does not borrow the guard, so it can be spawned or `select!`ed against the work.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: it only observes state.
+    pub fn lost(&self) -> impl Future<Output = LostReason> + Send + 'static {
+        Arc::clone(&self.inner.shared).lost()
+    }
+
+    /// Resets the lock's expiry to `ttl` from now (owner-checked), and moves
+    /// [`Guard::valid_until`] to match, even if that is earlier than before.
+    ///
+    /// # Errors
+    /// [`LockError::Config`] for a TTL out of range, [`LockError::NotHeld`] when the backend no
+    /// longer holds the lock for us (the lease is then marked lost), [`LockError::LeaseLost`]
+    /// when it was already lost, [`LockError::Backend`] on infrastructure failure (the lease is
+    /// left as it was).
+    ///
+    /// # Cancel safety
+    /// Cancelling may leave the server's expiry reset without `valid_until` moved, which is
+    /// the conservative direction.
+    pub async fn extend(&self, ttl: Duration) -> Result<(), LockError> {
+        let shared = &self.inner.shared;
+        let config = &self.inner.ctx.config;
+        let key = &shared.key;
+        if !(MIN_TTL..=MAX_TTL).contains(&ttl) {
+            return Err(LockError::Config {
+                field: "ttl",
+                reason: format!("is {ttl:?}; it must be from {MIN_TTL:?} to {MAX_TTL:?}"),
+            });
+        }
+        if let Some(reason) = shared.expire_if_due(Instant::now()) {
+            return Err(LockError::LeaseLost { key: key.clone(), reason });
+        }
+        let mut ttl = ttl;
+        if let Some(cap) = shared.max_hold_until {
+            ttl = ttl.min(cap.saturating_duration_since(Instant::now()));
+        }
+        let drift = config.drift().max(default_drift(ttl));
+        let started = Instant::now();
+        let req = ExtendRequest { key: key.clone(), token: shared.token, ttl };
+        match self.inner.ctx.backend.extend(&req).await {
+            Ok(ExtendOutcome::Extended { valid_until }) => {
+                match validity_deadline(started, ttl, drift) {
+                    Some(mine) => shared.set_valid_until(mine.min(valid_until)),
+                    None => {
+                        shared.mark_lost(LostReason::MaxHoldReached);
+                    }
+                }
+                Ok(())
+            }
+            Ok(ExtendOutcome::NotHeld) => {
+                shared.mark_lost(LostReason::NotOwner);
+                Err(LockError::NotHeld { key: key.clone() })
+            }
+            Err(source) => Err(LockError::Backend { key: key.clone(), source }),
+        }
+    }
+
+    /// Releases this guard. When it is the last guard on the lease, the lock is deleted on the
+    /// backend (owner-checked) and renewal stops; otherwise only this reentrant hold ends.
+    ///
+    /// # Errors
+    /// - [`LockError::NotHeld`]: the backend no longer held the lock for us (it expired or was
+    ///   taken over): the critical section may have overlapped another holder's.
+    /// - [`LockError::LeaseLost`]: the lease had been lost locally (deadline passed) before the
+    ///   release; the key was cleaned up anyway.
+    /// - [`LockError::Backend`]: the release failed after retries; the key expires by its TTL.
+    ///
+    /// # Cancel safety
+    /// Cancelling the release falls back to the background release of `Drop`.
+    pub async fn release(self) -> Result<(), LockError> {
+        match Arc::try_unwrap(self.inner) {
+            Ok(inner) => inner.release_now().await,
+            Err(inner) => {
+                let shared = &inner.shared;
+                match shared.expire_if_due(Instant::now()) {
+                    Some(reason) => Err(LockError::LeaseLost { key: shared.key.clone(), reason }),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+
+    /// How many guards (reentrant holds) share this lease.
+    pub fn hold_count(&self) -> usize {
+        Arc::strong_count(&self.inner)
+    }
+}
+
+/// A held lock as application code sees it, whatever the backend. Implemented by [`Guard`];
+/// write functions against `impl Lease` to test them with any lease.
+#[async_trait]
+pub trait Lease: Send + Sync {
+    /// The lock's key.
+    fn key(&self) -> &LockKey;
+    /// The fencing token, when fencing is on.
+    fn fencing_token(&self) -> Option<FencingToken>;
+    /// The instant until which the lock is safely held.
+    fn valid_until(&self) -> Instant;
+    /// Time left until `valid_until`.
+    fn remaining(&self) -> Duration;
+    /// Whether the lease is still held.
+    fn is_held(&self) -> bool;
+    /// Resolves when the lease is lost.
+    async fn lost(&self) -> LostReason;
+    /// Resets the expiry to `ttl` from now.
+    ///
+    /// # Errors
+    /// As [`Guard::extend`].
+    async fn extend(&self, ttl: Duration) -> Result<(), LockError>;
+    /// Releases the lease.
+    ///
+    /// # Errors
+    /// As [`Guard::release`].
+    async fn release(self) -> Result<(), LockError>
+    where
+        Self: Sized;
+}
+
+#[async_trait]
+impl Lease for Guard {
+    fn key(&self) -> &LockKey {
+        Guard::key(self)
+    }
+    fn fencing_token(&self) -> Option<FencingToken> {
+        Guard::fencing_token(self)
+    }
+    fn valid_until(&self) -> Instant {
+        Guard::valid_until(self)
+    }
+    fn remaining(&self) -> Duration {
+        Guard::remaining(self)
+    }
+    fn is_held(&self) -> bool {
+        Guard::is_held(self)
+    }
+    async fn lost(&self) -> LostReason {
+        Guard::lost(self).await
+    }
+    async fn extend(&self, ttl: Duration) -> Result<(), LockError> {
+        Guard::extend(self, ttl).await
+    }
+    async fn release(self) -> Result<(), LockError> {
+        Guard::release(self).await
+    }
+}
+
+/// Keeps BackendErrorKind in use for the timeout error built by the client.
+pub(crate) fn deadline_error(what: &str) -> crate::BackendError {
+    crate::BackendError::retryable(BackendErrorKind::Timeout, what.to_string())
+}

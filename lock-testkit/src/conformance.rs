@@ -1,0 +1,318 @@
+//! The shared conformance suite: each [`LockBackend`] contract is a named `pub async fn`.
+//!
+//! Run all of them for a backend with one line, [`crate::conformance_suite!`]. Each function
+//! uses fresh random keys, so one server can serve every test at once. They panic (assert) on
+//! a broken contract: this module is test code.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use lock_core::{
+    AcquireOutcome, AcquireRequest, ExtendOutcome, ExtendRequest, FencingToken, Grant, Instant, LockBackend,
+    LockClient, LockConfig, LockKey, ReleaseOutcome, Token,
+};
+
+const MS: Duration = Duration::from_millis(1);
+
+/// A fresh key with a random suffix, so tests never collide on a shared server.
+pub fn unique_key(name: &str) -> LockKey {
+    LockKey::new(format!("conformance:{name}:{:016x}", rand::random::<u64>())).unwrap()
+}
+
+fn req(key: &LockKey, token: Token, ttl: Duration, fencing: bool) -> AcquireRequest {
+    AcquireRequest { key: key.clone(), token, ttl, fencing }
+}
+
+async fn must_acquire<B: LockBackend>(b: &B, r: &AcquireRequest) -> Grant {
+    match b.acquire(r).await {
+        Ok(AcquireOutcome::Acquired(g)) => g,
+        other => panic!("{}: expected {} to be granted, got {other:?}", b.name(), r.key),
+    }
+}
+
+async fn must_be_held<B: LockBackend>(b: &B, key: &LockKey) -> Option<Duration> {
+    match b.acquire(&req(key, Token::random(), 10_000 * MS, false)).await {
+        Ok(AcquireOutcome::Held { remaining }) => remaining,
+        other => panic!("{}: expected {key} to be held by another owner, got {other:?}", b.name()),
+    }
+}
+
+/// A free key is granted; the validity is counted from before the request and is in the future.
+pub async fn acquire_free_key_is_granted<B: LockBackend>(b: B) {
+    let key = unique_key("free");
+    let ttl = 10_000 * MS;
+    let before = Instant::now();
+    let grant = must_acquire(&b, &req(&key, Token::random(), ttl, false)).await;
+    assert!(grant.valid_until <= before + ttl, "validity must be counted from before the request");
+    assert!(grant.valid_until > Instant::now(), "a grant must not be handed out already expired");
+    assert_eq!(grant.fence, None, "no fence was asked for");
+}
+
+/// A key held by another owner is reported as held with its remaining TTL (contention is Ok).
+pub async fn acquire_held_key_reports_remaining_ttl<B: LockBackend>(b: B) {
+    let key = unique_key("held");
+    must_acquire(&b, &req(&key, Token::random(), 10_000 * MS, false)).await;
+    let remaining = must_be_held(&b, &key).await;
+    if let Some(r) = remaining {
+        assert!(r > Duration::ZERO && r <= 10_000 * MS, "remaining ttl {r:?} out of range");
+    }
+}
+
+/// Acquiring again with the same token refreshes the expiry and succeeds with the same fence.
+pub async fn acquire_is_idempotent_for_the_same_token<B: LockBackend>(b: B) {
+    let fencing = b.capabilities().fencing;
+    let key = unique_key("idempotent");
+    let token = Token::random();
+    let first = must_acquire(&b, &req(&key, token, 300 * MS, fencing)).await;
+    let second = must_acquire(&b, &req(&key, token, 10_000 * MS, fencing)).await;
+    assert_eq!(first.fence, second.fence, "a re-acquire by the same owner keeps its fence");
+    assert!(second.valid_until > first.valid_until);
+    tokio::time::sleep(600 * MS).await;
+    let remaining = must_be_held(&b, &key).await;
+    if let Some(r) = remaining {
+        assert!(r > 5_000 * MS, "the re-acquire refreshed the ttl to 10s, yet {r:?} remain");
+    }
+}
+
+/// The owner's release deletes the key and another owner can take it.
+pub async fn release_by_owner_frees_the_key<B: LockBackend>(b: B) {
+    let key = unique_key("release");
+    let token = Token::random();
+    must_acquire(&b, &req(&key, token, 10_000 * MS, false)).await;
+    assert_eq!(b.release(&key, &token).await.unwrap(), ReleaseOutcome::Released);
+    must_acquire(&b, &req(&key, Token::random(), 10_000 * MS, false)).await;
+}
+
+/// A release by another token changes nothing and says so.
+pub async fn release_by_other_owner_is_refused<B: LockBackend>(b: B) {
+    let key = unique_key("release-other");
+    must_acquire(&b, &req(&key, Token::random(), 10_000 * MS, false)).await;
+    assert_eq!(b.release(&key, &Token::random()).await.unwrap(), ReleaseOutcome::NotHeld);
+    must_be_held(&b, &key).await;
+}
+
+/// Releasing twice: the second release reports not held (idempotent, no error).
+pub async fn release_twice_reports_not_held<B: LockBackend>(b: B) {
+    let key = unique_key("release-twice");
+    let token = Token::random();
+    must_acquire(&b, &req(&key, token, 10_000 * MS, false)).await;
+    assert_eq!(b.release(&key, &token).await.unwrap(), ReleaseOutcome::Released);
+    assert_eq!(b.release(&key, &token).await.unwrap(), ReleaseOutcome::NotHeld);
+}
+
+/// A key expires after its TTL and is free for the next owner.
+pub async fn key_expires_after_ttl<B: LockBackend>(b: B) {
+    let key = unique_key("expiry");
+    let token = Token::random();
+    must_acquire(&b, &req(&key, token, 100 * MS, false)).await;
+    tokio::time::sleep(300 * MS).await;
+    must_acquire(&b, &req(&key, Token::random(), 10_000 * MS, false)).await;
+    assert_eq!(b.release(&key, &token).await.unwrap(), ReleaseOutcome::NotHeld, "expired owner must not release");
+}
+
+/// The owner's extend moves the expiry; the validity is counted from before the request.
+pub async fn extend_by_owner_moves_expiry<B: LockBackend>(b: B) {
+    let key = unique_key("extend");
+    let token = Token::random();
+    must_acquire(&b, &req(&key, token, 200 * MS, false)).await;
+    let before = Instant::now();
+    let ttl = 10_000 * MS;
+    match b.extend(&ExtendRequest { key: key.clone(), token, ttl }).await.unwrap() {
+        ExtendOutcome::Extended { valid_until } => {
+            assert!(valid_until <= before + ttl && valid_until > Instant::now());
+        }
+        ExtendOutcome::NotHeld => panic!("{}: owner could not extend {key}", b.name()),
+    }
+    tokio::time::sleep(400 * MS).await;
+    must_be_held(&b, &key).await;
+}
+
+/// Another token's extend changes nothing and reports not held.
+pub async fn extend_by_other_owner_is_refused<B: LockBackend>(b: B) {
+    let key = unique_key("extend-other");
+    must_acquire(&b, &req(&key, Token::random(), 200 * MS, false)).await;
+    let other = ExtendRequest { key: key.clone(), token: Token::random(), ttl: 10_000 * MS };
+    assert_eq!(b.extend(&other).await.unwrap(), ExtendOutcome::NotHeld);
+    tokio::time::sleep(400 * MS).await;
+    must_acquire(&b, &req(&key, Token::random(), 10_000 * MS, false)).await;
+}
+
+/// Extending an expired lock fails and does not resurrect it.
+pub async fn extend_after_expiry_is_refused<B: LockBackend>(b: B) {
+    let key = unique_key("extend-expired");
+    let token = Token::random();
+    must_acquire(&b, &req(&key, token, 100 * MS, false)).await;
+    tokio::time::sleep(300 * MS).await;
+    let r = ExtendRequest { key: key.clone(), token, ttl: 10_000 * MS };
+    assert_eq!(b.extend(&r).await.unwrap(), ExtendOutcome::NotHeld);
+    must_acquire(&b, &req(&key, Token::random(), 10_000 * MS, false)).await;
+}
+
+/// `extend_many` answers like `extend`, in request order.
+pub async fn extend_many_answers_in_order<B: LockBackend>(b: B) {
+    let (k1, k2) = (unique_key("many-1"), unique_key("many-2"));
+    let t1 = Token::random();
+    must_acquire(&b, &req(&k1, t1, 10_000 * MS, false)).await;
+    must_acquire(&b, &req(&k2, Token::random(), 10_000 * MS, false)).await;
+    let answers = b
+        .extend_many(&[
+            ExtendRequest { key: k1.clone(), token: t1, ttl: 10_000 * MS },
+            ExtendRequest { key: k2.clone(), token: Token::random(), ttl: 10_000 * MS },
+        ])
+        .await;
+    assert_eq!(answers.len(), 2);
+    assert!(matches!(answers[0], Ok(ExtendOutcome::Extended { .. })), "{:?}", answers[0]);
+    assert!(matches!(answers[1], Ok(ExtendOutcome::NotHeld)), "{:?}", answers[1]);
+}
+
+/// With fencing, every new acquisition of a key gets a strictly greater token, across
+/// releases and expiries. Without the capability, no token is minted.
+pub async fn fencing_tokens_strictly_increase<B: LockBackend>(b: B) {
+    let key = unique_key("fence");
+    if !b.capabilities().fencing {
+        let g = must_acquire(&b, &req(&key, Token::random(), 10_000 * MS, true)).await;
+        assert_eq!(g.fence, None, "a backend without fencing must not invent tokens");
+        return;
+    }
+    let mut last: Option<FencingToken> = None;
+    for round in 0..5 {
+        let token = Token::random();
+        let ttl = if round % 2 == 0 { 10_000 * MS } else { 100 * MS };
+        let g = must_acquire(&b, &req(&key, token, ttl, true)).await;
+        let fence = g.fence.expect("fencing asked for and supported");
+        assert!(last.is_none_or(|l| fence > l), "fence {fence} after {last:?}");
+        last = Some(fence);
+        if round % 2 == 0 {
+            b.release(&key, &token).await.unwrap();
+        } else {
+            tokio::time::sleep(300 * MS).await;
+        }
+    }
+}
+
+/// A release wakes the key's watchers; backends without wake-up say so by returning `None`.
+pub async fn release_notifies_watchers<B: LockBackend>(b: B) {
+    let key = unique_key("wake");
+    let token = Token::random();
+    must_acquire(&b, &req(&key, token, 10_000 * MS, false)).await;
+    let watch = b.watch_releases(&key).await.unwrap();
+    if !b.capabilities().wake_up {
+        assert!(watch.is_none(), "no wake-up capability, yet a watch was returned");
+        return;
+    }
+    let mut watch = watch.expect("wake-up capability promises a watch");
+    let other = b.watch_releases(&unique_key("wake-other")).await.unwrap();
+    assert_eq!(b.release(&key, &token).await.unwrap(), ReleaseOutcome::Released);
+    assert!(watch.wait(5_000 * MS).await, "the release notice never arrived");
+    let mut other = other.expect("wake-up capability promises a watch");
+    assert!(!other.wait(50 * MS).await, "a release of one key must not wake another key's watchers");
+}
+
+/// Keys with braces, spaces, unicode and 1 KiB length are distinct locks that work.
+pub async fn awkward_keys_work<B: LockBackend>(b: B) {
+    let long = "k".repeat(1024);
+    let names = ["{braces}", "}starts-with-close", "a}b{c", "with space", "ünïcødé-🔒", long.as_str()];
+    for name in names {
+        let key = LockKey::new(format!("{name}{:08x}", rand::random::<u32>())).unwrap();
+        let token = Token::random();
+        must_acquire(&b, &req(&key, token, 10_000 * MS, b.capabilities().fencing)).await;
+        must_be_held(&b, &key).await;
+        assert_eq!(b.release(&key, &token).await.unwrap(), ReleaseOutcome::Released, "key {name:?}");
+    }
+}
+
+/// Locks on distinct keys do not interfere.
+pub async fn distinct_keys_are_independent<B: LockBackend>(b: B) {
+    let (a, c) = (unique_key("indep-a"), unique_key("indep-b"));
+    must_acquire(&b, &req(&a, Token::random(), 10_000 * MS, false)).await;
+    must_acquire(&b, &req(&c, Token::random(), 10_000 * MS, false)).await;
+}
+
+/// Mutual exclusion through [`LockClient`]: 16 tasks each do 100 read-yield-write increments of
+/// a non-atomic counter under the lock; the total is exactly 1600.
+pub async fn mutual_exclusion_race<B: LockBackend + Clone>(b: B) {
+    let config = LockConfig::builder()
+        .ttl(10_000 * MS)
+        .acquire_timeout(120_000 * MS)
+        .retry_backoff(MS, 20 * MS)
+        .build()
+        .unwrap();
+    let key = unique_key("race");
+    let counter = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let client = LockClient::with_config(b.clone(), config.clone()).unwrap();
+        let key = key.clone();
+        let counter = Arc::clone(&counter);
+        tasks.push(tokio::spawn(async move {
+            let mutex = client.mutex(key.as_str()).unwrap();
+            for _ in 0..100 {
+                let guard = mutex.lock().await.unwrap();
+                let seen = counter.load(Ordering::SeqCst);
+                tokio::task::yield_now().await;
+                counter.store(seen + 1, Ordering::SeqCst);
+                guard.release().await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(counter.load(Ordering::SeqCst), 1600, "an increment was lost: two holders overlapped");
+}
+
+/// Runs every conformance contract as its own `#[tokio::test]` for a backend.
+///
+/// `$setup` is an expression evaluated afresh in each test, yielding a future of the backend
+/// (which must be `Clone`). Prefix with `paused,` to run on paused tokio time (in-memory
+/// backends only: real servers need real time).
+///
+/// ```ignore
+/// lock_testkit::conformance_suite!(paused, async { lock_testkit::MemoryBackend::new() });
+/// ```
+#[macro_export]
+macro_rules! conformance_suite {
+    (paused, $setup:expr) => {
+        $crate::__conformance_tests!([tokio::test(start_paused = true)] $setup);
+    };
+    ($setup:expr) => {
+        $crate::__conformance_tests!([tokio::test(flavor = "multi_thread", worker_threads = 2)] $setup);
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_tests {
+    ([$($attr:tt)*] $setup:expr) => {
+        $crate::__conformance_tests!(@each [$($attr)*] $setup;
+            acquire_free_key_is_granted,
+            acquire_held_key_reports_remaining_ttl,
+            acquire_is_idempotent_for_the_same_token,
+            release_by_owner_frees_the_key,
+            release_by_other_owner_is_refused,
+            release_twice_reports_not_held,
+            key_expires_after_ttl,
+            extend_by_owner_moves_expiry,
+            extend_by_other_owner_is_refused,
+            extend_after_expiry_is_refused,
+            extend_many_answers_in_order,
+            fencing_tokens_strictly_increase,
+            release_notifies_watchers,
+            awkward_keys_work,
+            distinct_keys_are_independent,
+            mutual_exclusion_race
+        );
+    };
+    (@each [$($attr:tt)*] $setup:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[$($attr)*]
+            async fn $name() {
+                let backend = $setup.await;
+                $crate::conformance::$name(backend).await;
+            }
+        )*
+    };
+}

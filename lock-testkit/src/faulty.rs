@@ -1,0 +1,184 @@
+//! Fault injection around any backend.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use lock_core::{
+    AcquireOutcome, AcquireRequest, BackendError, BackendErrorKind, Capabilities, ExtendOutcome, ExtendRequest,
+    LockBackend, LockKey, ReleaseOutcome, ReleaseWatch, Token,
+};
+
+/// A backend operation that faults can target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// [`LockBackend::acquire`].
+    Acquire,
+    /// [`LockBackend::extend`] (and each item of `extend_many`).
+    Extend,
+    /// [`LockBackend::release`].
+    Release,
+}
+
+/// What to do to one call.
+#[derive(Debug, Clone)]
+pub enum Fault {
+    /// Fail without reaching the backend.
+    Error(BackendError),
+    /// Apply the operation, then report a retryable connection error: the reply was lost.
+    LoseReply,
+    /// Never answer (the call hangs until cancelled).
+    Hang,
+    /// Wait this long, then apply and answer.
+    Delay(Duration),
+    /// Apply at once, then wait this long before answering (a slow reply).
+    DelayReply(Duration),
+}
+
+impl Fault {
+    /// A retryable connection error, the usual transient fault.
+    pub fn transient() -> Self {
+        Fault::Error(BackendError::retryable(BackendErrorKind::Connection, "injected transient fault"))
+    }
+
+    /// A permanent error, e.g. a rejected command.
+    pub fn permanent() -> Self {
+        Fault::Error(BackendError::permanent(BackendErrorKind::Other, "injected permanent fault"))
+    }
+}
+
+#[derive(Debug, Default)]
+struct Plan {
+    once: HashMap<Op, VecDeque<Fault>>,
+    always: HashMap<Op, Fault>,
+    injected: u64,
+}
+
+/// Wraps a backend and injects scripted faults: errors, latency, hangs and lost replies.
+/// Clones share one plan.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// use lock_core::{LockBackend, AcquireRequest, LockKey, Token};
+/// use lock_testkit::{Fault, Faulty, MemoryBackend, Op};
+///
+/// let store = MemoryBackend::new();
+/// let faulty = Faulty::new(store.clone());
+/// faulty.inject(Op::Acquire, Fault::LoseReply);
+/// let req = AcquireRequest {
+///     key: LockKey::new("k").unwrap(),
+///     token: Token::random(),
+///     ttl: std::time::Duration::from_secs(1),
+///     fencing: false,
+/// };
+/// assert!(faulty.acquire(&req).await.is_err()); // the reply was lost...
+/// assert_eq!(store.holder("k"), Some(req.token)); // ...but the lock was taken
+/// assert_eq!(faulty.injected(), 1);
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Faulty<B> {
+    inner: B,
+    plan: Arc<Mutex<Plan>>,
+}
+
+impl<B: LockBackend> Faulty<B> {
+    /// Wraps `inner` with no faults planned.
+    pub fn new(inner: B) -> Self {
+        Self { inner, plan: Arc::default() }
+    }
+
+    /// The wrapped backend.
+    pub fn inner(&self) -> &B {
+        &self.inner
+    }
+
+    fn plan(&self) -> MutexGuard<'_, Plan> {
+        self.plan.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies `fault` to the next call of `op` (faults queue in order).
+    pub fn inject(&self, op: Op, fault: Fault) {
+        self.plan().once.entry(op).or_default().push_back(fault);
+    }
+
+    /// Applies `fault` to every call of `op` until [`Faulty::clear`].
+    pub fn inject_always(&self, op: Op, fault: Fault) {
+        self.plan().always.insert(op, fault);
+    }
+
+    /// Removes every planned fault.
+    pub fn clear(&self) {
+        let mut plan = self.plan();
+        plan.once.clear();
+        plan.always.clear();
+    }
+
+    /// How many faults have been applied so far.
+    pub fn injected(&self) -> u64 {
+        self.plan().injected
+    }
+
+    fn next_fault(&self, op: Op) -> Option<Fault> {
+        let mut plan = self.plan();
+        let fault = match plan.once.get_mut(&op).and_then(VecDeque::pop_front) {
+            Some(f) => Some(f),
+            None => plan.always.get(&op).cloned(),
+        };
+        if fault.is_some() {
+            plan.injected += 1;
+        }
+        fault
+    }
+
+    async fn run<T, F>(&self, op: Op, call: F) -> Result<T, BackendError>
+    where
+        F: std::future::Future<Output = Result<T, BackendError>>,
+    {
+        match self.next_fault(op) {
+            None => call.await,
+            Some(Fault::Error(e)) => Err(e),
+            Some(Fault::Hang) => std::future::pending().await,
+            Some(Fault::Delay(d)) => {
+                tokio::time::sleep(d).await;
+                call.await
+            }
+            Some(Fault::DelayReply(d)) => {
+                let out = call.await;
+                tokio::time::sleep(d).await;
+                out
+            }
+            Some(Fault::LoseReply) => {
+                let _applied = call.await;
+                Err(BackendError::retryable(BackendErrorKind::Connection, "injected: reply lost"))
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl<B: LockBackend> LockBackend for Faulty<B> {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn endpoint(&self) -> String {
+        self.inner.endpoint()
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    async fn acquire(&self, req: &AcquireRequest) -> Result<AcquireOutcome, BackendError> {
+        self.run(Op::Acquire, self.inner.acquire(req)).await
+    }
+    async fn extend(&self, req: &ExtendRequest) -> Result<ExtendOutcome, BackendError> {
+        self.run(Op::Extend, self.inner.extend(req)).await
+    }
+    async fn release(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError> {
+        self.run(Op::Release, self.inner.release(key, token)).await
+    }
+    async fn watch_releases(&self, key: &LockKey) -> Result<Option<ReleaseWatch>, BackendError> {
+        self.inner.watch_releases(key).await
+    }
+}

@@ -1,0 +1,26 @@
+//! # lock-testkit
+//!
+//! Everything a test of a lock needs:
+//! - [`MemoryBackend`]: a lock store on tokio's clock, so policy tests run on paused time;
+//! - [`Faulty`]: scripted errors, latency, hangs and lost replies around any backend;
+//! - [`MockBackend`]: a `mockall` mock of [`lock_core::LockBackend`];
+//! - [`conformance`]: the shared contract suite, run for a backend with
+//!   [`conformance_suite!`].
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! use lock_testkit::{conformance, MemoryBackend};
+//! conformance::release_by_other_owner_is_refused(MemoryBackend::new()).await;
+//! # }
+//! ```
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+pub mod conformance;
+mod faulty;
+mod memory;
+mod mock;
+
+pub use faulty::{Fault, Faulty, Op};
+pub use memory::{MemoryBackend, OpCounts};
+pub use mock::MockBackend;

@@ -1,0 +1,239 @@
+//! An in-memory backend on tokio's clock.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use lock_core::{
+    AcquireOutcome, AcquireRequest, BackendError, Capabilities, ExtendOutcome, ExtendRequest, FencingToken,
+    Grant, Instant, LockBackend, LockKey, ReleaseOutcome, ReleaseWatch, Token,
+};
+use tokio::sync::watch;
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+#[derive(Debug)]
+struct Entry {
+    token: Token,
+    expires_at: Instant,
+    fence: Option<FencingToken>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    locks: HashMap<LockKey, Entry>,
+    fences: HashMap<LockKey, u64>,
+    notices: HashMap<LockKey, watch::Sender<u64>>,
+}
+
+/// Operation counts of a [`MemoryBackend`], for tests that assert what was sent.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct OpCounts {
+    /// Acquire calls.
+    pub acquire: u64,
+    /// Extend calls (each item of `extend_many` counts).
+    pub extend: u64,
+    /// Release calls.
+    pub release: u64,
+}
+
+#[derive(Debug)]
+struct Inner {
+    id: u64,
+    state: Mutex<State>,
+    counts: Mutex<OpCounts>,
+}
+
+/// A lock store in process memory, on tokio's clock, so tests can run on paused time.
+///
+/// It honours TTLs, mints fencing tokens (the counter survives expiry and release, like the
+/// Redis counter key) and wakes waiters on release. Clones share one store, like several
+/// connections to one server.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), lock_core::LockError> {
+/// use lock_core::LockClient;
+/// use lock_testkit::MemoryBackend;
+///
+/// let store = MemoryBackend::new();
+/// let a = LockClient::new(store.clone());
+/// let b = LockClient::new(store.clone());
+/// let held = a.mutex("job")?.lock().await?;
+/// assert!(b.mutex("job")?.try_lock().await?.is_none());
+/// held.release().await?;
+/// assert!(b.mutex("job")?.try_lock().await?.is_some());
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct MemoryBackend {
+    inner: Arc<Inner>,
+}
+
+impl Default for MemoryBackend {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryBackend {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+                state: Mutex::default(),
+                counts: Mutex::default(),
+            }),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn count(&self, f: impl FnOnce(&mut OpCounts)) {
+        f(&mut self.inner.counts.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    /// How many operations have been received so far.
+    pub fn op_counts(&self) -> OpCounts {
+        *self.inner.counts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The token holding `key` now, if any (expired entries are absent).
+    pub fn holder(&self, key: &str) -> Option<Token> {
+        let now = Instant::now();
+        let state = self.state();
+        state.locks.iter().find(|(k, e)| k.as_str() == key && e.expires_at > now).map(|(_, e)| e.token)
+    }
+
+    /// The remaining TTL of `key`, if it is held.
+    pub fn pttl(&self, key: &str) -> Option<Duration> {
+        let now = Instant::now();
+        let state = self.state();
+        state
+            .locks
+            .iter()
+            .find(|(k, e)| k.as_str() == key && e.expires_at > now)
+            .map(|(_, e)| e.expires_at - now)
+    }
+
+    /// How many keys are held now.
+    pub fn held_count(&self) -> usize {
+        let now = Instant::now();
+        self.state().locks.values().filter(|e| e.expires_at > now).count()
+    }
+
+    /// Deletes `key` as if it expired or the node lost it (no release notice is sent).
+    pub fn evict(&self, key: &str) {
+        self.state().locks.retain(|k, _| k.as_str() != key);
+    }
+
+    /// Sets `key` to an arbitrary `token`, as another owner would.
+    pub fn force_hold(&self, key: &str, token: Token, ttl: Duration) -> Result<(), lock_core::LockError> {
+        let key = LockKey::new(key)?;
+        self.state().locks.insert(key, Entry { token, expires_at: Instant::now() + ttl, fence: None });
+        Ok(())
+    }
+
+    /// The fencing counter of `key` (0 if it never minted one).
+    pub fn fence_counter(&self, key: &str) -> u64 {
+        self.state().fences.iter().find(|(k, _)| k.as_str() == key).map_or(0, |(_, v)| *v)
+    }
+
+    /// How many waiters are subscribed to release notices, over all keys.
+    pub fn subscriber_count(&self) -> usize {
+        self.state().notices.values().map(|tx| tx.receiver_count()).sum()
+    }
+}
+
+fn live<'a>(state: &'a mut State, key: &LockKey, now: Instant) -> Option<&'a mut Entry> {
+    if state.locks.get(key).is_some_and(|e| e.expires_at <= now) {
+        state.locks.remove(key);
+    }
+    state.locks.get_mut(key)
+}
+
+#[async_trait]
+impl LockBackend for MemoryBackend {
+    fn name(&self) -> &str {
+        "memory"
+    }
+
+    fn endpoint(&self) -> String {
+        format!("memory#{}", self.inner.id)
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new(true, true)
+    }
+
+    async fn acquire(&self, req: &AcquireRequest) -> Result<AcquireOutcome, BackendError> {
+        self.count(|c| c.acquire += 1);
+        let started = Instant::now();
+        let mut state = self.state();
+        let expires_at = started + req.ttl;
+        if let Some(entry) = live(&mut state, &req.key, started) {
+            if entry.token != req.token {
+                return Ok(AcquireOutcome::Held { remaining: Some(entry.expires_at - started) });
+            }
+            entry.expires_at = expires_at;
+            let fence = entry.fence;
+            return Ok(Grant::from_start(started, req.ttl, fence)
+                .map_or(AcquireOutcome::Held { remaining: None }, AcquireOutcome::Acquired));
+        }
+        let fence = req.fencing.then(|| {
+            let counter = state.fences.entry(req.key.clone()).or_insert(0);
+            *counter += 1;
+            FencingToken(*counter)
+        });
+        state.locks.insert(req.key.clone(), Entry { token: req.token, expires_at, fence });
+        Ok(Grant::from_start(started, req.ttl, fence)
+            .map_or(AcquireOutcome::Held { remaining: None }, AcquireOutcome::Acquired))
+    }
+
+    async fn extend(&self, req: &ExtendRequest) -> Result<ExtendOutcome, BackendError> {
+        self.count(|c| c.extend += 1);
+        let started = Instant::now();
+        let mut state = self.state();
+        match live(&mut state, &req.key, started) {
+            Some(entry) if entry.token == req.token => {
+                entry.expires_at = started + req.ttl;
+                Ok(match Grant::from_start(started, req.ttl, None) {
+                    Some(g) => ExtendOutcome::Extended { valid_until: g.valid_until },
+                    None => ExtendOutcome::NotHeld,
+                })
+            }
+            _ => Ok(ExtendOutcome::NotHeld),
+        }
+    }
+
+    async fn release(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError> {
+        self.count(|c| c.release += 1);
+        let now = Instant::now();
+        let mut state = self.state();
+        match live(&mut state, key, now) {
+            Some(entry) if entry.token == *token => {
+                state.locks.remove(key);
+                if let Some(tx) = state.notices.get(key) {
+                    tx.send_modify(|n| *n += 1);
+                    if tx.receiver_count() == 0 {
+                        state.notices.remove(key);
+                    }
+                }
+                Ok(ReleaseOutcome::Released)
+            }
+            _ => Ok(ReleaseOutcome::NotHeld),
+        }
+    }
+
+    async fn watch_releases(&self, key: &LockKey) -> Result<Option<ReleaseWatch>, BackendError> {
+        let mut state = self.state();
+        state.notices.retain(|_, tx| tx.receiver_count() > 0);
+        let tx = state.notices.entry(key.clone()).or_insert_with(|| watch::channel(0).0);
+        Ok(Some(ReleaseWatch::new(tx.subscribe())))
+    }
+}
