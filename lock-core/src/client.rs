@@ -274,7 +274,9 @@ impl Mutex {
                 Ok(guard)
             }
             // acquire() with a timeout only returns a guard or an error.
-            None => Err(LockError::Timeout { key: self.inner.key.clone(), waited: timeout, last_error: None }),
+            None => {
+                Err(LockError::Timeout { key: self.inner.key.clone(), waited: timeout, last_error: None })
+            }
         }
     }
 

@@ -22,7 +22,7 @@ pub const MIN_TTL: Duration = Duration::from_millis(10);
 ///     .acquire_timeout(Duration::from_secs(2))
 ///     .fencing(true)
 ///     .build()?;
-/// assert_eq!(config.renew_interval(), Duration::from_millis(3333));
+/// assert_eq!(config.renew_interval(), Duration::from_nanos(3_333_333_333));
 /// assert_eq!(config.drift(), Duration::from_millis(102));
 /// # Ok::<(), lock_core::LockError>(())
 /// ```
@@ -217,10 +217,7 @@ impl LockConfigBuilder {
             return bad("retry_backoff", "minimum must be above zero".into());
         }
         if backoff_min > backoff_max {
-            return bad(
-                "retry_backoff",
-                format!("minimum {backoff_min:?} is above maximum {backoff_max:?}"),
-            );
+            return bad("retry_backoff", format!("minimum {backoff_min:?} is above maximum {backoff_max:?}"));
         }
         if let Some(max_hold) = self.max_hold
             && max_hold < ttl

@@ -104,8 +104,8 @@ impl Shared {
 
     /// Resolves when the lease is lost: at once if the backend reported it, or exactly at the
     /// validity deadline if no renewal moved it, whatever renewal calls are doing (S5).
-    fn lost(self: Arc<Self>) -> impl Future<Output = LostReason> + Send + 'static {
-        async move {
+    async fn lost(self: Arc<Self>) -> LostReason {
+        {
             let mut rx = self.state.subscribe();
             loop {
                 let valid_until = {
@@ -166,15 +166,13 @@ impl LeaseInner {
         watchdog: bool,
     ) -> Arc<Self> {
         let max_hold_until = ctx.config.max_hold().and_then(|d| acquired_at.checked_add(d));
-        let (state, _) =
-            watch::channel(State { valid_until, status: Status::Held, capped: false });
+        let (state, _) = watch::channel(State { valid_until, status: Status::Held, capped: false });
         let shared = Arc::new(Shared { key, token, fence, max_hold_until, state });
         let runtime = Handle::try_current().ok();
         let watchdog = match (&runtime, watchdog) {
-            (Some(rt), true) => Some(
-                rt.spawn(run_watchdog(Arc::downgrade(&shared), ctx.clone(), acquired_at))
-                    .abort_handle(),
-            ),
+            (Some(rt), true) => {
+                Some(rt.spawn(run_watchdog(Arc::downgrade(&shared), ctx.clone(), acquired_at)).abort_handle())
+            }
             _ => None,
         };
         Arc::new(Self { shared, ctx, watchdog, released: AtomicBool::new(false), runtime })
@@ -238,7 +236,9 @@ impl Drop for LeaseInner {
                 rt.spawn(async move {
                     match backend.release(&key, &token).await {
                         Ok(outcome) => debug!(%key, ?outcome, "background release"),
-                        Err(e) => warn!(%key, error = %e, "background release failed; the key expires by its ttl"),
+                        Err(e) => {
+                            warn!(%key, error = %e, "background release failed; the key expires by its ttl")
+                        }
                     }
                 });
             }
@@ -255,6 +255,7 @@ async fn run_watchdog(shared: Weak<Shared>, ctx: LeaseCtx, acquired_at: Instant)
         tokio::time::sleep_until(next).await;
         let Some(shared) = shared.upgrade() else { return };
         let mut ttl = config.ttl();
+        let mut reaches_cap = false;
         if let Some(cap) = shared.max_hold_until {
             let left = cap.saturating_duration_since(Instant::now());
             if left <= config.drift() + MIN_TTL {
@@ -263,6 +264,7 @@ async fn run_watchdog(shared: Weak<Shared>, ctx: LeaseCtx, acquired_at: Instant)
                 debug!(key = %shared.key, "maximum hold time reached; renewal stops");
                 return;
             }
+            reaches_cap = left < ttl;
             ttl = ttl.min(left);
         }
         let req = ExtendRequest { key: shared.key.clone(), token: shared.token, ttl };
@@ -294,6 +296,10 @@ async fn run_watchdog(shared: Weak<Shared>, ctx: LeaseCtx, acquired_at: Instant)
                     // A renewal never shortens what an earlier success promised (S4).
                     if new_deadline > deadline {
                         shared.set_valid_until(new_deadline);
+                    }
+                    if reaches_cap {
+                        // This renewal was cut short by the maximum hold time: its end is the cap.
+                        shared.state.send_modify(|s| s.capped = true);
                     }
                     debug!(key = %shared.key, "renewed");
                     next = started + config.renew_interval();

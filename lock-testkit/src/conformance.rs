@@ -110,7 +110,11 @@ pub async fn key_expires_after_ttl<B: LockBackend>(b: B) {
     must_acquire(&b, &req(&key, token, 100 * MS, false)).await;
     tokio::time::sleep(300 * MS).await;
     must_acquire(&b, &req(&key, Token::random(), 10_000 * MS, false)).await;
-    assert_eq!(b.release(&key, &token).await.unwrap(), ReleaseOutcome::NotHeld, "expired owner must not release");
+    assert_eq!(
+        b.release(&key, &token).await.unwrap(),
+        ReleaseOutcome::NotHeld,
+        "expired owner must not release"
+    );
 }
 
 /// The owner's extend moves the expiry; the validity is counted from before the request.
@@ -270,8 +274,9 @@ pub async fn mutual_exclusion_race<B: LockBackend + Clone>(b: B) {
 /// (which must be `Clone`). Prefix with `paused,` to run on paused tokio time (in-memory
 /// backends only: real servers need real time).
 ///
-/// ```ignore
+/// ```no_run
 /// lock_testkit::conformance_suite!(paused, async { lock_testkit::MemoryBackend::new() });
+/// # fn main() {}
 /// ```
 #[macro_export]
 macro_rules! conformance_suite {
@@ -286,8 +291,8 @@ macro_rules! conformance_suite {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __conformance_tests {
-    ([$($attr:tt)*] $setup:expr) => {
-        $crate::__conformance_tests!(@each [$($attr)*] $setup;
+    ([$attr:meta] $setup:expr) => {
+        $crate::__conformance_tests!(@each [$attr] $setup;
             acquire_free_key_is_granted,
             acquire_held_key_reports_remaining_ttl,
             acquire_is_idempotent_for_the_same_token,
@@ -306,9 +311,9 @@ macro_rules! __conformance_tests {
             mutual_exclusion_race
         );
     };
-    (@each [$($attr:tt)*] $setup:expr; $($name:ident),* $(,)?) => {
+    (@each [$attr:meta] $setup:expr; $($name:ident),* $(,)?) => {
         $(
-            #[$($attr)*]
+            #[$attr]
             async fn $name() {
                 let backend = $setup.await;
                 $crate::conformance::$name(backend).await;

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use lock_core::{
-    AcquireOutcome, AcquireRequest, BackendError, BackendErrorKind, Capabilities, ExtendOutcome, ExtendRequest,
-    LockBackend, LockKey, ReleaseOutcome, ReleaseWatch, Token,
+    AcquireOutcome, AcquireRequest, BackendError, BackendErrorKind, Capabilities, ExtendOutcome,
+    ExtendRequest, LockBackend, LockKey, ReleaseOutcome, ReleaseWatch, Token,
 };
 
 /// A backend operation that faults can target.

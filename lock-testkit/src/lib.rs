@@ -24,3 +24,8 @@ mod mock;
 pub use faulty::{Fault, Faulty, Op};
 pub use memory::{MemoryBackend, OpCounts};
 pub use mock::MockBackend;
+
+/// The workspace README's examples, compiled and run as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct WorkspaceReadme;
