@@ -33,6 +33,7 @@ mod client;
 mod config;
 mod error;
 mod lease;
+pub mod scripts;
 mod types;
 
 pub use backend::{

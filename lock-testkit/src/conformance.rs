@@ -270,12 +270,13 @@ pub async fn mutual_exclusion_race<B: LockBackend + Clone>(b: B) {
 
 /// Runs every conformance contract as its own `#[tokio::test]` for a backend.
 ///
-/// `$setup` is an expression evaluated afresh in each test, yielding a future of the backend
-/// (which must be `Clone`). Prefix with `paused,` to run on paused tokio time (in-memory
+/// `$setup` is an expression evaluated afresh in each test, yielding a future of
+/// `(backend, keep_alive)`: the backend (which must be `Clone`) and anything that must live as
+/// long as the test, such as the server it talks to. Prefix with `paused,` to run on paused tokio time (in-memory
 /// backends only: real servers need real time).
 ///
 /// ```no_run
-/// lock_testkit::conformance_suite!(paused, async { lock_testkit::MemoryBackend::new() });
+/// lock_testkit::conformance_suite!(paused, async { (lock_testkit::MemoryBackend::new(), ()) });
 /// # fn main() {}
 /// ```
 #[macro_export]
@@ -315,7 +316,7 @@ macro_rules! __conformance_tests {
         $(
             #[$attr]
             async fn $name() {
-                let backend = $setup.await;
+                let (backend, _keep_alive) = $setup.await;
                 $crate::conformance::$name(backend).await;
             }
         )*

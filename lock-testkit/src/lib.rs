@@ -5,7 +5,9 @@
 //! - [`Faulty`]: scripted errors, latency, hangs and lost replies around any backend;
 //! - [`MockBackend`]: a `mockall` mock of [`lock_core::LockBackend`];
 //! - [`conformance`]: the shared contract suite, run for a backend with
-//!   [`conformance_suite!`].
+//!   [`conformance_suite!`];
+//! - [`RedisServer`] / [`RedisCluster`]: real `redis-server` processes on free loopback ports,
+//!   killed on drop, and [`resp`], a tiny blocking client to inspect them.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
@@ -20,10 +22,13 @@ pub mod conformance;
 mod faulty;
 mod memory;
 mod mock;
+mod redis_server;
+pub mod resp;
 
 pub use faulty::{Fault, Faulty, Op};
 pub use memory::{MemoryBackend, OpCounts};
 pub use mock::MockBackend;
+pub use redis_server::{HarnessError, REDIS_URL_ENV, RedisCluster, RedisServer, TestRedis, start_nodes};
 
 /// The workspace README's examples, compiled and run as doctests so they stay true.
 #[cfg(doctest)]

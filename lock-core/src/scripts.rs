@@ -1,0 +1,204 @@
+//! The Lua scripts and key layout shared by every Redis driver.
+//!
+//! Both drivers run these exact scripts on the same key names, so a lock taken through one
+//! driver excludes clients of the other, and a release through one wakes waiters of the other.
+//!
+//! # Key layout
+//! For a lock key `k`, with `t` = `k` escaped so it never starts with `}` or `~` (a leading `}`
+//! or `~` gets a `~` before it, which keeps the mapping one-to-one):
+//! - `lock:{t}`: the lock; value `<32 hex owner token>:<fence>`, with a PX expiry;
+//! - `lock:{t}:fence`: the fencing counter. It **never expires**: it must outlive every
+//!   lease to keep fencing tokens increasing. One small integer per key that ever used fencing;
+//! - `lock:{t}:released`: the pub/sub channel a release is announced on.
+//!
+//! Every name carries the hash tag `{t}` (Redis hashes only up to the first `}` after the first
+//! `{`; all three names share that prefix), so Redis Cluster never sees CROSSSLOT.
+
+use std::time::Duration;
+
+use crate::backend::AcquireOutcome;
+use crate::error::{BackendError, BackendErrorKind};
+use crate::types::{FencingToken, Grant, LockKey};
+use crate::{Instant, Token};
+
+/// A Lua script with its SHA1 digest (for EVALSHA), pinned by a test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LuaScript {
+    /// A short name for errors and logs.
+    pub name: &'static str,
+    /// The script text.
+    pub source: &'static str,
+    /// The lower-case hex SHA1 of `source`: what `SCRIPT LOAD` returns.
+    pub sha1: &'static str,
+}
+
+/// `acquire.lua`: SET NX PX, or refresh for the same owner, with an optional INCR fence.
+/// KEYS: lock, fence. ARGV: token, ttl ms, `"1"` to fence. Returns `{1, fence}` or `{0, pttl}`.
+pub const ACQUIRE: LuaScript = LuaScript {
+    name: "acquire",
+    source: include_str!("../scripts/acquire.lua"),
+    sha1: "3392a97a81a12542199c66e90332db39e7c66bd8",
+};
+
+/// `extend.lua`: owner-checked PEXPIRE. KEYS: lock. ARGV: token, ttl ms. Returns 1 or 0.
+pub const EXTEND: LuaScript = LuaScript {
+    name: "extend",
+    source: include_str!("../scripts/extend.lua"),
+    sha1: "c8bfd565593adf19adc8dfcc96e6ebf97a22c1c4",
+};
+
+/// `release.lua`: owner-checked DEL, then PUBLISH. KEYS: lock. ARGV: token, channel.
+/// Returns 1 or 0.
+pub const RELEASE: LuaScript = LuaScript {
+    name: "release",
+    source: include_str!("../scripts/release.lua"),
+    sha1: "a22323baa0c8ad13d803d8794e3be39d80343e70",
+};
+
+/// The Redis names of one lock (see the module docs for the layout).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisKeys {
+    /// The lock key.
+    pub lock: String,
+    /// The fencing counter key.
+    pub fence: String,
+    /// The release notice channel.
+    pub channel: String,
+}
+
+impl RedisKeys {
+    /// The names for `key`.
+    ///
+    /// ```
+    /// use lock_core::{LockKey, scripts::RedisKeys};
+    /// let k = RedisKeys::for_key(&LockKey::new("orders:42")?);
+    /// assert_eq!(k.lock, "lock:{orders:42}");
+    /// assert_eq!(k.fence, "lock:{orders:42}:fence");
+    /// assert_eq!(k.channel, "lock:{orders:42}:released");
+    /// # Ok::<(), lock_core::LockError>(())
+    /// ```
+    pub fn for_key(key: &LockKey) -> Self {
+        let k = key.as_str();
+        let escape = if k.starts_with('}') || k.starts_with('~') { "~" } else { "" };
+        let lock = format!("lock:{{{escape}{k}}}");
+        Self { fence: format!("{lock}:fence"), channel: format!("{lock}:released"), lock }
+    }
+
+    /// The channel-name prefix common to every lock's release notices.
+    pub const CHANNEL_PREFIX: &'static str = "lock:{";
+}
+
+/// The ARGV of [`ACQUIRE`].
+pub fn acquire_args(token: &Token, ttl: Duration, fencing: bool) -> [String; 3] {
+    [token.to_string(), ttl_millis(ttl).to_string(), if fencing { "1" } else { "0" }.to_string()]
+}
+
+/// The ARGV of [`EXTEND`].
+pub fn extend_args(token: &Token, ttl: Duration) -> [String; 2] {
+    [token.to_string(), ttl_millis(ttl).to_string()]
+}
+
+/// The ARGV of [`RELEASE`].
+pub fn release_args(token: &Token, keys: &RedisKeys) -> [String; 2] {
+    [token.to_string(), keys.channel.clone()]
+}
+
+/// A TTL in whole milliseconds for PX/PEXPIRE, at least 1 (Redis rejects 0).
+pub fn ttl_millis(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+/// Interprets the reply of [`ACQUIRE`]: `started` is the instant sampled before sending it.
+///
+/// # Errors
+/// [`BackendErrorKind::Protocol`] when the reply is not one the script can give.
+pub fn acquire_outcome(
+    started: Instant,
+    ttl: Duration,
+    fencing: bool,
+    reply: &[i64],
+) -> Result<AcquireOutcome, BackendError> {
+    match *reply {
+        [1, fence] => {
+            let fence = match (fencing, u64::try_from(fence)) {
+                (true, Ok(f)) if f > 0 => Some(FencingToken(f)),
+                (true, _) => {
+                    // Held by this token from an acquisition made without fencing.
+                    return Err(BackendError::permanent(
+                        BackendErrorKind::Protocol,
+                        "the lock is held by this owner without a fencing token",
+                    ));
+                }
+                (false, _) => None,
+            };
+            Ok(Grant::from_start(started, ttl, fence)
+                .map_or(AcquireOutcome::Held { remaining: None }, AcquireOutcome::Acquired))
+        }
+        [0, pttl] => Ok(AcquireOutcome::Held {
+            remaining: u64::try_from(pttl).ok().filter(|ms| *ms > 0).map(Duration::from_millis),
+        }),
+        _ => Err(BackendError::permanent(
+            BackendErrorKind::Protocol,
+            format!("unexpected reply {reply:?} from the acquire script"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sha1_hex(s: &str) -> String {
+        sha1_smol::Sha1::from(s).digest().to_string()
+    }
+
+    #[test]
+    fn script_digests_are_pinned() {
+        for script in [ACQUIRE, EXTEND, RELEASE] {
+            assert_eq!(sha1_hex(script.source), script.sha1, "{} changed: update its sha1", script.name);
+        }
+    }
+
+    #[test]
+    fn every_name_shares_one_non_empty_hash_tag() {
+        for k in ["a", "}x", "~x", "a}b", "{x}", "x{", "}", "~", "~}"] {
+            let keys = RedisKeys::for_key(&LockKey::new(k).unwrap());
+            let tag = |name: &str| {
+                let open = name.find('{').unwrap();
+                let close = name[open + 1..].find('}').unwrap() + open + 1;
+                name[open + 1..close].to_string()
+            };
+            let t = tag(&keys.lock);
+            assert!(!t.is_empty(), "empty hash tag for {k:?}: {}", keys.lock);
+            assert_eq!(t, tag(&keys.fence), "{k:?}");
+        }
+    }
+
+    #[test]
+    fn escaping_keeps_keys_distinct() {
+        let names: std::collections::HashSet<_> = ["}x", "~}x", "~x", "~~x", "x"]
+            .iter()
+            .map(|k| RedisKeys::for_key(&LockKey::new(k).unwrap()).lock)
+            .collect();
+        assert_eq!(names.len(), 5);
+    }
+
+    #[test]
+    fn acquire_replies_are_decoded() {
+        let t0 = Instant::now();
+        let ttl = Duration::from_secs(10);
+        assert!(matches!(
+            acquire_outcome(t0, ttl, true, &[1, 7]).unwrap(),
+            AcquireOutcome::Acquired(Grant { fence: Some(FencingToken(7)), .. })
+        ));
+        assert_eq!(
+            acquire_outcome(t0, ttl, false, &[0, 1500]).unwrap(),
+            AcquireOutcome::Held { remaining: Some(Duration::from_millis(1500)) }
+        );
+        assert_eq!(
+            acquire_outcome(t0, ttl, false, &[0, -1]).unwrap(),
+            AcquireOutcome::Held { remaining: None }
+        );
+        assert!(acquire_outcome(t0, ttl, false, &[2]).is_err());
+    }
+}

@@ -1,0 +1,341 @@
+//! [`RedisBackend`]: the `redis` crate behind [`LockBackend`].
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use lock_core::scripts::{self, LuaScript, RedisKeys};
+use lock_core::{
+    AcquireOutcome, AcquireRequest, BackendError, BackendErrorKind, Capabilities, ExtendOutcome,
+    ExtendRequest, Grant, Instant, LockBackend, LockKey, ReleaseOutcome, ReleaseWatch, Token,
+};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{AsyncConnectionConfig, ErrorKind, FromRedisValue, ServerErrorKind};
+
+use crate::error::map_error;
+use crate::notifier::Notifier;
+
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+
+struct Shared {
+    endpoint: String,
+    command_timeout: Duration,
+    /// Where release notices are subscribed; `None` turns wake-up off.
+    pubsub_client: Option<redis::Client>,
+    /// Started on the first wait, so construction needs no runtime.
+    notifier: OnceLock<Notifier>,
+}
+
+/// A lock backend over the `redis` crate.
+///
+/// `C` is the connection: [`MultiplexedConnection`] ([`RedisBackend::connect`]),
+/// [`ConnectionManager`] with automatic reconnection ([`RedisBackendBuilder::connect_managed`]),
+/// or the async [`ClusterConnection`] ([`RedisBackendBuilder::connect_cluster`]); any
+/// [`ConnectionLike`] works through [`RedisBackend::from_connection`]. Clones share the
+/// connection and the pub/sub subscriber.
+///
+/// Each operation is one `EVALSHA` of the shared scripts in [`lock_core::scripts`] (with `EVAL`
+/// as the fallback on `NOSCRIPT`), so a lock/unlock cycle is two round trips, and locks taken
+/// through this backend exclude those taken through any other driver of this workspace.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use lock_core::LockClient;
+/// use lock_redis_rs::RedisBackend;
+///
+/// let backend = RedisBackend::connect("redis://127.0.0.1:6379/").await?;
+/// let locks = LockClient::new(backend);
+/// let guard = locks.mutex("orders:42")?.lock().await?;
+/// guard.release().await?;
+/// # Ok(()) }
+/// ```
+pub struct RedisBackend<C = MultiplexedConnection> {
+    conn: C,
+    shared: Arc<Shared>,
+}
+
+impl<C: Clone> Clone for RedisBackend<C> {
+    fn clone(&self) -> Self {
+        Self { conn: self.conn.clone(), shared: Arc::clone(&self.shared) }
+    }
+}
+
+impl<C> std::fmt::Debug for RedisBackend<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBackend")
+            .field("endpoint", &self.shared.endpoint)
+            .field("wake_up", &self.shared.pubsub_client.is_some())
+            .finish()
+    }
+}
+
+/// Options for connecting a [`RedisBackend`].
+#[derive(Debug, Clone)]
+pub struct RedisBackendBuilder {
+    connect_timeout: Duration,
+    command_timeout: Duration,
+    wake_up: bool,
+}
+
+impl Default for RedisBackendBuilder {
+    fn default() -> Self {
+        Self {
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            command_timeout: DEFAULT_COMMAND_TIMEOUT,
+            wake_up: true,
+        }
+    }
+}
+
+fn config_error(what: impl std::fmt::Display) -> BackendError {
+    BackendError::permanent(BackendErrorKind::Other, what.to_string())
+}
+
+impl RedisBackendBuilder {
+    /// How long connecting may take. Default 5 s.
+    #[must_use]
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long one command may take before it fails as a retryable timeout. Default 2 s.
+    #[must_use]
+    pub fn command_timeout(mut self, timeout: Duration) -> Self {
+        self.command_timeout = timeout;
+        self
+    }
+
+    /// Whether waiters are woken by release notices over pub/sub. Default on.
+    #[must_use]
+    pub fn wake_up(mut self, on: bool) -> Self {
+        self.wake_up = on;
+        self
+    }
+
+    fn open(&self, url: &str) -> Result<redis::Client, BackendError> {
+        redis::Client::open(url).map_err(|e| map_error(e, &format!("invalid redis url {url:?}")))
+    }
+
+    fn finish<C>(&self, conn: C, endpoint: String, pubsub: Option<redis::Client>) -> RedisBackend<C> {
+        RedisBackend {
+            conn,
+            shared: Arc::new(Shared {
+                endpoint,
+                command_timeout: self.command_timeout,
+                pubsub_client: pubsub.filter(|_| self.wake_up),
+                notifier: OnceLock::new(),
+            }),
+        }
+    }
+
+    async fn within<T>(
+        &self,
+        what: &str,
+        fut: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, BackendError> {
+        match tokio::time::timeout(self.connect_timeout, fut).await {
+            Ok(r) => r.map_err(|e| map_error(e, what)),
+            Err(_) => Err(BackendError::retryable(
+                BackendErrorKind::Timeout,
+                format!("{what}: no connection within {:?}", self.connect_timeout),
+            )),
+        }
+    }
+
+    /// Connects one multiplexed connection to a single node.
+    ///
+    /// # Errors
+    /// An invalid URL, or a server that cannot be reached within the connect timeout.
+    pub async fn connect(self, url: &str) -> Result<RedisBackend<MultiplexedConnection>, BackendError> {
+        let client = self.open(url)?;
+        let endpoint = client.get_connection_info().addr().to_string();
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(self.command_timeout));
+        let what = format!("connecting to {endpoint}");
+        let conn = self.within(&what, client.get_multiplexed_async_connection_with_config(&config)).await?;
+        Ok(self.finish(conn, endpoint, Some(client)))
+    }
+
+    /// Connects a [`ConnectionManager`], which reconnects by itself after failures.
+    ///
+    /// # Errors
+    /// An invalid URL, or a server that cannot be reached within the connect timeout.
+    pub async fn connect_managed(self, url: &str) -> Result<RedisBackend<ConnectionManager>, BackendError> {
+        let client = self.open(url)?;
+        let endpoint = client.get_connection_info().addr().to_string();
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(self.command_timeout));
+        let what = format!("connecting to {endpoint}");
+        let conn = self.within(&what, ConnectionManager::new_with_config(client.clone(), config)).await?;
+        Ok(self.finish(conn, endpoint, Some(client)))
+    }
+
+    /// Connects to a Redis Cluster through its seed nodes.
+    ///
+    /// Release notices use classic `PUBLISH`, which the cluster bus delivers to every node, and
+    /// one subscriber connection to the first seed (a documented fallback for sharded pub/sub:
+    /// if that node is down, waiters still acquire when the holder's TTL or their capped
+    /// backoff runs out).
+    ///
+    /// # Errors
+    /// No seed, an invalid URL, or a cluster that cannot be reached within the connect timeout.
+    pub async fn connect_cluster<S: AsRef<str>>(
+        self,
+        seeds: &[S],
+    ) -> Result<RedisBackend<ClusterConnection>, BackendError> {
+        let first = seeds.first().ok_or_else(|| config_error("a cluster needs at least one seed url"))?;
+        let pubsub = self.open(first.as_ref())?;
+        let mut endpoints = Vec::new();
+        for s in seeds {
+            endpoints.push(self.open(s.as_ref())?.get_connection_info().addr().to_string());
+        }
+        endpoints.sort();
+        let endpoint = format!("cluster[{}]", endpoints.join(","));
+        let client = ClusterClient::builder(seeds.iter().map(|s| s.as_ref().to_string()))
+            .connection_timeout(self.connect_timeout)
+            .response_timeout(self.command_timeout)
+            .build()
+            .map_err(|e| map_error(e, "invalid cluster configuration"))?;
+        let what = format!("connecting to {endpoint}");
+        let conn = self.within(&what, client.get_async_connection()).await?;
+        Ok(self.finish(conn, endpoint, Some(pubsub)))
+    }
+}
+
+impl RedisBackend<MultiplexedConnection> {
+    /// Options for connecting.
+    pub fn builder() -> RedisBackendBuilder {
+        RedisBackendBuilder::default()
+    }
+
+    /// Connects to a single node with the default options (see [`RedisBackendBuilder`]).
+    ///
+    /// # Errors
+    /// An invalid URL, or a server that cannot be reached within 5 s.
+    pub async fn connect(url: &str) -> Result<Self, BackendError> {
+        RedisBackendBuilder::default().connect(url).await
+    }
+}
+
+impl<C> RedisBackend<C>
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    /// Wraps a connection you built. `endpoint` names the server(s) (e.g. `"127.0.0.1:6379"`),
+    /// used to tell nodes apart in a quorum. Wake-up is off unless
+    /// [`RedisBackend::with_wake_up`] gives it a client to subscribe through.
+    pub fn from_connection(conn: C, endpoint: impl Into<String>) -> Self {
+        RedisBackendBuilder::default().wake_up(false).finish(conn, endpoint.into(), None)
+    }
+
+    /// Turns on wake-up, subscribing to release notices through `client`.
+    #[must_use]
+    pub fn with_wake_up(self, client: redis::Client) -> Self {
+        let shared = Shared {
+            endpoint: self.shared.endpoint.clone(),
+            command_timeout: self.shared.command_timeout,
+            pubsub_client: Some(client),
+            notifier: OnceLock::new(),
+        };
+        Self { conn: self.conn, shared: Arc::new(shared) }
+    }
+
+    /// The underlying connection.
+    pub fn connection(&self) -> &C {
+        &self.conn
+    }
+
+    /// How many lock channels this backend is subscribed to now (one per key being waited on).
+    pub fn subscribed_channels(&self) -> usize {
+        self.shared.notifier.get().map_or(0, Notifier::active_channels)
+    }
+
+    /// Runs a shared script: EVALSHA, falling back to EVAL when the server lost its script
+    /// cache (restart, failover, `SCRIPT FLUSH`); EVAL also re-caches it.
+    async fn eval<T: FromRedisValue>(
+        &self,
+        script: &LuaScript,
+        keys: &[&str],
+        args: &[String],
+    ) -> Result<T, BackendError> {
+        let context =
+            || format!("{} script on redis key {:?} at {}", script.name, keys[0], self.shared.endpoint);
+        let timeout = self.shared.command_timeout;
+        let mut conn = self.conn.clone();
+        let mut evalsha = redis::cmd("EVALSHA");
+        evalsha.arg(script.sha1).arg(keys.len()).arg(keys).arg(args);
+        let first = tokio::time::timeout(timeout, evalsha.query_async::<T>(&mut conn)).await;
+        let result = match first {
+            Ok(Err(e)) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                let mut eval = redis::cmd("EVAL");
+                eval.arg(script.source).arg(keys.len()).arg(keys).arg(args);
+                tokio::time::timeout(timeout, eval.query_async::<T>(&mut conn)).await
+            }
+            other => other,
+        };
+        match result {
+            Ok(r) => r.map_err(|e| map_error(e, &context())),
+            Err(_) => Err(BackendError::retryable(
+                BackendErrorKind::Timeout,
+                format!("{}: no reply within {timeout:?}", context()),
+            )),
+        }
+    }
+}
+
+#[async_trait]
+impl<C> LockBackend for RedisBackend<C>
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    fn name(&self) -> &str {
+        "redis-rs"
+    }
+
+    fn endpoint(&self) -> String {
+        self.shared.endpoint.clone()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new(true, self.shared.pubsub_client.is_some())
+    }
+
+    async fn acquire(&self, req: &AcquireRequest) -> Result<AcquireOutcome, BackendError> {
+        let keys = RedisKeys::for_key(&req.key);
+        let args = scripts::acquire_args(&req.token, req.ttl, req.fencing);
+        let started = Instant::now();
+        let reply: Vec<i64> = self.eval(&scripts::ACQUIRE, &[&keys.lock, &keys.fence], &args).await?;
+        scripts::acquire_outcome(started, req.ttl, req.fencing, &reply)
+    }
+
+    async fn extend(&self, req: &ExtendRequest) -> Result<ExtendOutcome, BackendError> {
+        let keys = RedisKeys::for_key(&req.key);
+        let args = scripts::extend_args(&req.token, req.ttl);
+        let started = Instant::now();
+        let reply: i64 = self.eval(&scripts::EXTEND, &[&keys.lock], &args).await?;
+        Ok(match (reply, Grant::from_start(started, req.ttl, None)) {
+            (1, Some(g)) => ExtendOutcome::Extended { valid_until: g.valid_until },
+            _ => ExtendOutcome::NotHeld,
+        })
+    }
+
+    async fn release(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError> {
+        let keys = RedisKeys::for_key(key);
+        let args = scripts::release_args(token, &keys);
+        let reply: i64 = self.eval(&scripts::RELEASE, &[&keys.lock], &args).await?;
+        Ok(if reply == 1 { ReleaseOutcome::Released } else { ReleaseOutcome::NotHeld })
+    }
+
+    async fn watch_releases(&self, key: &LockKey) -> Result<Option<ReleaseWatch>, BackendError> {
+        let Some(client) = &self.shared.pubsub_client else { return Ok(None) };
+        let notifier =
+            self.shared.notifier.get_or_init(|| Notifier::start(client.clone(), self.shared.command_timeout));
+        Ok(Some(notifier.watch(&RedisKeys::for_key(key).channel).await))
+    }
+}

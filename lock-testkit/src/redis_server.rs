@@ -1,0 +1,338 @@
+//! `redis-server` processes for tests: single nodes and a 3-master Redis Cluster.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use crate::resp::{Resp, command};
+
+/// The environment variable that points tests at an existing server instead of spawning one.
+pub const REDIS_URL_ENV: &str = "LOCK_TEST_REDIS_URL";
+
+const INSTALL_HINT: &str = "install it (Debian/Ubuntu: `apt-get install redis-server redis-tools`, \
+macOS: `brew install redis`), or set LOCK_TEST_REDIS_URL to a running server";
+
+/// Why a test server could not be provided.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HarnessError {
+    /// `redis-server` or `redis-cli` is not installed.
+    #[error("`{0}` was not found on PATH: {INSTALL_HINT}")]
+    NotInstalled(&'static str),
+    /// The server did not become ready; includes the tail of its log.
+    #[error("redis-server on port {port} did not become ready: {reason}\n--- server log ---\n{log}")]
+    NotReady {
+        /// The port it was started on.
+        port: u16,
+        /// What went wrong.
+        reason: String,
+        /// The end of the server's log.
+        log: String,
+    },
+    /// An I/O error talking to a server or managing files.
+    #[error("test server i/o: {0}")]
+    Io(String),
+    /// A cluster could not be formed.
+    #[error("redis cluster set-up failed: {0}")]
+    Cluster(String),
+}
+
+fn free_port(with_bus: bool) -> Result<u16, HarnessError> {
+    for _ in 0..200 {
+        let port = if with_bus {
+            20_000 + rand::random::<u16>() % 10_000
+        } else {
+            let l = TcpListener::bind("127.0.0.1:0").map_err(|e| HarnessError::Io(e.to_string()))?;
+            l.local_addr().map_err(|e| HarnessError::Io(e.to_string()))?.port()
+        };
+        let ok = TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && (!with_bus || TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok());
+        if ok {
+            return Ok(port);
+        }
+    }
+    Err(HarnessError::Io("no free loopback port found".into()))
+}
+
+fn which(program: &'static str) -> Result<(), HarnessError> {
+    match Command::new(program).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status() {
+        Ok(_) => Ok(()),
+        Err(_) => Err(HarnessError::NotInstalled(program)),
+    }
+}
+
+/// A `redis-server` process on a free loopback port, with its own temp dir, no persistence
+/// (`--save ''`, `--appendonly no`) and a log kept for failure messages. Killed on drop.
+///
+/// ```no_run
+/// let server = lock_testkit::RedisServer::start()?;
+/// println!("{}", server.url()); // redis://127.0.0.1:<port>/
+/// # Ok::<(), lock_testkit::HarnessError>(())
+/// ```
+#[derive(Debug)]
+pub struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+    extra: Vec<String>,
+}
+
+impl RedisServer {
+    /// Starts a server on a free port and waits until it answers PING.
+    ///
+    /// # Errors
+    /// [`HarnessError::NotInstalled`] when `redis-server` is missing, or
+    /// [`HarnessError::NotReady`] with the server's log.
+    pub fn start() -> Result<Self, HarnessError> {
+        Self::start_with(&[])
+    }
+
+    /// Like [`RedisServer::start`], with extra `redis-server` arguments (e.g.
+    /// `["--requirepass", "secret"]`).
+    ///
+    /// # Errors
+    /// As [`RedisServer::start`].
+    pub fn start_with(extra: &[&str]) -> Result<Self, HarnessError> {
+        which("redis-server")?;
+        let mut last = None;
+        for _ in 0..5 {
+            let cluster = extra.contains(&"--cluster-enabled");
+            let port = free_port(cluster)?;
+            let dir = tempfile::tempdir().map_err(|e| HarnessError::Io(e.to_string()))?;
+            let mut server =
+                Self { child: None, port, dir, extra: extra.iter().map(|s| s.to_string()).collect() };
+            match server.spawn() {
+                Ok(()) => return Ok(server),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| HarnessError::Io("could not start redis-server".into())))
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("redis.log")
+    }
+
+    fn spawn(&mut self) -> Result<(), HarnessError> {
+        let io = |e: std::io::Error| HarnessError::Io(e.to_string());
+        let mut cmd = Command::new("redis-server");
+        cmd.arg("--port")
+            .arg(self.port.to_string())
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .arg("--logfile")
+            .arg(self.log_path())
+            .args(&self.extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        self.child = Some(cmd.spawn().map_err(io)?);
+        self.wait_ready(Duration::from_secs(10))
+    }
+
+    fn wait_ready(&mut self, within: Duration) -> Result<(), HarnessError> {
+        let deadline = Instant::now() + within;
+        loop {
+            let reply = command(&self.addr(), &["PING"]);
+            match reply {
+                Ok(Resp::Simple(s)) if s == "PONG" => return Ok(()),
+                // A password-protected server answers NOAUTH: it is up.
+                Ok(Resp::Error(e)) if e.starts_with("NOAUTH") => return Ok(()),
+                _ => {}
+            }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                return Err(self.not_ready(format!("the process exited with {status}")));
+            }
+            if Instant::now() >= deadline {
+                return Err(self.not_ready(format!("no PONG within {within:?}")));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn not_ready(&self, reason: String) -> HarnessError {
+        HarnessError::NotReady { port: self.port, reason, log: self.log_tail() }
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `127.0.0.1:<port>`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// `redis://127.0.0.1:<port>/`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The last 40 lines of the server's log.
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// Runs one command on the server (a fresh connection each time).
+    ///
+    /// # Errors
+    /// [`HarnessError::Io`] when the server cannot be reached.
+    pub fn cmd(&self, args: &[&str]) -> Result<Resp, HarnessError> {
+        command(&self.addr(), args)
+    }
+
+    /// Kills the process (SIGKILL) and waits for it. Its data is gone (no persistence).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills the server if it runs, then starts it again on the same port, empty.
+    ///
+    /// # Errors
+    /// As [`RedisServer::start`].
+    pub fn restart(&mut self) -> Result<(), HarnessError> {
+        self.kill();
+        self.spawn()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `LOCK_TEST_REDIS_URL` when set, else a freshly spawned server (kept alive by the value).
+#[derive(Debug)]
+pub struct TestRedis {
+    url: String,
+    server: Option<RedisServer>,
+}
+
+impl TestRedis {
+    /// Uses `LOCK_TEST_REDIS_URL` if set, else spawns a server.
+    ///
+    /// # Errors
+    /// As [`RedisServer::start`] when a server must be spawned.
+    pub fn from_env_or_spawn() -> Result<Self, HarnessError> {
+        match std::env::var(REDIS_URL_ENV) {
+            Ok(url) if !url.is_empty() => Ok(Self { url, server: None }),
+            _ => RedisServer::start().map(|s| Self { url: s.url(), server: Some(s) }),
+        }
+    }
+
+    /// The URL to connect to.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The spawned server, when one was spawned.
+    pub fn server(&self) -> Option<&RedisServer> {
+        self.server.as_ref()
+    }
+}
+
+/// Starts `n` independent servers.
+///
+/// # Errors
+/// As [`RedisServer::start`].
+pub fn start_nodes(n: usize) -> Result<Vec<RedisServer>, HarnessError> {
+    (0..n).map(|_| RedisServer::start()).collect()
+}
+
+/// A local Redis Cluster of 3 masters (no replicas), made with `redis-cli --cluster create`.
+#[derive(Debug)]
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+}
+
+static SHARED_CLUSTER: Mutex<Weak<RedisCluster>> = Mutex::new(Weak::new());
+
+impl RedisCluster {
+    /// Starts 3 cluster-enabled servers, joins them, and waits for `cluster_state:ok`.
+    ///
+    /// # Errors
+    /// [`HarnessError`] when a server or `redis-cli` is missing or the cluster does not form.
+    pub fn start() -> Result<Self, HarnessError> {
+        which("redis-cli")?;
+        let args = [
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            "3000",
+        ];
+        let nodes = (0..3).map(|_| RedisServer::start_with(&args)).collect::<Result<Vec<_>, _>>()?;
+        let mut create = Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        for n in &nodes {
+            create.arg(n.addr());
+        }
+        create.args(["--cluster-replicas", "0", "--cluster-yes"]);
+        let out = create.output().map_err(|e| HarnessError::Cluster(e.to_string()))?;
+        if !out.status.success() {
+            return Err(HarnessError::Cluster(format!(
+                "redis-cli --cluster create failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        let cluster = Self { nodes };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !cluster.is_ok() {
+            if Instant::now() >= deadline {
+                return Err(HarnessError::Cluster("cluster_state did not become ok within 30s".into()));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(cluster)
+    }
+
+    /// One cluster shared by every test of this process that holds the returned `Arc`; it is
+    /// stopped when the last holder drops it.
+    ///
+    /// # Errors
+    /// As [`RedisCluster::start`].
+    pub fn shared() -> Result<Arc<Self>, HarnessError> {
+        let mut slot = SHARED_CLUSTER.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = slot.upgrade() {
+            return Ok(c);
+        }
+        let c = Arc::new(Self::start()?);
+        *slot = Arc::downgrade(&c);
+        Ok(c)
+    }
+
+    fn is_ok(&self) -> bool {
+        self.nodes
+            .iter()
+            .all(|n| n.cmd(&["CLUSTER", "INFO"]).is_ok_and(|r| r.text().contains("cluster_state:ok")))
+    }
+
+    /// The nodes.
+    pub fn nodes(&self) -> &[RedisServer] {
+        &self.nodes
+    }
+
+    /// `redis://127.0.0.1:<port>/` of every node.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+}
