@@ -172,6 +172,12 @@ impl RedisBackendBuilder {
             .set_connection_timeout(Some(self.connect_timeout))
             .set_response_timeout(Some(self.command_timeout));
         let what = format!("connecting to {endpoint}");
+        // The manager retries failed connects (auth failures too) until its timeout; one plain
+        // connection first surfaces a wrong password or a refused port as what it is.
+        let probe = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(self.command_timeout));
+        drop(self.within(&what, client.get_multiplexed_async_connection_with_config(&probe)).await?);
         let conn = self.within(&what, ConnectionManager::new_with_config(client.clone(), config)).await?;
         Ok(self.finish(conn, endpoint, Some(client)))
     }

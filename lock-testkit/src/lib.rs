@@ -23,6 +23,7 @@ mod faulty;
 mod memory;
 mod mock;
 mod redis_server;
+pub mod redis_suite;
 pub mod resp;
 
 pub use faulty::{Fault, Faulty, Op};

@@ -11,12 +11,26 @@ use std::time::Duration;
 
 use clap::Parser;
 use lock_core::{LockBackend, LockClient, LockConfig, LockError};
-use lock_testkit::{Fault, Faulty, MemoryBackend, Op};
+use lock_redis_rs::RedisBackend;
+use lock_testkit::{Fault, Faulty, MemoryBackend, Op, RedisServer};
 use tokio::time::Instant;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum BackendChoice {
+    /// Redis when `REDIS_URL` is set or `redis-server` is installed, else in-memory.
+    Auto,
+    /// Redis: `REDIS_URL`, or a `redis-server` spawned on a free loopback port.
+    Redis,
+    /// The in-memory backend.
+    Memory,
+}
 
 #[derive(Parser, Debug)]
 #[command(about = "Workers contending for one distributed lock")]
 struct Args {
+    /// Where the lock lives.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    backend: BackendChoice,
     /// Number of contending workers.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
     workers: u32,
@@ -59,9 +73,42 @@ impl Story {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    let backend = MemoryBackend::new();
-    println!("backend: in-memory (embedded default)");
+    let url = std::env::var("REDIS_URL").ok().filter(|u| !u.is_empty());
+    let use_redis = match args.backend {
+        BackendChoice::Memory => false,
+        BackendChoice::Redis => true,
+        BackendChoice::Auto => url.is_some() || redis_server_installed(),
+    };
+    if !use_redis {
+        println!("backend: in-memory (embedded default; install redis-server or set REDIS_URL for Redis)");
+        return run(MemoryBackend::new(), &args).await;
+    }
+    // Keeps a spawned server alive for the whole demo; it is killed on drop.
+    let (url, _server) = match url {
+        Some(url) => {
+            println!("backend: redis-rs driver, Redis at {url} (from REDIS_URL)");
+            (url, None)
+        }
+        None => {
+            let server = RedisServer::start()?;
+            println!(
+                "backend: redis-rs driver, redis-server spawned on {} (pid {:?})",
+                server.addr(),
+                server.pid()
+            );
+            (server.url(), Some(server))
+        }
+    };
+    let backend = RedisBackend::builder().connect_managed(&url).await?;
     run(backend, &args).await
+}
+
+fn redis_server_installed() -> bool {
+    std::process::Command::new("redis-server")
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 async fn run<B: LockBackend + Clone>(backend: B, args: &Args) -> Result<(), Box<dyn std::error::Error>> {

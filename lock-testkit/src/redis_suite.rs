@@ -1,0 +1,348 @@
+//! Redis-specific tests shared by every Redis driver crate, against real `redis-server`
+//! processes: script cache loss, wrong types, dead and restarted servers, auth, wake-up by
+//! pub/sub, subscription hygiene and round trips. Run them all with [`crate::redis_suite!`].
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use lock_core::{
+    BackendError, BackendErrorKind, Instant, LockBackend, LockClient, LockConfig, LockError, LockOptions,
+};
+
+use crate::RedisServer;
+use crate::resp::Resp;
+
+const MS: Duration = Duration::from_millis(1);
+
+/// Options a driver is connected with in these tests.
+#[derive(Debug, Clone, Copy)]
+pub struct DriverOptions {
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Per-command timeout.
+    pub command_timeout: Duration,
+}
+
+impl Default for DriverOptions {
+    fn default() -> Self {
+        Self { connect_timeout: 2_000 * MS, command_timeout: 1_000 * MS }
+    }
+}
+
+/// How a Redis driver crate plugs into the shared Redis-specific tests.
+#[async_trait]
+pub trait RedisDriver: Send + Sync + 'static {
+    /// The backend type.
+    type Backend: LockBackend + Clone;
+    /// Connects to one node with automatic reconnection and wake-up on.
+    async fn connect(&self, url: &str, options: DriverOptions) -> Result<Self::Backend, BackendError>;
+    /// How many lock channels the backend is subscribed to now.
+    fn subscribed_channels(backend: &Self::Backend) -> usize;
+}
+
+fn server() -> RedisServer {
+    RedisServer::start().unwrap_or_else(|e| panic!("{e}"))
+}
+
+async fn connect<D: RedisDriver>(driver: &D, server: &RedisServer) -> D::Backend {
+    driver.connect(&server.url(), DriverOptions::default()).await.unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn config(ttl: Duration) -> LockConfig {
+    LockConfig::builder()
+        .ttl(ttl)
+        .acquire_timeout(60_000 * MS)
+        .retry_backoff(2 * MS, 50 * MS)
+        .fencing(true)
+        .build()
+        .unwrap()
+}
+
+fn text(r: Resp) -> String {
+    r.text()
+}
+
+/// `SCRIPT FLUSH` while locks are held and being taken: EVALSHA falls back to EVAL and every
+/// operation still works.
+pub async fn script_flush_while_locks_are_held_and_taken<D: RedisDriver>(driver: D) {
+    let server = server();
+    let locks = LockClient::with_config(connect(&driver, &server).await, config(10_000 * MS)).unwrap();
+    let held = locks.mutex("flush:held").unwrap().lock().await.unwrap();
+    server.cmd(&["SCRIPT", "FLUSH"]).unwrap();
+    let taken = locks.mutex("flush:taken").unwrap().lock().await.unwrap();
+    server.cmd(&["SCRIPT", "FLUSH"]).unwrap();
+    held.extend(10_000 * MS).await.unwrap();
+    server.cmd(&["SCRIPT", "FLUSH"]).unwrap();
+    held.release().await.unwrap();
+    taken.release().await.unwrap();
+    assert_eq!(text(server.cmd(&["DBSIZE"]).unwrap()), "2", "only the two fence counters remain");
+}
+
+/// A key of the wrong type gives a permanent WRONGTYPE error naming the key.
+pub async fn wrongtype_key_gives_a_clear_error<D: RedisDriver>(driver: D) {
+    let server = server();
+    server.cmd(&["LPUSH", "lock:{jobs:list}", "x"]).unwrap();
+    let locks = LockClient::with_config(connect(&driver, &server).await, config(10_000 * MS)).unwrap();
+    let start = Instant::now();
+    let err = locks.mutex("jobs:list").unwrap().lock().await.unwrap_err();
+    assert!(start.elapsed() < 1_000 * MS, "a permanent error must not be retried until the timeout");
+    match &err {
+        LockError::Backend { source, .. } => assert_eq!(source.kind(), BackendErrorKind::WrongType, "{err}"),
+        other => panic!("expected a backend error, got {other}"),
+    }
+    let msg = err.to_string();
+    assert!(msg.contains("jobs:list") && msg.contains("WRONGTYPE"), "{msg}");
+}
+
+/// A server killed while a lock is held: `lost()` fires by the local deadline.
+pub async fn server_killed_while_held_fires_lost_by_the_deadline<D: RedisDriver>(driver: D) {
+    let mut server = server();
+    let config = LockConfig::builder().ttl(1_000 * MS).renew_interval(250 * MS).build().unwrap();
+    let locks = LockClient::with_config(connect(&driver, &server).await, config).unwrap();
+    let guard = locks.mutex("killed").unwrap().lock().await.unwrap();
+    let deadline = guard.valid_until();
+    server.kill();
+    let reason = tokio::time::timeout(5_000 * MS, guard.lost()).await.expect("lost() never fired");
+    let late = Instant::now().saturating_duration_since(deadline);
+    assert!(late <= 50 * MS, "lost() fired {late:?} after the deadline ({reason})");
+}
+
+/// A restarted server: the backend reconnects and locking works again.
+pub async fn server_restart_is_survived<D: RedisDriver>(driver: D) {
+    let mut server = server();
+    let locks = LockClient::with_config(connect(&driver, &server).await, config(5_000 * MS)).unwrap();
+    locks.mutex("restart").unwrap().lock().await.unwrap().release().await.unwrap();
+    server.restart().unwrap();
+    let guard = locks
+        .mutex("restart")
+        .unwrap()
+        .lock_with(LockOptions::new().timeout(10_000 * MS))
+        .await
+        .unwrap_or_else(|e| panic!("no reconnection after a restart: {e}"));
+    guard.release().await.unwrap();
+}
+
+/// An address where nothing listens gives an error within the configured timeout, and one
+/// that accepts but never answers gives a timeout.
+pub async fn unreachable_address_errors_within_the_timeout<D: RedisDriver>(driver: D) {
+    let options = DriverOptions { connect_timeout: 500 * MS, command_timeout: 300 * MS };
+    let refused = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let start = Instant::now();
+    let result = driver.connect(&format!("redis://127.0.0.1:{refused}/"), options).await;
+    assert!(start.elapsed() < 2_000 * MS, "took {:?}", start.elapsed());
+    match result {
+        Err(e) => assert!(
+            matches!(e.kind(), BackendErrorKind::Connection | BackendErrorKind::Timeout),
+            "unexpected error kind: {e}"
+        ),
+        Ok(backend) => {
+            // A lazily connecting driver: the first command must fail in time instead.
+            let locks = LockClient::new(backend);
+            let start = Instant::now();
+            let err =
+                locks.mutex("unreachable").unwrap().lock_with(LockOptions::new().timeout(1_000 * MS)).await;
+            assert!(err.is_err());
+            assert!(start.elapsed() < 3_000 * MS, "took {:?}", start.elapsed());
+        }
+    }
+    // A listener that accepts connections and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("redis://{}/", silent.local_addr().unwrap());
+    let start = Instant::now();
+    let outcome = async {
+        let backend = driver.connect(&url, options).await?;
+        let locks = LockClient::new(backend);
+        match locks.mutex("silent").unwrap().lock_with(LockOptions::new().timeout(1_000 * MS)).await {
+            Ok(_) => panic!("a silent server granted a lock"),
+            Err(e) => Err::<(), _>(BackendError::retryable(BackendErrorKind::Timeout, e.to_string())),
+        }
+    }
+    .await;
+    assert!(outcome.is_err());
+    assert!(start.elapsed() < 4_000 * MS, "a silent server held us {:?}", start.elapsed());
+    drop(silent);
+}
+
+/// A wrong or missing password gives a permanent authentication error, quickly.
+pub async fn auth_failure_gives_a_clear_error<D: RedisDriver>(driver: D) {
+    let server = RedisServer::start_with(&["--requirepass", "s3cret"]).unwrap_or_else(|e| panic!("{e}"));
+    let wrong = format!("redis://:wrong@{}/", server.addr());
+    let start = Instant::now();
+    let err = match driver.connect(&wrong, DriverOptions::default()).await {
+        Err(e) => e,
+        Ok(backend) => match LockClient::new(backend).mutex("auth").unwrap().try_lock().await {
+            Err(LockError::Backend { source, .. }) => source,
+            other => panic!("a wrong password was accepted: {other:?}"),
+        },
+    };
+    assert_eq!(err.kind(), BackendErrorKind::Auth, "{err}");
+    assert!(!err.is_retryable(), "a wrong password does not fix itself: {err}");
+    assert!(start.elapsed() < 3_000 * MS);
+    // No password at all.
+    let err = match driver.connect(&server.url(), DriverOptions::default()).await {
+        Err(e) => e,
+        Ok(backend) => match LockClient::new(backend).mutex("auth").unwrap().try_lock().await {
+            Err(LockError::Backend { source, .. }) => source,
+            other => panic!("a missing password was accepted: {other:?}"),
+        },
+    };
+    assert_eq!(err.kind(), BackendErrorKind::Auth, "{err}");
+    // The right one works.
+    let right = format!("redis://:s3cret@{}/", server.addr());
+    let backend = driver.connect(&right, DriverOptions::default()).await.unwrap();
+    LockClient::new(backend).mutex("auth").unwrap().lock().await.unwrap().release().await.unwrap();
+}
+
+/// 200 waiters on one key: each gets the lock exactly once, and afterwards no subscription is
+/// left on the server or in the backend.
+pub async fn two_hundred_waiters_each_get_the_lock_once<D: RedisDriver>(driver: D) {
+    let server = server();
+    let backend = connect(&driver, &server).await;
+    let got: Arc<Mutex<HashMap<usize, usize>>> = Arc::default();
+    let holder = Arc::new(tokio::sync::Mutex::new(()));
+    let mut tasks = Vec::new();
+    for id in 0..200 {
+        let locks = LockClient::with_config(backend.clone(), config(10_000 * MS)).unwrap();
+        let (got, holder) = (Arc::clone(&got), Arc::clone(&holder));
+        tasks.push(tokio::spawn(async move {
+            let guard = locks.mutex("crowd").unwrap().lock().await.unwrap();
+            let exclusive = holder.try_lock().expect("two holders at once");
+            *got.lock().unwrap().entry(id).or_default() += 1;
+            tokio::task::yield_now().await;
+            drop(exclusive);
+            guard.release().await.unwrap();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let got = got.lock().unwrap().clone();
+    assert_eq!(got.len(), 200);
+    assert!(got.values().all(|n| *n == 1));
+    subscriptions_drain(&server, &backend, Some(D::subscribed_channels)).await;
+}
+
+async fn subscriptions_drain<B>(server: &RedisServer, backend: &B, count: Option<fn(&B) -> usize>) {
+    let deadline = Instant::now() + 5_000 * MS;
+    loop {
+        let channels = text(server.cmd(&["PUBSUB", "CHANNELS", "lock:*"]).unwrap());
+        let local = count.map_or(0, |c| c(backend));
+        if channels.is_empty() && local == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "subscriptions left: server {channels:?}, backend {local}");
+        tokio::time::sleep(20 * MS).await;
+    }
+}
+
+/// On an idle server, a lock/unlock cycle is exactly two round trips: two EVALSHA calls.
+pub async fn lock_unlock_is_two_round_trips<D: RedisDriver>(driver: D) {
+    let server = server();
+    let config = LockConfig::builder().watchdog(false).fencing(true).build().unwrap();
+    let locks = LockClient::with_config(connect(&driver, &server).await, config).unwrap();
+    let mutex = locks.mutex("trips").unwrap();
+    // Warm up: load the scripts once (the first EVALSHA may fall back to EVAL).
+    mutex.lock().await.unwrap().release().await.unwrap();
+    server.cmd(&["CONFIG", "RESETSTAT"]).unwrap();
+    mutex.lock().await.unwrap().release().await.unwrap();
+    let stats = text(server.cmd(&["INFO", "commandstats"]).unwrap());
+    let calls: HashMap<String, u64> = stats
+        .lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(":calls=")?;
+            Some((name.to_string(), rest.split(',').next()?.parse().ok()?))
+        })
+        .filter(|(name, _)| name != "info" && !name.starts_with("config"))
+        .collect();
+    // Commands run inside scripts are counted too: exactly the scripts' own, once each.
+    // Any extra client command (a PING, a GET, an EVAL fallback) would change this map.
+    let expected: HashMap<String, u64> =
+        [("evalsha", 2), ("get", 2), ("incr", 1), ("set", 1), ("del", 1), ("publish", 1)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+    assert_eq!(calls, expected, "a lock/unlock cycle must be exactly two EVALSHA round trips");
+}
+
+/// Waiters are woken by the release notice: with a 10 s backoff, a waiter still acquires
+/// within 50 ms of the release.
+pub async fn waiter_wakes_within_50ms_of_release<D: RedisDriver>(driver: D) {
+    let server = server();
+    let backend = connect(&driver, &server).await;
+    let slow = LockConfig::builder()
+        .ttl(30_000 * MS)
+        .acquire_timeout(60_000 * MS)
+        .retry_backoff(10_000 * MS, 10_000 * MS)
+        .build()
+        .unwrap();
+    let holder = LockClient::with_config(backend.clone(), slow.clone()).unwrap();
+    let guard = holder.mutex("wake").unwrap().lock().await.unwrap();
+    let waiter = LockClient::with_config(backend.clone(), slow).unwrap();
+    let task = tokio::spawn(async move {
+        let g = waiter.mutex("wake").unwrap().lock().await.unwrap();
+        let at = Instant::now();
+        g.release().await.unwrap();
+        at
+    });
+    // Let the waiter try, subscribe and settle into its 10 s wait.
+    tokio::time::sleep(300 * MS).await;
+    let released = Instant::now();
+    guard.release().await.unwrap();
+    let acquired = task.await.unwrap();
+    let gap = acquired.saturating_duration_since(released);
+    assert!(gap < 50 * MS, "the waiter acquired {gap:?} after the release");
+}
+
+/// A holder that vanishes without releasing: waiters (with a 10 s backoff and no notice to
+/// wake them) still acquire as soon as its TTL runs out, because each wait is capped by it.
+pub async fn expired_lock_is_picked_up_without_a_release<D: RedisDriver>(driver: D) {
+    let server = server();
+    let slow = LockConfig::builder()
+        .ttl(30_000 * MS)
+        .acquire_timeout(60_000 * MS)
+        .retry_backoff(10_000 * MS, 10_000 * MS)
+        .build()
+        .unwrap();
+    let locks = LockClient::with_config(connect(&driver, &server).await, slow).unwrap();
+    let foreign = format!("{}:0", lock_core::Token::random());
+    server.cmd(&["SET", "lock:{vanished}", &foreign, "PX", "400"]).unwrap();
+    let start = Instant::now();
+    let guard = locks.mutex("vanished").unwrap().lock().await.unwrap();
+    let waited = start.elapsed();
+    assert!(waited >= 350 * MS && waited < 1_000 * MS, "acquired after {waited:?}, the ttl was 400ms");
+    guard.release().await.unwrap();
+}
+
+/// Runs every Redis-specific test as its own `#[tokio::test]` for a [`RedisDriver`].
+#[macro_export]
+macro_rules! redis_suite {
+    ($driver:expr) => {
+        $crate::redis_suite!(@each $driver;
+            script_flush_while_locks_are_held_and_taken,
+            wrongtype_key_gives_a_clear_error,
+            server_killed_while_held_fires_lost_by_the_deadline,
+            server_restart_is_survived,
+            unreachable_address_errors_within_the_timeout,
+            auth_failure_gives_a_clear_error,
+            two_hundred_waiters_each_get_the_lock_once,
+            lock_unlock_is_two_round_trips,
+            waiter_wakes_within_50ms_of_release,
+            expired_lock_is_picked_up_without_a_release
+        );
+    };
+    (@each $driver:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                $crate::redis_suite::$name($driver).await;
+            }
+        )*
+    };
+}
