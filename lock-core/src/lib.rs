@@ -32,6 +32,7 @@ mod backoff;
 mod client;
 mod config;
 mod error;
+pub mod hub;
 mod lease;
 pub mod scripts;
 mod types;

@@ -1,0 +1,172 @@
+//! [`ReleaseHub`]: counted release-notice subscriptions, shared by the Redis drivers.
+//!
+//! A driver owns one pub/sub connection and one hub. Waiters subscribe through
+//! [`ReleaseHub::watch`]; the hub counts them per channel and asks the driver's task (through
+//! [`HubCommand`]s) to SUBSCRIBE for the first waiter and UNSUBSCRIBE after the last one, so
+//! server-side subscriptions are bounded by the keys being waited on, never by the number of
+//! waiters or of past waits.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tracing::debug;
+
+use crate::backend::ReleaseWatch;
+
+struct Channel {
+    notices: watch::Sender<u64>,
+    ready: watch::Sender<bool>,
+    count: usize,
+}
+
+struct Inner {
+    channels: Mutex<HashMap<String, Channel>>,
+    commands: mpsc::UnboundedSender<HubCommand>,
+}
+
+impl Inner {
+    fn channels(&self) -> MutexGuard<'_, HashMap<String, Channel>> {
+        self.channels.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// What the hub asks the driver's pub/sub task to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HubCommand {
+    /// The first waiter arrived: SUBSCRIBE, then call [`ReleaseHub::confirm`].
+    Subscribe(String),
+    /// The last waiter left: UNSUBSCRIBE if [`ReleaseHub::is_wanted`] is still false.
+    Unsubscribe(String),
+}
+
+/// Counted release-notice subscriptions for one pub/sub connection. Cheap to clone.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use std::time::Duration;
+/// use lock_core::hub::{HubCommand, ReleaseHub};
+///
+/// let (hub, mut commands) = ReleaseHub::new();
+/// let driver = hub.clone();
+/// tokio::spawn(async move {
+///     while let Some(cmd) = commands.recv().await {
+///         if let HubCommand::Subscribe(ch) = cmd {
+///             driver.confirm(&ch); // after the server confirmed SUBSCRIBE
+///         }
+///     }
+/// });
+/// let mut watch = hub.watch("lock:{a}:released", Duration::from_secs(1)).await;
+/// hub.notify("lock:{a}:released"); // a message arrived on the channel
+/// assert!(watch.wait(Duration::from_secs(1)).await);
+/// drop(watch);
+/// assert_eq!(hub.active_channels(), 0);
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct ReleaseHub {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for ReleaseHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReleaseHub").field("channels", &self.active_channels()).finish()
+    }
+}
+
+/// Keeps one waiter counted on a channel; the last one out asks to unsubscribe.
+struct Counted {
+    inner: Weak<Inner>,
+    channel: String,
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        let Some(inner) = self.inner.upgrade() else { return };
+        let mut channels = inner.channels();
+        if let Some(ch) = channels.get_mut(&self.channel) {
+            ch.count = ch.count.saturating_sub(1);
+            if ch.count == 0 {
+                channels.remove(&self.channel);
+                let _ = inner.commands.send(HubCommand::Unsubscribe(self.channel.clone()));
+            }
+        }
+    }
+}
+
+impl ReleaseHub {
+    /// A hub and the command stream its driver task must serve.
+    pub fn new() -> (Self, mpsc::UnboundedReceiver<HubCommand>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Self { inner: Arc::new(Inner { channels: Mutex::default(), commands: tx }) }, rx)
+    }
+
+    /// Subscribes a waiter to `channel`. Waits, at most `confirm_within`, until the driver
+    /// confirmed the subscription, so a notice published after this returns is not missed.
+    /// Unconfirmed, the watch still works; the waiter's capped backoff is the fallback.
+    pub async fn watch(&self, channel: &str, confirm_within: Duration) -> ReleaseWatch {
+        let (notices, mut ready) = {
+            let mut channels = self.inner.channels();
+            let ch = channels.entry(channel.to_string()).or_insert_with(|| {
+                let _ = self.inner.commands.send(HubCommand::Subscribe(channel.to_string()));
+                Channel { notices: watch::channel(0).0, ready: watch::channel(false).0, count: 0 }
+            });
+            ch.count += 1;
+            (ch.notices.subscribe(), ch.ready.subscribe())
+        };
+        let keep = Counted { inner: Arc::downgrade(&self.inner), channel: channel.to_string() };
+        if tokio::time::timeout(confirm_within, ready.wait_for(|r| *r)).await.is_err() {
+            debug!(channel, "release subscription not confirmed in time");
+        }
+        ReleaseWatch::with_keep(notices, keep)
+    }
+
+    /// Whether any waiter wants `channel` now.
+    pub fn is_wanted(&self, channel: &str) -> bool {
+        self.inner.channels().contains_key(channel)
+    }
+
+    /// Every channel some waiter wants now.
+    pub fn wanted(&self) -> Vec<String> {
+        self.inner.channels().keys().cloned().collect()
+    }
+
+    /// The driver confirmed SUBSCRIBE for `channel`.
+    pub fn confirm(&self, channel: &str) {
+        if let Some(ch) = self.inner.channels().get(channel) {
+            ch.ready.send_replace(true);
+        }
+    }
+
+    /// A release notice arrived on `channel`: wake its waiters.
+    pub fn notify(&self, channel: &str) {
+        if let Some(ch) = self.inner.channels().get(channel) {
+            ch.notices.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+
+    /// The pub/sub connection broke: subscriptions are unconfirmed until it is back.
+    pub fn disconnected(&self) {
+        for ch in self.inner.channels().values() {
+            ch.ready.send_replace(false);
+        }
+    }
+
+    /// The connection is back and `resubscribed` were subscribed again: confirm them, and wake
+    /// every waiter once, since notices sent while disconnected were lost.
+    pub fn reconnected(&self, resubscribed: &[String]) {
+        for (name, ch) in self.inner.channels().iter() {
+            if resubscribed.contains(name) {
+                ch.ready.send_replace(true);
+            }
+            ch.notices.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+
+    /// How many channels have at least one waiter.
+    pub fn active_channels(&self) -> usize {
+        self.inner.channels().len()
+    }
+}
