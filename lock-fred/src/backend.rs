@@ -1,0 +1,368 @@
+//! [`FredBackend`]: the `fred` crate behind [`LockBackend`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use fred::clients::{Client, Pool, SubscriberClient};
+use fred::interfaces::{ClientLike, LuaInterface};
+use fred::prelude::{Builder, Config, ReconnectPolicy, ServerConfig};
+use fred::types::FromValue;
+use lock_core::scripts::{self, LuaScript, RedisKeys};
+use lock_core::{
+    AcquireOutcome, AcquireRequest, BackendError, BackendErrorKind, Capabilities, ExtendOutcome, ExtendRequest,
+    Grant, Instant, LockBackend, LockKey, ReleaseOutcome, ReleaseWatch, Token,
+};
+use tokio::sync::OnceCell;
+
+use crate::error::{is_noscript, map_error};
+use crate::notifier::Notifier;
+
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+
+struct Shared {
+    endpoint: String,
+    command_timeout: Duration,
+    /// Built at connect time, connected on the first wait; `None` turns wake-up off.
+    subscriber: Option<SubscriberClient>,
+    notifier: OnceCell<Notifier>,
+}
+
+/// A lock backend over the `fred` crate.
+///
+/// `C` is a fred [`Client`] (single node or cluster, see [`FredBackendBuilder`]), a [`Pool`],
+/// or any client implementing [`LuaInterface`] through [`FredBackend::from_client`]. It runs
+/// the same shared scripts as every other driver of this workspace ([`lock_core::scripts`]),
+/// so locks taken through fred exclude locks taken through the `redis` crate and the reverse.
+///
+/// fred resends commands that were in flight when a connection broke; the scripts are
+/// idempotent for the same owner token, so a resent acquire neither mints a second fencing
+/// token nor leaves a stray key.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use lock_core::LockClient;
+/// use lock_fred::FredBackend;
+///
+/// let backend = FredBackend::connect("redis://127.0.0.1:6379/").await?;
+/// let locks = LockClient::new(backend);
+/// let guard = locks.mutex("orders:42")?.lock().await?;
+/// guard.release().await?;
+/// # Ok(()) }
+/// ```
+pub struct FredBackend<C = Client> {
+    client: C,
+    shared: Arc<Shared>,
+}
+
+impl<C: Clone> Clone for FredBackend<C> {
+    fn clone(&self) -> Self {
+        Self { client: self.client.clone(), shared: Arc::clone(&self.shared) }
+    }
+}
+
+impl<C> std::fmt::Debug for FredBackend<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FredBackend")
+            .field("endpoint", &self.shared.endpoint)
+            .field("wake_up", &self.shared.subscriber.is_some())
+            .finish()
+    }
+}
+
+/// Options for connecting a [`FredBackend`].
+#[derive(Debug, Clone)]
+pub struct FredBackendBuilder {
+    connect_timeout: Duration,
+    command_timeout: Duration,
+    wake_up: bool,
+}
+
+impl Default for FredBackendBuilder {
+    fn default() -> Self {
+        Self { connect_timeout: DEFAULT_CONNECT_TIMEOUT, command_timeout: DEFAULT_COMMAND_TIMEOUT, wake_up: true }
+    }
+}
+
+fn config_error(what: impl std::fmt::Display) -> BackendError {
+    BackendError::permanent(BackendErrorKind::Other, what.to_string())
+}
+
+fn parse_url(url: &str) -> Result<Config, BackendError> {
+    Config::from_url(url).map_err(|e| map_error(&e, &format!("invalid redis url {url:?}")))
+}
+
+fn endpoint_of(config: &Config) -> String {
+    let mut hosts: Vec<String> = config.server.hosts().iter().map(|s| format!("{}:{}", s.host, s.port)).collect();
+    hosts.sort();
+    if config.server.is_clustered() { format!("cluster[{}]", hosts.join(",")) } else { hosts.join(",") }
+}
+
+impl FredBackendBuilder {
+    /// How long connecting may take. Default 5 s.
+    #[must_use]
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long one command may take before it fails as a retryable timeout. Default 2 s.
+    #[must_use]
+    pub fn command_timeout(mut self, timeout: Duration) -> Self {
+        self.command_timeout = timeout;
+        self
+    }
+
+    /// Whether waiters are woken by release notices over pub/sub. Default on.
+    #[must_use]
+    pub fn wake_up(mut self, on: bool) -> Self {
+        self.wake_up = on;
+        self
+    }
+
+    fn builder(&self, config: Config) -> Builder {
+        let mut builder = Builder::from_config(config);
+        let (connect, command) = (self.connect_timeout, self.command_timeout);
+        builder
+            .with_connection_config(|c| {
+                c.connection_timeout = connect;
+                c.internal_command_timeout = command;
+            })
+            .with_performance_config(|p| p.default_command_timeout = command)
+            // Reconnect for ever with backoff from 10 ms to 1 s: the lock's own deadlines bound
+            // how long any caller waits.
+            .set_policy(ReconnectPolicy::new_exponential(0, 10, 1_000, 2));
+        builder
+    }
+
+    async fn init<C: ClientLike>(&self, client: &C, endpoint: &str) -> Result<(), BackendError> {
+        let what = format!("connecting to {endpoint}");
+        match tokio::time::timeout(self.connect_timeout, client.init()).await {
+            Ok(Ok(_task)) => Ok(()),
+            Ok(Err(e)) => {
+                let _ = client.quit().await;
+                Err(map_error(&e, &what))
+            }
+            Err(_) => {
+                let _ = client.quit().await;
+                Err(BackendError::retryable(
+                    BackendErrorKind::Timeout,
+                    format!("{what}: no connection within {:?}", self.connect_timeout),
+                ))
+            }
+        }
+    }
+
+    fn subscriber(&self, config: &Config) -> Result<Option<SubscriberClient>, BackendError> {
+        if !self.wake_up {
+            return Ok(None);
+        }
+        // One subscriber on the first node; in Cluster classic PUBLISH reaches every node.
+        let mut config = config.clone();
+        if let Some(first) = config.server.hosts().first() {
+            config.server = ServerConfig::new_centralized(first.host.to_string(), first.port);
+        }
+        self.builder(config)
+            .build_subscriber_client()
+            .map(Some)
+            .map_err(|e| map_error(&e, "building the subscriber client"))
+    }
+
+    fn finish<C>(&self, client: C, endpoint: String, subscriber: Option<SubscriberClient>) -> FredBackend<C> {
+        FredBackend {
+            client,
+            shared: Arc::new(Shared {
+                endpoint,
+                command_timeout: self.command_timeout,
+                subscriber,
+                notifier: OnceCell::new(),
+            }),
+        }
+    }
+
+    /// Connects one client to a single node (or to a cluster, for a `redis-cluster://` URL).
+    ///
+    /// # Errors
+    /// An invalid URL, a wrong password, or a server not reachable within the connect timeout.
+    pub async fn connect(self, url: &str) -> Result<FredBackend<Client>, BackendError> {
+        let config = parse_url(url)?;
+        self.connect_config(config).await
+    }
+
+    /// Connects a client with a fred [`Config`] you built (TLS, sentinel, credentials...).
+    ///
+    /// # Errors
+    /// As [`FredBackendBuilder::connect`].
+    pub async fn connect_config(self, config: Config) -> Result<FredBackend<Client>, BackendError> {
+        let endpoint = endpoint_of(&config);
+        let client = self.builder(config.clone()).build().map_err(|e| map_error(&e, "building the client"))?;
+        self.init(&client, &endpoint).await?;
+        let subscriber = self.subscriber(&config)?;
+        Ok(self.finish(client, endpoint, subscriber))
+    }
+
+    /// Connects a pool of `size` clients to a single node.
+    ///
+    /// # Errors
+    /// As [`FredBackendBuilder::connect`], or a zero size.
+    pub async fn connect_pool(self, url: &str, size: usize) -> Result<FredBackend<Pool>, BackendError> {
+        if size == 0 {
+            return Err(config_error("a pool needs at least one client"));
+        }
+        let config = parse_url(url)?;
+        let endpoint = endpoint_of(&config);
+        let pool = self.builder(config.clone()).build_pool(size).map_err(|e| map_error(&e, "building the pool"))?;
+        self.init(&pool, &endpoint).await?;
+        let subscriber = self.subscriber(&config)?;
+        Ok(self.finish(pool, endpoint, subscriber))
+    }
+
+    /// Connects to a Redis Cluster through its seed nodes (`redis://host:port` each).
+    ///
+    /// # Errors
+    /// No seed, an invalid URL, or a cluster not reachable within the connect timeout.
+    pub async fn connect_cluster<S: AsRef<str>>(self, seeds: &[S]) -> Result<FredBackend<Client>, BackendError> {
+        let first = seeds.first().ok_or_else(|| config_error("a cluster needs at least one seed url"))?;
+        let mut config = parse_url(first.as_ref())?;
+        let mut hosts = Vec::new();
+        for seed in seeds {
+            for server in parse_url(seed.as_ref())?.server.hosts() {
+                hosts.push((server.host.to_string(), server.port));
+            }
+        }
+        config.server = ServerConfig::new_clustered(hosts);
+        self.connect_config(config).await
+    }
+}
+
+impl FredBackend<Client> {
+    /// Options for connecting.
+    pub fn builder() -> FredBackendBuilder {
+        FredBackendBuilder::default()
+    }
+
+    /// Connects to a single node with the default options (see [`FredBackendBuilder`]).
+    ///
+    /// # Errors
+    /// An invalid URL, a wrong password, or a server not reachable within 5 s.
+    pub async fn connect(url: &str) -> Result<Self, BackendError> {
+        FredBackendBuilder::default().connect(url).await
+    }
+}
+
+impl<C> FredBackend<C>
+where
+    C: LuaInterface + Clone + Send + Sync + 'static,
+{
+    /// Wraps a client (or pool) you built and connected. `endpoint` names the server(s), used
+    /// to tell nodes apart in a quorum. Wake-up is on when `subscriber` is given (built from
+    /// the same config, not yet connected: it is connected on the first wait).
+    pub fn from_client(client: C, endpoint: impl Into<String>, subscriber: Option<SubscriberClient>) -> Self {
+        FredBackendBuilder::default().finish(client, endpoint.into(), subscriber)
+    }
+
+    /// The underlying client.
+    pub fn client(&self) -> &C {
+        &self.client
+    }
+
+    /// How many lock channels this backend is subscribed to now (one per key being waited on).
+    pub fn subscribed_channels(&self) -> usize {
+        self.shared.notifier.get().map_or(0, Notifier::active_channels)
+    }
+
+    async fn evalsha<T: FromValue>(&self, script: &LuaScript, keys: &[&str], args: &[String]) -> fred::prelude::FredResult<T> {
+        let keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+        self.client.evalsha(script.sha1, keys, args.to_vec()).await
+    }
+
+    /// Runs a shared script by EVALSHA. On NOSCRIPT (restart, failover, `SCRIPT FLUSH`) it
+    /// loads the script (on every primary in a cluster) and retries once.
+    async fn eval<T: FromValue>(&self, script: &LuaScript, keys: &[&str], args: &[String]) -> Result<T, BackendError> {
+        let context = || format!("{} script on redis key {:?} at {}", script.name, keys[0], self.shared.endpoint);
+        let timeout = self.shared.command_timeout;
+        let attempt = async {
+            match self.evalsha::<T>(script, keys, args).await {
+                Err(e) if is_noscript(&e) => {
+                    let loaded: fred::prelude::FredResult<()> = if self.client.is_clustered() {
+                        self.client.script_load_cluster::<(), _>(script.source).await
+                    } else {
+                        self.client.script_load::<String, _>(script.source).await.map(|_| ())
+                    };
+                    loaded?;
+                    self.evalsha::<T>(script, keys, args).await
+                }
+                other => other,
+            }
+        };
+        match tokio::time::timeout(timeout * 2, attempt).await {
+            Ok(r) => r.map_err(|e| map_error(&e, &context())),
+            Err(_) => Err(BackendError::retryable(
+                BackendErrorKind::Timeout,
+                format!("{}: no reply within {:?}", context(), timeout * 2),
+            )),
+        }
+    }
+}
+
+#[async_trait]
+impl<C> LockBackend for FredBackend<C>
+where
+    C: LuaInterface + Clone + Send + Sync + 'static,
+{
+    fn name(&self) -> &str {
+        "fred"
+    }
+
+    fn endpoint(&self) -> String {
+        self.shared.endpoint.clone()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new(true, self.shared.subscriber.is_some())
+    }
+
+    async fn acquire(&self, req: &AcquireRequest) -> Result<AcquireOutcome, BackendError> {
+        let keys = RedisKeys::for_key(&req.key);
+        let args = scripts::acquire_args(&req.token, req.ttl, req.fencing);
+        let started = Instant::now();
+        let reply: Vec<i64> = self.eval(&scripts::ACQUIRE, &[&keys.lock, &keys.fence], &args).await?;
+        scripts::acquire_outcome(started, req.ttl, req.fencing, &reply)
+    }
+
+    async fn extend(&self, req: &ExtendRequest) -> Result<ExtendOutcome, BackendError> {
+        let keys = RedisKeys::for_key(&req.key);
+        let args = scripts::extend_args(&req.token, req.ttl);
+        let started = Instant::now();
+        let reply: i64 = self.eval(&scripts::EXTEND, &[&keys.lock], &args).await?;
+        Ok(match (reply, Grant::from_start(started, req.ttl, None)) {
+            (1, Some(g)) => ExtendOutcome::Extended { valid_until: g.valid_until },
+            _ => ExtendOutcome::NotHeld,
+        })
+    }
+
+    async fn release(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError> {
+        let keys = RedisKeys::for_key(key);
+        let args = scripts::release_args(token, &keys);
+        let reply: i64 = self.eval(&scripts::RELEASE, &[&keys.lock], &args).await?;
+        Ok(if reply == 1 { ReleaseOutcome::Released } else { ReleaseOutcome::NotHeld })
+    }
+
+    async fn watch_releases(&self, key: &LockKey) -> Result<Option<ReleaseWatch>, BackendError> {
+        let Some(subscriber) = &self.shared.subscriber else { return Ok(None) };
+        let timeout = self.shared.command_timeout;
+        let notifier = self
+            .shared
+            .notifier
+            .get_or_try_init(|| async {
+                match tokio::time::timeout(timeout, subscriber.init()).await {
+                    Ok(Ok(_task)) => Ok(Notifier::start(subscriber.clone(), timeout)),
+                    Ok(Err(e)) => Err(map_error(&e, "connecting the subscriber")),
+                    Err(_) => Err(BackendError::retryable(BackendErrorKind::Timeout, "connecting the subscriber")),
+                }
+            })
+            .await?;
+        Ok(Some(notifier.watch(&RedisKeys::for_key(key).channel).await))
+    }
+}

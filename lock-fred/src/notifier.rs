@@ -1,0 +1,84 @@
+//! Release notices through fred's [`SubscriberClient`], fed into a [`ReleaseHub`] that counts
+//! waiters per channel (SUBSCRIBE for the first, UNSUBSCRIBE after the last).
+
+use std::time::Duration;
+
+use fred::clients::SubscriberClient;
+use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
+use lock_core::ReleaseWatch;
+use lock_core::hub::{HubCommand, ReleaseHub};
+use tokio::sync::{broadcast, mpsc};
+use tokio::task::AbortHandle;
+use tracing::warn;
+
+pub(crate) struct Notifier {
+    hub: ReleaseHub,
+    task: AbortHandle,
+    confirm_within: Duration,
+}
+
+impl Drop for Notifier {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Notifier {
+    /// Starts serving `subscriber`, which must already be connected.
+    pub(crate) fn start(subscriber: SubscriberClient, confirm_within: Duration) -> Self {
+        let (hub, commands) = ReleaseHub::new();
+        // Re-subscribes every tracked channel after a reconnect.
+        let _resubscriber = subscriber.manage_subscriptions();
+        let task = tokio::spawn(run(subscriber, hub.clone(), commands)).abort_handle();
+        Self { hub, task, confirm_within }
+    }
+
+    pub(crate) async fn watch(&self, channel: &str) -> ReleaseWatch {
+        self.hub.watch(channel, self.confirm_within).await
+    }
+
+    pub(crate) fn active_channels(&self) -> usize {
+        self.hub.active_channels()
+    }
+}
+
+async fn run(sub: SubscriberClient, hub: ReleaseHub, mut commands: mpsc::UnboundedReceiver<HubCommand>) {
+    let mut messages = sub.message_rx();
+    let mut reconnects = sub.reconnect_rx();
+    loop {
+        tokio::select! {
+            cmd = commands.recv() => match cmd {
+                None => {
+                    let _ = sub.quit().await;
+                    return;
+                }
+                Some(HubCommand::Subscribe(channel)) => {
+                    if hub.is_wanted(&channel) {
+                        match sub.subscribe(channel.as_str()).await {
+                            Ok(()) => hub.confirm(&channel),
+                            Err(e) => warn!(error = %e, channel, "subscribe failed"),
+                        }
+                    }
+                }
+                Some(HubCommand::Unsubscribe(channel)) => {
+                    if !hub.is_wanted(&channel)
+                        && let Err(e) = sub.unsubscribe(channel.as_str()).await
+                    {
+                        warn!(error = %e, channel, "unsubscribe failed");
+                    }
+                }
+            },
+            msg = messages.recv() => match msg {
+                Ok(m) => hub.notify(&m.channel),
+                // Notices were dropped: wake everyone to retry.
+                Err(broadcast::error::RecvError::Lagged(_)) => hub.reconnected(&[]),
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            r = reconnects.recv() => match r {
+                // manage_subscriptions re-subscribes; notices sent meanwhile were lost.
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => hub.reconnected(&hub.wanted()),
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+        }
+    }
+}

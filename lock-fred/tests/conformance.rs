@@ -1,0 +1,38 @@
+//! The shared conformance suite against real `redis-server` processes, through fred: one
+//! client, a pool, and a 3-master Redis Cluster.
+
+use std::sync::Arc;
+
+use lock_fred::FredBackend;
+use lock_fred::fred::clients::Pool;
+use lock_testkit::{RedisCluster, TestRedis};
+
+async fn single_node() -> (FredBackend, TestRedis) {
+    let server = TestRedis::from_env_or_spawn().unwrap_or_else(|e| panic!("{e}"));
+    let backend = FredBackend::connect(server.url()).await.unwrap_or_else(|e| panic!("{e}"));
+    (backend, server)
+}
+
+async fn pool() -> (FredBackend<Pool>, TestRedis) {
+    let server = TestRedis::from_env_or_spawn().unwrap_or_else(|e| panic!("{e}"));
+    let backend = FredBackend::builder().connect_pool(server.url(), 3).await.unwrap_or_else(|e| panic!("{e}"));
+    (backend, server)
+}
+
+async fn cluster() -> (FredBackend, Arc<RedisCluster>) {
+    let cluster = RedisCluster::shared().unwrap_or_else(|e| panic!("{e}"));
+    let backend = FredBackend::builder().connect_cluster(&cluster.urls()).await.unwrap_or_else(|e| panic!("{e}"));
+    (backend, cluster)
+}
+
+mod single {
+    lock_testkit::conformance_suite!(super::single_node());
+}
+
+mod pooled {
+    lock_testkit::conformance_suite!(super::pool());
+}
+
+mod redis_cluster {
+    lock_testkit::conformance_suite!(super::cluster());
+}
