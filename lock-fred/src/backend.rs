@@ -10,8 +10,8 @@ use fred::prelude::{Builder, Config, ReconnectPolicy, ServerConfig};
 use fred::types::FromValue;
 use lock_core::scripts::{self, LuaScript, RedisKeys};
 use lock_core::{
-    AcquireOutcome, AcquireRequest, BackendError, BackendErrorKind, Capabilities, ExtendOutcome, ExtendRequest,
-    Grant, Instant, LockBackend, LockKey, ReleaseOutcome, ReleaseWatch, Token,
+    AcquireOutcome, AcquireRequest, BackendError, BackendErrorKind, Capabilities, ExtendOutcome,
+    ExtendRequest, Grant, Instant, LockBackend, LockKey, ReleaseOutcome, ReleaseWatch, Token,
 };
 use tokio::sync::OnceCell;
 
@@ -81,7 +81,11 @@ pub struct FredBackendBuilder {
 
 impl Default for FredBackendBuilder {
     fn default() -> Self {
-        Self { connect_timeout: DEFAULT_CONNECT_TIMEOUT, command_timeout: DEFAULT_COMMAND_TIMEOUT, wake_up: true }
+        Self {
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            command_timeout: DEFAULT_COMMAND_TIMEOUT,
+            wake_up: true,
+        }
     }
 }
 
@@ -94,7 +98,8 @@ fn parse_url(url: &str) -> Result<Config, BackendError> {
 }
 
 fn endpoint_of(config: &Config) -> String {
-    let mut hosts: Vec<String> = config.server.hosts().iter().map(|s| format!("{}:{}", s.host, s.port)).collect();
+    let mut hosts: Vec<String> =
+        config.server.hosts().iter().map(|s| format!("{}:{}", s.host, s.port)).collect();
     hosts.sort();
     if config.server.is_clustered() { format!("cluster[{}]", hosts.join(",")) } else { hosts.join(",") }
 }
@@ -196,7 +201,8 @@ impl FredBackendBuilder {
     /// As [`FredBackendBuilder::connect`].
     pub async fn connect_config(self, config: Config) -> Result<FredBackend<Client>, BackendError> {
         let endpoint = endpoint_of(&config);
-        let client = self.builder(config.clone()).build().map_err(|e| map_error(&e, "building the client"))?;
+        let client =
+            self.builder(config.clone()).build().map_err(|e| map_error(&e, "building the client"))?;
         self.init(&client, &endpoint).await?;
         let subscriber = self.subscriber(&config)?;
         Ok(self.finish(client, endpoint, subscriber))
@@ -212,7 +218,8 @@ impl FredBackendBuilder {
         }
         let config = parse_url(url)?;
         let endpoint = endpoint_of(&config);
-        let pool = self.builder(config.clone()).build_pool(size).map_err(|e| map_error(&e, "building the pool"))?;
+        let pool =
+            self.builder(config.clone()).build_pool(size).map_err(|e| map_error(&e, "building the pool"))?;
         self.init(&pool, &endpoint).await?;
         let subscriber = self.subscriber(&config)?;
         Ok(self.finish(pool, endpoint, subscriber))
@@ -222,7 +229,10 @@ impl FredBackendBuilder {
     ///
     /// # Errors
     /// No seed, an invalid URL, or a cluster not reachable within the connect timeout.
-    pub async fn connect_cluster<S: AsRef<str>>(self, seeds: &[S]) -> Result<FredBackend<Client>, BackendError> {
+    pub async fn connect_cluster<S: AsRef<str>>(
+        self,
+        seeds: &[S],
+    ) -> Result<FredBackend<Client>, BackendError> {
         let first = seeds.first().ok_or_else(|| config_error("a cluster needs at least one seed url"))?;
         let mut config = parse_url(first.as_ref())?;
         let mut hosts = Vec::new();
@@ -272,15 +282,26 @@ where
         self.shared.notifier.get().map_or(0, Notifier::active_channels)
     }
 
-    async fn evalsha<T: FromValue>(&self, script: &LuaScript, keys: &[&str], args: &[String]) -> fred::prelude::FredResult<T> {
+    async fn evalsha<T: FromValue>(
+        &self,
+        script: &LuaScript,
+        keys: &[&str],
+        args: &[String],
+    ) -> fred::prelude::FredResult<T> {
         let keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
         self.client.evalsha(script.sha1, keys, args.to_vec()).await
     }
 
     /// Runs a shared script by EVALSHA. On NOSCRIPT (restart, failover, `SCRIPT FLUSH`) it
     /// loads the script (on every primary in a cluster) and retries once.
-    async fn eval<T: FromValue>(&self, script: &LuaScript, keys: &[&str], args: &[String]) -> Result<T, BackendError> {
-        let context = || format!("{} script on redis key {:?} at {}", script.name, keys[0], self.shared.endpoint);
+    async fn eval<T: FromValue>(
+        &self,
+        script: &LuaScript,
+        keys: &[&str],
+        args: &[String],
+    ) -> Result<T, BackendError> {
+        let context =
+            || format!("{} script on redis key {:?} at {}", script.name, keys[0], self.shared.endpoint);
         let timeout = self.shared.command_timeout;
         let attempt = async {
             match self.evalsha::<T>(script, keys, args).await {
@@ -359,7 +380,9 @@ where
                 match tokio::time::timeout(timeout, subscriber.init()).await {
                     Ok(Ok(_task)) => Ok(Notifier::start(subscriber.clone(), timeout)),
                     Ok(Err(e)) => Err(map_error(&e, "connecting the subscriber")),
-                    Err(_) => Err(BackendError::retryable(BackendErrorKind::Timeout, "connecting the subscriber")),
+                    Err(_) => {
+                        Err(BackendError::retryable(BackendErrorKind::Timeout, "connecting the subscriber"))
+                    }
                 }
             })
             .await?;

@@ -21,18 +21,16 @@ pub(crate) fn map_error(e: &Error, context: &str) -> BackendError {
         _ => match code {
             "WRONGTYPE" => (BackendErrorKind::WrongType, false),
             "NOAUTH" | "WRONGPASS" | "NOPERM" => (BackendErrorKind::Auth, false),
-            "LOADING" | "BUSY" | "MASTERDOWN" | "READONLY" | "TRYAGAIN" => (BackendErrorKind::Unavailable, true),
+            "LOADING" | "BUSY" | "MASTERDOWN" | "READONLY" | "TRYAGAIN" => {
+                (BackendErrorKind::Unavailable, true)
+            }
             "CLUSTERDOWN" | "MOVED" | "ASK" => (BackendErrorKind::Cluster, true),
             "NOSCRIPT" => (BackendErrorKind::Script, false),
             _ => (BackendErrorKind::Other, false),
         },
     };
     let message = format!("{context}: {:?}: {details}", e.kind());
-    if retryable {
-        BackendError::retryable(kind, message)
-    } else {
-        BackendError::permanent(kind, message)
-    }
+    if retryable { BackendError::retryable(kind, message) } else { BackendError::permanent(kind, message) }
 }
 
 pub(crate) fn is_noscript(e: &Error) -> bool {

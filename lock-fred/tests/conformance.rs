@@ -15,13 +15,15 @@ async fn single_node() -> (FredBackend, TestRedis) {
 
 async fn pool() -> (FredBackend<Pool>, TestRedis) {
     let server = TestRedis::from_env_or_spawn().unwrap_or_else(|e| panic!("{e}"));
-    let backend = FredBackend::builder().connect_pool(server.url(), 3).await.unwrap_or_else(|e| panic!("{e}"));
+    let backend =
+        FredBackend::builder().connect_pool(server.url(), 3).await.unwrap_or_else(|e| panic!("{e}"));
     (backend, server)
 }
 
 async fn cluster() -> (FredBackend, Arc<RedisCluster>) {
     let cluster = RedisCluster::shared().unwrap_or_else(|e| panic!("{e}"));
-    let backend = FredBackend::builder().connect_cluster(&cluster.urls()).await.unwrap_or_else(|e| panic!("{e}"));
+    let backend =
+        FredBackend::builder().connect_cluster(&cluster.urls()).await.unwrap_or_else(|e| panic!("{e}"));
     (backend, cluster)
 }
 

@@ -320,6 +320,31 @@ pub async fn expired_lock_is_picked_up_without_a_release<D: RedisDriver>(driver:
     guard.release().await.unwrap();
 }
 
+/// The connection is killed (`CLIENT KILL`) while an acquire is in flight: whether the driver
+/// resends it after reconnecting or the core retries it, the lock state stays correct: one
+/// fencing increment, the lock granted once, and no key left after release.
+pub async fn connection_killed_mid_command_keeps_state_correct<D: RedisDriver>(driver: D) {
+    let server = server();
+    let locks = LockClient::with_config(connect(&driver, &server).await, config(10_000 * MS)).unwrap();
+    // Load the scripts first, so the paused command is the acquire itself.
+    locks.mutex("warm").unwrap().lock().await.unwrap().release().await.unwrap();
+    // Writes are held by the server; the kill (not a write) runs at once.
+    server.cmd(&["CLIENT", "PAUSE", "400", "WRITE"]).unwrap();
+    let acquiring = tokio::spawn(async move {
+        let guard = locks.mutex("killed-mid").unwrap().lock().await;
+        (guard, locks)
+    });
+    tokio::time::sleep(100 * MS).await;
+    let killed = server.cmd(&["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"]).unwrap();
+    assert!(killed.int().unwrap_or(0) >= 1, "no connection was killed: {killed:?}");
+    let (guard, _locks) = tokio::time::timeout(10_000 * MS, acquiring).await.expect("acquire hung").unwrap();
+    let guard = guard.unwrap_or_else(|e| panic!("acquire failed after the kill: {e}"));
+    assert_eq!(guard.fencing_token().map(|f| f.0), Some(1), "exactly one fencing increment");
+    assert_eq!(text(server.cmd(&["GET", "lock:{killed-mid}:fence"]).unwrap()), "1");
+    guard.release().await.unwrap();
+    assert_eq!(text(server.cmd(&["EXISTS", "lock:{killed-mid}"]).unwrap()), "0", "a key was left behind");
+}
+
 /// Runs every Redis-specific test as its own `#[tokio::test]` for a [`RedisDriver`].
 #[macro_export]
 macro_rules! redis_suite {
@@ -334,7 +359,8 @@ macro_rules! redis_suite {
             two_hundred_waiters_each_get_the_lock_once,
             lock_unlock_is_two_round_trips,
             waiter_wakes_within_50ms_of_release,
-            expired_lock_is_picked_up_without_a_release
+            expired_lock_is_picked_up_without_a_release,
+            connection_killed_mid_command_keeps_state_correct
         );
     };
     (@each $driver:expr; $($name:ident),* $(,)?) => {

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use lock_core::{LockBackend, LockClient, LockConfig, LockError};
+use lock_fred::FredBackend;
 use lock_redis_rs::RedisBackend;
 use lock_testkit::{Fault, Faulty, MemoryBackend, Op, RedisServer};
 use tokio::time::Instant;
@@ -25,9 +26,20 @@ enum BackendChoice {
     Memory,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Driver {
+    /// The `redis` crate (lock-redis-rs).
+    RedisRs,
+    /// The `fred` crate (lock-fred).
+    Fred,
+}
+
 #[derive(Parser, Debug)]
 #[command(about = "Workers contending for one distributed lock")]
 struct Args {
+    /// Which Redis driver to use when the lock lives in Redis.
+    #[arg(long, value_enum, default_value_t = Driver::RedisRs)]
+    driver: Driver,
     /// Where the lock lives.
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     backend: BackendChoice,
@@ -83,24 +95,30 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("backend: in-memory (embedded default; install redis-server or set REDIS_URL for Redis)");
         return run(MemoryBackend::new(), &args).await;
     }
+    let driver = match args.driver {
+        Driver::RedisRs => "redis-rs",
+        Driver::Fred => "fred",
+    };
     // Keeps a spawned server alive for the whole demo; it is killed on drop.
     let (url, _server) = match url {
         Some(url) => {
-            println!("backend: redis-rs driver, Redis at {url} (from REDIS_URL)");
+            println!("backend: {driver} driver, Redis at {url} (from REDIS_URL)");
             (url, None)
         }
         None => {
             let server = RedisServer::start()?;
             println!(
-                "backend: redis-rs driver, redis-server spawned on {} (pid {:?})",
+                "backend: {driver} driver, redis-server spawned on {} (pid {:?})",
                 server.addr(),
                 server.pid()
             );
             (server.url(), Some(server))
         }
     };
-    let backend = RedisBackend::builder().connect_managed(&url).await?;
-    run(backend, &args).await
+    match args.driver {
+        Driver::RedisRs => run(RedisBackend::builder().connect_managed(&url).await?, &args).await,
+        Driver::Fred => run(FredBackend::connect(&url).await?, &args).await,
+    }
 }
 
 fn redis_server_installed() -> bool {
