@@ -9,7 +9,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::error::BackendError;
-use crate::types::{Grant, LockKey, Token};
+use crate::types::{FencingToken, Grant, LockKey, Token};
 
 /// A request to acquire (or re-acquire) a lock.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,6 +146,8 @@ impl ReleaseWatch {
 ///   the key's release watchers when it did.
 /// - All three are idempotent for the same arguments (drivers resend commands after
 ///   reconnects).
+/// - **raise_fence** (with [`Capabilities::fencing`]) raises the key's counter to at least a
+///   given token and records it on the owner's lock; idempotent.
 /// - **watch_releases** (optional, when [`Capabilities::wake_up`]) subscribes to release
 ///   notices. It must be subscribed before the caller retries acquire, so a release between
 ///   the retry and the wait is not missed. The default returns `None`, and waiters fall back to
@@ -192,6 +194,25 @@ pub trait LockBackend: Send + Sync + 'static {
     /// Infrastructure failures only; a lock that was not ours is [`ReleaseOutcome::NotHeld`].
     async fn release(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError>;
 
+    /// Raises the fencing counter of `key` to at least `fence`, and records `fence` as the
+    /// fencing token of the acquisition when `token` holds the key. RedLock writes the token it
+    /// hands out back to a majority with this, so every later majority sees at least it.
+    ///
+    /// # Errors
+    /// Infrastructure failures; the default reports that the backend has no fencing.
+    async fn raise_fence(
+        &self,
+        key: &LockKey,
+        token: &Token,
+        fence: FencingToken,
+    ) -> Result<(), BackendError> {
+        let _ = (key, token, fence);
+        Err(BackendError::permanent(
+            crate::BackendErrorKind::Other,
+            format!("backend `{}` does not support fencing tokens", self.name()),
+        ))
+    }
+
     /// Subscribes to release notices for `key`. `Ok(None)` means the backend has no wake-up
     /// and waiters sleep with jittered backoff instead (the default).
     ///
@@ -230,6 +251,14 @@ macro_rules! forward_backend {
             }
             async fn release(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError> {
                 (**self).release(key, token).await
+            }
+            async fn raise_fence(
+                &self,
+                key: &LockKey,
+                token: &Token,
+                fence: FencingToken,
+            ) -> Result<(), BackendError> {
+                (**self).raise_fence(key, token, fence).await
             }
             async fn watch_releases(&self, key: &LockKey) -> Result<Option<ReleaseWatch>, BackendError> {
                 (**self).watch_releases(key).await

@@ -55,6 +55,15 @@ pub const RELEASE: LuaScript = LuaScript {
     sha1: "a22323baa0c8ad13d803d8794e3be39d80343e70",
 };
 
+/// `fence.lua`: raise the fencing counter to at least a token (RedLock's write-back) and
+/// record it on the lock if this owner holds it. KEYS: lock, fence. ARGV: token, fence.
+/// Returns the counter.
+pub const FENCE: LuaScript = LuaScript {
+    name: "fence",
+    source: include_str!("../scripts/fence.lua"),
+    sha1: "308e64a5d3db4c71c04993b87e803a7474b6cc9a",
+};
+
 /// The Redis names of one lock (see the module docs for the layout).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisKeys {
@@ -101,6 +110,11 @@ pub fn extend_args(token: &Token, ttl: Duration) -> [String; 2] {
 /// The ARGV of [`RELEASE`].
 pub fn release_args(token: &Token, keys: &RedisKeys) -> [String; 2] {
     [token.to_string(), keys.channel.clone()]
+}
+
+/// The ARGV of [`FENCE`].
+pub fn fence_args(token: &Token, fence: FencingToken) -> [String; 2] {
+    [token.to_string(), fence.0.to_string()]
 }
 
 /// A TTL in whole milliseconds for PX/PEXPIRE, at least 1 (Redis rejects 0).
@@ -154,7 +168,7 @@ mod tests {
 
     #[test]
     fn script_digests_are_pinned() {
-        for script in [ACQUIRE, EXTEND, RELEASE] {
+        for script in [ACQUIRE, EXTEND, RELEASE, FENCE] {
             assert_eq!(sha1_hex(script.source), script.sha1, "{} changed: update its sha1", script.name);
         }
     }

@@ -8,6 +8,7 @@ use fred::clients::{Client, Pool, SubscriberClient};
 use fred::interfaces::{ClientLike, LuaInterface};
 use fred::prelude::{Builder, Config, ReconnectPolicy, ServerConfig};
 use fred::types::FromValue;
+use lock_core::FencingToken;
 use lock_core::scripts::{self, LuaScript, RedisKeys};
 use lock_core::{
     AcquireOutcome, AcquireRequest, BackendError, BackendErrorKind, Capabilities, ExtendOutcome,
@@ -368,6 +369,18 @@ where
         let args = scripts::release_args(token, &keys);
         let reply: i64 = self.eval(&scripts::RELEASE, &[&keys.lock], &args).await?;
         Ok(if reply == 1 { ReleaseOutcome::Released } else { ReleaseOutcome::NotHeld })
+    }
+
+    async fn raise_fence(
+        &self,
+        key: &LockKey,
+        token: &Token,
+        fence: FencingToken,
+    ) -> Result<(), BackendError> {
+        let keys = RedisKeys::for_key(key);
+        let args = scripts::fence_args(token, fence);
+        let _counter: i64 = self.eval(&scripts::FENCE, &[&keys.lock, &keys.fence], &args).await?;
+        Ok(())
     }
 
     async fn watch_releases(&self, key: &LockKey) -> Result<Option<ReleaseWatch>, BackendError> {

@@ -197,6 +197,26 @@ pub async fn fencing_tokens_strictly_increase<B: LockBackend>(b: B) {
     }
 }
 
+/// `raise_fence` lifts the counter (never lowers it) and records the token on the owner's
+/// lock, so a re-acquire returns it and the next owner gets a greater one.
+pub async fn raise_fence_lifts_the_counter<B: LockBackend>(b: B) {
+    let key = unique_key("raise");
+    let token = Token::random();
+    if !b.capabilities().fencing {
+        assert!(b.raise_fence(&key, &token, FencingToken(5)).await.is_err());
+        return;
+    }
+    let first = must_acquire(&b, &req(&key, token, 10_000 * MS, true)).await.fence.unwrap();
+    let raised = FencingToken(first.0 + 10);
+    b.raise_fence(&key, &token, raised).await.unwrap();
+    b.raise_fence(&key, &token, FencingToken(1)).await.unwrap(); // never lowers
+    let again = must_acquire(&b, &req(&key, token, 10_000 * MS, true)).await.fence;
+    assert_eq!(again, Some(raised), "a re-acquire returns the raised token");
+    b.release(&key, &token).await.unwrap();
+    let next = must_acquire(&b, &req(&key, Token::random(), 10_000 * MS, true)).await.fence.unwrap();
+    assert!(next > raised, "the next owner's token {next} must exceed the raised {raised}");
+}
+
 /// A release wakes the key's watchers; backends without wake-up say so by returning `None`.
 pub async fn release_notifies_watchers<B: LockBackend>(b: B) {
     let key = unique_key("wake");
@@ -306,6 +326,7 @@ macro_rules! __conformance_tests {
             extend_after_expiry_is_refused,
             extend_many_answers_in_order,
             fencing_tokens_strictly_increase,
+            raise_fence_lifts_the_counter,
             release_notifies_watchers,
             awkward_keys_work,
             distinct_keys_are_independent,

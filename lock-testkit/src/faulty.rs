@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use lock_core::FencingToken;
 use lock_core::{
     AcquireOutcome, AcquireRequest, BackendError, BackendErrorKind, Capabilities, ExtendOutcome,
     ExtendRequest, LockBackend, LockKey, ReleaseOutcome, ReleaseWatch, Token,
@@ -19,6 +20,10 @@ pub enum Op {
     Extend,
     /// [`LockBackend::release`].
     Release,
+    /// [`LockBackend::raise_fence`].
+    Fence,
+    /// [`LockBackend::watch_releases`].
+    Watch,
 }
 
 /// What to do to one call.
@@ -178,7 +183,15 @@ impl<B: LockBackend> LockBackend for Faulty<B> {
     async fn release(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError> {
         self.run(Op::Release, self.inner.release(key, token)).await
     }
+    async fn raise_fence(
+        &self,
+        key: &LockKey,
+        token: &Token,
+        fence: FencingToken,
+    ) -> Result<(), BackendError> {
+        self.run(Op::Fence, self.inner.raise_fence(key, token, fence)).await
+    }
     async fn watch_releases(&self, key: &LockKey) -> Result<Option<ReleaseWatch>, BackendError> {
-        self.inner.watch_releases(key).await
+        self.run(Op::Watch, self.inner.watch_releases(key)).await
     }
 }

@@ -37,6 +37,8 @@ pub struct OpCounts {
     pub extend: u64,
     /// Release calls.
     pub release: u64,
+    /// Raise-fence calls.
+    pub fence: u64,
 }
 
 #[derive(Debug)]
@@ -139,6 +141,14 @@ impl MemoryBackend {
         Ok(())
     }
 
+    /// Forgets everything, fencing counters included, as a node restarted without
+    /// persistence would (the known-unsafe deployment for fencing).
+    pub fn wipe(&self) {
+        let mut state = self.state();
+        state.locks.clear();
+        state.fences.clear();
+    }
+
     /// The fencing counter of `key` (0 if it never minted one).
     pub fn fence_counter(&self, key: &str) -> u64 {
         self.state().fences.iter().find(|(k, _)| k.as_str() == key).map_or(0, |(_, v)| *v)
@@ -228,6 +238,25 @@ impl LockBackend for MemoryBackend {
             }
             _ => Ok(ReleaseOutcome::NotHeld),
         }
+    }
+
+    async fn raise_fence(
+        &self,
+        key: &LockKey,
+        token: &Token,
+        fence: FencingToken,
+    ) -> Result<(), BackendError> {
+        self.count(|c| c.fence += 1);
+        let now = Instant::now();
+        let mut state = self.state();
+        let counter = state.fences.entry(key.clone()).or_insert(0);
+        *counter = (*counter).max(fence.0);
+        if let Some(entry) = live(&mut state, key, now)
+            && entry.token == *token
+        {
+            entry.fence = entry.fence.max(Some(fence));
+        }
+        Ok(())
     }
 
     async fn watch_releases(&self, key: &LockKey) -> Result<Option<ReleaseWatch>, BackendError> {

@@ -3,6 +3,7 @@
 #![allow(missing_docs)]
 
 use async_trait::async_trait;
+use lock_core::FencingToken;
 use lock_core::{
     AcquireOutcome, AcquireRequest, BackendError, Capabilities, ExtendOutcome, ExtendRequest, LockBackend,
     LockKey, ReleaseOutcome, ReleaseWatch, Token,
@@ -21,6 +22,7 @@ mockall::mock! {
         async fn extend(&self, req: &ExtendRequest) -> Result<ExtendOutcome, BackendError>;
         async fn extend_many(&self, reqs: &[ExtendRequest]) -> Vec<Result<ExtendOutcome, BackendError>>;
         async fn release(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError>;
+        async fn raise_fence(&self, key: &LockKey, token: &Token, fence: FencingToken) -> Result<(), BackendError>;
         async fn watch_releases(&self, key: &LockKey) -> Result<Option<ReleaseWatch>, BackendError>;
     }
 }
