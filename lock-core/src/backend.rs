@@ -115,13 +115,36 @@ impl ReleaseWatch {
         Self { rx, _keep: Some(Box::new(keep)) }
     }
 
+    /// Waits, without bound, for a release notice newer than the last one seen. Returns
+    /// `false` when the backend closed the subscription (no notice can come any more).
+    ///
+    /// # Cancel safety
+    /// Cancel-safe, like [`ReleaseWatch::wait`].
+    pub async fn notified(&mut self) -> bool {
+        self.rx.changed().await.is_ok()
+    }
+
     /// Waits until a release notice newer than the last one seen arrives, or `max` passes.
     /// Returns `true` when woken by a notice.
     ///
     /// # Cancel safety
     /// Cancel-safe: a notice that arrives after cancellation is seen by the next call.
     pub async fn wait(&mut self, max: Duration) -> bool {
-        matches!(tokio::time::timeout(max, self.rx.changed()).await, Ok(Ok(())))
+        let deadline = Instant::now() + max;
+        match tokio::time::timeout_at(deadline, self.rx.changed()).await {
+            Ok(Ok(())) => true,
+            // Closed: no notice can come; still wait out the bound, never spin.
+            Ok(Err(_)) => {
+                tokio::time::sleep_until(deadline).await;
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Whether the backend closed this subscription (no notice can come any more).
+    pub fn is_closed(&self) -> bool {
+        self.rx.has_changed().is_err()
     }
 }
 
@@ -146,6 +169,7 @@ impl ReleaseWatch {
 ///   the key's release watchers when it did.
 /// - All three are idempotent for the same arguments (drivers resend commands after
 ///   reconnects).
+/// - **discard** is release without the notice, for partial grants that never formed a lock.
 /// - **raise_fence** (with [`Capabilities::fencing`]) raises the key's counter to at least a
 ///   given token and records it on the owner's lock; idempotent.
 /// - **watch_releases** (optional, when [`Capabilities::wake_up`]) subscribes to release
@@ -193,6 +217,16 @@ pub trait LockBackend: Send + Sync + 'static {
     /// # Errors
     /// Infrastructure failures only; a lock that was not ours is [`ReleaseOutcome::NotHeld`].
     async fn release(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError>;
+
+    /// Deletes the key if this token holds it, **without** notifying waiters: for partial
+    /// acquisitions that never formed a lock (a failed RedLock round), whose cleanup must not
+    /// wake every waiter for nothing. The default calls [`LockBackend::release`].
+    ///
+    /// # Errors
+    /// As [`LockBackend::release`].
+    async fn discard(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError> {
+        self.release(key, token).await
+    }
 
     /// Raises the fencing counter of `key` to at least `fence`, and records `fence` as the
     /// fencing token of the acquisition when `token` holds the key. RedLock writes the token it
@@ -251,6 +285,9 @@ macro_rules! forward_backend {
             }
             async fn release(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError> {
                 (**self).release(key, token).await
+            }
+            async fn discard(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError> {
+                (**self).discard(key, token).await
             }
             async fn raise_fence(
                 &self,

@@ -418,7 +418,7 @@ async fn acquire_inner(
             }
         }
         let mut wait = match (&watch, held) {
-            (Some(_), true) => backoff.max(),
+            (Some(_), true) => backoff.jittered_max(),
             _ => backoff.next_delay(),
         };
         if let Some(r) = remaining {
@@ -427,7 +427,10 @@ async fn acquire_inner(
         wait = wait.min(deadline - now);
         match (&mut watch, held) {
             (Some(w), true) => {
-                w.wait(wait).await;
+                if !w.wait(wait).await && w.is_closed() {
+                    // The backend dropped the subscription: subscribe again next time.
+                    watch = None;
+                }
             }
             _ => tokio::time::sleep(wait).await,
         }

@@ -47,12 +47,13 @@ pub const EXTEND: LuaScript = LuaScript {
     sha1: "c8bfd565593adf19adc8dfcc96e6ebf97a22c1c4",
 };
 
-/// `release.lua`: owner-checked DEL, then PUBLISH. KEYS: lock. ARGV: token, channel.
+/// `release.lua`: owner-checked DEL, then PUBLISH (skipped for an empty channel).
+/// KEYS: lock. ARGV: token, channel.
 /// Returns 1 or 0.
 pub const RELEASE: LuaScript = LuaScript {
     name: "release",
     source: include_str!("../scripts/release.lua"),
-    sha1: "a22323baa0c8ad13d803d8794e3be39d80343e70",
+    sha1: "df2ae2bc16797bffec0b26e01fef3221650e9146",
 };
 
 /// `fence.lua`: raise the fencing counter to at least a token (RedLock's write-back) and
@@ -110,6 +111,11 @@ pub fn extend_args(token: &Token, ttl: Duration) -> [String; 2] {
 /// The ARGV of [`RELEASE`].
 pub fn release_args(token: &Token, keys: &RedisKeys) -> [String; 2] {
     [token.to_string(), keys.channel.clone()]
+}
+
+/// The ARGV of [`RELEASE`] for a silent discard (no PUBLISH).
+pub fn discard_args(token: &Token) -> [String; 2] {
+    [token.to_string(), String::new()]
 }
 
 /// The ARGV of [`FENCE`].

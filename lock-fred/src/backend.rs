@@ -371,6 +371,12 @@ where
         Ok(if reply == 1 { ReleaseOutcome::Released } else { ReleaseOutcome::NotHeld })
     }
 
+    async fn discard(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError> {
+        let keys = RedisKeys::for_key(key);
+        let reply: i64 = self.eval(&scripts::RELEASE, &[&keys.lock], &scripts::discard_args(token)).await?;
+        Ok(if reply == 1 { ReleaseOutcome::Released } else { ReleaseOutcome::NotHeld })
+    }
+
     async fn raise_fence(
         &self,
         key: &LockKey,

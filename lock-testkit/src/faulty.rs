@@ -55,6 +55,7 @@ impl Fault {
 
 #[derive(Debug, Default)]
 struct Plan {
+    down: bool,
     once: HashMap<Op, VecDeque<Fault>>,
     always: HashMap<Op, Fault>,
     injected: u64,
@@ -114,6 +115,17 @@ impl<B: LockBackend> Faulty<B> {
         self.plan().always.insert(op, fault);
     }
 
+    /// Takes the node down: every call fails with a transient connection error, whatever
+    /// faults are planned, until [`Faulty::bring_up`].
+    pub fn take_down(&self) {
+        self.plan().down = true;
+    }
+
+    /// Ends [`Faulty::take_down`]; planned faults apply again.
+    pub fn bring_up(&self) {
+        self.plan().down = false;
+    }
+
     /// Removes every planned fault.
     pub fn clear(&self) {
         let mut plan = self.plan();
@@ -128,6 +140,13 @@ impl<B: LockBackend> Faulty<B> {
 
     fn next_fault(&self, op: Op) -> Option<Fault> {
         let mut plan = self.plan();
+        if plan.down {
+            plan.injected += 1;
+            return Some(Fault::Error(BackendError::retryable(
+                BackendErrorKind::Connection,
+                "injected: node down",
+            )));
+        }
         let fault = match plan.once.get_mut(&op).and_then(VecDeque::pop_front) {
             Some(f) => Some(f),
             None => plan.always.get(&op).cloned(),
@@ -148,6 +167,10 @@ impl<B: LockBackend> Faulty<B> {
             Some(Fault::Hang) => std::future::pending().await,
             Some(Fault::Delay(d)) => {
                 tokio::time::sleep(d).await;
+                // A request still in flight when the node went down is lost with it.
+                if self.plan().down {
+                    return Err(BackendError::retryable(BackendErrorKind::Connection, "injected: node down"));
+                }
                 call.await
             }
             Some(Fault::DelayReply(d)) => {
@@ -182,6 +205,9 @@ impl<B: LockBackend> LockBackend for Faulty<B> {
     }
     async fn release(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError> {
         self.run(Op::Release, self.inner.release(key, token)).await
+    }
+    async fn discard(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError> {
+        self.run(Op::Release, self.inner.discard(key, token)).await
     }
     async fn raise_fence(
         &self,

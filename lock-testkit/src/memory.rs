@@ -154,6 +154,26 @@ impl MemoryBackend {
         self.state().fences.iter().find(|(k, _)| k.as_str() == key).map_or(0, |(_, v)| *v)
     }
 
+    fn delete(&self, key: &LockKey, token: &Token, notify: bool) -> ReleaseOutcome {
+        let now = Instant::now();
+        let mut state = self.state();
+        match live(&mut state, key, now) {
+            Some(entry) if entry.token == *token => {
+                state.locks.remove(key);
+                if let Some(tx) = state.notices.get(key) {
+                    if notify {
+                        tx.send_modify(|n| *n += 1);
+                    }
+                    if tx.receiver_count() == 0 {
+                        state.notices.remove(key);
+                    }
+                }
+                ReleaseOutcome::Released
+            }
+            _ => ReleaseOutcome::NotHeld,
+        }
+    }
+
     /// How many waiters are subscribed to release notices, over all keys.
     pub fn subscriber_count(&self) -> usize {
         self.state().notices.values().map(|tx| tx.receiver_count()).sum()
@@ -223,21 +243,12 @@ impl LockBackend for MemoryBackend {
 
     async fn release(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError> {
         self.count(|c| c.release += 1);
-        let now = Instant::now();
-        let mut state = self.state();
-        match live(&mut state, key, now) {
-            Some(entry) if entry.token == *token => {
-                state.locks.remove(key);
-                if let Some(tx) = state.notices.get(key) {
-                    tx.send_modify(|n| *n += 1);
-                    if tx.receiver_count() == 0 {
-                        state.notices.remove(key);
-                    }
-                }
-                Ok(ReleaseOutcome::Released)
-            }
-            _ => Ok(ReleaseOutcome::NotHeld),
-        }
+        Ok(self.delete(key, token, true))
+    }
+
+    async fn discard(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError> {
+        self.count(|c| c.release += 1);
+        Ok(self.delete(key, token, false))
     }
 
     async fn raise_fence(

@@ -22,6 +22,7 @@ mockall::mock! {
         async fn extend(&self, req: &ExtendRequest) -> Result<ExtendOutcome, BackendError>;
         async fn extend_many(&self, reqs: &[ExtendRequest]) -> Vec<Result<ExtendOutcome, BackendError>>;
         async fn release(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError>;
+        async fn discard(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError>;
         async fn raise_fence(&self, key: &LockKey, token: &Token, fence: FencingToken) -> Result<(), BackendError>;
         async fn watch_releases(&self, key: &LockKey) -> Result<Option<ReleaseWatch>, BackendError>;
     }

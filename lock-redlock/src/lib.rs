@@ -1,0 +1,597 @@
+//! # lock-redlock
+//!
+//! [`RedLock`] composes N independent lock backends into a quorum lock, and is itself a
+//! [`LockBackend`], so [`lock_core::LockClient`]'s waiting, watchdog, reentrancy and lease-loss
+//! signalling apply to it unchanged. It has no retry loop of its own.
+//!
+//! - **Acquire** fans out to all N nodes at once, each with a deadline far below the TTL
+//!   (default `ttl / 20`), and decides as soon as a majority granted or a majority is out of
+//!   reach. The validity is `t_start + ttl - drift`, `t_start` sampled before the first request;
+//!   a grant past it is a failure. A failed round releases **every** node (those that errored or
+//!   timed out too) once every node has answered or hit its deadline, and a round abandoned by
+//!   cancellation is cleaned up the same way in the background, so nothing is orphaned. Nodes
+//!   that grant after a *successful* round was decided are kept: they belong to the lease, whose
+//!   extensions and release reach all N nodes, and they let it survive more node failures.
+//! - **Extend** succeeds only with a majority, within the caller's validity deadline. A failed
+//!   extend never releases or shortens anything: the watchdog simply tries again.
+//! - **Release** goes to all N nodes and reports whether a majority still owned the lock.
+//! - **Fencing across the quorum**: each node increments its counter inside acquire; the token
+//!   is `t = max` over the granting majority, and `t` is written back (`counter = max(counter,
+//!   t)`) to a majority before the lease is handed out. Any later majority intersects that one,
+//!   so it sees a counter of at least `t` and mints a greater token. This holds only if counters
+//!   survive restarts: run the nodes with `appendfsync always`, or restart a crashed node only
+//!   after the longest TTL has passed *and* with its data intact.
+//!
+//! Use an **odd** N: a quorum of an even N tolerates no more failures than N - 1 nodes do
+//! (4 nodes need 3, tolerating 1, like 3 nodes), so the extra node only adds latency and cost.
+//! The nodes must be independent masters: a primary with its replica is one failure domain,
+//! and failover can lose a granted key.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), lock_core::LockError> {
+//! use lock_core::{LockClient, LockConfig};
+//! use lock_redlock::RedLock;
+//! use lock_testkit::MemoryBackend;
+//!
+//! let nodes = vec![MemoryBackend::new(), MemoryBackend::new(), MemoryBackend::new()];
+//! let quorum = RedLock::new(nodes)?;
+//! assert_eq!(quorum.quorum(), 2);
+//! let locks = LockClient::with_config(quorum, LockConfig::builder().fencing(true).build()?)?;
+//! let guard = locks.mutex("payments")?.lock().await?;
+//! assert!(guard.fencing_token().is_some());
+//! guard.release().await?;
+//! # Ok(()) }
+//! ```
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::future::join_all;
+use lock_core::{
+    AcquireOutcome, AcquireRequest, BackendError, BackendErrorKind, Capabilities, ExtendOutcome,
+    ExtendRequest, FencingToken, Grant, Instant, LockBackend, LockError, LockKey, ReleaseOutcome,
+    ReleaseWatch, Token, default_drift, validity_deadline,
+};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, warn};
+
+/// The per-node deadline, as a fraction of the TTL, when none is configured: `ttl / 20`.
+pub const DEFAULT_NODE_TIMEOUT_DIVISOR: u32 = 20;
+
+/// The smallest per-node deadline used with the default (for very short TTLs).
+pub const MIN_NODE_TIMEOUT: Duration = Duration::from_millis(2);
+
+/// Options for [`RedLock::with_options`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RedLockOptions {
+    node_timeout: Option<Duration>,
+    repair: bool,
+}
+
+impl RedLockOptions {
+    /// The defaults: per-node deadline `ttl / 20`, no repair.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A fixed deadline for every request to one node. It must be above zero; at call time it
+    /// is capped at the request's TTL. Default: `ttl / 20` (at least 2 ms).
+    #[must_use]
+    pub fn node_timeout(mut self, timeout: Duration) -> Self {
+        self.node_timeout = Some(timeout);
+        self
+    }
+
+    /// Re-take the key on nodes that lost it (e.g. restarted empty), during a successful
+    /// extension, while a majority still holds it. Off by default: a re-taken node gets no
+    /// fencing write-back, and a node that restarted empty has lost its fencing counter
+    /// anyway, which is the unsafe deployment the crate docs warn about.
+    #[must_use]
+    pub fn repair(mut self, on: bool) -> Self {
+        self.repair = on;
+        self
+    }
+}
+
+struct Inner<B> {
+    nodes: Vec<Arc<B>>,
+    endpoints: Vec<String>,
+    quorum: usize,
+    options: RedLockOptions,
+    endpoint: String,
+    capabilities: Capabilities,
+}
+
+/// A RedLock quorum over N backends; itself a [`LockBackend`]. Cheap to clone.
+///
+/// Mix drivers through `Arc<dyn LockBackend>`: `RedLock<Arc<dyn LockBackend>>`.
+pub struct RedLock<B> {
+    inner: Arc<Inner<B>>,
+}
+
+impl<B> Clone for RedLock<B> {
+    fn clone(&self) -> Self {
+        Self { inner: Arc::clone(&self.inner) }
+    }
+}
+
+impl<B> std::fmt::Debug for RedLock<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedLock")
+            .field("nodes", &self.inner.endpoints)
+            .field("quorum", &self.inner.quorum)
+            .finish()
+    }
+}
+
+/// One node's answer in a round.
+type Answer<T> = (usize, Result<T, BackendError>);
+
+fn quorum_error(what: &str, failures: &[(String, BackendError)]) -> BackendError {
+    let detail: Vec<String> = failures.iter().map(|(node, e)| format!("{node}: {e}")).collect();
+    let message = format!("{what}; failed nodes: [{}]", detail.join("; "));
+    if failures.iter().any(|(_, e)| e.is_retryable()) || failures.is_empty() {
+        BackendError::retryable(BackendErrorKind::Quorum, message)
+    } else {
+        BackendError::permanent(BackendErrorKind::Quorum, message)
+    }
+}
+
+impl<B: LockBackend> RedLock<B> {
+    /// A quorum over `nodes` with the default options.
+    ///
+    /// # Errors
+    /// [`LockError::Config`] for zero nodes or the same node listed twice.
+    pub fn new(nodes: Vec<B>) -> Result<Self, LockError> {
+        Self::with_options(nodes, RedLockOptions::default())
+    }
+
+    /// A quorum over `nodes`.
+    ///
+    /// # Errors
+    /// [`LockError::Config`] for zero nodes, the same node listed twice (two backends with the
+    /// same [`LockBackend::endpoint`]), or a zero per-node deadline.
+    pub fn with_options(nodes: Vec<B>, options: RedLockOptions) -> Result<Self, LockError> {
+        if nodes.is_empty() {
+            return Err(LockError::Config {
+                field: "nodes",
+                reason: "a RedLock needs at least one node".into(),
+            });
+        }
+        if options.node_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(LockError::Config { field: "node_timeout", reason: "must be above zero".into() });
+        }
+        let endpoints: Vec<String> = nodes.iter().map(LockBackend::endpoint).collect();
+        for (i, e) in endpoints.iter().enumerate() {
+            if let Some(j) = endpoints[..i].iter().position(|other| other == e) {
+                return Err(LockError::Config {
+                    field: "nodes",
+                    reason: format!(
+                        "node {i} and node {j} are the same server ({e}); a quorum needs distinct nodes"
+                    ),
+                });
+            }
+        }
+        let capabilities = Capabilities::new(
+            nodes.iter().all(|n| n.capabilities().fencing),
+            nodes.iter().any(|n| n.capabilities().wake_up),
+        );
+        let mut sorted = endpoints.clone();
+        sorted.sort();
+        let endpoint = format!("redlock[{}]", sorted.join(","));
+        let quorum = nodes.len() / 2 + 1;
+        let nodes = nodes.into_iter().map(Arc::new).collect();
+        Ok(Self { inner: Arc::new(Inner { nodes, endpoints, quorum, options, endpoint, capabilities }) })
+    }
+
+    /// How many nodes must agree: `N / 2 + 1`.
+    pub fn quorum(&self) -> usize {
+        self.inner.quorum
+    }
+
+    /// How many nodes there are.
+    pub fn len(&self) -> usize {
+        self.inner.nodes.len()
+    }
+
+    /// Never true: construction rejects zero nodes.
+    pub fn is_empty(&self) -> bool {
+        self.inner.nodes.is_empty()
+    }
+
+    /// The nodes, in the order given.
+    pub fn nodes(&self) -> impl Iterator<Item = &B> {
+        self.inner.nodes.iter().map(|n| &**n)
+    }
+
+    fn node_timeout(&self, ttl: Duration) -> Duration {
+        let default = (ttl / DEFAULT_NODE_TIMEOUT_DIVISOR).max(MIN_NODE_TIMEOUT);
+        self.inner.options.node_timeout.unwrap_or(default).min(ttl).max(Duration::from_millis(1))
+    }
+
+    /// Sends one request to every node at once, each bounded by `deadline`. Answers arrive on
+    /// the returned channel as they come, whether or not anyone still listens.
+    fn fan_out<T, F, Fut>(&self, deadline: Duration, call: F) -> mpsc::UnboundedReceiver<Answer<T>>
+    where
+        T: Send + 'static,
+        F: Fn(Arc<B>) -> Fut,
+        Fut: Future<Output = Result<T, BackendError>> + Send + 'static,
+    {
+        let (tx, rx) = mpsc::unbounded_channel();
+        for (i, node) in self.inner.nodes.iter().enumerate() {
+            let fut = call(Arc::clone(node));
+            let tx = tx.clone();
+            let endpoint = self.inner.endpoints[i].clone();
+            tokio::spawn(async move {
+                let answer = match tokio::time::timeout(deadline, fut).await {
+                    Ok(r) => r,
+                    Err(_) => Err(BackendError::retryable(
+                        BackendErrorKind::Timeout,
+                        format!("node {endpoint} did not answer within {deadline:?}"),
+                    )),
+                };
+                let _ = tx.send((i, answer));
+            });
+        }
+        rx
+    }
+
+    /// Releases `key` on every node, concurrently, each bounded by `deadline`; waits for all.
+    /// With `announce` false it discards silently (partial grants of a failed round).
+    async fn release_all(
+        &self,
+        key: &LockKey,
+        token: &Token,
+        deadline: Duration,
+        announce: bool,
+    ) -> Vec<Answer<ReleaseOutcome>> {
+        let calls = self.inner.nodes.iter().enumerate().map(|(i, node)| {
+            let (key, token) = (key.clone(), *token);
+            async move {
+                let call = async {
+                    if announce { node.release(&key, &token).await } else { node.discard(&key, &token).await }
+                };
+                let answer = match tokio::time::timeout(deadline, call).await {
+                    Ok(r) => r,
+                    Err(_) => Err(BackendError::retryable(
+                        BackendErrorKind::Timeout,
+                        "release did not answer in time",
+                    )),
+                };
+                (i, answer)
+            }
+        });
+        join_all(calls).await
+    }
+
+    /// Writes `fence` back to the nodes; succeeds once a majority confirmed.
+    async fn write_back(
+        &self,
+        req: &AcquireRequest,
+        fence: FencingToken,
+        deadline: Duration,
+    ) -> Result<(), BackendError> {
+        let (key, token) = (req.key.clone(), req.token);
+        let mut answers = self.fan_out(deadline, move |node| {
+            let key = key.clone();
+            async move { node.raise_fence(&key, &token, fence).await }
+        });
+        let n = self.inner.nodes.len();
+        let (mut ok, mut failures) = (0, Vec::new());
+        while let Some((i, answer)) = answers.recv().await {
+            match answer {
+                Ok(()) => ok += 1,
+                Err(e) => failures.push((self.inner.endpoints[i].clone(), e)),
+            }
+            if ok >= self.inner.quorum {
+                return Ok(());
+            }
+            if n - failures.len() < self.inner.quorum {
+                break;
+            }
+        }
+        Err(quorum_error(&format!("fencing token {fence} was not written back to a majority"), &failures))
+    }
+
+    /// Cleans up a failed round: waits for every node to answer (each is bounded by its
+    /// deadline), then releases the key on every node, so nothing is left behind.
+    async fn fail_round(
+        &self,
+        req: &AcquireRequest,
+        mut answers: mpsc::UnboundedReceiver<Answer<AcquireOutcome>>,
+        deadline: Duration,
+    ) {
+        while answers.recv().await.is_some() {}
+        // Silently: these partial grants never formed a lock, so no waiter should wake for them
+        // (announcing them would wake every waiter, whose failed rounds announce again: a storm).
+        let released = self.release_all(&req.key, &req.token, deadline, false).await;
+        debug!(key = %req.key, ?released, "failed round cleaned up");
+    }
+
+    /// The time until enough holders expire for a majority to be free: among the nodes held
+    /// by others, the `need`-th smallest remaining TTL.
+    fn blocking_ttl(&self, held: &mut [Option<Duration>]) -> Option<Duration> {
+        let n = self.inner.nodes.len();
+        let need = (self.inner.quorum + held.len()).checked_sub(n)?.max(1);
+        if held.iter().any(Option::is_none) {
+            return None;
+        }
+        held.sort();
+        held.get(need - 1).copied().flatten()
+    }
+}
+
+#[async_trait]
+impl<B: LockBackend> LockBackend for RedLock<B> {
+    fn name(&self) -> &str {
+        "redlock"
+    }
+
+    fn endpoint(&self) -> String {
+        self.inner.endpoint.clone()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities
+    }
+
+    async fn acquire(&self, req: &AcquireRequest) -> Result<AcquireOutcome, BackendError> {
+        let started = Instant::now();
+        let n = self.inner.nodes.len();
+        let quorum = self.inner.quorum;
+        let deadline = self.node_timeout(req.ttl);
+        let Some(valid_until) = validity_deadline(started, req.ttl, default_drift(req.ttl)) else {
+            return Err(BackendError::permanent(
+                BackendErrorKind::Other,
+                "the ttl leaves no validity after drift",
+            ));
+        };
+        let request = req.clone();
+        let answers = self.fan_out(deadline, move |node| {
+            let request = request.clone();
+            async move { node.acquire(&request).await }
+        });
+        // If this future is dropped before the round is decided, the guard cleans up.
+        let mut round = Round { this: self.clone(), req: req.clone(), deadline, answers: Some(answers) };
+        let (mut granted, mut held, mut failures) = (Vec::new(), Vec::new(), Vec::new());
+        while let Some((i, answer)) = round.recv().await {
+            match answer {
+                Ok(AcquireOutcome::Acquired(grant)) => granted.push((i, grant)),
+                Ok(AcquireOutcome::Held { remaining }) => held.push(remaining),
+                Err(e) => failures.push((self.inner.endpoints[i].clone(), e)),
+            }
+            if granted.len() >= quorum || n - held.len() - failures.len() < quorum {
+                break;
+            }
+        }
+
+        let answers = round.take();
+        let in_time = Instant::now() < valid_until;
+        if granted.len() >= quorum && in_time {
+            let fence = if req.fencing {
+                let top = granted.iter().filter_map(|(_, g)| g.fence).max();
+                let Some(top) = top else {
+                    self.fail_round(req, answers, deadline).await;
+                    return Err(BackendError::permanent(
+                        BackendErrorKind::Protocol,
+                        "fencing was asked for, but no granting node minted a token",
+                    ));
+                };
+                if let Err(e) = self.write_back(req, top, deadline).await {
+                    self.fail_round(req, answers, deadline).await;
+                    return Err(e);
+                }
+                Some(top)
+            } else {
+                None
+            };
+            if Instant::now() < valid_until {
+                // Nodes that grant after the decision are part of this lease, not orphans: its
+                // extensions and its release reach all N nodes. Keeping them lets the lease
+                // survive more node failures.
+                drop(answers);
+                return Ok(AcquireOutcome::Acquired(Grant { valid_until, fence }));
+            }
+        }
+
+        self.fail_round(req, answers, deadline).await;
+        if granted.len() >= quorum {
+            return Err(BackendError::retryable(
+                BackendErrorKind::Timeout,
+                format!("a majority granted {}, but only after the validity had passed", req.key),
+            ));
+        }
+        if !held.is_empty() {
+            return Ok(AcquireOutcome::Held { remaining: self.blocking_ttl(&mut held) });
+        }
+        Err(quorum_error(
+            &format!("no majority ({quorum} of {n}) granted {}: {} granted", req.key, granted.len()),
+            &failures,
+        ))
+    }
+
+    async fn extend(&self, req: &ExtendRequest) -> Result<ExtendOutcome, BackendError> {
+        let started = Instant::now();
+        let n = self.inner.nodes.len();
+        let quorum = self.inner.quorum;
+        let request = req.clone();
+        let mut answers = self.fan_out(self.node_timeout(req.ttl), move |node| {
+            let request = request.clone();
+            async move { node.extend(&request).await }
+        });
+        let (mut extended, mut not_held, mut failures) = (0, Vec::new(), Vec::new());
+        while let Some((i, answer)) = answers.recv().await {
+            match answer {
+                Ok(ExtendOutcome::Extended { .. }) => extended += 1,
+                Ok(ExtendOutcome::NotHeld) => not_held.push(i),
+                Err(e) => failures.push((self.inner.endpoints[i].clone(), e)),
+            }
+            // Decide at a majority either way; an unreachable majority with too few owner
+            // mismatches waits for every answer (each is bounded by the node deadline).
+            if extended >= quorum || not_held.len() > n - quorum {
+                break;
+            }
+        }
+        if extended >= quorum {
+            if self.inner.options.repair {
+                self.repair(req, answers, not_held);
+            }
+            return Ok(match validity_deadline(started, req.ttl, default_drift(req.ttl)) {
+                Some(valid_until) => ExtendOutcome::Extended { valid_until },
+                None => ExtendOutcome::NotHeld,
+            });
+        }
+        if not_held.len() > n - quorum {
+            return Ok(ExtendOutcome::NotHeld);
+        }
+        // Unknown: leave the lease as it is and let the caller retry until its deadline.
+        Err(quorum_error(&format!("no majority extended {}", req.key), &failures))
+    }
+
+    async fn release(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError> {
+        self.release_quorum(key, token, true).await
+    }
+
+    async fn discard(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError> {
+        self.release_quorum(key, token, false).await
+    }
+
+    async fn raise_fence(
+        &self,
+        key: &LockKey,
+        token: &Token,
+        fence: FencingToken,
+    ) -> Result<(), BackendError> {
+        let req =
+            AcquireRequest { key: key.clone(), token: *token, ttl: Duration::from_secs(2), fencing: true };
+        self.write_back(&req, fence, self.node_timeout(req.ttl)).await
+    }
+
+    async fn watch_releases(&self, key: &LockKey) -> Result<Option<ReleaseWatch>, BackendError> {
+        if !self.inner.capabilities.wake_up {
+            return Ok(None);
+        }
+        let watches = join_all(self.inner.nodes.iter().map(|n| n.watch_releases(key))).await;
+        let (tx, rx) = watch::channel(0u64);
+        let tx = Arc::new(tx);
+        let mut forwarders = Vec::new();
+        for w in watches.into_iter().flatten().flatten() {
+            let tx = Arc::clone(&tx);
+            let mut w = w;
+            forwarders.push(
+                tokio::spawn(async move {
+                    while w.notified().await {
+                        tx.send_modify(|n| *n = n.wrapping_add(1));
+                    }
+                })
+                .abort_handle(),
+            );
+        }
+        if forwarders.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(ReleaseWatch::with_keep(rx, AbortOnDrop(forwarders))))
+    }
+}
+
+impl<B: LockBackend> RedLock<B> {
+    async fn release_quorum(
+        &self,
+        key: &LockKey,
+        token: &Token,
+        announce: bool,
+    ) -> Result<ReleaseOutcome, BackendError> {
+        let deadline = self.node_timeout(Duration::from_secs(2));
+        let answers = self.release_all(key, token, deadline, announce).await;
+        let released = answers.iter().filter(|(_, a)| matches!(a, Ok(ReleaseOutcome::Released))).count();
+        let failures: Vec<(String, BackendError)> = answers
+            .into_iter()
+            .filter_map(|(i, a)| a.err().map(|e| (self.inner.endpoints[i].clone(), e)))
+            .collect();
+        if released >= self.inner.quorum {
+            Ok(ReleaseOutcome::Released)
+        } else if released + failures.len() >= self.inner.quorum {
+            Err(quorum_error(&format!("could not tell whether a majority still held {key}"), &failures))
+        } else {
+            Ok(ReleaseOutcome::NotHeld)
+        }
+    }
+
+    /// Re-takes the key on nodes that reported it missing while a majority extended it.
+    fn repair(
+        &self,
+        req: &ExtendRequest,
+        late: mpsc::UnboundedReceiver<Answer<ExtendOutcome>>,
+        missing: Vec<usize>,
+    ) {
+        let this = self.clone();
+        let acquire = AcquireRequest { key: req.key.clone(), token: req.token, ttl: req.ttl, fencing: false };
+        tokio::spawn(async move {
+            let mut missing = missing;
+            let mut late = late;
+            while let Some((i, answer)) = late.recv().await {
+                if matches!(answer, Ok(ExtendOutcome::NotHeld)) {
+                    missing.push(i);
+                }
+            }
+            for i in missing {
+                if let Some(node) = this.inner.nodes.get(i) {
+                    match node.acquire(&acquire).await {
+                        Ok(outcome) => debug!(key = %acquire.key, node = i, ?outcome, "repair"),
+                        Err(e) => warn!(key = %acquire.key, node = i, error = %e, "repair failed"),
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// The answers of an acquire round, cleaned up (every node released) if the round is dropped
+/// before it was decided.
+struct Round<B: LockBackend> {
+    this: RedLock<B>,
+    req: AcquireRequest,
+    deadline: Duration,
+    answers: Option<mpsc::UnboundedReceiver<Answer<AcquireOutcome>>>,
+}
+
+impl<B: LockBackend> Round<B> {
+    async fn recv(&mut self) -> Option<Answer<AcquireOutcome>> {
+        match &mut self.answers {
+            Some(rx) => rx.recv().await,
+            None => None,
+        }
+    }
+
+    fn take(&mut self) -> mpsc::UnboundedReceiver<Answer<AcquireOutcome>> {
+        match self.answers.take() {
+            Some(rx) => rx,
+            // Already taken: an empty, closed channel.
+            None => mpsc::unbounded_channel().1,
+        }
+    }
+}
+
+impl<B: LockBackend> Drop for Round<B> {
+    fn drop(&mut self) {
+        let Some(rx) = self.answers.take() else { return };
+        let (this, req, deadline) = (self.this.clone(), self.req.clone(), self.deadline);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move { this.fail_round(&req, rx, deadline).await });
+        }
+    }
+}
+
+struct AbortOnDrop(Vec<tokio::task::AbortHandle>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for h in &self.0 {
+            h.abort();
+        }
+    }
+}

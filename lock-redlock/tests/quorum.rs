@@ -1,0 +1,284 @@
+//! Deterministic RedLock tests on `MemoryBackend` and `Faulty` nodes with paused time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lock_core::{
+    AcquireOutcome, AcquireRequest, BackendErrorKind, Instant, LockBackend, LockClient, LockConfig,
+    LockError, LockKey, LostReason, ReleaseOutcome, Token,
+};
+use lock_redlock::{RedLock, RedLockOptions};
+use lock_testkit::{Fault, Faulty, MemoryBackend, Op};
+
+const MS: Duration = Duration::from_millis(1);
+const SEC: Duration = Duration::from_secs(1);
+
+fn nodes(n: usize) -> Vec<Faulty<MemoryBackend>> {
+    (0..n).map(|_| Faulty::new(MemoryBackend::new())).collect()
+}
+
+fn quorum(nodes: &[Faulty<MemoryBackend>]) -> RedLock<Faulty<MemoryBackend>> {
+    RedLock::new(nodes.to_vec()).unwrap()
+}
+
+fn config() -> LockConfig {
+    LockConfig::builder()
+        .ttl(10 * SEC)
+        .renew_interval(3 * SEC)
+        .acquire_timeout(5 * SEC)
+        .retry_backoff(10 * MS, 100 * MS)
+        .fencing(true)
+        .build()
+        .unwrap()
+}
+
+fn req(key: &str, ttl: Duration) -> AcquireRequest {
+    AcquireRequest { key: LockKey::new(key).unwrap(), token: Token::random(), ttl, fencing: true }
+}
+
+async fn settle() {
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+}
+
+mod conformance_over_memory_nodes {
+    lock_testkit::conformance_suite!(paused, async {
+        let nodes: Vec<_> = (0..3).map(|_| lock_testkit::MemoryBackend::new()).collect();
+        (lock_redlock::RedLock::new(nodes).unwrap(), ())
+    });
+}
+
+mod conformance_with_a_minority_down {
+    use lock_testkit::{Fault, Faulty, MemoryBackend, Op};
+    lock_testkit::conformance_suite!(paused, async {
+        let nodes: Vec<_> = (0..5).map(|_| Faulty::new(MemoryBackend::new())).collect();
+        for down in &nodes[..2] {
+            for op in [Op::Acquire, Op::Extend, Op::Release, Op::Fence] {
+                down.inject_always(op, Fault::transient());
+            }
+        }
+        (lock_redlock::RedLock::new(nodes).unwrap(), ())
+    });
+}
+
+#[tokio::test(start_paused = true)]
+async fn minority_down_acquire_works() {
+    let nodes = nodes(5);
+    nodes[0].inject_always(Op::Acquire, Fault::transient());
+    nodes[1].inject_always(Op::Acquire, Fault::Hang);
+    let locks = LockClient::with_config(quorum(&nodes), config()).unwrap();
+    let guard = locks.mutex("minority").unwrap().try_lock().await.unwrap().expect("3 of 5 nodes suffice");
+    assert!(guard.is_held());
+    let holders = nodes.iter().filter(|n| n.inner().holder("minority").is_some()).count();
+    assert_eq!(holders, 3);
+    guard.release().await.unwrap();
+    assert!(nodes.iter().all(|n| n.inner().holder("minority").is_none()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn majority_down_fails_fast_naming_the_nodes_and_errors() {
+    let nodes = nodes(5);
+    for n in &nodes[..3] {
+        n.inject_always(Op::Acquire, Fault::transient());
+    }
+    let locks = LockClient::with_config(quorum(&nodes), config()).unwrap();
+    let start = Instant::now();
+    let err = locks.mutex("majority").unwrap().try_lock().await.unwrap_err();
+    assert_eq!(Instant::now(), start, "no waiting when the errors come at once");
+    let LockError::Backend { source, .. } = &err else { panic!("expected a backend error, got {err}") };
+    assert_eq!(source.kind(), BackendErrorKind::Quorum);
+    let msg = err.to_string();
+    for n in &nodes[..3] {
+        assert!(msg.contains(&n.endpoint()), "{msg} does not name {}", n.endpoint());
+    }
+    assert!(msg.contains("injected transient fault"), "{msg}");
+    settle().await;
+    assert!(nodes.iter().all(|n| n.inner().holder("majority").is_none()), "the partial grants were released");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_node_does_not_delay_the_decision_and_nothing_is_orphaned() {
+    let nodes = nodes(5);
+    // Node 4 applies at once but answers late: after the round was decided, within its deadline.
+    nodes[4].inject(Op::Acquire, Fault::DelayReply(200 * MS));
+    // Node 3 is slower than its deadline (10 s / 20 = 500 ms).
+    nodes[3].inject(Op::Acquire, Fault::Delay(2 * SEC));
+    let rl = quorum(&nodes);
+    let r = req("late", 10 * SEC);
+    let start = Instant::now();
+    let outcome = rl.acquire(&r).await.unwrap();
+    assert!(matches!(outcome, AcquireOutcome::Acquired(_)), "{outcome:?}");
+    assert_eq!(Instant::now(), start, "decided at the majority, not waiting for the slow nodes");
+    assert!(nodes[4].inner().holder("late").is_some(), "node 4 granted, its reply is in flight");
+    tokio::time::sleep(3 * SEC).await;
+    assert_eq!(nodes[3].inner().holder("late"), None, "the timed-out node never kept the key");
+    // The late grant belongs to the lease: the release reaches it like every other node.
+    assert_eq!(rl.release(&r.key, &r.token).await.unwrap(), ReleaseOutcome::Released);
+    assert!(nodes.iter().all(|n| n.inner().holder("late").is_none()), "nothing orphaned");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_round_releases_every_node_including_errored_ones() {
+    let nodes = nodes(3);
+    // Node 0 applies the acquire but its reply is lost; nodes 1 and 2 are held by another.
+    nodes[0].inject(Op::Acquire, Fault::LoseReply);
+    for n in &nodes[1..] {
+        n.inner().force_hold("contended", Token::random(), 10 * SEC).unwrap();
+    }
+    let outcome = quorum(&nodes).acquire(&req("contended", 10 * SEC)).await.unwrap();
+    assert!(matches!(outcome, AcquireOutcome::Held { .. }), "{outcome:?}");
+    assert_eq!(nodes[0].inner().holder("contended"), None, "the errored node was released too");
+    assert_eq!(nodes[0].inner().op_counts().release, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_grant_past_its_validity_is_a_failure_and_is_cleaned_up() {
+    let nodes = nodes(3);
+    let rl = RedLock::with_options(nodes.clone(), RedLockOptions::new().node_timeout(20 * SEC)).unwrap();
+    for n in &nodes {
+        n.inject(Op::Acquire, Fault::DelayReply(1_990 * MS));
+    }
+    let err = rl.acquire(&req("slow", 2 * SEC)).await.unwrap_err();
+    assert_eq!(err.kind(), BackendErrorKind::Timeout, "{err}");
+    assert!(nodes.iter().all(|n| n.inner().holder("slow").is_none()), "every node was released");
+}
+
+#[tokio::test(start_paused = true)]
+async fn contention_reports_the_smallest_ttl_that_blocks_a_majority() {
+    let nodes = nodes(5);
+    let other = Token::random();
+    for (n, secs) in nodes.iter().zip([3, 1, 2]) {
+        n.inner().force_hold("busy", other, Duration::from_secs(secs)).unwrap();
+    }
+    let outcome = quorum(&nodes).acquire(&req("busy", 10 * SEC)).await.unwrap();
+    // Two nodes are free; a majority needs one more: the first holder to expire, in 1 s.
+    assert_eq!(outcome, AcquireOutcome::Held { remaining: Some(SEC) });
+    assert!(nodes.iter().all(|n| n.inner().holder("busy") != Some(Token::from_u128(0))));
+    assert!(nodes[3..].iter().all(|n| n.inner().holder("busy").is_none()), "partial grants released");
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_extensions_never_release_or_shorten_the_lease() {
+    let nodes = nodes(3);
+    let locks = LockClient::with_config(quorum(&nodes), config()).unwrap();
+    let guard = locks.mutex("renew").unwrap().lock().await.unwrap();
+    let promised = guard.valid_until();
+    for n in &nodes[..2] {
+        n.inject_always(Op::Extend, Fault::transient());
+    }
+    tokio::time::sleep(8 * SEC).await;
+    assert_eq!(guard.valid_until(), promised, "a failed majority extension must not move the deadline");
+    assert!(guard.is_held());
+    assert!(nodes.iter().all(|n| n.inner().op_counts().release == 0), "a failed extension must not release");
+    let reason = guard.lost().await;
+    assert!(matches!(reason, LostReason::Expired), "{reason:?}");
+    assert_eq!(Instant::now(), promised);
+}
+
+#[tokio::test(start_paused = true)]
+async fn extension_needs_a_majority_of_owners() {
+    let nodes = nodes(3);
+    let locks = LockClient::with_config(quorum(&nodes), config()).unwrap();
+    let guard = locks.mutex("owners").unwrap().lock().await.unwrap();
+    nodes[0].inner().evict("owners");
+    tokio::time::sleep(3500 * MS).await;
+    assert!(guard.is_held(), "one node lost of three: still a majority");
+    nodes[1].inner().evict("owners");
+    let reason = guard.lost().await;
+    assert!(matches!(reason, LostReason::NotOwner), "{reason:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn repair_retakes_a_node_that_lost_the_key_while_a_majority_holds() {
+    let nodes = nodes(3);
+    let rl = RedLock::with_options(nodes.clone(), RedLockOptions::new().repair(true)).unwrap();
+    let locks = LockClient::with_config(rl, config()).unwrap();
+    let guard = locks.mutex("repair").unwrap().lock().await.unwrap();
+    nodes[2].inner().evict("repair");
+    tokio::time::sleep(3500 * MS).await;
+    settle().await;
+    assert!(nodes[2].inner().holder("repair").is_some(), "the emptied node was re-taken");
+    guard.release().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn release_reports_whether_a_majority_still_owned_the_lock() {
+    let nodes = nodes(3);
+    let rl = quorum(&nodes);
+    let r = req("owned", 10 * SEC);
+    assert!(matches!(rl.acquire(&r).await.unwrap(), AcquireOutcome::Acquired(_)));
+    nodes[0].inner().evict("owned");
+    nodes[1].inner().evict("owned");
+    assert_eq!(rl.release(&r.key, &r.token).await.unwrap(), ReleaseOutcome::NotHeld);
+    assert!(nodes.iter().all(|n| n.inner().holder("owned").is_none()), "released on every node anyway");
+}
+
+#[tokio::test(start_paused = true)]
+async fn construction_rejects_bad_node_lists() {
+    let err = RedLock::<MemoryBackend>::new(vec![]).unwrap_err();
+    assert!(matches!(err, LockError::Config { field: "nodes", .. }), "{err}");
+    let a = MemoryBackend::new();
+    let err = RedLock::new(vec![a.clone(), MemoryBackend::new(), a.clone()]).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("node 2 and node 0 are the same server") && msg.contains(&a.endpoint()), "{msg}");
+    let err =
+        RedLock::with_options(vec![MemoryBackend::new()], RedLockOptions::new().node_timeout(Duration::ZERO))
+            .unwrap_err();
+    assert!(matches!(err, LockError::Config { field: "node_timeout", .. }), "{err}");
+    let even = RedLock::new((0..4).map(|_| MemoryBackend::new()).collect()).unwrap();
+    assert_eq!(even.quorum(), 3, "an even count is allowed; its quorum is N/2 + 1");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_release_on_any_node_wakes_waiters() {
+    let nodes: Vec<MemoryBackend> = (0..3).map(|_| MemoryBackend::new()).collect();
+    let rl = RedLock::new(nodes.clone()).unwrap();
+    let slow = LockConfig::builder()
+        .ttl(30 * SEC)
+        .acquire_timeout(60 * SEC)
+        .retry_backoff(10 * SEC, 10 * SEC)
+        .build()
+        .unwrap();
+    let holder = LockClient::with_config(rl.clone(), slow.clone()).unwrap();
+    let guard = holder.mutex("wake").unwrap().lock().await.unwrap();
+    let waiter = LockClient::with_config(rl, slow).unwrap();
+    let task = tokio::spawn(async move {
+        let g = waiter.mutex("wake").unwrap().lock().await.unwrap();
+        (Instant::now(), g)
+    });
+    tokio::time::sleep(2 * SEC).await;
+    let released = Instant::now();
+    guard.release().await.unwrap();
+    let (acquired, g) = task.await.unwrap();
+    assert_eq!(acquired, released, "woken by the release, not by the 10 s backoff");
+    g.release().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn mixed_backends_through_arc_dyn() {
+    let nodes: Vec<Arc<dyn LockBackend>> = vec![
+        Arc::new(MemoryBackend::new()),
+        Arc::new(Faulty::new(MemoryBackend::new())),
+        Arc::new(MemoryBackend::new()),
+    ];
+    let locks = LockClient::with_config(RedLock::new(nodes).unwrap(), config()).unwrap();
+    locks.mutex("mixed").unwrap().lock().await.unwrap().release().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancelling_an_acquire_round_leaves_no_key_behind() {
+    let nodes = nodes(3);
+    for n in &nodes {
+        n.inject(Op::Acquire, Fault::DelayReply(100 * MS));
+    }
+    let rl = quorum(&nodes);
+    let r = req("cancelled", 10 * SEC);
+    assert!(tokio::time::timeout(50 * MS, rl.acquire(&r)).await.is_err());
+    assert!(nodes.iter().all(|n| n.inner().holder("cancelled").is_some()), "applied before the cancel");
+    tokio::time::sleep(SEC).await;
+    assert!(
+        nodes.iter().all(|n| n.inner().holder("cancelled").is_none()),
+        "the abandoned round was released"
+    );
+}
