@@ -22,10 +22,26 @@
 //!   survive restarts: run the nodes with `appendfsync always`, or restart a crashed node only
 //!   after the longest TTL has passed *and* with its data intact.
 //!
-//! Use an **odd** N: a quorum of an even N tolerates no more failures than N - 1 nodes do
-//! (4 nodes need 3, tolerating 1, like 3 nodes), so the extra node only adds latency and cost.
-//! The nodes must be independent masters: a primary with its replica is one failure domain,
-//! and failover can lose a granted key.
+//!
+//! # Deployment rules
+//! - **Independent masters.** Each node is its own primary on its own host. A primary and its
+//!   replica are one failure domain, and a failover can lose a granted key (replication is
+//!   asynchronous), so a failover pair is not two nodes.
+//! - **`maxmemory-policy noeviction`.** An evicted lock key is a lock silently released.
+//! - **Durability or delayed restart.** A node that restarts without the keys it granted may
+//!   grant them again while the old majority still counts on it. Either run it with
+//!   `appendonly yes` + `appendfsync always`, or keep a crashed node down for longer than the
+//!   longest TTL before it serves again.
+//! - **An odd N.** A quorum of an even N tolerates no more failures than N - 1 nodes do
+//!   (4 nodes need 3, tolerating 1, like 3 nodes), so the extra node only adds latency and cost.
+//!
+//! # What fencing guarantees
+//! With durable counters (the rule above, for the fence keys too), every lease handed out has
+//! a token strictly greater than every lease handed out before it on that key, even across
+//! node crashes of a minority: the written-back majority and any later majority share a node.
+//! A counter lost on a majority (restarts without persistence) breaks that; the test suite
+//! has a control run that shows it. Fencing protects a resource only if the resource checks
+//! the token: it must reject a write whose token is below the highest it has seen.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]

@@ -282,3 +282,51 @@ async fn cancelling_an_acquire_round_leaves_no_key_behind() {
         "the abandoned round was released"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn lost_replies_on_acquire_and_release_leave_no_orphaned_key() {
+    let nodes = nodes(5);
+    // Node 0 takes the key but its reply is lost; node 1 deletes it but its reply is lost.
+    nodes[0].inject(Op::Acquire, Fault::LoseReply);
+    nodes[1].inject(Op::Release, Fault::LoseReply);
+    let rl = quorum(&nodes);
+    let r = req("lost-replies", 10 * SEC);
+    assert!(matches!(rl.acquire(&r).await.unwrap(), AcquireOutcome::Acquired(_)));
+    assert!(nodes[0].inner().holder("lost-replies").is_some(), "node 0 holds despite the lost reply");
+    assert_eq!(rl.release(&r.key, &r.token).await.unwrap(), ReleaseOutcome::Released);
+    assert!(nodes.iter().all(|n| n.inner().holder("lost-replies").is_none()), "a key was orphaned");
+    assert_eq!(nodes[0].injected() + nodes[1].injected(), 2, "both faults really happened");
+}
+
+#[tokio::test(start_paused = true)]
+async fn late_answers_after_a_decided_round_are_released() {
+    let nodes = nodes(5);
+    let other = Token::random();
+    // Three nodes are held by another owner: the round is decided (lost) once they answer;
+    // nodes 3 and 4 grant, but answer only later.
+    for n in &nodes[..3] {
+        n.inner().force_hold("decided", other, 10 * SEC).unwrap();
+    }
+    nodes[3].inject(Op::Acquire, Fault::DelayReply(300 * MS));
+    nodes[4].inject(Op::Acquire, Fault::DelayReply(400 * MS));
+    let outcome = quorum(&nodes).acquire(&req("decided", 10 * SEC)).await.unwrap();
+    assert!(matches!(outcome, AcquireOutcome::Held { .. }), "{outcome:?}");
+    assert!(nodes[3..].iter().all(|n| n.inner().holder("decided").is_none()), "late grants were released");
+    assert!(
+        nodes[..3].iter().all(|n| n.inner().holder("decided") == Some(other)),
+        "the holder was untouched"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_partial_extend_failure_keeps_the_lease() {
+    let nodes = nodes(3);
+    let locks = LockClient::with_config(quorum(&nodes), config()).unwrap();
+    let guard = locks.mutex("partial").unwrap().lock().await.unwrap();
+    let first = guard.valid_until();
+    nodes[2].inject_always(Op::Extend, Fault::transient());
+    tokio::time::sleep(7 * SEC).await;
+    assert!(guard.is_held());
+    assert!(guard.valid_until() > first + 5 * SEC, "two of three extended: the lease moved on");
+    guard.release().await.unwrap();
+}

@@ -7,7 +7,13 @@ use std::time::Duration;
 use lock_core::{LockBackend, LockClient, LockConfig, LockOptions};
 use lock_fred::FredBackend;
 use lock_redis_rs::RedisBackend;
-use lock_redlock::RedLock;
+use lock_redlock::{RedLock, RedLockOptions};
+
+/// The conformance contracts use TTLs down to 100 ms, whose default per-node deadline (5 ms)
+/// a loaded 2-core CI machine can miss; a fixed 80 ms keeps them about semantics, not speed.
+fn options() -> RedLockOptions {
+    RedLockOptions::new().node_timeout(Duration::from_millis(80))
+}
 use lock_testkit::{RedisServer, start_nodes};
 
 async fn redis_rs_quorum(n: usize) -> (RedLock<RedisBackend>, Vec<RedisServer>) {
@@ -16,7 +22,7 @@ async fn redis_rs_quorum(n: usize) -> (RedLock<RedisBackend>, Vec<RedisServer>) 
     for s in &servers {
         nodes.push(RedisBackend::connect(&s.url()).await.unwrap_or_else(|e| panic!("{e}")));
     }
-    (RedLock::new(nodes).unwrap(), servers)
+    (RedLock::with_options(nodes, options()).unwrap(), servers)
 }
 
 async fn mixed_quorum() -> (RedLock<Arc<dyn LockBackend>>, Vec<RedisServer>) {
@@ -29,7 +35,7 @@ async fn mixed_quorum() -> (RedLock<Arc<dyn LockBackend>>, Vec<RedisServer>) {
             nodes.push(Arc::new(FredBackend::connect(&s.url()).await.unwrap()));
         }
     }
-    (RedLock::new(nodes).unwrap(), servers)
+    (RedLock::with_options(nodes, options()).unwrap(), servers)
 }
 
 mod three_redis_rs_nodes {
@@ -78,4 +84,87 @@ async fn the_same_server_twice_is_rejected() {
     let b = RedisBackend::connect(&server.url()).await.unwrap();
     let err = RedLock::new(vec![a, b]).unwrap_err();
     assert!(err.to_string().contains("same server"), "{err}");
+}
+
+fn fast_config() -> LockConfig {
+    LockConfig::builder()
+        .ttl(Duration::from_secs(2))
+        .renew_interval(Duration::from_millis(500))
+        .acquire_timeout(Duration::from_secs(1))
+        .fencing(true)
+        .build()
+        .unwrap()
+}
+
+async fn no_key_left(servers: &[&RedisServer], key: &str) {
+    let name = format!("lock:{{{key}}}");
+    for s in servers {
+        let exists = s.cmd(&["EXISTS", &name]).unwrap().int();
+        assert_eq!(exists, Some(0), "orphaned key {name} on {}", s.addr());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_one_node_while_held_the_lock_is_kept() {
+    let (rl, mut servers) = mixed_quorum().await;
+    let locks = LockClient::with_config(rl, fast_config()).unwrap();
+    let guard = locks.mutex("kill-one").unwrap().lock().await.unwrap();
+    servers[1].kill();
+    tokio::time::sleep(Duration::from_millis(1_500)).await; // past several renewals
+    assert!(guard.is_held(), "a lease on 5 nodes survives one dead node");
+    guard.release().await.unwrap();
+    let next = locks.mutex("kill-one").unwrap().lock().await.unwrap();
+    next.release().await.unwrap();
+    let alive: Vec<&RedisServer> =
+        servers.iter().enumerate().filter(|(i, _)| *i != 1).map(|(_, s)| s).collect();
+    no_key_left(&alive, "kill-one").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_two_nodes_acquire_still_works_within_the_deadline_budget() {
+    let (rl, servers) = mixed_quorum().await;
+    let locks = LockClient::with_config(rl, fast_config()).unwrap();
+    servers[0].pause().unwrap();
+    servers[4].pause().unwrap();
+    let start = tokio::time::Instant::now();
+    let guard = locks.mutex("stop-two").unwrap().try_lock().await.unwrap().expect("3 of 5 answer");
+    // The round decides at the third grant; it never waits for the stopped nodes.
+    assert!(start.elapsed() < Duration::from_millis(100), "took {:?}", start.elapsed());
+    guard.release().await.unwrap();
+    servers[0].resume().unwrap();
+    servers[4].resume().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_three_nodes_acquire_fails_fast_and_holders_see_lost_then_recover() {
+    let (rl, servers) = mixed_quorum().await;
+    let locks = LockClient::with_config(rl, fast_config()).unwrap();
+    let held = locks.mutex("stop-three").unwrap().lock().await.unwrap();
+    let deadline = held.valid_until();
+    for s in &servers[..3] {
+        s.pause().unwrap();
+    }
+    // A new acquire fails within about one per-node deadline (2 s / 20 = 100 ms).
+    let start = tokio::time::Instant::now();
+    let err = locks.mutex("stop-three-other").unwrap().try_lock().await.unwrap_err();
+    assert!(start.elapsed() < Duration::from_millis(500), "took {:?}: {err}", start.elapsed());
+    // The holder cannot renew on a majority: lost() fires by its deadline.
+    let reason = tokio::time::timeout(Duration::from_secs(5), held.lost()).await.expect("lost() never fired");
+    let late = tokio::time::Instant::now().saturating_duration_since(deadline);
+    assert!(late < Duration::from_millis(50), "lost() fired {late:?} after the deadline ({reason})");
+    drop(held);
+    for s in &servers[..3] {
+        s.resume().unwrap();
+    }
+    // Everything recovers; after a TTL no key is left anywhere.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let again = locks
+        .mutex("stop-three")
+        .unwrap()
+        .lock_with(LockOptions::new().timeout(Duration::from_secs(5)))
+        .await
+        .unwrap_or_else(|e| panic!("no recovery after SIGCONT: {e}"));
+    again.release().await.unwrap();
+    no_key_left(&servers.iter().collect::<Vec<_>>(), "stop-three").await;
+    no_key_left(&servers.iter().collect::<Vec<_>>(), "stop-three-other").await;
 }

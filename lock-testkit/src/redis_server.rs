@@ -197,9 +197,38 @@ impl RedisServer {
     /// Kills the process (SIGKILL) and waits for it. Its data is gone (no persistence).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
+            // SIGKILL works on a stopped process too; no SIGCONT needed.
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Freezes the process (SIGSTOP): it keeps its sockets but answers nothing, like a node
+    /// stalled by a GC pause or a VM migration. Commands queue up and run at [`RedisServer::resume`].
+    ///
+    /// # Errors
+    /// [`HarnessError::Io`] when the signal could not be sent.
+    pub fn pause(&self) -> Result<(), HarnessError> {
+        self.signal("-STOP")
+    }
+
+    /// Thaws a [`RedisServer::pause`]d process (SIGCONT).
+    ///
+    /// # Errors
+    /// [`HarnessError::Io`] when the signal could not be sent.
+    pub fn resume(&self) -> Result<(), HarnessError> {
+        self.signal("-CONT")
+    }
+
+    fn signal(&self, sig: &str) -> Result<(), HarnessError> {
+        // Only ever the pid this harness spawned.
+        let pid = self.pid().ok_or_else(|| HarnessError::Io("the server is not running".into()))?;
+        let status = Command::new("kill")
+            .arg(sig)
+            .arg(pid.to_string())
+            .status()
+            .map_err(|e| HarnessError::Io(format!("kill {sig} {pid}: {e}")))?;
+        if status.success() { Ok(()) } else { Err(HarnessError::Io(format!("kill {sig} {pid}: {status}"))) }
     }
 
     /// Kills the server if it runs, then starts it again on the same port, empty.
