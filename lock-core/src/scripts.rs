@@ -164,6 +164,93 @@ pub fn acquire_outcome(
     }
 }
 
+/// What a Redis driver provides to run the shared scripts: EVALSHA with its own NOSCRIPT
+/// handling, timeouts and error mapping. The operations below ([`acquire`], [`extend`],
+/// [`release`], [`raise_fence`]) are written once on top of it, so every driver sends the same
+/// commands and reads the replies the same way.
+#[async_trait::async_trait]
+pub trait ScriptRunner: Send + Sync {
+    /// Runs a script whose reply is an array of integers.
+    ///
+    /// # Errors
+    /// The driver's errors, mapped into [`BackendError`].
+    async fn run_ints(
+        &self,
+        script: &LuaScript,
+        keys: &[&str],
+        args: &[String],
+    ) -> Result<Vec<i64>, BackendError>;
+
+    /// Runs a script whose reply is one integer.
+    ///
+    /// # Errors
+    /// The driver's errors, mapped into [`BackendError`].
+    async fn run_int(&self, script: &LuaScript, keys: &[&str], args: &[String]) -> Result<i64, BackendError>;
+}
+
+/// [`crate::LockBackend::acquire`] through the shared [`ACQUIRE`] script: one round trip.
+///
+/// # Errors
+/// The runner's errors, or a protocol error for an impossible reply.
+pub async fn acquire<R: ScriptRunner + ?Sized>(
+    runner: &R,
+    req: &crate::AcquireRequest,
+) -> Result<AcquireOutcome, BackendError> {
+    let keys = RedisKeys::for_key(&req.key);
+    let args = acquire_args(&req.token, req.ttl, req.fencing);
+    let started = Instant::now();
+    let reply = runner.run_ints(&ACQUIRE, &[&keys.lock, &keys.fence], &args).await?;
+    acquire_outcome(started, req.ttl, req.fencing, &reply)
+}
+
+/// [`crate::LockBackend::extend`] through the shared [`EXTEND`] script: one round trip.
+///
+/// # Errors
+/// The runner's errors.
+pub async fn extend<R: ScriptRunner + ?Sized>(
+    runner: &R,
+    req: &crate::ExtendRequest,
+) -> Result<crate::ExtendOutcome, BackendError> {
+    let keys = RedisKeys::for_key(&req.key);
+    let started = Instant::now();
+    let reply = runner.run_int(&EXTEND, &[&keys.lock], &extend_args(&req.token, req.ttl)).await?;
+    Ok(match (reply, Grant::from_start(started, req.ttl, None)) {
+        (1, Some(g)) => crate::ExtendOutcome::Extended { valid_until: g.valid_until },
+        _ => crate::ExtendOutcome::NotHeld,
+    })
+}
+
+/// [`crate::LockBackend::release`] (with `announce`) or [`crate::LockBackend::discard`]
+/// (without) through the shared [`RELEASE`] script: one round trip.
+///
+/// # Errors
+/// The runner's errors.
+pub async fn release<R: ScriptRunner + ?Sized>(
+    runner: &R,
+    key: &LockKey,
+    token: &Token,
+    announce: bool,
+) -> Result<crate::ReleaseOutcome, BackendError> {
+    let keys = RedisKeys::for_key(key);
+    let args = if announce { release_args(token, &keys) } else { discard_args(token) };
+    let reply = runner.run_int(&RELEASE, &[&keys.lock], &args).await?;
+    Ok(if reply == 1 { crate::ReleaseOutcome::Released } else { crate::ReleaseOutcome::NotHeld })
+}
+
+/// [`crate::LockBackend::raise_fence`] through the shared [`FENCE`] script: one round trip.
+///
+/// # Errors
+/// The runner's errors.
+pub async fn raise_fence<R: ScriptRunner + ?Sized>(
+    runner: &R,
+    key: &LockKey,
+    token: &Token,
+    fence: FencingToken,
+) -> Result<(), BackendError> {
+    let keys = RedisKeys::for_key(key);
+    runner.run_int(&FENCE, &[&keys.lock, &keys.fence], &fence_args(token, fence)).await.map(|_counter| ())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

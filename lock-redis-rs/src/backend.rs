@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use lock_core::FencingToken;
-use lock_core::scripts::{self, LuaScript, RedisKeys};
+use lock_core::scripts::{self, LuaScript, RedisKeys, ScriptRunner};
 use lock_core::{
     AcquireOutcome, AcquireRequest, BackendError, BackendErrorKind, Capabilities, ExtendOutcome,
-    ExtendRequest, Grant, Instant, LockBackend, LockKey, ReleaseOutcome, ReleaseWatch, Token,
+    ExtendRequest, LockBackend, LockKey, ReleaseOutcome, ReleaseWatch, Token,
 };
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::cluster::ClusterClient;
@@ -297,6 +297,25 @@ where
 }
 
 #[async_trait]
+impl<C> ScriptRunner for RedisBackend<C>
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    async fn run_ints(
+        &self,
+        script: &LuaScript,
+        keys: &[&str],
+        args: &[String],
+    ) -> Result<Vec<i64>, BackendError> {
+        self.eval(script, keys, args).await
+    }
+
+    async fn run_int(&self, script: &LuaScript, keys: &[&str], args: &[String]) -> Result<i64, BackendError> {
+        self.eval(script, keys, args).await
+    }
+}
+
+#[async_trait]
 impl<C> LockBackend for RedisBackend<C>
 where
     C: ConnectionLike + Clone + Send + Sync + 'static,
@@ -314,35 +333,19 @@ where
     }
 
     async fn acquire(&self, req: &AcquireRequest) -> Result<AcquireOutcome, BackendError> {
-        let keys = RedisKeys::for_key(&req.key);
-        let args = scripts::acquire_args(&req.token, req.ttl, req.fencing);
-        let started = Instant::now();
-        let reply: Vec<i64> = self.eval(&scripts::ACQUIRE, &[&keys.lock, &keys.fence], &args).await?;
-        scripts::acquire_outcome(started, req.ttl, req.fencing, &reply)
+        scripts::acquire(self, req).await
     }
 
     async fn extend(&self, req: &ExtendRequest) -> Result<ExtendOutcome, BackendError> {
-        let keys = RedisKeys::for_key(&req.key);
-        let args = scripts::extend_args(&req.token, req.ttl);
-        let started = Instant::now();
-        let reply: i64 = self.eval(&scripts::EXTEND, &[&keys.lock], &args).await?;
-        Ok(match (reply, Grant::from_start(started, req.ttl, None)) {
-            (1, Some(g)) => ExtendOutcome::Extended { valid_until: g.valid_until },
-            _ => ExtendOutcome::NotHeld,
-        })
+        scripts::extend(self, req).await
     }
 
     async fn release(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError> {
-        let keys = RedisKeys::for_key(key);
-        let args = scripts::release_args(token, &keys);
-        let reply: i64 = self.eval(&scripts::RELEASE, &[&keys.lock], &args).await?;
-        Ok(if reply == 1 { ReleaseOutcome::Released } else { ReleaseOutcome::NotHeld })
+        scripts::release(self, key, token, true).await
     }
 
     async fn discard(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError> {
-        let keys = RedisKeys::for_key(key);
-        let reply: i64 = self.eval(&scripts::RELEASE, &[&keys.lock], &scripts::discard_args(token)).await?;
-        Ok(if reply == 1 { ReleaseOutcome::Released } else { ReleaseOutcome::NotHeld })
+        scripts::release(self, key, token, false).await
     }
 
     async fn raise_fence(
@@ -351,10 +354,7 @@ where
         token: &Token,
         fence: FencingToken,
     ) -> Result<(), BackendError> {
-        let keys = RedisKeys::for_key(key);
-        let args = scripts::fence_args(token, fence);
-        let _counter: i64 = self.eval(&scripts::FENCE, &[&keys.lock, &keys.fence], &args).await?;
-        Ok(())
+        scripts::raise_fence(self, key, token, fence).await
     }
 
     async fn watch_releases(&self, key: &LockKey) -> Result<Option<ReleaseWatch>, BackendError> {
