@@ -19,17 +19,6 @@ impl Backoff {
         Self { min, max: max.max(min), attempt: 0 }
     }
 
-    /// A random delay in `[max / 2, max]`: the safety-net poll of a waiter that relies on
-    /// release notices. Jittered so that waiters whose rounds all failed (a split vote, a lost
-    /// notice) do not retry in lockstep.
-    pub(crate) fn jittered_max(&self) -> Duration {
-        let low = (self.max / 2).max(self.min.min(self.max));
-        if low >= self.max {
-            return self.max;
-        }
-        rand::rng().random_range(low..=self.max)
-    }
-
     pub(crate) fn next_delay(&mut self) -> Duration {
         let factor = 1u32.checked_shl(self.attempt).unwrap_or(u32::MAX);
         let ceiling = self.min.checked_mul(factor).unwrap_or(self.max).min(self.max);

@@ -417,10 +417,10 @@ async fn acquire_inner(
                 continue;
             }
         }
-        let mut wait = match (&watch, held) {
-            (Some(_), true) => backoff.jittered_max(),
-            _ => backoff.next_delay(),
-        };
+        // Notices wake a waiter at once; the jittered, growing backoff is the safety net for
+        // a lost notice and for rounds that no one won (a RedLock split vote leaves no holder
+        // to announce a release).
+        let mut wait = backoff.next_delay();
         if let Some(r) = remaining {
             wait = wait.min(r.max(Duration::from_millis(1)));
         }
