@@ -264,23 +264,31 @@ impl<B: LockBackend> RedLock<B> {
         token: &Token,
         deadline: Duration,
         announce: bool,
+        skip: &[bool],
     ) -> Vec<Answer<ReleaseOutcome>> {
-        let calls = self.inner.nodes.iter().enumerate().map(|(i, node)| {
-            let (key, token) = (key.clone(), *token);
-            async move {
-                let call = async {
-                    if announce { node.release(&key, &token).await } else { node.discard(&key, &token).await }
-                };
-                let answer = match tokio::time::timeout(deadline, call).await {
-                    Ok(r) => r,
-                    Err(_) => Err(BackendError::retryable(
-                        BackendErrorKind::Timeout,
-                        "release did not answer in time",
-                    )),
-                };
-                (i, answer)
-            }
-        });
+        let calls =
+            self.inner.nodes.iter().enumerate().filter(|(i, _)| !skip.get(*i).copied().unwrap_or(false)).map(
+                |(i, node)| {
+                    let (key, token) = (key.clone(), *token);
+                    async move {
+                        let call = async {
+                            if announce {
+                                node.release(&key, &token).await
+                            } else {
+                                node.discard(&key, &token).await
+                            }
+                        };
+                        let answer = match tokio::time::timeout(deadline, call).await {
+                            Ok(r) => r,
+                            Err(_) => Err(BackendError::retryable(
+                                BackendErrorKind::Timeout,
+                                "release did not answer in time",
+                            )),
+                        };
+                        (i, answer)
+                    }
+                },
+            );
         join_all(calls).await
     }
 
@@ -315,16 +323,24 @@ impl<B: LockBackend> RedLock<B> {
 
     /// Cleans up a failed round: waits for every node to answer (each is bounded by its
     /// deadline), then releases the key on every node, so nothing is left behind.
+    /// Nodes that answered `Held` hold another owner's key, not ours: they are skipped.
     async fn fail_round(
         &self,
         req: &AcquireRequest,
         mut answers: mpsc::UnboundedReceiver<Answer<AcquireOutcome>>,
         deadline: Duration,
+        mut clean: Vec<bool>,
     ) {
-        while answers.recv().await.is_some() {}
+        while let Some((i, answer)) = answers.recv().await {
+            if matches!(answer, Ok(AcquireOutcome::Held { .. }))
+                && let Some(c) = clean.get_mut(i)
+            {
+                *c = true;
+            }
+        }
         // Silently: these partial grants never formed a lock, so no waiter should wake for them
         // (announcing them would wake every waiter, whose failed rounds announce again: a storm).
-        let released = self.release_all(&req.key, &req.token, deadline, false).await;
+        let released = self.release_all(&req.key, &req.token, deadline, false, &clean).await;
         debug!(key = %req.key, ?released, "failed round cleaned up");
     }
 
@@ -372,12 +388,21 @@ impl<B: LockBackend> LockBackend for RedLock<B> {
             async move { node.acquire(&request).await }
         });
         // If this future is dropped before the round is decided, the guard cleans up.
-        let mut round = Round { this: self.clone(), req: req.clone(), deadline, answers: Some(answers) };
+        let mut round = Round {
+            this: self.clone(),
+            req: req.clone(),
+            deadline,
+            answers: Some(answers),
+            clean: vec![false; n],
+        };
         let (mut granted, mut held, mut failures) = (Vec::new(), Vec::new(), Vec::new());
         while let Some((i, answer)) = round.recv().await {
             match answer {
                 Ok(AcquireOutcome::Acquired(grant)) => granted.push((i, grant)),
-                Ok(AcquireOutcome::Held { remaining }) => held.push(remaining),
+                Ok(AcquireOutcome::Held { remaining }) => {
+                    held.push(remaining);
+                    round.clean[i] = true;
+                }
                 Err(e) => failures.push((self.inner.endpoints[i].clone(), e)),
             }
             if granted.len() >= quorum || n - held.len() - failures.len() < quorum {
@@ -386,19 +411,20 @@ impl<B: LockBackend> LockBackend for RedLock<B> {
         }
 
         let answers = round.take();
+        let clean = std::mem::take(&mut round.clean);
         let in_time = Instant::now() < valid_until;
         if granted.len() >= quorum && in_time {
             let fence = if req.fencing {
                 let top = granted.iter().filter_map(|(_, g)| g.fence).max();
                 let Some(top) = top else {
-                    self.fail_round(req, answers, deadline).await;
+                    self.fail_round(req, answers, deadline, clean).await;
                     return Err(BackendError::permanent(
                         BackendErrorKind::Protocol,
                         "fencing was asked for, but no granting node minted a token",
                     ));
                 };
                 if let Err(e) = self.write_back(req, top, deadline).await {
-                    self.fail_round(req, answers, deadline).await;
+                    self.fail_round(req, answers, deadline, clean).await;
                     return Err(e);
                 }
                 Some(top)
@@ -414,7 +440,7 @@ impl<B: LockBackend> LockBackend for RedLock<B> {
             }
         }
 
-        self.fail_round(req, answers, deadline).await;
+        self.fail_round(req, answers, deadline, clean).await;
         if granted.len() >= quorum {
             return Err(BackendError::retryable(
                 BackendErrorKind::Timeout,
@@ -522,7 +548,7 @@ impl<B: LockBackend> RedLock<B> {
         announce: bool,
     ) -> Result<ReleaseOutcome, BackendError> {
         let deadline = self.node_timeout(Duration::from_secs(2));
-        let answers = self.release_all(key, token, deadline, announce).await;
+        let answers = self.release_all(key, token, deadline, announce, &[]).await;
         let released = answers.iter().filter(|(_, a)| matches!(a, Ok(ReleaseOutcome::Released))).count();
         let failures: Vec<(String, BackendError)> = answers
             .into_iter()
@@ -573,6 +599,8 @@ struct Round<B: LockBackend> {
     req: AcquireRequest,
     deadline: Duration,
     answers: Option<mpsc::UnboundedReceiver<Answer<AcquireOutcome>>>,
+    /// Nodes known not to hold our key (they answered `Held`).
+    clean: Vec<bool>,
 }
 
 impl<B: LockBackend> Round<B> {
@@ -597,7 +625,8 @@ impl<B: LockBackend> Drop for Round<B> {
         let Some(rx) = self.answers.take() else { return };
         let (this, req, deadline) = (self.this.clone(), self.req.clone(), self.deadline);
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move { this.fail_round(&req, rx, deadline).await });
+            let clean = std::mem::take(&mut self.clean);
+            rt.spawn(async move { this.fail_round(&req, rx, deadline, clean).await });
         }
     }
 }
