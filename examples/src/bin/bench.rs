@@ -1,0 +1,442 @@
+//! The benchmark: our lock against the physical limit (raw commands on the same kind of
+//! connection), measured side by side, interleaved in short slices so machine noise cancels.
+//!
+//! ```text
+//! cargo run --release -p lock-examples --bin bench -- [--quick] [--json PATH]
+//! ```
+//! It spawns its own `redis-server` nodes on loopback and stops them when done.
+//!
+//! Measured now: sequential lock+unlock cycles (cycles/s, p50, p99), 64 tasks on distinct keys
+//! (total cycles/s), contended hand-off of one key among 8 tasks in the no-barging mode
+//! (acquisitions/s, hand-off gap, wait, fairness), and round trips per cycle from
+//! `INFO commandstats`. Not yet: rslock as a contender, and the watchdog at scale.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use clap::Parser;
+use futures::future::join_all;
+use lock_core::scripts;
+use lock_core::{LockBackend, LockClient, LockConfig, Token};
+use lock_fred::FredBackend;
+use lock_redis_rs::RedisBackend;
+use lock_redis_rs::redis::aio::MultiplexedConnection;
+use lock_redlock::RedLock;
+use lock_testkit::{RedisServer, start_nodes};
+use tokio::time::Instant;
+
+#[derive(Parser, Debug)]
+#[command(about = "Lock benchmark against raw Redis commands, interleaved")]
+struct Args {
+    /// Short run (for CI smoke tests and quick checks).
+    #[arg(long)]
+    quick: bool,
+    /// Also write the results as JSON to this path.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+}
+
+type BoxFut<'a> = Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
+
+/// One lock+unlock cycle on a key.
+trait Contender: Send + Sync {
+    fn name(&self) -> &str;
+    /// Which commands this contender sends itself (the rest run inside scripts).
+    fn client_commands(&self) -> &'static [&'static str];
+    fn cycle<'a>(&'a self, key: &'a str) -> BoxFut<'a>;
+}
+
+/// The physical limit: `SET key token NX PX ttl`, then the release script by EVALSHA, on one
+/// multiplexed connection per node, fanned out concurrently to every node.
+struct Raw {
+    name: String,
+    conns: Vec<MultiplexedConnection>,
+}
+
+impl Contender for Raw {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn client_commands(&self) -> &'static [&'static str] {
+        &["set", "evalsha", "eval"]
+    }
+    fn cycle<'a>(&'a self, key: &'a str) -> BoxFut<'a> {
+        Box::pin(async move {
+            let token = Token::random().to_string();
+            let name = format!("raw:{{{key}}}");
+            let sets = self.conns.iter().map(|c| {
+                let mut c = c.clone();
+                let (name, token) = (name.clone(), token.clone());
+                async move {
+                    lock_redis_rs::redis::cmd("SET")
+                        .arg(&name)
+                        .arg(&token)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(30_000)
+                        .query_async::<Option<String>>(&mut c)
+                        .await
+                }
+            });
+            for r in join_all(sets).await {
+                r.map_err(|e| e.to_string())?;
+            }
+            let dels = self.conns.iter().map(|c| {
+                let mut c = c.clone();
+                let (name, token) = (name.clone(), token.clone());
+                async move {
+                    lock_redis_rs::redis::cmd("EVALSHA")
+                        .arg(scripts::RELEASE.sha1)
+                        .arg(1)
+                        .arg(&name)
+                        .arg(&token)
+                        .arg("")
+                        .query_async::<i64>(&mut c)
+                        .await
+                }
+            });
+            for r in join_all(dels).await {
+                r.map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        })
+    }
+}
+
+struct Ours<B: LockBackend> {
+    name: String,
+    client: LockClient<B>,
+}
+
+impl<B: LockBackend> Contender for Ours<B> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn client_commands(&self) -> &'static [&'static str] {
+        // Every operation of ours is one script call; their SET/GET/DEL run inside it.
+        &["evalsha", "eval", "script|load"]
+    }
+    fn cycle<'a>(&'a self, key: &'a str) -> BoxFut<'a> {
+        Box::pin(async move {
+            let guard =
+                self.client.mutex(key).map_err(|e| e.to_string())?.lock().await.map_err(|e| e.to_string())?;
+            guard.release().await.map_err(|e| e.to_string())
+        })
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+async fn raw(name: &str, servers: &[&RedisServer]) -> Result<Raw, Box<dyn std::error::Error>> {
+    let mut conns = Vec::new();
+    for s in servers {
+        let client = lock_redis_rs::redis::Client::open(s.url())?;
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        // Load the release script so EVALSHA never misses.
+        let _: String = lock_redis_rs::redis::cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(scripts::RELEASE.source)
+            .query_async(&mut conn)
+            .await?;
+        conns.push(conn);
+    }
+    Ok(Raw { name: name.to_string(), conns })
+}
+
+fn config() -> LockConfig {
+    // The watchdog is off: a cycle is lock + unlock, nothing in between to renew.
+    LockConfig::builder().watchdog(false).build().unwrap_or_default()
+}
+
+/// Sequential cycles on distinct keys, interleaved across contenders.
+async fn sequential(
+    contenders: &[Arc<dyn Contender>],
+    rounds: usize,
+    slice: usize,
+) -> Vec<serde_json::Value> {
+    let mut lat: Vec<Vec<Duration>> = vec![Vec::new(); contenders.len()];
+    let mut busy = vec![Duration::ZERO; contenders.len()];
+    let mut n = 0u64;
+    for round in 0..rounds + 1 {
+        for (i, c) in contenders.iter().enumerate() {
+            for _ in 0..slice {
+                n += 1;
+                let key = format!("seq:{n}");
+                let t = Instant::now();
+                if let Err(e) = c.cycle(&key).await {
+                    eprintln!("{}: {e}", c.name());
+                }
+                let d = t.elapsed();
+                // Round 0 is the warm-up.
+                if round > 0 {
+                    lat[i].push(d);
+                    busy[i] += d;
+                }
+            }
+        }
+    }
+    println!(
+        "\n1. sequential lock+unlock, one task, distinct keys ({} cycles each, interleaved)",
+        rounds * slice
+    );
+    println!("   {:<16} {:>12} {:>10} {:>10} {:>9}", "contender", "cycles/s", "p50 us", "p99 us", "vs raw");
+    let mut out = Vec::new();
+    let mut base = Vec::new();
+    for (i, c) in contenders.iter().enumerate() {
+        let mut l = lat[i].clone();
+        l.sort();
+        let rate = l.len() as f64 / busy[i].as_secs_f64().max(1e-9);
+        let p50 = percentile(&l, 0.5);
+        let p99 = percentile(&l, 0.99);
+        // Each "raw-N" row is the baseline of the contenders after it.
+        if c.name().starts_with("raw") {
+            base = vec![rate, us(p50)];
+        }
+        let ratio = if base.is_empty() { 0.0 } else { rate / base[0] };
+        println!("   {:<16} {:>12.0} {:>10.1} {:>10.1} {:>8.2}x", c.name(), rate, us(p50), us(p99), ratio);
+        out.push(serde_json::json!({
+            "contender": c.name(), "cycles_per_s": rate, "p50_us": us(p50), "p99_us": us(p99), "ratio_vs_raw": ratio
+        }));
+    }
+    out
+}
+
+/// 64 tasks on distinct keys, interleaved slices.
+async fn parallel(
+    contenders: &[Arc<dyn Contender>],
+    slices: usize,
+    slice: Duration,
+) -> Vec<serde_json::Value> {
+    let mut counts = vec![0u64; contenders.len()];
+    let mut time = vec![Duration::ZERO; contenders.len()];
+    for round in 0..slices + 1 {
+        for (i, c) in contenders.iter().enumerate() {
+            let done = Arc::new(AtomicU64::new(0));
+            let start = Instant::now();
+            let stop = start + slice;
+            let tasks = (0..64).map(|t| {
+                let (c, done) = (Arc::clone(c), Arc::clone(&done));
+                tokio::spawn(async move {
+                    let mut k = 0u64;
+                    while Instant::now() < stop {
+                        k += 1;
+                        if c.cycle(&format!("par:{round}:{t}:{k}")).await.is_ok() {
+                            done.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                })
+            });
+            join_all(tasks).await;
+            if round > 0 {
+                counts[i] += done.load(Ordering::Relaxed);
+                time[i] += start.elapsed();
+            }
+        }
+    }
+    println!("\n2. 64 tasks on distinct keys ({:?} per contender, interleaved)", slice * slices as u32);
+    println!("   {:<16} {:>12} {:>9}", "contender", "cycles/s", "vs raw");
+    let mut base = 0.0;
+    let mut out = Vec::new();
+    for (i, c) in contenders.iter().enumerate() {
+        let rate = counts[i] as f64 / time[i].as_secs_f64().max(1e-9);
+        if c.name().starts_with("raw") {
+            base = rate;
+        }
+        let ratio = if base > 0.0 { rate / base } else { 0.0 };
+        println!("   {:<16} {:>12.0} {:>8.2}x", c.name(), rate, ratio);
+        out.push(serde_json::json!({"contender": c.name(), "cycles_per_s": rate, "ratio_vs_raw": ratio}));
+    }
+    out
+}
+
+/// 8 tasks on one key: hold 1 ms, release, 1 ms of other work, ask again (no barging).
+async fn contended<B: LockBackend + Clone>(name: &str, backend: B, run: Duration) -> serde_json::Value {
+    #[derive(Default)]
+    struct Log {
+        events: Vec<(Instant, Instant, usize, Instant)>, // (asked, acquired, task, released)
+    }
+    let log = Arc::new(std::sync::Mutex::new(Log::default()));
+    let stop = Instant::now() + run;
+    let config = LockConfig::builder()
+        .watchdog(false)
+        .acquire_timeout(Duration::from_secs(30))
+        .build()
+        .unwrap_or_default();
+    let tasks = (0..8).map(|t| {
+        let (log, backend, config) = (Arc::clone(&log), backend.clone(), config.clone());
+        tokio::spawn(async move {
+            let Ok(client) = LockClient::with_config(backend, config) else { return };
+            let Ok(mutex) = client.mutex("contended") else { return };
+            while Instant::now() < stop {
+                let asked = Instant::now();
+                let Ok(guard) = mutex.lock().await else { continue };
+                let acquired = Instant::now();
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                let released = Instant::now();
+                let _ = guard.release().await;
+                if let Ok(mut l) = log.lock() {
+                    l.events.push((asked, acquired, t, released));
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+    });
+    join_all(tasks).await;
+    let mut events = log.lock().map(|l| l.events.clone()).unwrap_or_default();
+    events.sort_by_key(|e| e.1);
+    let mut gaps: Vec<Duration> = events
+        .windows(2)
+        .filter(|w| w[0].2 != w[1].2)
+        .map(|w| w[1].1.saturating_duration_since(w[0].3))
+        .collect();
+    gaps.sort();
+    let mut waits: Vec<Duration> = events.iter().map(|e| e.1 - e.0).collect();
+    waits.sort();
+    let mut per_task = [0u64; 8];
+    for e in &events {
+        per_task[e.2] += 1;
+    }
+    let (min, max) =
+        (per_task.iter().min().copied().unwrap_or(0), per_task.iter().max().copied().unwrap_or(0));
+    let fairness = if max > 0 { min as f64 / max as f64 } else { 0.0 };
+    let rate = events.len() as f64 / run.as_secs_f64();
+    let (g50, g99) = (percentile(&gaps, 0.5), percentile(&gaps, 0.99));
+    let (w50, w99, wmax) =
+        (percentile(&waits, 0.5), percentile(&waits, 0.99), waits.last().copied().unwrap_or_default());
+    println!(
+        "   {:<16} {:>8.0} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>8.2}",
+        name,
+        rate,
+        us(g50) / 1000.0,
+        us(g99) / 1000.0,
+        us(w50) / 1000.0,
+        us(w99) / 1000.0,
+        us(wmax) / 1000.0,
+        fairness
+    );
+    serde_json::json!({
+        "contender": name, "acquisitions_per_s": rate, "gap_p50_ms": us(g50) / 1000.0, "gap_p99_ms": us(g99) / 1000.0,
+        "wait_p50_ms": us(w50) / 1000.0, "wait_p99_ms": us(w99) / 1000.0, "wait_max_ms": us(wmax) / 1000.0, "fairness": fairness
+    })
+}
+
+/// Client round trips of one cycle, from the servers' `INFO commandstats`: the calls of the
+/// commands the contender sends itself, summed over its nodes, per cycle.
+async fn round_trips(c: &dyn Contender, servers: &[&RedisServer]) -> f64 {
+    let wanted = c.client_commands();
+    let calls = |s: &RedisServer| -> u64 {
+        let stats = s.cmd(&["INFO", "commandstats"]).map(|r| r.text()).unwrap_or_default();
+        stats
+            .lines()
+            .filter_map(|l| {
+                let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(":calls=")?;
+                let n: u64 = rest.split(',').next()?.parse().ok()?;
+                wanted.contains(&name).then_some(n)
+            })
+            .sum()
+    };
+    let _ = c.cycle("rt:warm").await;
+    for s in servers {
+        let _ = s.cmd(&["CONFIG", "RESETSTAT"]);
+    }
+    let cycles = 50;
+    for i in 0..cycles {
+        let _ = c.cycle(&format!("rt:{i}")).await;
+    }
+    let total: u64 = servers.iter().map(|s| calls(s)).sum();
+    total as f64 / cycles as f64
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Args::parse();
+    let (rounds, slice, par_slices, par_slice, contended_run) = if args.quick {
+        (5, 40, 2, Duration::from_millis(250), Duration::from_secs(1))
+    } else {
+        (20, 250, 10, Duration::from_millis(500), Duration::from_secs(5))
+    };
+    let servers = start_nodes(5)?;
+    let one: Vec<&RedisServer> = servers.iter().take(1).collect();
+    let three: Vec<&RedisServer> = servers.iter().take(3).collect();
+    let five: Vec<&RedisServer> = servers.iter().collect();
+    println!(
+        "bench: {} mode, redis-server on {} loopback nodes, {} build",
+        if args.quick { "quick" } else { "full" },
+        servers.len(),
+        if cfg!(debug_assertions) { "DEBUG (use --release for real figures)" } else { "release" }
+    );
+
+    let mut redis_nodes = Vec::new();
+    for s in &servers {
+        redis_nodes.push(RedisBackend::connect(&s.url()).await?);
+    }
+    let redis1 = redis_nodes[0].clone();
+    let fred1 = FredBackend::connect(&servers[0].url()).await?;
+    let rl3 = RedLock::new(redis_nodes[..3].to_vec())?;
+    let rl5 = RedLock::new(redis_nodes.clone())?;
+
+    let single: Vec<Arc<dyn Contender>> = vec![
+        Arc::new(raw("raw-1", &one).await?),
+        Arc::new(Ours {
+            name: "redis-rs".into(),
+            client: LockClient::with_config(redis1.clone(), config())?,
+        }),
+        Arc::new(Ours { name: "fred".into(), client: LockClient::with_config(fred1.clone(), config())? }),
+        Arc::new(raw("raw-3 fan-out", &three).await?),
+        Arc::new(Ours { name: "redlock-3".into(), client: LockClient::with_config(rl3.clone(), config())? }),
+        Arc::new(raw("raw-5 fan-out", &five).await?),
+        Arc::new(Ours { name: "redlock-5".into(), client: LockClient::with_config(rl5.clone(), config())? }),
+    ];
+    let seq = sequential(&single, rounds, slice).await;
+    let par = parallel(&single, par_slices, par_slice).await;
+
+    println!(
+        "\n3. contended hand-off: 8 tasks, one key, hold 1 ms, 1 ms between asks ({contended_run:?} each)"
+    );
+    println!(
+        "   {:<16} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8}",
+        "contender", "acq/s", "gap p50", "gap p99", "wait p50", "wait p99", "wait max", "fairness"
+    );
+    println!(
+        "   {:<16} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8}",
+        "", "", "ms", "ms", "ms", "ms", "ms", "min/max"
+    );
+    let cont = vec![
+        contended("redis-rs", redis1.clone(), contended_run).await,
+        contended("fred", fred1.clone(), contended_run).await,
+        contended("redlock-3", rl3.clone(), contended_run).await,
+        contended("redlock-5", rl5.clone(), contended_run).await,
+    ];
+
+    println!("\n5. client round trips per lock+unlock cycle (INFO commandstats, summed over nodes)");
+    let mut rts = Vec::new();
+    for (c, nodes) in single.iter().zip([&one, &one, &one, &three, &three, &five, &five]) {
+        let rt = round_trips(c.as_ref(), nodes).await;
+        println!("   {:<16} {:>6.2}", c.name(), rt);
+        rts.push(serde_json::json!({"contender": c.name(), "round_trips_per_cycle": rt}));
+    }
+
+    if let Some(path) = args.json {
+        let doc = serde_json::json!({
+            "mode": if args.quick { "quick" } else { "full" },
+            "release_build": !cfg!(debug_assertions),
+            "sequential": seq, "parallel_64": par, "contended": cont, "round_trips": rts,
+        });
+        std::fs::write(&path, serde_json::to_string_pretty(&doc)?)?;
+        println!("\nwrote {}", path.display());
+    }
+    Ok(())
+}
