@@ -170,3 +170,47 @@ impl ReleaseHub {
         self.inner.channels().len()
     }
 }
+
+/// A [`ReleaseHub`] with the driver task that serves it: the task is aborted when this is
+/// dropped (with the last clone of the backend that owns it).
+pub struct HubTask {
+    hub: ReleaseHub,
+    task: tokio::task::AbortHandle,
+    confirm_within: Duration,
+}
+
+impl std::fmt::Debug for HubTask {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HubTask").field("hub", &self.hub).finish()
+    }
+}
+
+impl HubTask {
+    /// Creates a hub and spawns `serve(hub, commands)` on the current runtime: the driver's
+    /// loop that runs SUBSCRIBE/UNSUBSCRIBE and feeds notices into the hub.
+    pub fn spawn<F, Fut>(confirm_within: Duration, serve: F) -> Self
+    where
+        F: FnOnce(ReleaseHub, mpsc::UnboundedReceiver<HubCommand>) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let (hub, commands) = ReleaseHub::new();
+        let task = tokio::spawn(serve(hub.clone(), commands)).abort_handle();
+        Self { hub, task, confirm_within }
+    }
+
+    /// Subscribes a waiter (see [`ReleaseHub::watch`]).
+    pub async fn watch(&self, channel: &str) -> ReleaseWatch {
+        self.hub.watch(channel, self.confirm_within).await
+    }
+
+    /// How many channels have at least one waiter.
+    pub fn active_channels(&self) -> usize {
+        self.hub.active_channels()
+    }
+}
+
+impl Drop for HubTask {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -9,6 +9,7 @@ use fred::interfaces::{ClientLike, LuaInterface};
 use fred::prelude::{Builder, Config, ReconnectPolicy, ServerConfig};
 use fred::types::FromValue;
 use lock_core::FencingToken;
+use lock_core::hub::HubTask;
 use lock_core::scripts::{self, LuaScript, RedisKeys, ScriptRunner};
 use lock_core::{
     AcquireOutcome, AcquireRequest, BackendError, BackendErrorKind, Capabilities, ExtendOutcome,
@@ -17,7 +18,7 @@ use lock_core::{
 use tokio::sync::OnceCell;
 
 use crate::error::{is_noscript, map_error};
-use crate::notifier::Notifier;
+use crate::notifier;
 
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
@@ -27,7 +28,7 @@ struct Shared {
     command_timeout: Duration,
     /// Built at connect time, connected on the first wait; `None` turns wake-up off.
     subscriber: Option<SubscriberClient>,
-    notifier: OnceCell<Notifier>,
+    notifier: OnceCell<HubTask>,
 }
 
 /// A lock backend over the `fred` crate.
@@ -280,7 +281,7 @@ where
 
     /// How many lock channels this backend is subscribed to now (one per key being waited on).
     pub fn subscribed_channels(&self) -> usize {
-        self.shared.notifier.get().map_or(0, Notifier::active_channels)
+        self.shared.notifier.get().map_or(0, HubTask::active_channels)
     }
 
     async fn evalsha<T: FromValue>(
@@ -397,7 +398,7 @@ where
             .notifier
             .get_or_try_init(|| async {
                 match tokio::time::timeout(timeout, subscriber.init()).await {
-                    Ok(Ok(_task)) => Ok(Notifier::start(subscriber.clone(), timeout)),
+                    Ok(Ok(_task)) => Ok(notifier::start(subscriber.clone(), timeout)),
                     Ok(Err(e)) => Err(map_error(&e, "connecting the subscriber")),
                     Err(_) => {
                         Err(BackendError::retryable(BackendErrorKind::Timeout, "connecting the subscriber"))

@@ -5,41 +5,15 @@ use std::time::Duration;
 
 use fred::clients::SubscriberClient;
 use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
-use lock_core::ReleaseWatch;
-use lock_core::hub::{HubCommand, ReleaseHub};
+use lock_core::hub::{HubCommand, HubTask, ReleaseHub};
 use tokio::sync::{broadcast, mpsc};
-use tokio::task::AbortHandle;
 use tracing::warn;
 
-pub(crate) struct Notifier {
-    hub: ReleaseHub,
-    task: AbortHandle,
-    confirm_within: Duration,
-}
-
-impl Drop for Notifier {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl Notifier {
-    /// Starts serving `subscriber`, which must already be connected.
-    pub(crate) fn start(subscriber: SubscriberClient, confirm_within: Duration) -> Self {
-        let (hub, commands) = ReleaseHub::new();
-        // Re-subscribes every tracked channel after a reconnect.
-        let _resubscriber = subscriber.manage_subscriptions();
-        let task = tokio::spawn(run(subscriber, hub.clone(), commands)).abort_handle();
-        Self { hub, task, confirm_within }
-    }
-
-    pub(crate) async fn watch(&self, channel: &str) -> ReleaseWatch {
-        self.hub.watch(channel, self.confirm_within).await
-    }
-
-    pub(crate) fn active_channels(&self) -> usize {
-        self.hub.active_channels()
-    }
+/// Starts serving `subscriber`, which must already be connected.
+pub(crate) fn start(subscriber: SubscriberClient, confirm_within: Duration) -> HubTask {
+    // Re-subscribes every tracked channel after a reconnect.
+    let _resubscriber = subscriber.manage_subscriptions();
+    HubTask::spawn(confirm_within, |hub, commands| run(subscriber, hub, commands))
 }
 
 async fn run(sub: SubscriberClient, hub: ReleaseHub, mut commands: mpsc::UnboundedReceiver<HubCommand>) {

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use lock_core::FencingToken;
+use lock_core::hub::HubTask;
 use lock_core::scripts::{self, LuaScript, RedisKeys, ScriptRunner};
 use lock_core::{
     AcquireOutcome, AcquireRequest, BackendError, BackendErrorKind, Capabilities, ExtendOutcome,
@@ -16,7 +17,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, ErrorKind, FromRedisValue, ServerErrorKind};
 
 use crate::error::map_error;
-use crate::notifier::Notifier;
+use crate::notifier;
 
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
@@ -27,7 +28,7 @@ struct Shared {
     /// Where release notices are subscribed; `None` turns wake-up off.
     pubsub_client: Option<redis::Client>,
     /// Started on the first wait, so construction needs no runtime.
-    notifier: OnceLock<Notifier>,
+    notifier: OnceLock<HubTask>,
 }
 
 /// A lock backend over the `redis` crate.
@@ -260,7 +261,7 @@ where
 
     /// How many lock channels this backend is subscribed to now (one per key being waited on).
     pub fn subscribed_channels(&self) -> usize {
-        self.shared.notifier.get().map_or(0, Notifier::active_channels)
+        self.shared.notifier.get().map_or(0, HubTask::active_channels)
     }
 
     /// Runs a shared script: EVALSHA, falling back to EVAL when the server lost its script
@@ -360,7 +361,7 @@ where
     async fn watch_releases(&self, key: &LockKey) -> Result<Option<ReleaseWatch>, BackendError> {
         let Some(client) = &self.shared.pubsub_client else { return Ok(None) };
         let notifier =
-            self.shared.notifier.get_or_init(|| Notifier::start(client.clone(), self.shared.command_timeout));
+            self.shared.notifier.get_or_init(|| notifier::start(client.clone(), self.shared.command_timeout));
         Ok(Some(notifier.watch(&RedisKeys::for_key(key).channel).await))
     }
 }

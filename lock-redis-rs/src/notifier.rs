@@ -4,40 +4,13 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use lock_core::ReleaseWatch;
-use lock_core::hub::{HubCommand, ReleaseHub};
+use lock_core::hub::{HubCommand, HubTask, ReleaseHub};
 use tokio::sync::mpsc;
-use tokio::task::AbortHandle;
 use tracing::{debug, warn};
 
-/// Owns the pub/sub task; dropping the last clone of the backend stops it.
-pub(crate) struct Notifier {
-    hub: ReleaseHub,
-    task: AbortHandle,
-    confirm_within: Duration,
-}
-
-impl Drop for Notifier {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl Notifier {
-    /// Starts the pub/sub task for `client` on the current runtime.
-    pub(crate) fn start(client: redis::Client, confirm_within: Duration) -> Self {
-        let (hub, commands) = ReleaseHub::new();
-        let task = tokio::spawn(run(client, hub.clone(), commands, confirm_within)).abort_handle();
-        Self { hub, task, confirm_within }
-    }
-
-    pub(crate) async fn watch(&self, channel: &str) -> ReleaseWatch {
-        self.hub.watch(channel, self.confirm_within).await
-    }
-
-    pub(crate) fn active_channels(&self) -> usize {
-        self.hub.active_channels()
-    }
+/// Starts the pub/sub task for `client` on the current runtime.
+pub(crate) fn start(client: redis::Client, confirm_within: Duration) -> HubTask {
+    HubTask::spawn(confirm_within, move |hub, commands| run(client, hub, commands, confirm_within))
 }
 
 async fn run(

@@ -4,6 +4,8 @@
 //! uses fresh random keys, so one server can serve every test at once. They panic (assert) on
 //! a broken contract: this module is test code.
 
+// Test code shipped as a library: every unwrap/expect/panic here is an assertion that fails a
+// test, never a code path of a user's service.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;

@@ -2,6 +2,8 @@
 //! processes: script cache loss, wrong types, dead and restarted servers, auth, wake-up by
 //! pub/sub, subscription hygiene and round trips. Run them all with [`crate::redis_suite!`].
 
+// Test code shipped as a library: every unwrap/expect/panic here is an assertion that fails a
+// test, never a code path of a user's service.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::HashMap;
