@@ -1,0 +1,563 @@
+//! The history checker: judges a run's [`History`] against the checks C1-C8 of DESIGN.md and
+//! returns every violation with the records involved.
+//!
+//! | check | what it proves |
+//! |---|---|
+//! | C1 | no two critical sections of different acquisitions overlap within their validity, and no grant is handed out already expired |
+//! | C2 | the fenced resource on the oracle accepted strictly increasing tokens only, and never refused a holder that was still valid |
+//! | C3 | the unfenced read-sleep-write counter lost no update (judged only when no client paused) |
+//! | C4 | fencing tokens unique and increasing per key in acquisition order, the same on re-entry |
+//! | C5 | no lock key left behind once everything was released |
+//! | C6 | a lease that outlived its validity was noticed lost within 50 ms of its deadline (or of the end of its worker's pause), before anyone else acquired |
+//! | C7 | no renewal sent after its section ended |
+//! | C8 | faults were injected and counted, so a pass is not vacuous |
+//!
+//! ```
+//! use lock_testkit::checker::{check, Check, Observations};
+//! use lock_testkit::history::{Ending, Event, History};
+//!
+//! let acquired = |acq: &str, fence, t, valid_until| Event::Acquired {
+//!     worker: acq.into(), acq: acq.into(), key: "k".into(), fence: Some(fence), t, valid_until,
+//! };
+//! let history = History::from_events(vec![
+//!     acquired("a", 1, 0, 1_000_000_000),
+//!     acquired("b", 2, 500_000_000, 2_000_000_000), // while "a" is still valid
+//! ]);
+//! let report = check(&history, &Observations::default());
+//! assert!(report.violations.iter().any(|v| v.check == Check::C1));
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::history::{Ending, History, Section};
+
+/// 50 ms, in nanoseconds: how late a lost lease may be noticed (C6).
+pub const LOSS_NOTICE_SLACK_NS: u64 = 50_000_000;
+
+/// The checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Check {
+    /// No overlapping critical sections.
+    C1,
+    /// The fenced resource accepts increasing tokens only.
+    C2,
+    /// The unfenced counter loses no update.
+    C3,
+    /// Tokens unique, increasing, same on re-entry.
+    C4,
+    /// No key left behind.
+    C5,
+    /// Lease loss noticed in time.
+    C6,
+    /// No renewal after release.
+    C7,
+    /// Faults really happened.
+    C8,
+}
+
+impl Check {
+    /// Every check, in order.
+    pub const ALL: [Check; 8] =
+        [Check::C1, Check::C2, Check::C3, Check::C4, Check::C5, Check::C6, Check::C7, Check::C8];
+}
+
+impl fmt::Display for Check {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// One violation, with the sections involved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Violation {
+    /// Which check.
+    pub check: Check,
+    /// What went wrong.
+    pub what: String,
+    /// The sections involved (may be empty, e.g. for a leftover key).
+    pub sections: Vec<Section>,
+}
+
+/// A lock key found on a node after the run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeftoverKey {
+    /// The node.
+    pub node: String,
+    /// The Redis key.
+    pub key: String,
+    /// Its remaining TTL in ms (-1: none).
+    pub pttl_ms: i64,
+}
+
+/// A window in which a worker process was stopped (SIGSTOP), in monotonic nanoseconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pause {
+    /// The worker.
+    pub worker: String,
+    /// Stopped at.
+    pub from: u64,
+    /// Resumed at.
+    pub to: u64,
+}
+
+/// What the runner observed outside the workers' logs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Observations {
+    /// Whether fencing was on (C2, C4 need it).
+    pub fencing: bool,
+    /// The tokens the fenced resource accepted, in the order it stored them.
+    pub oracle_accepted: Vec<u64>,
+    /// The unfenced counter's final value, when C3 is to be judged.
+    pub counter_final: Option<i64>,
+    /// Lock keys still on the nodes after everything was released and the grace had passed.
+    pub leftover_keys: Vec<LeftoverKey>,
+    /// Worker pauses.
+    pub pauses: Vec<Pause>,
+    /// Faults injected, counted by the proxies and the runner. `None`: the scenario injects
+    /// none by design, and C8 is not judged.
+    pub faults_injected: Option<u64>,
+}
+
+/// The checker's verdict on one run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    /// Critical sections judged.
+    pub acquisitions: usize,
+    /// Leases whose loss the workers noticed.
+    pub lost_noticed: usize,
+    /// Fenced writes the resource rejected.
+    pub fenced_rejected: usize,
+    /// Every violation.
+    pub violations: Vec<Violation>,
+}
+
+impl Report {
+    /// Violations per check (every check present, zero included).
+    pub fn counts(&self) -> BTreeMap<Check, usize> {
+        let mut m: BTreeMap<Check, usize> = Check::ALL.iter().map(|c| (*c, 0)).collect();
+        for v in &self.violations {
+            *m.entry(v.check).or_default() += 1;
+        }
+        m
+    }
+
+    /// Violations of one check.
+    pub fn of(&self, check: Check) -> usize {
+        self.violations.iter().filter(|v| v.check == check).count()
+    }
+}
+
+fn paused_during(obs: &Observations, worker: &str, from: u64, to: u64) -> Option<u64> {
+    obs.pauses.iter().filter(|p| p.worker == worker && p.from <= to && p.to >= from).map(|p| p.to).max()
+}
+
+/// Judges a history. Every violation is returned, none is hidden behind the first.
+pub fn check(history: &History, obs: &Observations) -> Report {
+    let mut r = Report {
+        acquisitions: history.sections.len(),
+        lost_noticed: history.sections.iter().filter(|s| s.t_lost.is_some()).count(),
+        fenced_rejected: history.sections.iter().flat_map(|s| &s.writes).filter(|w| !w.accepted).count(),
+        violations: Vec::new(),
+    };
+    let mut by_key: HashMap<&str, Vec<&Section>> = HashMap::new();
+    for s in &history.sections {
+        by_key.entry(s.key.as_str()).or_default().push(s);
+    }
+    for sections in by_key.values_mut() {
+        sections.sort_by_key(|s| s.t_acquired);
+        c1_overlaps(sections, &mut r);
+        if obs.fencing {
+            c4_tokens(sections, &mut r);
+        }
+        c6_loss_noticed(sections, obs, &mut r);
+    }
+    if obs.fencing {
+        c2_fenced_resource(history, obs, &mut r);
+    }
+    if let Some(final_value) = obs.counter_final {
+        let done: i64 = history.sections.iter().map(|s| i64::from(s.increments)).sum();
+        if final_value != done {
+            r.violations.push(Violation {
+                check: Check::C3,
+                what: format!("unfenced counter is {final_value} after {done} completed increments: lost updates"),
+                sections: Vec::new(),
+            });
+        }
+    }
+    for k in &obs.leftover_keys {
+        r.violations.push(Violation {
+            check: Check::C5,
+            what: format!("key {} left on {} (pttl {} ms) after every holder was done", k.key, k.node, k.pttl_ms),
+            sections: Vec::new(),
+        });
+    }
+    c7_renewals(history, &mut r);
+    if obs.faults_injected == Some(0) {
+        r.violations.push(Violation {
+            check: Check::C8,
+            what: "no fault was injected: the pass would be vacuous".into(),
+            sections: Vec::new(),
+        });
+    }
+    r
+}
+
+fn c1_overlaps(sections: &[&Section], r: &mut Report) {
+    // Sweep in acquisition order, keeping the section that reaches furthest.
+    let mut reach: Option<&Section> = None;
+    for s in sections {
+        if s.t_acquired > s.valid_until {
+            r.violations.push(Violation {
+                check: Check::C1,
+                what: format!(
+                    "{} on {} got a grant already {} us past its validity",
+                    s.acquisition,
+                    s.key,
+                    (s.t_acquired - s.valid_until) / 1000
+                ),
+                sections: vec![(*s).clone()],
+            });
+        }
+        if let Some(prev) = reach
+            && prev.acquisition != s.acquisition
+            && s.t_acquired < prev.effective_end()
+        {
+            r.violations.push(Violation {
+                check: Check::C1,
+                what: format!(
+                    "{} ({}) acquired {} while {} ({}) still held it for {} us",
+                    s.acquisition,
+                    s.worker,
+                    s.key,
+                    prev.acquisition,
+                    prev.worker,
+                    (prev.effective_end() - s.t_acquired) / 1000
+                ),
+                sections: vec![prev.clone(), (*s).clone()],
+            });
+        }
+        if reach.is_none_or(|p| s.effective_end() > p.effective_end()) {
+            reach = Some(s);
+        }
+    }
+}
+
+fn c4_tokens(sections: &[&Section], r: &mut Report) {
+    let mut prev: Option<&Section> = None;
+    for s in sections {
+        let Some(fence) = s.fence else {
+            r.violations.push(Violation {
+                check: Check::C4,
+                what: format!("{} on {} has no fencing token", s.acquisition, s.key),
+                sections: vec![(*s).clone()],
+            });
+            continue;
+        };
+        for again in &s.reentry_fences {
+            if *again != Some(fence) {
+                r.violations.push(Violation {
+                    check: Check::C4,
+                    what: format!("{} re-entered with token {again:?}, not {fence}", s.acquisition),
+                    sections: vec![(*s).clone()],
+                });
+            }
+        }
+        if let Some(p) = prev
+            && let Some(pf) = p.fence
+        {
+            if pf == fence {
+                r.violations.push(Violation {
+                    check: Check::C4,
+                    what: format!("token {fence} on {} reused by {} after {}", s.key, s.acquisition, p.acquisition),
+                    sections: vec![p.clone(), (*s).clone()],
+                });
+            } else if fence < pf {
+                r.violations.push(Violation {
+                    check: Check::C4,
+                    what: format!(
+                        "token on {} went backwards: {} got {fence} after {} got {pf}",
+                        s.key, s.acquisition, p.acquisition
+                    ),
+                    sections: vec![p.clone(), (*s).clone()],
+                });
+            }
+        }
+        prev = Some(s);
+    }
+}
+
+fn c2_fenced_resource(history: &History, obs: &Observations, r: &mut Report) {
+    for pair in obs.oracle_accepted.windows(2) {
+        if pair[1] <= pair[0] {
+            r.violations.push(Violation {
+                check: Check::C2,
+                what: format!("the fenced resource accepted token {} after {}", pair[1], pair[0]),
+                sections: Vec::new(),
+            });
+        }
+    }
+    for s in &history.sections {
+        for w in &s.writes {
+            // The answer came back while the lease was valid and not yet ended or lost: the write
+            // was sent by a valid holder, and only a holder with a higher token can have beaten it.
+            let valid_end = s.effective_end().min(s.t_lost.unwrap_or(u64::MAX));
+            if !w.accepted && w.t < valid_end {
+                r.violations.push(Violation {
+                    check: Check::C2,
+                    what: format!(
+                        "{} wrote with token {} while valid, and the resource refused it: a higher token was already in",
+                        s.acquisition, w.token
+                    ),
+                    sections: vec![s.clone()],
+                });
+            }
+        }
+    }
+}
+
+fn c6_loss_noticed(sections: &[&Section], obs: &Observations, r: &mut Report) {
+    for (i, s) in sections.iter().enumerate() {
+        if s.ended == Ending::Crashed {
+            continue;
+        }
+        let resumed = paused_during(obs, &s.worker, s.t_acquired, s.valid_until + LOSS_NOTICE_SLACK_NS);
+        let deadline = s.valid_until.max(resumed.unwrap_or(0));
+        let ended_in_time = s.t_released.is_some_and(|t| t <= s.valid_until);
+        if ended_in_time {
+            continue;
+        }
+        match s.t_lost {
+            Some(t) if t <= deadline + LOSS_NOTICE_SLACK_NS => {
+                if resumed.is_none()
+                    && let Some(next) = sections[i + 1..].iter().find(|n| n.t_acquired > s.t_acquired)
+                    && next.t_acquired < t
+                {
+                    r.violations.push(Violation {
+                        check: Check::C6,
+                        what: format!(
+                            "{} noticed its loss only after {} had acquired {}",
+                            s.acquisition, next.acquisition, s.key
+                        ),
+                        sections: vec![(*s).clone(), (*next).clone()],
+                    });
+                }
+            }
+            Some(t) => r.violations.push(Violation {
+                check: Check::C6,
+                what: format!(
+                    "{} noticed its loss {} ms after its deadline",
+                    s.acquisition,
+                    t.saturating_sub(deadline) / 1_000_000
+                ),
+                sections: vec![(*s).clone()],
+            }),
+            None => r.violations.push(Violation {
+                check: Check::C6,
+                what: format!("{} outlived its validity without noticing the loss", s.acquisition),
+                sections: vec![(*s).clone()],
+            }),
+        }
+    }
+}
+
+fn c7_renewals(history: &History, r: &mut Report) {
+    let mut by_worker_key: HashMap<(&str, &str), Vec<&Section>> = HashMap::new();
+    for s in &history.sections {
+        by_worker_key.entry((s.worker.as_str(), s.key.as_str())).or_default().push(s);
+    }
+    for e in &history.extends {
+        let Some(sections) = by_worker_key.get(&(e.worker.as_str(), e.key.as_str())) else {
+            r.violations.push(Violation {
+                check: Check::C7,
+                what: format!("{} renewed {} without ever holding it", e.worker, e.key),
+                sections: Vec::new(),
+            });
+            continue;
+        };
+        let inside = sections.iter().any(|s| {
+            let end = match (s.t_released, s.t_lost) {
+                (Some(a), Some(b)) => a.min(b),
+                (a, b) => a.or(b).unwrap_or(u64::MAX),
+            };
+            s.t_acquired <= e.t && e.t <= end
+        });
+        if !inside {
+            let last = sections.iter().filter(|s| s.t_acquired <= e.t).last();
+            r.violations.push(Violation {
+                check: Check::C7,
+                what: format!("{} renewed {} after its section had ended", e.worker, e.key),
+                sections: last.map(|s| vec![(*s).clone()]).unwrap_or_default(),
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::Event;
+
+    const MS: u64 = 1_000_000;
+
+    fn acquired(acq: &str, fence: u64, t: u64, valid_until: u64) -> Event {
+        Event::Acquired {
+            worker: format!("w-{acq}"),
+            acq: acq.into(),
+            key: "k".into(),
+            fence: Some(fence),
+            t: t * MS,
+            valid_until: valid_until * MS,
+        }
+    }
+
+    fn released(acq: &str, t: u64, valid_until: u64) -> Event {
+        Event::Ended { acq: acq.into(), t: t * MS, valid_until: valid_until * MS, how: Ending::Released }
+    }
+
+    fn fenced() -> Observations {
+        Observations { fencing: true, faults_injected: Some(1), ..Observations::default() }
+    }
+
+    #[test]
+    fn a_clean_history_passes() {
+        let h = History::from_events(vec![
+            acquired("a", 1, 0, 100),
+            released("a", 10, 100),
+            acquired("b", 2, 11, 111),
+            Event::Write { acq: "b".into(), token: 2, accepted: true, t: 12 * MS },
+            Event::Increment { acq: "b".into(), t: 13 * MS },
+            Event::ExtendSent { worker: "w-b".into(), key: "k".into(), t: 14 * MS },
+            released("b", 20, 130),
+        ]);
+        let obs = Observations { oracle_accepted: vec![2], counter_final: Some(1), ..fenced() };
+        let r = check(&h, &obs);
+        assert!(r.violations.is_empty(), "{:#?}", r.violations);
+        assert_eq!(r.acquisitions, 2);
+        assert_eq!(r.counts().values().sum::<usize>(), 0);
+    }
+
+    #[test]
+    fn overlapping_intervals_are_reported_with_both_records() {
+        let h = History::from_events(vec![
+            acquired("a", 1, 0, 100),
+            released("a", 50, 100),
+            acquired("b", 2, 40, 140),
+            released("b", 60, 140),
+        ]);
+        let r = check(&h, &fenced());
+        assert_eq!(r.of(Check::C1), 1, "{:#?}", r.violations);
+        let v = &r.violations[0];
+        assert_eq!(v.sections.iter().map(|s| s.acquisition.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+    }
+
+    #[test]
+    fn a_section_past_its_validity_does_not_overlap_the_next_holder() {
+        // "a" was paused: it ended late, but its validity had run out before "b" acquired.
+        let h = History::from_events(vec![
+            acquired("a", 1, 0, 100),
+            Event::Lost { acq: "a".into(), t: 300 * MS },
+            Event::Ended { acq: "a".into(), t: 301 * MS, valid_until: 100 * MS, how: Ending::Lost },
+            acquired("b", 2, 120, 220),
+            released("b", 130, 220),
+        ]);
+        let obs = Observations {
+            pauses: vec![Pause { worker: "w-a".into(), from: 50 * MS, to: 290 * MS }],
+            ..fenced()
+        };
+        let r = check(&h, &obs);
+        assert!(r.violations.is_empty(), "{:#?}", r.violations);
+        // Without the pause on record, noticing 200 ms late is a C6 violation.
+        let r = check(&h, &fenced());
+        assert_eq!(r.of(Check::C6), 1, "{:#?}", r.violations);
+    }
+
+    #[test]
+    fn a_decreasing_token_is_reported() {
+        let h = History::from_events(vec![
+            acquired("a", 5, 0, 100),
+            released("a", 10, 100),
+            acquired("b", 4, 20, 120),
+            released("b", 30, 120),
+        ]);
+        let r = check(&h, &fenced());
+        assert_eq!(r.of(Check::C4), 1, "{:#?}", r.violations);
+        assert!(r.violations[0].what.contains("backwards"));
+    }
+
+    #[test]
+    fn a_reused_token_and_a_changed_reentry_token_are_reported() {
+        let h = History::from_events(vec![
+            acquired("a", 5, 0, 100),
+            Event::Reentered { acq: "a".into(), fence: Some(6), t: 5 * MS },
+            released("a", 10, 100),
+            acquired("b", 5, 20, 120),
+            released("b", 30, 120),
+        ]);
+        let r = check(&h, &fenced());
+        assert_eq!(r.of(Check::C4), 2, "{:#?}", r.violations);
+        assert!(r.violations.iter().any(|v| v.what.contains("reused")));
+        assert!(r.violations.iter().any(|v| v.what.contains("re-entered")));
+    }
+
+    #[test]
+    fn an_orphaned_key_is_reported() {
+        let h = History::from_events(vec![acquired("a", 1, 0, 100), released("a", 10, 100)]);
+        let obs = Observations {
+            leftover_keys: vec![LeftoverKey { node: "n1".into(), key: "lock:{k}".into(), pttl_ms: 900 }],
+            ..fenced()
+        };
+        let r = check(&h, &obs);
+        assert_eq!(r.of(Check::C5), 1, "{:#?}", r.violations);
+        assert!(r.violations[0].what.contains("lock:{k}"));
+    }
+
+    #[test]
+    fn fenced_resource_violations_are_reported() {
+        let h = History::from_events(vec![
+            acquired("a", 7, 0, 100),
+            Event::Write { acq: "a".into(), token: 7, accepted: false, t: 5 * MS },
+            released("a", 10, 100),
+        ]);
+        let obs = Observations { oracle_accepted: vec![8, 7], ..fenced() };
+        let r = check(&h, &obs);
+        assert_eq!(r.of(Check::C2), 2, "{:#?}", r.violations);
+    }
+
+    #[test]
+    fn a_late_rejected_write_is_not_a_violation() {
+        let h = History::from_events(vec![
+            acquired("a", 7, 0, 100),
+            Event::Lost { acq: "a".into(), t: 101 * MS },
+            Event::Write { acq: "a".into(), token: 7, accepted: false, t: 150 * MS },
+            Event::Ended { acq: "a".into(), t: 151 * MS, valid_until: 100 * MS, how: Ending::Lost },
+        ]);
+        let r = check(&h, &fenced());
+        assert!(r.violations.is_empty(), "{:#?}", r.violations);
+        assert_eq!(r.fenced_rejected, 1);
+    }
+
+    #[test]
+    fn lost_updates_renewals_after_release_and_vacuous_runs_are_reported() {
+        let h = History::from_events(vec![
+            acquired("a", 1, 0, 100),
+            Event::Increment { acq: "a".into(), t: 5 * MS },
+            released("a", 10, 100),
+            Event::ExtendSent { worker: "w-a".into(), key: "k".into(), t: 40 * MS },
+        ]);
+        let obs = Observations { counter_final: Some(0), faults_injected: Some(0), ..fenced() };
+        let r = check(&h, &obs);
+        assert_eq!(r.of(Check::C3), 1, "{:#?}", r.violations);
+        assert_eq!(r.of(Check::C7), 1, "{:#?}", r.violations);
+        assert_eq!(r.of(Check::C8), 1, "{:#?}", r.violations);
+    }
+
+    #[test]
+    fn an_expired_grant_is_reported() {
+        let h = History::from_events(vec![acquired("a", 1, 100, 90), released("a", 101, 90)]);
+        let r = check(&h, &fenced());
+        assert!(r.violations.iter().any(|v| v.check == Check::C1 && v.what.contains("already")));
+    }
+}
