@@ -385,7 +385,7 @@ fn c7_renewals(history: &History, r: &mut Report) {
             s.t_acquired <= e.t && e.t <= end
         });
         if !inside {
-            let last = sections.iter().filter(|s| s.t_acquired <= e.t).last();
+            let last = sections.iter().rfind(|s| s.t_acquired <= e.t);
             r.violations.push(Violation {
                 check: Check::C7,
                 what: format!("{} renewed {} after its section had ended", e.worker, e.key),
