@@ -4,7 +4,7 @@
 //! | check | what it proves |
 //! |---|---|
 //! | C1 | no two critical sections of different acquisitions overlap within their validity, and no grant is handed out already expired |
-//! | C2 | the fenced resource on the oracle accepted strictly increasing tokens only, and never refused a holder that was still valid |
+//! | C2 | the fenced resource on the oracle never accepted a token below one it had stored, and never refused a holder that was still valid |
 //! | C3 | the unfenced read-sleep-write counter lost no update (judged only when no client paused) |
 //! | C4 | fencing tokens unique and increasing per key in acquisition order, the same on re-entry |
 //! | C5 | no lock key left behind once everything was released |
@@ -42,7 +42,7 @@ pub const LOSS_NOTICE_SLACK_NS: u64 = 50_000_000;
 pub enum Check {
     /// No overlapping critical sections.
     C1,
-    /// The fenced resource accepts increasing tokens only.
+    /// The fenced resource accepts no stale token and refuses no valid holder.
     C2,
     /// The unfenced counter loses no update.
     C3,
@@ -108,8 +108,8 @@ pub struct Pause {
 pub struct Observations {
     /// Whether fencing was on (C2, C4 need it).
     pub fencing: bool,
-    /// The tokens the fenced resource accepted, in the order it stored them.
-    pub oracle_accepted: Vec<u64>,
+    /// Per fenced resource, the tokens it accepted, in the order it stored them.
+    pub oracle_accepted: BTreeMap<String, Vec<u64>>,
     /// The unfenced counter's final value, when C3 is to be judged.
     pub counter_final: Option<i64>,
     /// Lock keys still on the nodes after everything was released and the grace had passed.
@@ -179,10 +179,15 @@ pub fn check(history: &History, obs: &Observations) -> Report {
     }
     if let Some(final_value) = obs.counter_final {
         let done: i64 = history.sections.iter().map(|s| i64::from(s.increments)).sum();
-        if final_value != done {
+        // Below: two holders read the same value (lost updates). Above is possible only when a
+        // worker was killed between its write and its log line, and proves nothing.
+        if final_value < done {
             r.violations.push(Violation {
                 check: Check::C3,
-                what: format!("unfenced counter is {final_value} after {done} completed increments: lost updates"),
+                what: format!(
+                    "unfenced counter is {final_value} after {done} completed increments: {} lost updates",
+                    done - final_value
+                ),
                 sections: Vec::new(),
             });
         }
@@ -290,13 +295,15 @@ fn c4_tokens(sections: &[&Section], r: &mut Report) {
 }
 
 fn c2_fenced_resource(history: &History, obs: &Observations, r: &mut Report) {
-    for pair in obs.oracle_accepted.windows(2) {
-        if pair[1] <= pair[0] {
-            r.violations.push(Violation {
-                check: Check::C2,
-                what: format!("the fenced resource accepted token {} after {}", pair[1], pair[0]),
-                sections: Vec::new(),
-            });
+    for (resource, accepted) in &obs.oracle_accepted {
+        for pair in accepted.windows(2) {
+            if pair[1] < pair[0] {
+                r.violations.push(Violation {
+                    check: Check::C2,
+                    what: format!("the fenced resource {resource} accepted token {} after {}", pair[1], pair[0]),
+                    sections: Vec::new(),
+                });
+            }
         }
     }
     for s in &history.sections {
@@ -432,7 +439,11 @@ mod tests {
             Event::ExtendSent { worker: "w-b".into(), key: "k".into(), t: 14 * MS },
             released("b", 20, 130),
         ]);
-        let obs = Observations { oracle_accepted: vec![2], counter_final: Some(1), ..fenced() };
+        let obs = Observations {
+            oracle_accepted: [("k".to_string(), vec![2])].into(),
+            counter_final: Some(1),
+            ..fenced()
+        };
         let r = check(&h, &obs);
         assert!(r.violations.is_empty(), "{:#?}", r.violations);
         assert_eq!(r.acquisitions, 2);
@@ -521,7 +532,7 @@ mod tests {
             Event::Write { acq: "a".into(), token: 7, accepted: false, t: 5 * MS },
             released("a", 10, 100),
         ]);
-        let obs = Observations { oracle_accepted: vec![8, 7], ..fenced() };
+        let obs = Observations { oracle_accepted: [("k".to_string(), vec![8, 7])].into(), ..fenced() };
         let r = check(&h, &obs);
         assert_eq!(r.of(Check::C2), 2, "{:#?}", r.violations);
     }

@@ -1,8 +1,9 @@
 //! The oracle: a `redis-server` that is never faulted, holding the resources a chaos run
 //! protects with the lock, so their final state tells whether the lock kept its promise.
 //!
-//! - A **fenced resource** accepts a write only if its fencing token is greater than the last
-//!   one it stored (the check runs atomically in a script), and logs every accepted token (C2).
+//! - A **fenced resource** accepts a write only if its fencing token is at least the last one
+//!   it stored (the holder of that token may write again; anything older is stale). The check
+//!   runs atomically in a script, and every accepted token is logged (C2).
 //! - An **unfenced counter** is incremented by read, sleep, write: it loses updates exactly
 //!   when two holders overlap (C3).
 //!
@@ -13,8 +14,9 @@
 //! let server = RedisServer::start()?;
 //! let oracle = Oracle::connect(&server.url()).await?;
 //! assert!(oracle.fenced_write("ledger", 5).await?);
+//! assert!(oracle.fenced_write("ledger", 5).await?, "the holder writes again");
 //! assert!(!oracle.fenced_write("ledger", 4).await?, "a stale token is refused");
-//! assert_eq!(oracle.accepted("ledger").await?, vec![5]);
+//! assert_eq!(oracle.accepted("ledger").await?, vec![5, 5]);
 //! # Ok(()) }
 //! ```
 
@@ -24,7 +26,7 @@ use redis::aio::MultiplexedConnection;
 const FENCED_WRITE: &str = r"
 local last = tonumber(redis.call('GET', KEYS[1]) or '0')
 local token = tonumber(ARGV[1])
-if token > last then
+if token >= last then
   redis.call('SET', KEYS[1], ARGV[1])
   redis.call('RPUSH', KEYS[2], ARGV[1])
   return 1
@@ -59,7 +61,7 @@ impl Oracle {
         Ok(Self { conn, script: redis::Script::new(FENCED_WRITE) })
     }
 
-    /// Writes to the fenced resource with `token`; `true` if it was accepted (greater than
+    /// Writes to the fenced resource with `token`; `true` if it was accepted (no smaller than
     /// every token stored before).
     ///
     /// # Errors

@@ -1,0 +1,92 @@
+//! What the runner and the workers share: drivers, backends, the worker's spec.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lock_core::LockBackend;
+use lock_fred::FredBackend;
+use lock_redis_rs::RedisBackend;
+use lock_redlock::{RedLock, RedLockOptions};
+use serde::{Deserialize, Serialize};
+
+pub(crate) type DynError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The Redis driver under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum Driver {
+    /// The `redis` crate (lock-redis-rs).
+    RedisRs,
+    /// The `fred` crate (lock-fred).
+    Fred,
+}
+
+impl Driver {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Driver::RedisRs => "redis-rs",
+            Driver::Fred => "fred",
+        }
+    }
+}
+
+/// One node, through the driver, with reconnection (nodes get killed and connections reset).
+pub(crate) async fn connect_node(
+    driver: Driver,
+    url: &str,
+    command_timeout: Duration,
+) -> Result<Arc<dyn LockBackend>, DynError> {
+    let connect = Duration::from_secs(2);
+    Ok(match driver {
+        Driver::RedisRs => Arc::new(
+            RedisBackend::builder()
+                .connect_timeout(connect)
+                .command_timeout(command_timeout)
+                .connect_managed(url)
+                .await?,
+        ),
+        Driver::Fred => Arc::new(
+            FredBackend::builder().connect_timeout(connect).command_timeout(command_timeout).connect(url).await?,
+        ),
+    })
+}
+
+/// The lock backend over the given node URLs: the node itself for one, a RedLock for more.
+pub(crate) async fn connect_backend(
+    driver: Driver,
+    urls: &[String],
+    node_timeout: Duration,
+) -> Result<Arc<dyn LockBackend>, DynError> {
+    let command_timeout = (node_timeout * 2).max(Duration::from_millis(200));
+    let mut nodes = Vec::with_capacity(urls.len());
+    for url in urls {
+        nodes.push(connect_node(driver, url, command_timeout).await?);
+    }
+    if nodes.len() == 1 {
+        return Ok(nodes.remove(0));
+    }
+    Ok(Arc::new(RedLock::with_options(nodes, RedLockOptions::new().node_timeout(node_timeout))?))
+}
+
+/// What a worker process does, passed as JSON on its command line.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct WorkerSpec {
+    pub(crate) id: String,
+    pub(crate) driver: Driver,
+    /// One URL per node: this worker's lane on each node's proxy.
+    pub(crate) nodes: Vec<String>,
+    pub(crate) oracle: String,
+    pub(crate) keys: Vec<String>,
+    pub(crate) ttl_ms: u64,
+    pub(crate) node_timeout_ms: u64,
+    pub(crate) duration_ms: u64,
+    pub(crate) out: PathBuf,
+    /// Cancellation storm: abort some acquires within 0-5 ms, drop some guards mid-renewal.
+    pub(crate) storm: bool,
+    /// Write to the fenced resource once more at the end of each section, even after the lease
+    /// was lost: only fencing stands between that write and the resource.
+    pub(crate) stubborn: bool,
+    pub(crate) hold_ms: (u64, u64),
+    pub(crate) seed: u64,
+}

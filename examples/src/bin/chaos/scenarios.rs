@@ -1,0 +1,529 @@
+//! The scenarios, their fault schedules, and the table.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::{Read, Seek, SeekFrom};
+use std::time::Duration;
+
+use lock_testkit::ProxyMode;
+use lock_testkit::checker::{Check, Observations, Pause, Report, check};
+use lock_testkit::history::{Ending, Event, History, mono_now_ns};
+use rand::Rng;
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::common::{Driver, DynError, WorkerSpec};
+use crate::env::Env;
+use crate::unsafe_runs;
+
+/// Must pass, or must be caught.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum Kind {
+    MustPass,
+    KnownUnsafe,
+}
+
+impl Kind {
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Kind::MustPass => "must-pass",
+            Kind::KnownUnsafe => "known-unsafe",
+        }
+    }
+}
+
+pub(crate) const ALL: [(&str, Kind, &str); 18] = [
+    ("none", Kind::MustPass, "no fault"),
+    ("minority-kill", Kind::MustPass, "a minority node killed, restarted empty after more than the TTL"),
+    ("minority-pause", Kind::MustPass, "a minority node SIGSTOPped past the TTL, then resumed"),
+    ("majority-pause", Kind::MustPass, "a majority SIGSTOPped: acquisitions fail, holders notice the loss"),
+    ("latency", Kind::MustPass, "+200 ms round-trip latency on two nodes"),
+    ("slow-replies", Kind::MustPass, "every reply delayed beyond the TTL: acquire fails and cleans up"),
+    ("lost-replies", Kind::MustPass, "replies dropped (acquire, extend and release), then the connection resets"),
+    ("blackhole-holder", Kind::MustPass, "the holder cut off from a majority (asymmetric partition)"),
+    ("client-pause", Kind::MustPass, "the holding client SIGSTOPped for 1.5x TTL; it writes late anyway"),
+    ("client-kill", Kind::MustPass, "the holding client killed"),
+    ("cancel-storm", Kind::MustPass, "acquires aborted within 0-5 ms, guards dropped mid-renewal"),
+    ("conn-resets", Kind::MustPass, "connections reset mid-command"),
+    ("unsafe-restart", Kind::KnownUnsafe, "a node restarted at once without persistence"),
+    ("unsafe-clock-jump", Kind::KnownUnsafe, "a node's clock jumps forward (its key's PTTL shortened)"),
+    ("unsafe-fence-reset", Kind::KnownUnsafe, "a fence counter that is not durable"),
+    ("mutant-plain-del", Kind::KnownUnsafe, "mutant backend: release by plain DEL"),
+    ("mutant-unchecked-extend", Kind::KnownUnsafe, "mutant backend: extend without an owner check"),
+    ("mutant-reply-validity", Kind::KnownUnsafe, "mutant backend: validity measured from the reply"),
+];
+
+pub(crate) struct Params {
+    pub(crate) driver: Driver,
+    pub(crate) nodes: usize,
+    pub(crate) workers: u32,
+    pub(crate) duration: Duration,
+    pub(crate) ttl: Duration,
+}
+
+impl Params {
+    pub(crate) fn node_timeout(&self) -> Duration {
+        // Large enough that +200 ms of latency still lets nodes answer; well under the TTL.
+        self.ttl * 3 / 10
+    }
+}
+
+/// One row of the table (and of the JSON).
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Outcome {
+    pub(crate) scenario: String,
+    pub(crate) kind: Kind,
+    pub(crate) driver: &'static str,
+    pub(crate) nodes: usize,
+    pub(crate) acquisitions: usize,
+    /// `None`: no fault by design.
+    pub(crate) faults: Option<u64>,
+    pub(crate) violations: BTreeMap<String, usize>,
+    pub(crate) lost_noticed: usize,
+    pub(crate) fenced_rejected: usize,
+    pub(crate) verdict: String,
+    pub(crate) ok: bool,
+    /// A few violations, verbatim.
+    pub(crate) samples: Vec<String>,
+    /// Expectations not met, worker failures, errors.
+    pub(crate) problems: Vec<String>,
+}
+
+impl Outcome {
+    pub(crate) fn error(name: &str, kind: Kind, p: &Params, error: &str) -> Self {
+        Outcome {
+            scenario: name.into(),
+            kind,
+            driver: p.driver.name(),
+            nodes: p.nodes,
+            acquisitions: 0,
+            faults: None,
+            violations: BTreeMap::new(),
+            lost_noticed: 0,
+            fenced_rejected: 0,
+            verdict: "ERROR".into(),
+            ok: false,
+            samples: Vec::new(),
+            problems: vec![format!("error: {error}")],
+        }
+    }
+
+    pub(crate) fn judge(
+        name: &str,
+        kind: Kind,
+        p: &Params,
+        report: &Report,
+        faults: Option<u64>,
+        expected: &[Check],
+        mut problems: Vec<String>,
+    ) -> Self {
+        let counts = report.counts();
+        let caught = report.violations.iter().any(|v| expected.is_empty() || expected.contains(&v.check));
+        let (verdict, ok) = match kind {
+            Kind::MustPass if report.violations.is_empty() && problems.is_empty() => ("pass", true),
+            Kind::MustPass if report.violations.is_empty() => ("UNMET", false),
+            Kind::MustPass => ("VIOLATED", false),
+            Kind::KnownUnsafe if caught => ("caught", true),
+            Kind::KnownUnsafe => ("MISSED", false),
+        };
+        if kind == Kind::KnownUnsafe && !caught {
+            problems.push(format!("expected a violation of {expected:?}; the checker found none"));
+        }
+        Outcome {
+            scenario: name.into(),
+            kind,
+            driver: p.driver.name(),
+            nodes: p.nodes,
+            acquisitions: report.acquisitions,
+            faults,
+            violations: counts.iter().map(|(c, n)| (c.to_string(), *n)).collect(),
+            lost_noticed: report.lost_noticed,
+            fenced_rejected: report.fenced_rejected,
+            verdict: verdict.into(),
+            ok,
+            samples: report.violations.iter().take(3).map(|v| format!("{}: {}", v.check, v.what)).collect(),
+            problems,
+        }
+    }
+}
+
+pub(crate) fn print_header() {
+    println!(
+        "\n{:<24} {:<12} {:>6} {:>7}  {:>3} {:>3} {:>3} {:>3} {:>3} {:>3} {:>3} {:>3}  {:>5} {:>6}  verdict",
+        "scenario", "kind", "acqs", "faults", "C1", "C2", "C3", "C4", "C5", "C6", "C7", "C8", "lost", "fenced"
+    );
+}
+
+pub(crate) fn print_row(o: &Outcome) {
+    let v = |c: &str| o.violations.get(c).copied().unwrap_or(0);
+    println!(
+        "{:<24} {:<12} {:>6} {:>7}  {:>3} {:>3} {:>3} {:>3} {:>3} {:>3} {:>3} {:>3}  {:>5} {:>6}  {}",
+        o.scenario,
+        o.kind.label(),
+        o.acquisitions,
+        o.faults.map_or("-".to_string(), |f| f.to_string()),
+        v("C1"),
+        v("C2"),
+        v("C3"),
+        v("C4"),
+        v("C5"),
+        v("C6"),
+        v("C7"),
+        v("C8"),
+        o.lost_noticed,
+        o.fenced_rejected,
+        o.verdict
+    );
+}
+
+pub(crate) async fn run(name: &str, kind: Kind, p: &Params) -> Result<Outcome, DynError> {
+    match kind {
+        Kind::MustPass => must_pass(name, p).await,
+        Kind::KnownUnsafe => unsafe_runs::run(name, p).await,
+    }
+}
+
+const KEYS: [&str; 2] = ["chaos:a", "chaos:b"];
+
+/// What the schedule did, beyond what the proxies count.
+#[derive(Default)]
+struct Injected {
+    count: u64,
+    pauses: Vec<Pause>,
+}
+
+async fn must_pass(name: &str, p: &Params) -> Result<Outcome, DynError> {
+    let mut env = Env::start(p.nodes).await?;
+    let ttl_ms = u64::try_from(p.ttl.as_millis())?;
+    let long = (30, 80);
+    let (storm, stubborn, hold_ms) = match name {
+        "cancel-storm" => (true, false, (1, 10)),
+        "client-pause" => (false, true, long),
+        "client-kill" => (false, false, long),
+        // Holds that outlast a TTL and need renewals, so that a fault that stops renewals
+        // takes leases from their holders while they still work.
+        "majority-pause" | "blackhole-holder" => (false, false, (ttl_ms * 2, ttl_ms * 3)),
+        _ => (false, false, (1, 10)),
+    };
+    let seed: u64 = rand::rng().random();
+    for i in 0..p.workers {
+        let id = format!("w{i}");
+        let spec = WorkerSpec {
+            nodes: env.lane_urls(&id).await?,
+            id,
+            driver: p.driver,
+            oracle: env.oracle_url.clone(),
+            keys: KEYS.iter().map(|k| k.to_string()).collect(),
+            ttl_ms,
+            node_timeout_ms: u64::try_from(p.node_timeout().as_millis())?,
+            duration_ms: u64::try_from(p.duration.as_millis())?,
+            out: Default::default(),
+            storm,
+            stubborn,
+            hold_ms,
+            seed: seed.wrapping_add(u64::from(i)),
+        };
+        env.spawn_worker(spec).await?;
+    }
+    let start = Instant::now();
+    let end = start + p.duration;
+    let mut injected = Injected::default();
+    let proxy_before = env.proxy_faults();
+    // Faults start once the workers are up and contending.
+    tokio::time::sleep_until(start + p.duration / 5).await;
+    schedule(name, &mut env, p, end, &mut injected).await?;
+    tokio::time::sleep_until(end).await;
+    env.heal()?;
+    let mut problems = env.join_workers(Duration::from_secs(10) + p.ttl * 3).await;
+    // C5: once everyone is done, no lock key may stay: 100 ms later when every release could
+    // reach its nodes, one TTL later otherwise.
+    let tidy = matches!(name, "none" | "latency" | "cancel-storm" | "minority-pause");
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    if !tidy {
+        tokio::time::sleep(p.ttl).await;
+    }
+    let leftover_keys = env.leftover_keys();
+    let logs: Vec<_> = env.workers.iter().map(|w| w.log.clone()).collect();
+    let history = History::read_logs(&logs)?;
+    let mut oracle_accepted = BTreeMap::new();
+    let mut counter = 0;
+    for key in KEYS {
+        oracle_accepted.insert(key.to_string(), env.oracle.accepted(key).await?);
+        counter += env.oracle.counter(key).await?;
+    }
+    if name == "cancel-storm" {
+        injected.count += history.acquire_aborts
+            + history.sections.iter().filter(|s| s.ended == Ending::Dropped).count() as u64;
+    }
+    let faults = (name != "none").then(|| injected.count + env.proxy_faults() - proxy_before);
+    let judge_counter = name != "client-pause";
+    let obs = Observations {
+        fencing: true,
+        oracle_accepted,
+        counter_final: judge_counter.then_some(counter),
+        leftover_keys,
+        pauses: injected.pauses.clone(),
+        faults_injected: faults,
+    };
+    let report = check(&history, &obs);
+    env.keep_logs();
+    expectations(name, &history, &report, &injected, &mut problems);
+    Ok(Outcome::judge(name, Kind::MustPass, p, &report, faults, &[], problems))
+}
+
+/// What a scenario must show besides the absence of violations, so that it tested what it says.
+fn expectations(name: &str, history: &History, report: &Report, injected: &Injected, problems: &mut Vec<String>) {
+    if report.acquisitions == 0 {
+        problems.push("no acquisition at all".into());
+    }
+    match name {
+        "client-pause" => {
+            if report.fenced_rejected == 0 {
+                problems.push("no late write of a paused holder was rejected by the fenced resource".into());
+            }
+            for pause in &injected.pauses {
+                for s in history.sections.iter().filter(|s| {
+                    s.worker == pause.worker && s.t_acquired <= pause.from && s.effective_end() >= pause.from
+                }) {
+                    if s.ended == Ending::Released {
+                        problems.push(format!("{} released as if still owned after its pause", s.acquisition));
+                    }
+                    if s.t_lost.is_none() {
+                        problems.push(format!("{} did not notice its loss after its pause", s.acquisition));
+                    }
+                }
+            }
+        }
+        "majority-pause" | "blackhole-holder" if report.lost_noticed == 0 => {
+            problems.push("no holder noticed a lost lease".into());
+        }
+        "client-kill" if !history.sections.iter().any(|s| s.ended == Ending::Crashed) => {
+            problems.push("no section was cut short by the kill".into());
+        }
+        _ => {}
+    }
+}
+
+fn left(end: Instant, need: Duration) -> bool {
+    Instant::now() + need < end
+}
+
+async fn schedule(name: &str, env: &mut Env, p: &Params, end: Instant, inj: &mut Injected) -> Result<(), DynError> {
+    let ttl = p.ttl;
+    let n = env.nodes.len();
+    let m = env.majority();
+    let mut rng = rand::rng();
+    // Every loop below runs at least once and at most this many times.
+    const MAX_ROUNDS: usize = 1_000;
+    match name {
+        "none" => {}
+        "minority-kill" => {
+            // N = 1 has no minority: its one node goes (a majority), which must be safe too.
+            let victim = n - 1;
+            env.nodes[victim].kill();
+            inj.count += 1;
+            tokio::time::sleep(ttl * 3 / 2).await; // a delayed restart: longer than the TTL
+            env.nodes[victim].restart()?;
+        }
+        "minority-pause" => {
+            for _ in 0..MAX_ROUNDS {
+                let victim = rng.random_range(0..n);
+                let victim = if n >= 3 { victim } else { 0 };
+                env.nodes[victim].pause()?;
+                inj.count += 1;
+                tokio::time::sleep(ttl * 3 / 2).await;
+                env.nodes[victim].resume()?;
+                tokio::time::sleep(ttl / 2).await;
+                if !left(end, ttl * 2) {
+                    break;
+                }
+            }
+        }
+        "majority-pause" => {
+            for _ in 0..MAX_ROUNDS {
+                for node in &env.nodes[..m] {
+                    node.pause()?;
+                }
+                inj.count += 1;
+                tokio::time::sleep(ttl * 3 / 2).await;
+                for node in &env.nodes[..m] {
+                    node.resume()?;
+                }
+                tokio::time::sleep(ttl).await;
+                if !left(end, ttl * 3) {
+                    break;
+                }
+            }
+        }
+        "latency" => {
+            let d = Duration::from_millis(100);
+            for proxy in env.proxies.iter().take(2) {
+                proxy.set_mode(ProxyMode::Latency { up: d, down: d });
+            }
+            tokio::time::sleep_until(end - p.duration / 5).await;
+            for proxy in &env.proxies {
+                proxy.set_mode(ProxyMode::Pass);
+            }
+        }
+        "slow-replies" => {
+            for _ in 0..MAX_ROUNDS {
+                for proxy in &env.proxies {
+                    proxy.set_mode(ProxyMode::Latency { up: Duration::ZERO, down: ttl + Duration::from_millis(100) });
+                }
+                tokio::time::sleep(ttl * 2).await;
+                for proxy in &env.proxies {
+                    proxy.set_mode(ProxyMode::Pass);
+                }
+                tokio::time::sleep(ttl * 2).await;
+                if !left(end, ttl * 4) {
+                    break;
+                }
+            }
+        }
+        "lost-replies" => {
+            for round in 0..MAX_ROUNDS {
+                // Mostly one node; every third round a majority, so acquisitions fail too.
+                let count = if round % 3 == 2 { m } else { 1 };
+                let first = rng.random_range(0..n);
+                let victims: Vec<usize> = (0..count).map(|i| (first + i) % n).collect();
+                for &v in &victims {
+                    env.proxies[v].set_mode(ProxyMode::DropReplies);
+                }
+                tokio::time::sleep(Duration::from_millis(rng.random_range(20..60))).await;
+                for &v in &victims {
+                    env.proxies[v].set_mode(ProxyMode::Pass);
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if !left(end, Duration::from_millis(300)) {
+                    break;
+                }
+            }
+        }
+        "blackhole-holder" => {
+            let mut tail = Tail::default();
+            for _ in 0..MAX_ROUNDS {
+                if let Some(h) = tail.holder(env, Duration::from_secs(2)).await {
+                    let lane = env.workers[h].id.clone();
+                    for proxy in &env.proxies[..m] {
+                        proxy.set_lane_mode(&lane, ProxyMode::Blackhole);
+                    }
+                    inj.count += 1;
+                    tokio::time::sleep(ttl * 3 / 2).await;
+                    for proxy in &env.proxies[..m] {
+                        proxy.set_lane_mode(&lane, ProxyMode::Pass);
+                    }
+                }
+                tokio::time::sleep(ttl / 2).await;
+                if !left(end, ttl * 2) {
+                    break;
+                }
+            }
+        }
+        "client-pause" => {
+            let mut tail = Tail::default();
+            for _ in 0..MAX_ROUNDS {
+                if let Some(h) = tail.holder(env, Duration::from_secs(2)).await {
+                    let from = mono_now_ns();
+                    env.workers[h].stop()?;
+                    inj.count += 1;
+                    tokio::time::sleep(ttl * 3 / 2).await;
+                    env.workers[h].cont()?;
+                    let to = mono_now_ns();
+                    inj.pauses.push(Pause { worker: env.workers[h].id.clone(), from, to });
+                }
+                tokio::time::sleep(ttl / 2).await;
+                if !left(end, ttl * 2) {
+                    break;
+                }
+            }
+        }
+        "client-kill" => {
+            let mut tail = Tail::default();
+            // Kill up to two holders, keeping at least two workers alive.
+            let kills = (env.workers.len().saturating_sub(2)).clamp(1, 2);
+            for _ in 0..kills {
+                if let Some(h) = tail.holder(env, Duration::from_secs(2)).await {
+                    env.workers[h].kill().await;
+                    inj.count += 1;
+                }
+                tokio::time::sleep(ttl).await;
+                if !left(end, ttl) {
+                    break;
+                }
+            }
+        }
+        "cancel-storm" => {} // the workers make the storm; counted from their logs
+        "conn-resets" => {
+            for _ in 0..MAX_ROUNDS {
+                let v = rng.random_range(0..n);
+                env.proxies[v].set_mode(ProxyMode::Reset);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                env.proxies[v].set_mode(ProxyMode::Pass);
+                tokio::time::sleep(Duration::from_millis(rng.random_range(50..150))).await;
+                if !left(end, Duration::from_millis(200)) {
+                    break;
+                }
+            }
+        }
+        other => return Err(format!("no schedule for {other}").into()),
+    }
+    Ok(())
+}
+
+/// Follows the workers' logs to find who holds a lock right now.
+#[derive(Default)]
+struct Tail {
+    offsets: HashMap<usize, u64>,
+    partial: HashMap<usize, String>,
+    open: HashMap<usize, HashSet<String>>,
+}
+
+impl Tail {
+    fn poll(&mut self, env: &Env) {
+        for (i, w) in env.workers.iter().enumerate() {
+            let Ok(mut f) = std::fs::File::open(&w.log) else { continue };
+            let off = self.offsets.entry(i).or_default();
+            if f.seek(SeekFrom::Start(*off)).is_err() {
+                continue;
+            }
+            let mut buf = String::new();
+            let Ok(n) = f.read_to_string(&mut buf) else { continue };
+            *off += n as u64;
+            let text = self.partial.remove(&i).unwrap_or_default() + &buf;
+            let mut lines: Vec<&str> = text.split('\n').collect();
+            let rest = lines.pop().unwrap_or_default().to_string();
+            let open = self.open.entry(i).or_default();
+            for line in lines {
+                match serde_json::from_str::<Event>(line) {
+                    Ok(Event::Acquired { acq, .. }) => {
+                        open.insert(acq);
+                    }
+                    Ok(Event::Ended { acq, .. } | Event::Lost { acq, .. }) => {
+                        open.remove(&acq);
+                    }
+                    _ => {}
+                }
+            }
+            self.partial.insert(i, rest);
+        }
+    }
+
+    /// A running worker holding a lock, waiting up to `within` for one.
+    async fn holder(&mut self, env: &Env, within: Duration) -> Option<usize> {
+        let until = Instant::now() + within;
+        while Instant::now() < until {
+            self.poll(env);
+            let found = self
+                .open
+                .iter()
+                .filter(|(i, acqs)| !acqs.is_empty() && !env.workers[**i].killed && !env.workers[**i].stopped)
+                .map(|(i, _)| *i)
+                .min();
+            if found.is_some() {
+                return found;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        None
+    }
+}

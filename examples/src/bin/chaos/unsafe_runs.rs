@@ -1,0 +1,316 @@
+//! Known-unsafe runs: deployments the design forbids and mutants of the backend, each in a
+//! deterministic schedule on real nodes. The checker must catch every one of them; a checker
+//! that passed them would be vacuous.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use lock_core::scripts::RedisKeys;
+use lock_core::{
+    AcquireOutcome, AcquireRequest, BackendError, BackendErrorKind, Capabilities, ExtendOutcome, ExtendRequest,
+    FencingToken, Grant, LockBackend, LockKey, ReleaseOutcome, ReleaseWatch, Token, default_drift,
+    validity_deadline,
+};
+use lock_redis_rs::redis;
+use lock_testkit::ProxyMode;
+use lock_testkit::checker::{Check, Observations, check};
+use lock_testkit::history::{Ending, Event, History, Recorder};
+use tokio::time::Instant;
+
+use crate::common::{DynError, connect_backend};
+use crate::env::Env;
+use crate::scenarios::{Kind, Outcome, Params};
+
+/// A backend with one deliberate bug. Only the runner ever builds one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Bug {
+    /// Release deletes the key whoever holds it.
+    PlainDel,
+    /// Extend resets the expiry whoever holds the key.
+    UncheckedExtend,
+    /// The grant's validity is counted from the reply instead of from before the request.
+    ValidityFromReply,
+}
+
+struct Mutant {
+    inner: Arc<dyn LockBackend>,
+    bug: Bug,
+    raw: Vec<redis::aio::MultiplexedConnection>,
+}
+
+fn raw_err(e: redis::RedisError) -> BackendError {
+    BackendError::permanent(BackendErrorKind::Other, e.to_string())
+}
+
+#[async_trait]
+impl LockBackend for Mutant {
+    fn name(&self) -> &str {
+        "mutant"
+    }
+    fn endpoint(&self) -> String {
+        self.inner.endpoint()
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    async fn acquire(&self, req: &AcquireRequest) -> Result<AcquireOutcome, BackendError> {
+        let out = self.inner.acquire(req).await?;
+        match (self.bug, out) {
+            (Bug::ValidityFromReply, AcquireOutcome::Acquired(grant)) => {
+                let from_reply = validity_deadline(Instant::now(), req.ttl, default_drift(req.ttl));
+                Ok(AcquireOutcome::Acquired(Grant {
+                    valid_until: from_reply.unwrap_or(grant.valid_until),
+                    fence: grant.fence,
+                }))
+            }
+            (_, out) => Ok(out),
+        }
+    }
+    async fn extend(&self, req: &ExtendRequest) -> Result<ExtendOutcome, BackendError> {
+        if self.bug != Bug::UncheckedExtend {
+            return self.inner.extend(req).await;
+        }
+        let started = Instant::now();
+        let key = RedisKeys::for_key(&req.key).lock;
+        let mut ok = 0;
+        for conn in &self.raw {
+            let set: i64 = redis::cmd("PEXPIRE")
+                .arg(&key)
+                .arg(req.ttl.as_millis() as u64)
+                .query_async(&mut conn.clone())
+                .await
+                .map_err(raw_err)?;
+            ok += set;
+        }
+        match Grant::from_start(started, req.ttl, None) {
+            Some(g) if ok as usize > self.raw.len() / 2 => Ok(ExtendOutcome::Extended { valid_until: g.valid_until }),
+            _ => Ok(ExtendOutcome::NotHeld),
+        }
+    }
+    async fn release(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError> {
+        if self.bug != Bug::PlainDel {
+            return self.inner.release(key, token).await;
+        }
+        let key = RedisKeys::for_key(key).lock;
+        for conn in &self.raw {
+            let _: i64 = redis::cmd("DEL").arg(&key).query_async(&mut conn.clone()).await.map_err(raw_err)?;
+        }
+        Ok(ReleaseOutcome::Released)
+    }
+    async fn raise_fence(&self, key: &LockKey, token: &Token, fence: FencingToken) -> Result<(), BackendError> {
+        self.inner.raise_fence(key, token, fence).await
+    }
+    async fn watch_releases(&self, key: &LockKey) -> Result<Option<ReleaseWatch>, BackendError> {
+        self.inner.watch_releases(key).await
+    }
+}
+
+/// A client of the bare backend API, logging its sections like a worker does.
+struct Actor {
+    name: &'static str,
+    backend: Arc<dyn LockBackend>,
+    rec: Recorder,
+    rounds: u32,
+}
+
+struct Held {
+    acq: String,
+    key: LockKey,
+    token: Token,
+    fence: Option<u64>,
+    valid_until: Instant,
+}
+
+impl Actor {
+    async fn acquire(&mut self, key: &str, ttl: Duration) -> Result<Held, DynError> {
+        let key = LockKey::new(key)?;
+        let token = Token::random();
+        let req = AcquireRequest { key: key.clone(), token, ttl, fencing: true };
+        // Bounded: 400 tries, 10 ms apart, well past any TTL used here.
+        for _ in 0..400 {
+            if let AcquireOutcome::Acquired(g) = self.backend.acquire(&req).await? {
+                self.rounds += 1;
+                let acq = format!("{}-{}", self.name, self.rounds);
+                let fence = g.fence.map(|f| f.0);
+                self.rec.record(Event::Acquired {
+                    worker: self.name.into(),
+                    acq: acq.clone(),
+                    key: key.as_str().into(),
+                    fence,
+                    t: self.rec.now(),
+                    valid_until: self.rec.clock().ns(g.valid_until),
+                });
+                return Ok(Held { acq, key, token, fence, valid_until: g.valid_until });
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Err(format!("{} could not acquire {key}", self.name).into())
+    }
+
+    /// One lock and unlock of another key, so the scripts are loaded before faults begin (a
+    /// first call may cost an extra round trip for NOSCRIPT).
+    async fn warm_up(&self) -> Result<(), DynError> {
+        let key = LockKey::new(format!("warm-up:{}", self.name))?;
+        let token = Token::random();
+        let req = AcquireRequest { key: key.clone(), token, ttl: Duration::from_secs(1), fencing: true };
+        self.backend.acquire(&req).await?;
+        self.backend.release(&key, &token).await?;
+        Ok(())
+    }
+
+    async fn write(&self, env: &Env, held: &Held) -> Result<(), DynError> {
+        let token = held.fence.ok_or("no fencing token")?;
+        let accepted = env.oracle.fenced_write(held.key.as_str(), token).await?;
+        self.rec.record(Event::Write { acq: held.acq.clone(), token, accepted, t: self.rec.now() });
+        Ok(())
+    }
+
+    async fn extend(&self, held: &mut Held, ttl: Duration) -> Result<(), DynError> {
+        let req = ExtendRequest { key: held.key.clone(), token: held.token, ttl };
+        if let ExtendOutcome::Extended { valid_until } = self.backend.extend(&req).await? {
+            held.valid_until = valid_until;
+        }
+        Ok(())
+    }
+
+    async fn release(&self, held: Held) -> Result<(), DynError> {
+        let t = self.rec.now();
+        let how = match self.backend.release(&held.key, &held.token).await {
+            Ok(ReleaseOutcome::Released) => Ending::Released,
+            Ok(ReleaseOutcome::NotHeld) => Ending::NotOwned,
+            // E.g. a node restarted under it: the key expires by its TTL.
+            Err(_) => Ending::ReleaseFailed,
+        };
+        let valid_until = self.rec.clock().ns(held.valid_until);
+        self.rec.record(Event::Ended { acq: held.acq, t, valid_until, how });
+        Ok(())
+    }
+}
+
+pub(crate) async fn run(name: &str, p: &Params) -> Result<Outcome, DynError> {
+    let mut env = Env::start(p.nodes).await?;
+    let ttl = p.ttl;
+    let rec = Recorder::in_memory();
+    let n = env.nodes.len();
+    let m = env.majority();
+    let fast = Duration::from_millis(100);
+    let key = format!("unsafe:{name}");
+    let actor = |name: &'static str, backend: Arc<dyn LockBackend>| Actor { name, backend, rec: rec.clone(), rounds: 0 };
+    let mutant = |env: &Env, inner: Arc<dyn LockBackend>, bug: Bug| {
+        let urls: Vec<String> = env.nodes.iter().map(|s| s.url()).collect();
+        async move {
+            let mut raw = Vec::new();
+            for url in urls {
+                raw.push(redis::Client::open(url)?.get_multiplexed_async_connection().await?);
+            }
+            Ok::<_, DynError>(Arc::new(Mutant { inner, bug, raw }) as Arc<dyn LockBackend>)
+        }
+    };
+    let mut faults = 0u64;
+    let (expected, _hint): (&[Check], &str) = match name {
+        "unsafe-restart" | "unsafe-clock-jump" => {
+            // A holds exactly a bare majority: its lanes to the other nodes are blackholed.
+            let mut a = actor("A", connect_backend(p.driver, &env.lane_urls("A").await?, fast).await?);
+            for proxy in &env.proxies[m..] {
+                proxy.set_lane_mode("A", ProxyMode::Blackhole);
+            }
+            let held = a.acquire(&key, ttl).await?;
+            if name == "unsafe-restart" {
+                env.nodes[0].restart()?; // at once, and empty: no persistence
+            } else {
+                let lock_key = RedisKeys::for_key(&held.key).lock;
+                env.nodes[0].cmd(&["PEXPIRE", &lock_key, "1"])?; // its clock jumped past the expiry
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            faults += 1;
+            let mut b = actor("B", connect_backend(p.driver, &env.lane_urls("B").await?, fast).await?);
+            let b_held = b.acquire(&key, ttl).await?;
+            b.release(b_held).await?;
+            for proxy in &env.proxies {
+                proxy.set_mode(ProxyMode::Pass);
+            }
+            a.release(held).await?;
+            (&[Check::C1], "B acquired while A still held")
+        }
+        "unsafe-fence-reset" => {
+            let mut a = actor("A", connect_backend(p.driver, &env.lane_urls("A").await?, fast).await?);
+            let held = a.acquire(&key, ttl).await?;
+            a.write(&env, &held).await?;
+            let fence_key = RedisKeys::for_key(&held.key).fence;
+            a.release(held).await?;
+            for node in &env.nodes {
+                node.cmd(&["DEL", &fence_key])?; // the counter did not survive a restart
+                faults += 1;
+            }
+            let mut b = actor("B", connect_backend(p.driver, &env.lane_urls("B").await?, fast).await?);
+            let held = b.acquire(&key, ttl).await?;
+            b.write(&env, &held).await?;
+            b.release(held).await?;
+            (&[Check::C2, Check::C4], "B's token went backwards and its write was refused")
+        }
+        "mutant-plain-del" => {
+            let inner = connect_backend(p.driver, &env.lane_urls("A").await?, fast).await?;
+            let mut a = actor("A", mutant(&env, inner, Bug::PlainDel).await?);
+            let held = a.acquire(&key, ttl).await?;
+            tokio::time::sleep(ttl + fast).await; // A stalls past its TTL
+            let mut b = actor("B", connect_backend(p.driver, &env.lane_urls("B").await?, fast).await?);
+            let b_held = b.acquire(&key, ttl).await?;
+            a.release(held).await?; // deletes B's key
+            faults += 1;
+            let mut c = actor("C", connect_backend(p.driver, &env.lane_urls("C").await?, fast).await?);
+            let c_held = c.acquire(&key, ttl).await?;
+            c.release(c_held).await?;
+            b.release(b_held).await?;
+            (&[Check::C1], "C acquired while B held")
+        }
+        "mutant-unchecked-extend" => {
+            let inner = connect_backend(p.driver, &env.lane_urls("A").await?, fast).await?;
+            let mut a = actor("A", mutant(&env, inner, Bug::UncheckedExtend).await?);
+            let mut held = a.acquire(&key, ttl).await?;
+            tokio::time::sleep(ttl + fast).await; // A stalls past its TTL
+            let mut b = actor("B", connect_backend(p.driver, &env.lane_urls("B").await?, fast).await?);
+            let b_held = b.acquire(&key, ttl).await?;
+            a.extend(&mut held, ttl).await?; // extends B's key, and believes it is A's
+            faults += 1;
+            tokio::time::sleep(fast).await;
+            a.release(held).await?;
+            b.release(b_held).await?;
+            (&[Check::C1], "A's renewed lease overlapped B's")
+        }
+        "mutant-reply-validity" => {
+            // A's replies come back late; its mutant counts validity from their arrival.
+            let slow = ttl * 3 / 10; // two round trips (acquire, fence write-back) stay within the TTL
+            let inner = connect_backend(p.driver, &env.lane_urls("A").await?, ttl * 9 / 10).await?;
+            let mut a = actor("A", mutant(&env, inner, Bug::ValidityFromReply).await?);
+            a.warm_up().await?;
+            for proxy in &env.proxies {
+                proxy.set_lane_mode("A", ProxyMode::Latency { up: Duration::ZERO, down: slow });
+            }
+            let held = a.acquire(&key, ttl).await?;
+            faults += 1;
+            let mut b = actor("B", connect_backend(p.driver, &env.lane_urls("B").await?, fast).await?);
+            let b_held = b.acquire(&key, ttl).await?;
+            b.release(b_held).await?;
+            tokio::time::sleep_until(held.valid_until.min(Instant::now() + ttl)).await;
+            for proxy in &env.proxies {
+                proxy.set_mode(ProxyMode::Pass);
+            }
+            a.release(held).await?;
+            (&[Check::C1], "B acquired inside A's inflated validity")
+        }
+        other => return Err(format!("no known-unsafe run {other}").into()),
+    };
+    let _ = n;
+    let mut oracle_accepted = std::collections::BTreeMap::new();
+    oracle_accepted.insert(key.clone(), env.oracle.accepted(&key).await?);
+    let history = History::from_events(rec.events());
+    let obs = Observations {
+        fencing: true,
+        oracle_accepted,
+        faults_injected: Some(faults + env.proxy_faults()),
+        ..Observations::default()
+    };
+    let report = check(&history, &obs);
+    Ok(Outcome::judge(name, Kind::KnownUnsafe, p, &report, obs.faults_injected, expected, Vec::new()))
+}
