@@ -566,6 +566,22 @@ mod tests {
     }
 
     #[test]
+    fn a_worker_killed_mid_release_is_not_taken_for_a_holder() {
+        let h = History::from_events(vec![
+            acquired("a", 1, 0, 100),
+            Event::Releasing { acq: "a".into(), t: 10 * MS, valid_until: 100 * MS },
+            acquired("b", 2, 11, 111),
+            released("b", 20, 111),
+        ]);
+        let r = check(&h, &fenced());
+        assert!(r.violations.is_empty(), "{:#?}", r.violations);
+        assert_eq!(h.sections[0].ended, Ending::Crashed);
+        // Without the release on record, the dead holder's validity still covers "b".
+        let h = History::from_events(vec![acquired("a", 1, 0, 100), acquired("b", 2, 11, 111)]);
+        assert_eq!(check(&h, &fenced()).of(Check::C1), 1);
+    }
+
+    #[test]
     fn an_expired_grant_is_reported() {
         let h = History::from_events(vec![acquired("a", 1, 100, 90), released("a", 101, 90)]);
         let r = check(&h, &fenced());

@@ -91,7 +91,8 @@ pub enum Ending {
     Dropped,
     /// The release failed with an infrastructure error; the key expires by its TTL.
     ReleaseFailed,
-    /// No end was logged: the worker died holding the lock.
+    /// No end was logged: the worker died holding the lock, or releasing it (then
+    /// [`Section::t_released`] is set).
     Crashed,
 }
 
@@ -156,6 +157,16 @@ pub enum Event {
         acq: String,
         /// When the worker saw it.
         t: u64,
+    },
+    /// The section is over and its release is about to be sent. Logged before the release, so
+    /// a worker killed mid-release is not taken for a crashed holder.
+    Releasing {
+        /// The acquisition.
+        acq: String,
+        /// When the section ended.
+        t: u64,
+        /// The lease's last validity deadline (after renewals).
+        valid_until: u64,
     },
     /// The section ended.
     Ended {
@@ -312,6 +323,13 @@ impl History {
                     if let Some(i) = section(&acq, &mut h) {
                         let s = &mut h.sections[i];
                         s.t_lost = Some(s.t_lost.map_or(t, |old| old.min(t)));
+                    }
+                }
+                Event::Releasing { acq, t, valid_until } => {
+                    if let Some(i) = section(&acq, &mut h) {
+                        let s = &mut h.sections[i];
+                        s.t_released = Some(t);
+                        s.valid_until = valid_until;
                     }
                 }
                 Event::Ended { acq, t, valid_until, how } => {

@@ -297,7 +297,7 @@ fn expectations(name: &str, history: &History, report: &Report, injected: &Injec
         "majority-pause" | "blackhole-holder" if report.lost_noticed == 0 => {
             problems.push("no holder noticed a lost lease".into());
         }
-        "client-kill" if !history.sections.iter().any(|s| s.ended == Ending::Crashed) => {
+        "client-kill" if !history.sections.iter().any(|s| s.ended == Ending::Crashed && s.t_released.is_none()) => {
             problems.push("no section was cut short by the kill".into());
         }
         _ => {}
@@ -498,7 +498,7 @@ impl Tail {
                     Ok(Event::Acquired { acq, .. }) => {
                         open.insert(acq);
                     }
-                    Ok(Event::Ended { acq, .. } | Event::Lost { acq, .. }) => {
+                    Ok(Event::Releasing { acq, .. } | Event::Ended { acq, .. } | Event::Lost { acq, .. }) => {
                         open.remove(&acq);
                     }
                     _ => {}

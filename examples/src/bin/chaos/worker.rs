@@ -120,6 +120,7 @@ pub(crate) async fn run(spec: WorkerSpec) -> Result<(), DynError> {
         };
         let t_end = rec.now();
         let valid_until = clock.ns(guard.valid_until());
+        rec.record(Event::Releasing { acq: acq.clone(), t: t_end, valid_until });
         let how = if drop_mid_renewal {
             drop(guard);
             Ending::Dropped
