@@ -192,7 +192,6 @@ pub(crate) async fn run(name: &str, p: &Params) -> Result<Outcome, DynError> {
     let mut env = Env::start(p.nodes).await?;
     let ttl = p.ttl;
     let rec = Recorder::in_memory();
-    let n = env.nodes.len();
     let m = env.majority();
     let fast = Duration::from_millis(100);
     let key = format!("unsafe:{name}");
@@ -301,7 +300,6 @@ pub(crate) async fn run(name: &str, p: &Params) -> Result<Outcome, DynError> {
         }
         other => return Err(format!("no known-unsafe run {other}").into()),
     };
-    let _ = n;
     let mut oracle_accepted = std::collections::BTreeMap::new();
     oracle_accepted.insert(key.clone(), env.oracle.accepted(&key).await?);
     let history = History::from_events(rec.events());
