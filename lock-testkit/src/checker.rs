@@ -195,7 +195,10 @@ pub fn check(history: &History, obs: &Observations) -> Report {
     for k in &obs.leftover_keys {
         r.violations.push(Violation {
             check: Check::C5,
-            what: format!("key {} left on {} (pttl {} ms) after every holder was done", k.key, k.node, k.pttl_ms),
+            what: format!(
+                "key {} left on {} (pttl {} ms) after every holder was done",
+                k.key, k.node, k.pttl_ms
+            ),
             sections: Vec::new(),
         });
     }
@@ -276,7 +279,10 @@ fn c4_tokens(sections: &[&Section], r: &mut Report) {
             if pf == fence {
                 r.violations.push(Violation {
                     check: Check::C4,
-                    what: format!("token {fence} on {} reused by {} after {}", s.key, s.acquisition, p.acquisition),
+                    what: format!(
+                        "token {fence} on {} reused by {} after {}",
+                        s.key, s.acquisition, p.acquisition
+                    ),
                     sections: vec![p.clone(), (*s).clone()],
                 });
             } else if fence < pf {
@@ -300,7 +306,10 @@ fn c2_fenced_resource(history: &History, obs: &Observations, r: &mut Report) {
             if pair[1] < pair[0] {
                 r.violations.push(Violation {
                     check: Check::C2,
-                    what: format!("the fenced resource {resource} accepted token {} after {}", pair[1], pair[0]),
+                    what: format!(
+                        "the fenced resource {resource} accepted token {} after {}",
+                        pair[1], pair[0]
+                    ),
                     sections: Vec::new(),
                 });
             }

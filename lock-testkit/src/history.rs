@@ -490,7 +490,12 @@ impl<B: LockBackend> LockBackend for Recording<B> {
     async fn discard(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError> {
         self.inner.discard(key, token).await
     }
-    async fn raise_fence(&self, key: &LockKey, token: &Token, fence: FencingToken) -> Result<(), BackendError> {
+    async fn raise_fence(
+        &self,
+        key: &LockKey,
+        token: &Token,
+        fence: FencingToken,
+    ) -> Result<(), BackendError> {
         self.inner.raise_fence(key, token, fence).await
     }
     async fn watch_releases(&self, key: &LockKey) -> Result<Option<ReleaseWatch>, BackendError> {

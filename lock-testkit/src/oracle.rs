@@ -48,7 +48,11 @@ impl std::fmt::Debug for Oracle {
 }
 
 fn keys(resource: &str) -> (String, String, String) {
-    (format!("oracle:{resource}:fence"), format!("oracle:{resource}:log"), format!("oracle:{resource}:counter"))
+    (
+        format!("oracle:{resource}:fence"),
+        format!("oracle:{resource}:log"),
+        format!("oracle:{resource}:counter"),
+    )
 }
 
 impl Oracle {

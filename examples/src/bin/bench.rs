@@ -6,10 +6,13 @@
 //! ```
 //! It spawns its own `redis-server` nodes on loopback and stops them when done.
 //!
-//! Measured now: sequential lock+unlock cycles (cycles/s, p50, p99), 64 tasks on distinct keys
-//! (total cycles/s), contended hand-off of one key among 8 tasks in the no-barging mode
-//! (acquisitions/s, hand-off gap, wait, fairness), and round trips per cycle from
-//! `INFO commandstats`. Not yet: rslock as a contender, and the watchdog at scale.
+//! Contenders: raw commands (the physical limit), our redis-rs and fred backends, RedLock over 3
+//! and 5 nodes, and rslock over 1, 3 and 5 nodes. Measured: sequential lock+unlock cycles
+//! (cycles/s, p50, p99), 64 tasks on distinct keys (total cycles/s), contended hand-off of one
+//! key among 8 tasks in the no-barging mode (acquisitions/s, hand-off gap, wait, fairness), the
+//! watchdog holding 10,000 leases (renewal traffic, CPU, memory, lateness), and round trips per
+//! cycle from `INFO commandstats`. It ends with every target of the benchmark and whether this
+//! run met it.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -124,6 +127,40 @@ impl<B: LockBackend> Contender for Ours<B> {
             let guard =
                 self.client.mutex(key).map_err(|e| e.to_string())?.lock().await.map_err(|e| e.to_string())?;
             guard.release().await.map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// rslock, the most used Rust RedLock crate: its `lock` (SET NX PX on every node) and `unlock`
+/// (a compare-and-delete script on every node), as its users call them.
+struct Rslock {
+    name: String,
+    manager: rslock::LockManager,
+}
+
+impl Rslock {
+    fn new(name: &str, servers: &[&RedisServer]) -> Self {
+        let manager = rslock::LockManager::new(servers.iter().map(|s| s.url()).collect::<Vec<_>>());
+        Self { name: name.to_string(), manager }
+    }
+}
+
+impl Contender for Rslock {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn client_commands(&self) -> &'static [&'static str] {
+        &["set", "evalsha", "eval", "script|load"]
+    }
+    fn cycle<'a>(&'a self, key: &'a str) -> BoxFut<'a> {
+        Box::pin(async move {
+            let lock = self
+                .manager
+                .lock(format!("rslock:{key}").as_bytes(), Duration::from_secs(30))
+                .await
+                .map_err(|e| format!("{e:?}"))?;
+            self.manager.unlock(&lock).await;
+            Ok(())
         })
     }
 }
@@ -262,31 +299,64 @@ async fn parallel(
     out
 }
 
+/// What the contended hand-off needs of a lock: take it (waiting as its users would), give it
+/// back.
+trait Handoff: Send + Sync + 'static {
+    type Held: Send;
+    fn take(&self) -> impl Future<Output = Option<Self::Held>> + Send;
+    fn give(&self, held: Self::Held) -> impl Future<Output = ()> + Send;
+}
+
+impl Handoff for lock_core::Mutex {
+    type Held = lock_core::Guard;
+    async fn take(&self) -> Option<Self::Held> {
+        self.lock().await.ok()
+    }
+    async fn give(&self, held: Self::Held) {
+        let _ = held.release().await;
+    }
+}
+
+/// rslock's own waiting: `acquire` loops over `lock`, which retries with a random sleep.
+struct RslockHandoff(rslock::LockManager);
+
+impl Handoff for RslockHandoff {
+    type Held = rslock::LockGuard;
+    async fn take(&self) -> Option<Self::Held> {
+        self.0.acquire(&b"contended"[..], Duration::from_secs(30)).await.ok()
+    }
+    async fn give(&self, held: Self::Held) {
+        held.release().await;
+    }
+}
+
+fn our_handoff<B: LockBackend + Clone>(backend: &B) -> Option<lock_core::Mutex> {
+    let config = LockConfig::builder()
+        .watchdog(false)
+        .acquire_timeout(Duration::from_secs(30))
+        .build()
+        .unwrap_or_default();
+    LockClient::with_config(backend.clone(), config).ok()?.mutex("contended").ok()
+}
+
 /// 8 tasks on one key: hold 1 ms, release, 1 ms of other work, ask again (no barging).
-async fn contended<B: LockBackend + Clone>(name: &str, backend: B, run: Duration) -> serde_json::Value {
+async fn contended<H: Handoff>(name: &str, lockers: Vec<H>, run: Duration) -> serde_json::Value {
     #[derive(Default)]
     struct Log {
         events: Vec<(Instant, Instant, usize, Instant)>, // (asked, acquired, task, released)
     }
     let log = Arc::new(std::sync::Mutex::new(Log::default()));
     let stop = Instant::now() + run;
-    let config = LockConfig::builder()
-        .watchdog(false)
-        .acquire_timeout(Duration::from_secs(30))
-        .build()
-        .unwrap_or_default();
-    let tasks = (0..8).map(|t| {
-        let (log, backend, config) = (Arc::clone(&log), backend.clone(), config.clone());
+    let tasks = lockers.into_iter().enumerate().map(|(t, locker)| {
+        let log = Arc::clone(&log);
         tokio::spawn(async move {
-            let Ok(client) = LockClient::with_config(backend, config) else { return };
-            let Ok(mutex) = client.mutex("contended") else { return };
             while Instant::now() < stop {
                 let asked = Instant::now();
-                let Ok(guard) = mutex.lock().await else { continue };
+                let Some(held) = locker.take().await else { continue };
                 let acquired = Instant::now();
                 tokio::time::sleep(Duration::from_millis(1)).await;
                 let released = Instant::now();
-                let _ = guard.release().await;
+                locker.give(held).await;
                 if let Ok(mut l) = log.lock() {
                     l.events.push((asked, acquired, t, released));
                 }
@@ -305,7 +375,7 @@ async fn contended<B: LockBackend + Clone>(name: &str, backend: B, run: Duration
     gaps.sort();
     let mut waits: Vec<Duration> = events.iter().map(|e| e.1 - e.0).collect();
     waits.sort();
-    let mut per_task = [0u64; 8];
+    let mut per_task = vec![0u64; tasks_len(&events)];
     for e in &events {
         per_task[e.2] += 1;
     }
@@ -331,6 +401,107 @@ async fn contended<B: LockBackend + Clone>(name: &str, backend: B, run: Duration
         "contender": name, "acquisitions_per_s": rate, "gap_p50_ms": us(g50) / 1000.0, "gap_p99_ms": us(g99) / 1000.0,
         "wait_p50_ms": us(w50) / 1000.0, "wait_p99_ms": us(w99) / 1000.0, "wait_max_ms": us(wmax) / 1000.0, "fairness": fairness
     })
+}
+
+/// CPU time (user + system) of this process so far.
+fn cpu_time() -> Duration {
+    use nix::sys::resource::{UsageWho, getrusage};
+    match getrusage(UsageWho::RUSAGE_SELF) {
+        Ok(u) => {
+            let tv = |t: nix::sys::time::TimeVal| {
+                Duration::new(t.tv_sec().max(0) as u64, (t.tv_usec().max(0) as u32) * 1000)
+            };
+            tv(u.user_time()) + tv(u.system_time())
+        }
+        Err(_) => Duration::ZERO,
+    }
+}
+
+/// Resident memory of this process, in bytes.
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()))
+        .map_or(0, |pages| pages * 4096)
+}
+
+/// Hold `leases` leases at once with the watchdog on for `periods` renewal periods: renewal
+/// commands/s, CPU% of this process, memory per lease, and the worst renewal lateness.
+async fn watchdog_at_scale<B: LockBackend + Clone>(
+    name: &str,
+    backend: B,
+    server: &RedisServer,
+    leases: usize,
+    periods: u32,
+) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+    let ttl = Duration::from_secs(3);
+    let config = LockConfig::builder().ttl(ttl).acquire_timeout(Duration::from_secs(30)).build()?;
+    let renew = config.renew_interval();
+    let client = LockClient::with_config(backend, config.clone())?;
+    let rss_before = rss_bytes();
+    let mut guards = Vec::with_capacity(leases);
+    for chunk in (0..leases).collect::<Vec<_>>().chunks(500) {
+        let taken = join_all(chunk.iter().map(|i| {
+            let client = &client;
+            async move { client.mutex(format!("wd:{name}:{i}")).ok()?.lock().await.ok() }
+        }))
+        .await;
+        guards.extend(taken.into_iter().flatten());
+    }
+    let held = guards.len();
+    let per_lease = rss_bytes().saturating_sub(rss_before) as f64 / held.max(1) as f64;
+    let _ = server.cmd(&["CONFIG", "RESETSTAT"]);
+    let (cpu0, t0) = (cpu_time(), Instant::now());
+    let end = t0 + renew * periods;
+    // A lease renewed on time never has less than ttl - drift - renew_interval left; anything
+    // below that is lateness. Sampled every 100 ms (the sampling costs a little CPU too).
+    let floor = ttl.saturating_sub(config.drift()).saturating_sub(renew);
+    let mut min_left = ttl;
+    while Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for g in &guards {
+            min_left = min_left.min(g.remaining());
+        }
+    }
+    let elapsed = t0.elapsed();
+    let cpu = cpu_time().saturating_sub(cpu0);
+    let stats = server.cmd(&["INFO", "commandstats"]).map(|r| r.text()).unwrap_or_default();
+    let renewals: u64 = stats
+        .lines()
+        .filter_map(|l| {
+            let (cmd, rest) = l.strip_prefix("cmdstat_")?.split_once(":calls=")?;
+            let n: u64 = rest.split(',').next()?.parse().ok()?;
+            matches!(cmd, "evalsha" | "eval").then_some(n)
+        })
+        .sum();
+    let late = floor.saturating_sub(min_left);
+    let lost = guards.iter().filter(|g| !g.is_held()).count();
+    join_all(guards.into_iter().map(|g| g.release())).await;
+    let per_lease_period = renewals as f64 / (held.max(1) as f64 * f64::from(periods));
+    println!(
+        "   {:<10} {:>7} {:>11.0} {:>12.2} {:>7.1} {:>11.0} {:>10.1} {:>8.1} {:>5}",
+        name,
+        held,
+        renewals as f64 / elapsed.as_secs_f64(),
+        per_lease_period,
+        cpu.as_secs_f64() / elapsed.as_secs_f64() * 100.0,
+        per_lease,
+        us(late) / 1000.0,
+        late.as_secs_f64() / ttl.as_secs_f64() * 100.0,
+        lost
+    );
+    Ok(serde_json::json!({
+        "contender": name, "leases": held, "ttl_ms": ttl.as_millis() as u64, "periods": periods,
+        "renewal_commands_per_s": renewals as f64 / elapsed.as_secs_f64(),
+        "renewal_commands_per_lease_per_period": per_lease_period,
+        "cpu_percent": cpu.as_secs_f64() / elapsed.as_secs_f64() * 100.0,
+        "memory_per_lease_bytes": per_lease, "worst_lateness_ms": us(late) / 1000.0,
+        "worst_lateness_pct_ttl": late.as_secs_f64() / ttl.as_secs_f64() * 100.0, "lost": lost,
+    }))
+}
+
+fn tasks_len(events: &[(Instant, Instant, usize, Instant)]) -> usize {
+    events.iter().map(|e| e.2 + 1).max().unwrap_or(0).max(8)
 }
 
 /// Client round trips of one cycle, from the servers' `INFO commandstats`: the calls of the
@@ -363,10 +534,10 @@ async fn round_trips(c: &dyn Contender, servers: &[&RedisServer]) -> f64 {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    let (rounds, slice, par_slices, par_slice, contended_run) = if args.quick {
-        (5, 40, 2, Duration::from_millis(250), Duration::from_secs(1))
+    let (rounds, slice, par_slices, par_slice, contended_run, leases) = if args.quick {
+        (5, 40, 2, Duration::from_millis(250), Duration::from_secs(1), 1_000)
     } else {
-        (20, 250, 10, Duration::from_millis(500), Duration::from_secs(5))
+        (20, 250, 10, Duration::from_millis(500), Duration::from_secs(5), 10_000)
     };
     let servers = start_nodes(5)?;
     let one: Vec<&RedisServer> = servers.iter().take(1).collect();
@@ -388,20 +559,43 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let rl3 = RedLock::new(redis_nodes[..3].to_vec())?;
     let rl5 = RedLock::new(redis_nodes.clone())?;
 
-    let single: Vec<Arc<dyn Contender>> = vec![
-        Arc::new(raw("raw-1", &one).await?),
-        Arc::new(Ours {
-            name: "redis-rs".into(),
-            client: LockClient::with_config(redis1.clone(), config())?,
-        }),
-        Arc::new(Ours { name: "fred".into(), client: LockClient::with_config(fred1.clone(), config())? }),
-        Arc::new(raw("raw-3 fan-out", &three).await?),
-        Arc::new(Ours { name: "redlock-3".into(), client: LockClient::with_config(rl3.clone(), config())? }),
-        Arc::new(raw("raw-5 fan-out", &five).await?),
-        Arc::new(Ours { name: "redlock-5".into(), client: LockClient::with_config(rl5.clone(), config())? }),
+    // Each "raw-N" row is the baseline of the rows after it, up to the next raw row.
+    let single: Vec<(Arc<dyn Contender>, &[&RedisServer])> = vec![
+        (Arc::new(raw("raw-1", &one).await?), &one),
+        (
+            Arc::new(Ours {
+                name: "redis-rs".into(),
+                client: LockClient::with_config(redis1.clone(), config())?,
+            }),
+            &one,
+        ),
+        (
+            Arc::new(Ours { name: "fred".into(), client: LockClient::with_config(fred1.clone(), config())? }),
+            &one,
+        ),
+        (Arc::new(Rslock::new("rslock-1", &one)), &one),
+        (Arc::new(raw("raw-3 fan-out", &three).await?), &three),
+        (
+            Arc::new(Ours {
+                name: "redlock-3".into(),
+                client: LockClient::with_config(rl3.clone(), config())?,
+            }),
+            &three,
+        ),
+        (Arc::new(Rslock::new("rslock-3", &three)), &three),
+        (Arc::new(raw("raw-5 fan-out", &five).await?), &five),
+        (
+            Arc::new(Ours {
+                name: "redlock-5".into(),
+                client: LockClient::with_config(rl5.clone(), config())?,
+            }),
+            &five,
+        ),
+        (Arc::new(Rslock::new("rslock-5", &five)), &five),
     ];
-    let seq = sequential(&single, rounds, slice).await;
-    let par = parallel(&single, par_slices, par_slice).await;
+    let contenders: Vec<Arc<dyn Contender>> = single.iter().map(|(c, _)| Arc::clone(c)).collect();
+    let seq = sequential(&contenders, rounds, slice).await;
+    let par = parallel(&contenders, par_slices, par_slice).await;
 
     println!(
         "\n3. contended hand-off: 8 tasks, one key, hold 1 ms, 1 ms between asks ({contended_run:?} each)"
@@ -414,29 +608,108 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "   {:<16} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8}",
         "", "", "ms", "ms", "ms", "ms", "ms", "min/max"
     );
+    let ours = |b: &dyn Fn() -> Option<lock_core::Mutex>| (0..8).filter_map(|_| b()).collect::<Vec<_>>();
     let cont = vec![
-        contended("redis-rs", redis1.clone(), contended_run).await,
-        contended("fred", fred1.clone(), contended_run).await,
-        contended("redlock-3", rl3.clone(), contended_run).await,
-        contended("redlock-5", rl5.clone(), contended_run).await,
+        contended("redis-rs", ours(&|| our_handoff(&redis1)), contended_run).await,
+        contended("fred", ours(&|| our_handoff(&fred1)), contended_run).await,
+        contended(
+            "rslock-1",
+            (0..8).map(|_| RslockHandoff(rslock::LockManager::new(vec![servers[0].url()]))).collect(),
+            contended_run,
+        )
+        .await,
+        contended("redlock-3", ours(&|| our_handoff(&rl3)), contended_run).await,
+        contended("redlock-5", ours(&|| our_handoff(&rl5)), contended_run).await,
+    ];
+
+    println!(
+        "\n4. watchdog at scale: {leases} leases held at once, ttl 3 s, renewal every 1 s, 3 periods (one node)"
+    );
+    println!(
+        "   {:<10} {:>7} {:>11} {:>12} {:>7} {:>11} {:>10} {:>8} {:>5}",
+        "contender",
+        "leases",
+        "renewals/s",
+        "per lease/p",
+        "cpu %",
+        "bytes/lease",
+        "late ms",
+        "% ttl",
+        "lost"
+    );
+    let wd = vec![
+        watchdog_at_scale("redis-rs", redis1.clone(), &servers[0], leases, 3).await?,
+        watchdog_at_scale("fred", fred1.clone(), &servers[0], leases, 3).await?,
     ];
 
     println!("\n5. client round trips per lock+unlock cycle (INFO commandstats, summed over nodes)");
     let mut rts = Vec::new();
-    for (c, nodes) in single.iter().zip([&one, &one, &one, &three, &three, &five, &five]) {
+    for (c, nodes) in &single {
         let rt = round_trips(c.as_ref(), nodes).await;
         println!("   {:<16} {:>6.2}", c.name(), rt);
         rts.push(serde_json::json!({"contender": c.name(), "round_trips_per_cycle": rt}));
     }
 
+    let doc = serde_json::json!({
+        "mode": if args.quick { "quick" } else { "full" },
+        "release_build": !cfg!(debug_assertions),
+        "sequential": seq, "parallel_64": par, "contended": cont, "watchdog": wd, "round_trips": rts,
+    });
+    targets(&doc);
     if let Some(path) = args.json {
-        let doc = serde_json::json!({
-            "mode": if args.quick { "quick" } else { "full" },
-            "release_build": !cfg!(debug_assertions),
-            "sequential": seq, "parallel_64": par, "contended": cont, "round_trips": rts,
-        });
         std::fs::write(&path, serde_json::to_string_pretty(&doc)?)?;
         println!("\nwrote {}", path.display());
     }
     Ok(())
+}
+
+/// Every target of the benchmark issue, with the figure measured against it in this run.
+fn targets(doc: &serde_json::Value) {
+    let get = |section: &str, who: &str, field: &str| -> f64 {
+        doc[section]
+            .as_array()
+            .and_then(|rows| rows.iter().find(|r| r["contender"] == who))
+            .and_then(|r| r[field].as_f64())
+            .unwrap_or(f64::NAN)
+    };
+    let ratio = |a: f64, b: f64| a / b;
+    let mut rows: Vec<(String, String, bool)> = Vec::new();
+    let mut add = |what: String, measured: String, ok: bool| rows.push((what, measured, ok));
+    for who in ["redis-rs", "fred"] {
+        let r = ratio(get("sequential", who, "cycles_per_s"), get("sequential", "raw-1", "cycles_per_s"));
+        add(format!("sequential {who} >= 0.95x raw"), format!("{r:.2}x"), r >= 0.95);
+        let r = ratio(get("parallel_64", who, "cycles_per_s"), get("parallel_64", "raw-1", "cycles_per_s"));
+        add(format!("64 tasks {who} >= 0.90x raw"), format!("{r:.2}x"), r >= 0.90);
+    }
+    for (n, raw) in [(3, "raw-3 fan-out"), (5, "raw-5 fan-out")] {
+        let ours = format!("redlock-{n}");
+        let r = ratio(get("sequential", &ours, "p50_us"), get("sequential", raw, "p50_us"));
+        add(format!("RedLock-{n} p50 <= 1.1x raw fan-out"), format!("{r:.2}x"), r <= 1.1);
+        let r = ratio(
+            get("sequential", &ours, "cycles_per_s"),
+            get("sequential", &format!("rslock-{n}"), "cycles_per_s"),
+        );
+        add(format!("RedLock-{n} cycles/s >= 1.0x rslock-{n}"), format!("{r:.2}x"), r >= 1.0);
+    }
+    let rs = get("contended", "rslock-1", "acquisitions_per_s");
+    for who in ["redis-rs", "fred"] {
+        let g = get("contended", who, "gap_p50_ms");
+        add(format!("contended {who} gap p50 < 1 ms"), format!("{g:.2} ms"), g < 1.0);
+        let r = get("contended", who, "acquisitions_per_s") / rs;
+        add(format!("contended {who} acq/s >= 5x rslock"), format!("{r:.1}x"), r >= 5.0);
+        let w = get("contended", who, "wait_p99_ms");
+        add(format!("contended {who} wait p99 < 50 ms"), format!("{w:.1} ms"), w < 50.0);
+        let f = get("contended", who, "fairness");
+        add(format!("contended {who} fairness >= 0.5"), format!("{f:.2}"), f >= 0.5);
+        let m = get("watchdog", who, "memory_per_lease_bytes");
+        add(format!("watchdog {who} memory < 2 KiB/lease"), format!("{m:.0} B"), m < 2048.0);
+        let l = get("watchdog", who, "worst_lateness_pct_ttl");
+        add(format!("watchdog {who} lateness <= 10% ttl"), format!("{l:.1}%"), l <= 10.0);
+        let c = get("watchdog", who, "renewal_commands_per_lease_per_period");
+        add(format!("watchdog {who} < 1 renewal command/lease/period"), format!("{c:.2}"), c < 1.0);
+    }
+    println!("\ntargets (ratios from this run)");
+    for (what, measured, ok) in &rows {
+        println!("   {:<48} {:>9}  {}", what, measured, if *ok { "met" } else { "MISSED" });
+    }
 }

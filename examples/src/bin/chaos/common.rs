@@ -47,7 +47,11 @@ pub(crate) async fn connect_node(
                 .await?,
         ),
         Driver::Fred => Arc::new(
-            FredBackend::builder().connect_timeout(connect).command_timeout(command_timeout).connect(url).await?,
+            FredBackend::builder()
+                .connect_timeout(connect)
+                .command_timeout(command_timeout)
+                .connect(url)
+                .await?,
         ),
     })
 }

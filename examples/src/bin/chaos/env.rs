@@ -105,7 +105,14 @@ impl Env {
             .kill_on_drop(true)
             .spawn()?;
         let pid = child.id();
-        self.workers.push(WorkerProc { id: spec.id, log: spec.out, child, pid, stopped: false, killed: false });
+        self.workers.push(WorkerProc {
+            id: spec.id,
+            log: spec.out,
+            child,
+            pid,
+            stopped: false,
+            killed: false,
+        });
         Ok(())
     }
 
@@ -150,10 +157,13 @@ impl Env {
     /// With `CHAOS_KEEP` set, the worker logs are kept (and their folder printed) for study.
     pub(crate) fn keep_logs(&mut self) {
         if std::env::var_os("CHAOS_KEEP").is_some() {
-            let dir = std::mem::replace(&mut self.dir, match tempfile::tempdir() {
-                Ok(d) => d,
-                Err(_) => return,
-            });
+            let dir = std::mem::replace(
+                &mut self.dir,
+                match tempfile::tempdir() {
+                    Ok(d) => d,
+                    Err(_) => return,
+                },
+            );
             println!("  logs kept in {}", dir.keep().display());
         }
     }

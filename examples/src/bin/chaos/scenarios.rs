@@ -39,7 +39,11 @@ pub(crate) const ALL: [(&str, Kind, &str); 18] = [
     ("majority-pause", Kind::MustPass, "a majority SIGSTOPped: acquisitions fail, holders notice the loss"),
     ("latency", Kind::MustPass, "+200 ms round-trip latency on two nodes"),
     ("slow-replies", Kind::MustPass, "every reply delayed beyond the TTL: acquire fails and cleans up"),
-    ("lost-replies", Kind::MustPass, "replies dropped (acquire, extend and release), then the connection resets"),
+    (
+        "lost-replies",
+        Kind::MustPass,
+        "replies dropped (acquire, extend and release), then the connection resets",
+    ),
     ("blackhole-holder", Kind::MustPass, "the holder cut off from a majority (asymmetric partition)"),
     ("client-pause", Kind::MustPass, "the holding client SIGSTOPped for 1.5x TTL; it writes late anyway"),
     ("client-kill", Kind::MustPass, "the holding client killed"),
@@ -150,7 +154,20 @@ impl Outcome {
 pub(crate) fn print_header() {
     println!(
         "\n{:<24} {:<12} {:>6} {:>7}  {:>3} {:>3} {:>3} {:>3} {:>3} {:>3} {:>3} {:>3}  {:>5} {:>6}  verdict",
-        "scenario", "kind", "acqs", "faults", "C1", "C2", "C3", "C4", "C5", "C6", "C7", "C8", "lost", "fenced"
+        "scenario",
+        "kind",
+        "acqs",
+        "faults",
+        "C1",
+        "C2",
+        "C3",
+        "C4",
+        "C5",
+        "C6",
+        "C7",
+        "C8",
+        "lost",
+        "fenced"
     );
 }
 
@@ -272,7 +289,13 @@ async fn must_pass(name: &str, p: &Params) -> Result<Outcome, DynError> {
 }
 
 /// What a scenario must show besides the absence of violations, so that it tested what it says.
-fn expectations(name: &str, history: &History, report: &Report, injected: &Injected, problems: &mut Vec<String>) {
+fn expectations(
+    name: &str,
+    history: &History,
+    report: &Report,
+    injected: &Injected,
+    problems: &mut Vec<String>,
+) {
     if report.acquisitions == 0 {
         problems.push("no acquisition at all".into());
     }
@@ -286,7 +309,8 @@ fn expectations(name: &str, history: &History, report: &Report, injected: &Injec
                     s.worker == pause.worker && s.t_acquired <= pause.from && s.effective_end() >= pause.from
                 }) {
                     if s.ended == Ending::Released {
-                        problems.push(format!("{} released as if still owned after its pause", s.acquisition));
+                        problems
+                            .push(format!("{} released as if still owned after its pause", s.acquisition));
                     }
                     if s.t_lost.is_none() {
                         problems.push(format!("{} did not notice its loss after its pause", s.acquisition));
@@ -297,7 +321,9 @@ fn expectations(name: &str, history: &History, report: &Report, injected: &Injec
         "majority-pause" | "blackhole-holder" if report.lost_noticed == 0 => {
             problems.push("no holder noticed a lost lease".into());
         }
-        "client-kill" if !history.sections.iter().any(|s| s.ended == Ending::Crashed && s.t_released.is_none()) => {
+        "client-kill"
+            if !history.sections.iter().any(|s| s.ended == Ending::Crashed && s.t_released.is_none()) =>
+        {
             problems.push("no section was cut short by the kill".into());
         }
         _ => {}
@@ -308,7 +334,13 @@ fn left(end: Instant, need: Duration) -> bool {
     Instant::now() + need < end
 }
 
-async fn schedule(name: &str, env: &mut Env, p: &Params, end: Instant, inj: &mut Injected) -> Result<(), DynError> {
+async fn schedule(
+    name: &str,
+    env: &mut Env,
+    p: &Params,
+    end: Instant,
+    inj: &mut Injected,
+) -> Result<(), DynError> {
     let ttl = p.ttl;
     let n = env.nodes.len();
     let m = env.majority();
@@ -368,7 +400,10 @@ async fn schedule(name: &str, env: &mut Env, p: &Params, end: Instant, inj: &mut
         "slow-replies" => {
             for _ in 0..MAX_ROUNDS {
                 for proxy in &env.proxies {
-                    proxy.set_mode(ProxyMode::Latency { up: Duration::ZERO, down: ttl + Duration::from_millis(100) });
+                    proxy.set_mode(ProxyMode::Latency {
+                        up: Duration::ZERO,
+                        down: ttl + Duration::from_millis(100),
+                    });
                 }
                 tokio::time::sleep(ttl * 2).await;
                 for proxy in &env.proxies {

@@ -8,9 +8,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use lock_core::scripts::RedisKeys;
 use lock_core::{
-    AcquireOutcome, AcquireRequest, BackendError, BackendErrorKind, Capabilities, ExtendOutcome, ExtendRequest,
-    FencingToken, Grant, LockBackend, LockKey, ReleaseOutcome, ReleaseWatch, Token, default_drift,
-    validity_deadline,
+    AcquireOutcome, AcquireRequest, BackendError, BackendErrorKind, Capabilities, ExtendOutcome,
+    ExtendRequest, FencingToken, Grant, LockBackend, LockKey, ReleaseOutcome, ReleaseWatch, Token,
+    default_drift, validity_deadline,
 };
 use lock_redis_rs::redis;
 use lock_testkit::ProxyMode;
@@ -84,7 +84,9 @@ impl LockBackend for Mutant {
             ok += set;
         }
         match Grant::from_start(started, req.ttl, None) {
-            Some(g) if ok as usize > self.raw.len() / 2 => Ok(ExtendOutcome::Extended { valid_until: g.valid_until }),
+            Some(g) if ok as usize > self.raw.len() / 2 => {
+                Ok(ExtendOutcome::Extended { valid_until: g.valid_until })
+            }
             _ => Ok(ExtendOutcome::NotHeld),
         }
     }
@@ -98,7 +100,12 @@ impl LockBackend for Mutant {
         }
         Ok(ReleaseOutcome::Released)
     }
-    async fn raise_fence(&self, key: &LockKey, token: &Token, fence: FencingToken) -> Result<(), BackendError> {
+    async fn raise_fence(
+        &self,
+        key: &LockKey,
+        token: &Token,
+        fence: FencingToken,
+    ) -> Result<(), BackendError> {
         self.inner.raise_fence(key, token, fence).await
     }
     async fn watch_releases(&self, key: &LockKey) -> Result<Option<ReleaseWatch>, BackendError> {
@@ -195,7 +202,12 @@ pub(crate) async fn run(name: &str, p: &Params) -> Result<Outcome, DynError> {
     let m = env.majority();
     let fast = Duration::from_millis(100);
     let key = format!("unsafe:{name}");
-    let actor = |name: &'static str, backend: Arc<dyn LockBackend>| Actor { name, backend, rec: rec.clone(), rounds: 0 };
+    let actor = |name: &'static str, backend: Arc<dyn LockBackend>| Actor {
+        name,
+        backend,
+        rec: rec.clone(),
+        rounds: 0,
+    };
     let mutant = |env: &Env, inner: Arc<dyn LockBackend>, bug: Bug| {
         let urls: Vec<String> = env.nodes.iter().map(|s| s.url()).collect();
         async move {

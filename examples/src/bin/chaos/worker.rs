@@ -21,7 +21,8 @@ pub(crate) async fn run(spec: WorkerSpec) -> Result<(), DynError> {
     let rec = Recorder::to_file(&spec.out)?;
     let clock = rec.clock();
     let ttl = Duration::from_millis(spec.ttl_ms);
-    let backend = connect_backend(spec.driver, &spec.nodes, Duration::from_millis(spec.node_timeout_ms)).await?;
+    let backend =
+        connect_backend(spec.driver, &spec.nodes, Duration::from_millis(spec.node_timeout_ms)).await?;
     let backend: Arc<dyn LockBackend> = Arc::new(Recording::new(backend, spec.id.clone(), rec.clone()));
     let config = LockConfig::builder()
         .ttl(ttl)
@@ -69,7 +70,7 @@ pub(crate) async fn run(spec: WorkerSpec) -> Result<(), DynError> {
             t: rec.now(),
             valid_until: clock.ns(guard.valid_until()),
         });
-        if round % 5 == 0 {
+        if round.is_multiple_of(5) {
             // Re-entry through the same handle: same lease, same token (C4).
             if let Ok(again) = mutex.lock().await {
                 let fence = again.fencing_token().map(|f| f.0);
@@ -97,7 +98,11 @@ pub(crate) async fn run(spec: WorkerSpec) -> Result<(), DynError> {
         }
         let hold = Duration::from_millis(rng.random_range(spec.hold_ms.0..=spec.hold_ms.1));
         let drop_mid_renewal = spec.storm && rng.random_bool(0.2);
-        let hold = if drop_mid_renewal { hold + ttl / 3 + Duration::from_millis(rng.random_range(0..20)) } else { hold };
+        let hold = if drop_mid_renewal {
+            hold + ttl / 3 + Duration::from_millis(rng.random_range(0..20))
+        } else {
+            hold
+        };
         let lost = tokio::select! {
             _ = guard.lost() => {
                 rec.record(Event::Lost { acq: acq.clone(), t: rec.now() });
