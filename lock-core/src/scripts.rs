@@ -186,9 +186,25 @@ pub trait ScriptRunner: Send + Sync {
     /// # Errors
     /// The driver's errors, mapped into [`BackendError`].
     async fn run_int(&self, script: &LuaScript, keys: &[&str], args: &[String]) -> Result<i64, BackendError>;
+
+    /// `SET key value NX PX ttl_ms`: `Some(true)` when the key was set, `Some(false)` when it
+    /// already existed. [`acquire`] tries it first when no fencing token is asked for, so an
+    /// uncontended lock costs the server a plain `SET` instead of a script; anything else (held,
+    /// our own token after a lost reply, a key of another type) goes to the [`ACQUIRE`] script.
+    /// The default, `None`, means "not offered": the script is used directly.
+    ///
+    /// # Errors
+    /// The driver's errors, mapped into [`BackendError`].
+    async fn set_nx_px(&self, key: &str, value: &str, ttl_ms: u64) -> Result<Option<bool>, BackendError> {
+        let _ = (key, value, ttl_ms);
+        Ok(None)
+    }
 }
 
-/// [`crate::LockBackend::acquire`] through the shared [`ACQUIRE`] script: one round trip.
+/// [`crate::LockBackend::acquire`]: one round trip when the lock is free. Without fencing it
+/// is a plain `SET NX PX` ([`ScriptRunner::set_nx_px`]) storing exactly what the script would
+/// (`token:0`); when that finds the key taken, or with fencing, the shared [`ACQUIRE`] script
+/// decides (it re-acquires for our own token and reports the holder's PTTL).
 ///
 /// # Errors
 /// The runner's errors, or a protocol error for an impossible reply.
@@ -197,6 +213,14 @@ pub async fn acquire<R: ScriptRunner + ?Sized>(
     req: &crate::AcquireRequest,
 ) -> Result<AcquireOutcome, BackendError> {
     let keys = RedisKeys::for_key(&req.key);
+    if !req.fencing {
+        let started = Instant::now();
+        let value = format!("{}:0", req.token);
+        if runner.set_nx_px(&keys.lock, &value, ttl_millis(req.ttl)).await? == Some(true) {
+            return Ok(Grant::from_start(started, req.ttl, None)
+                .map_or(AcquireOutcome::Held { remaining: None }, AcquireOutcome::Acquired));
+        }
+    }
     let args = acquire_args(&req.token, req.ttl, req.fencing);
     let started = Instant::now();
     let reply = runner.run_ints(&ACQUIRE, &[&keys.lock, &keys.fence], &args).await?;

@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use fred::clients::{Client, Pool, SubscriberClient};
-use fred::interfaces::{ClientLike, LuaInterface};
+use fred::interfaces::{ClientLike, KeysInterface, LuaInterface};
 use fred::prelude::{Builder, Config, ReconnectPolicy, ServerConfig};
-use fred::types::FromValue;
+use fred::types::{Expiration, FromValue, SetOptions};
 use lock_core::FencingToken;
 use lock_core::hub::HubTask;
 use lock_core::scripts::{self, LuaScript, RedisKeys, ScriptRunner};
@@ -265,7 +265,7 @@ impl FredBackend<Client> {
 
 impl<C> FredBackend<C>
 where
-    C: LuaInterface + Clone + Send + Sync + 'static,
+    C: LuaInterface + KeysInterface + Clone + Send + Sync + 'static,
 {
     /// Wraps a client (or pool) you built and connected. `endpoint` names the server(s), used
     /// to tell nodes apart in a quorum. Wake-up is on when `subscriber` is given (built from
@@ -332,7 +332,7 @@ where
 #[async_trait]
 impl<C> ScriptRunner for FredBackend<C>
 where
-    C: LuaInterface + Clone + Send + Sync + 'static,
+    C: LuaInterface + KeysInterface + Clone + Send + Sync + 'static,
 {
     async fn run_ints(
         &self,
@@ -346,12 +346,32 @@ where
     async fn run_int(&self, script: &LuaScript, keys: &[&str], args: &[String]) -> Result<i64, BackendError> {
         self.eval(script, keys, args).await
     }
+
+    async fn set_nx_px(&self, key: &str, value: &str, ttl_ms: u64) -> Result<Option<bool>, BackendError> {
+        let timeout = self.shared.command_timeout;
+        let ttl = i64::try_from(ttl_ms).unwrap_or(i64::MAX);
+        let set = self.client.set::<Option<String>, _, _>(
+            key,
+            value,
+            Some(Expiration::PX(ttl)),
+            Some(SetOptions::NX),
+            false,
+        );
+        let context = || format!("SET NX on redis key {key:?} at {}", self.shared.endpoint);
+        match tokio::time::timeout(timeout * 2, set).await {
+            Ok(r) => r.map(|ok| Some(ok.is_some())).map_err(|e| map_error(&e, &context())),
+            Err(_) => Err(BackendError::retryable(
+                BackendErrorKind::Timeout,
+                format!("{}: no reply within {:?}", context(), timeout * 2),
+            )),
+        }
+    }
 }
 
 #[async_trait]
 impl<C> LockBackend for FredBackend<C>
 where
-    C: LuaInterface + Clone + Send + Sync + 'static,
+    C: LuaInterface + KeysInterface + Clone + Send + Sync + 'static,
 {
     fn name(&self) -> &str {
         "fred"

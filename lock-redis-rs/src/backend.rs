@@ -314,6 +314,25 @@ where
     async fn run_int(&self, script: &LuaScript, keys: &[&str], args: &[String]) -> Result<i64, BackendError> {
         self.eval(script, keys, args).await
     }
+
+    async fn set_nx_px(&self, key: &str, value: &str, ttl_ms: u64) -> Result<Option<bool>, BackendError> {
+        let timeout = self.shared.command_timeout;
+        let mut conn = self.conn.clone();
+        let mut set = redis::cmd("SET");
+        set.arg(key).arg(value).arg("NX").arg("PX").arg(ttl_ms);
+        match tokio::time::timeout(timeout, set.query_async::<Option<String>>(&mut conn)).await {
+            Ok(r) => r.map(|ok| Some(ok.is_some())).map_err(|e| {
+                map_error(e, &format!("SET NX on redis key {key:?} at {}", self.shared.endpoint))
+            }),
+            Err(_) => Err(BackendError::retryable(
+                BackendErrorKind::Timeout,
+                format!(
+                    "SET NX on redis key {key:?} at {}: no reply within {timeout:?}",
+                    self.shared.endpoint
+                ),
+            )),
+        }
+    }
 }
 
 #[async_trait]

@@ -273,6 +273,57 @@ pub async fn lock_unlock_is_two_round_trips<D: RedisDriver>(driver: D) {
     assert_eq!(calls, expected, "a lock/unlock cycle must be exactly two EVALSHA round trips");
 }
 
+/// Without fencing, an uncontended lock is a plain `SET NX PX` (no script on the server) that
+/// stores what the script would; a retry with the same token (its reply lost) and a key of the
+/// wrong type still go through the script and behave as with fencing.
+pub async fn unfenced_lock_is_a_plain_set_with_the_script_as_fallback<D: RedisDriver>(driver: D) {
+    let server = server();
+    let backend = connect(&driver, &server).await;
+    let config = LockConfig::builder().watchdog(false).build().unwrap();
+    let locks = LockClient::with_config(backend.clone(), config).unwrap();
+    let mutex = locks.mutex("plain").unwrap();
+    mutex.lock().await.unwrap().release().await.unwrap();
+    server.cmd(&["CONFIG", "RESETSTAT"]).unwrap();
+    mutex.lock().await.unwrap().release().await.unwrap();
+    let stats = text(server.cmd(&["INFO", "commandstats"]).unwrap());
+    let calls: HashMap<String, u64> = stats
+        .lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(":calls=")?;
+            Some((name.to_string(), rest.split(',').next()?.parse().ok()?))
+        })
+        .filter(|(name, _)| name != "info" && !name.starts_with("config"))
+        .collect();
+    let expected: HashMap<String, u64> = [("set", 1), ("evalsha", 1), ("get", 1), ("del", 1), ("publish", 1)]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    assert_eq!(calls, expected, "an unfenced cycle is one SET and one release script");
+
+    // The same token again (a retry whose reply was lost): granted, by the script.
+    let key = lock_core::LockKey::new("plain:retry").unwrap();
+    let token = lock_core::Token::random();
+    let req = lock_core::AcquireRequest { key: key.clone(), token, ttl: 5_000 * MS, fencing: false };
+    assert!(matches!(backend.acquire(&req).await.unwrap(), lock_core::AcquireOutcome::Acquired(_)));
+    let stored = text(server.cmd(&["GET", "lock:{plain:retry}"]).unwrap());
+    assert_eq!(stored, format!("{token}:0"), "the fast path stores what the script would");
+    assert!(matches!(backend.acquire(&req).await.unwrap(), lock_core::AcquireOutcome::Acquired(_)));
+    let other = lock_core::AcquireRequest { token: lock_core::Token::random(), ..req.clone() };
+    match backend.acquire(&other).await.unwrap() {
+        lock_core::AcquireOutcome::Held { remaining } => assert!(remaining.is_some_and(|r| r > 1_000 * MS)),
+        other => panic!("another token must see the lock held, got {other:?}"),
+    }
+    assert_eq!(backend.release(&key, &token).await.unwrap(), lock_core::ReleaseOutcome::Released);
+
+    // A key of another type: the SET finds it taken, the script names the problem.
+    server.cmd(&["LPUSH", "lock:{plain:list}", "x"]).unwrap();
+    let err = locks.mutex("plain:list").unwrap().lock().await.unwrap_err();
+    match &err {
+        LockError::Backend { source, .. } => assert_eq!(source.kind(), BackendErrorKind::WrongType, "{err}"),
+        other => panic!("expected a backend error, got {other}"),
+    }
+}
+
 /// Waiters are woken by the release notice: with a 10 s backoff, a waiter still acquires
 /// within 50 ms of the release.
 pub async fn waiter_wakes_within_50ms_of_release<D: RedisDriver>(driver: D) {
@@ -360,6 +411,7 @@ macro_rules! redis_suite {
             auth_failure_gives_a_clear_error,
             two_hundred_waiters_each_get_the_lock_once,
             lock_unlock_is_two_round_trips,
+            unfenced_lock_is_a_plain_set_with_the_script_as_fallback,
             waiter_wakes_within_50ms_of_release,
             expired_lock_is_picked_up_without_a_release,
             connection_killed_mid_command_keeps_state_correct
