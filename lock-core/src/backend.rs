@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::doctor::{Finding, NodeFacts};
 use crate::error::BackendError;
 use crate::types::{FencingToken, Grant, LockKey, Token};
 
@@ -256,6 +257,37 @@ pub trait LockBackend: Send + Sync + 'static {
         let _ = key;
         Ok(None)
     }
+
+    /// What the backend can read about the servers behind it, for the deployment doctor
+    /// ([`crate::doctor`]). The default reports nothing (e.g. an in-memory backend).
+    ///
+    /// # Errors
+    /// A server that cannot be reached at all.
+    async fn deployment_facts(&self) -> Result<Vec<NodeFacts>, BackendError> {
+        Ok(Vec::new())
+    }
+
+    /// Runs the deployment doctor: reads [`LockBackend::deployment_facts`] and returns every
+    /// [`Finding`] (eviction policy, replicas, duplicate or even RedLock nodes, persistence, server
+    /// version), worst first, each with a fix. An empty list means nothing was found.
+    ///
+    /// # Errors
+    /// A server that cannot be reached at all.
+    ///
+    /// # Cancel safety
+    /// Read-only: cancelling it changes nothing.
+    ///
+    /// # Examples
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), lock_core::BackendError> {
+    /// use lock_core::LockBackend;
+    /// let findings = lock_testkit::MemoryBackend::new().check_deployment().await?;
+    /// assert!(findings.is_empty()); // nothing to read in memory
+    /// # Ok(()) }
+    /// ```
+    async fn check_deployment(&self) -> Result<Vec<Finding>, BackendError> {
+        Ok(crate::doctor::check(&self.deployment_facts().await?))
+    }
 }
 
 macro_rules! forward_backend {
@@ -299,6 +331,9 @@ macro_rules! forward_backend {
             }
             async fn watch_releases(&self, key: &LockKey) -> Result<Option<ReleaseWatch>, BackendError> {
                 (**self).watch_releases(key).await
+            }
+            async fn deployment_facts(&self) -> Result<Vec<NodeFacts>, BackendError> {
+                (**self).deployment_facts().await
             }
         }
     };

@@ -31,6 +31,7 @@ mod backend;
 mod backoff;
 mod client;
 mod config;
+pub mod doctor;
 mod error;
 pub mod hub;
 mod lease;

@@ -100,27 +100,27 @@ impl RedisKeys {
 
 /// The ARGV of [`ACQUIRE`].
 pub fn acquire_args(token: &Token, ttl: Duration, fencing: bool) -> [String; 3] {
-    [token.to_string(), ttl_millis(ttl).to_string(), if fencing { "1" } else { "0" }.to_string()]
+    [token.to_redis_value(), ttl_millis(ttl).to_string(), if fencing { "1" } else { "0" }.to_string()]
 }
 
 /// The ARGV of [`EXTEND`].
 pub fn extend_args(token: &Token, ttl: Duration) -> [String; 2] {
-    [token.to_string(), ttl_millis(ttl).to_string()]
+    [token.to_redis_value(), ttl_millis(ttl).to_string()]
 }
 
 /// The ARGV of [`RELEASE`].
 pub fn release_args(token: &Token, keys: &RedisKeys) -> [String; 2] {
-    [token.to_string(), keys.channel.clone()]
+    [token.to_redis_value(), keys.channel.clone()]
 }
 
 /// The ARGV of [`RELEASE`] for a silent discard (no PUBLISH).
 pub fn discard_args(token: &Token) -> [String; 2] {
-    [token.to_string(), String::new()]
+    [token.to_redis_value(), String::new()]
 }
 
 /// The ARGV of [`FENCE`].
 pub fn fence_args(token: &Token, fence: FencingToken) -> [String; 2] {
-    [token.to_string(), fence.0.to_string()]
+    [token.to_redis_value(), fence.0.to_string()]
 }
 
 /// A TTL in whole milliseconds for PX/PEXPIRE, at least 1 (Redis rejects 0).
@@ -215,7 +215,7 @@ pub async fn acquire<R: ScriptRunner + ?Sized>(
     let keys = RedisKeys::for_key(&req.key);
     if !req.fencing {
         let started = Instant::now();
-        let value = format!("{}:0", req.token);
+        let value = format!("{}:0", req.token.to_redis_value());
         if runner.set_nx_px(&keys.lock, &value, ttl_millis(req.ttl)).await? == Some(true) {
             return Ok(Grant::from_start(started, req.ttl, None)
                 .map_or(AcquireOutcome::Held { remaining: None }, AcquireOutcome::Acquired));

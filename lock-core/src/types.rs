@@ -79,7 +79,9 @@ impl AsRef<str> for LockKey {
 /// use lock_core::Token;
 /// let (a, b) = (Token::random(), Token::random());
 /// assert_ne!(a, b);
-/// assert_eq!(a.to_string().len(), 32);
+/// assert_eq!(a.to_redis_value().len(), 32);
+/// // Logs never show a token in full.
+/// assert!(!format!("{a} {a:?}").contains(&a.to_redis_value()));
 /// ```
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Token(u128);
@@ -101,16 +103,25 @@ impl Token {
     }
 }
 
+impl Token {
+    /// The form stored in Redis: 32 lower-case hex digits. This is the secret that owns a
+    /// lock; keep it out of logs (the `Display` and `Debug` forms are redacted).
+    pub fn to_redis_value(&self) -> String {
+        format!("{:032x}", self.0)
+    }
+}
+
 impl fmt::Display for Token {
-    /// 32 lower-case hex digits: the form stored in Redis.
+    /// Redacted: the first 4 hex digits only, enough to tell tokens apart in a log, far too
+    /// few to release someone else's lock with.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:032x}", self.0)
+        write!(f, "{:04x}\u{2026}", self.0 >> 112)
     }
 }
 
 impl fmt::Debug for Token {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Token({:032x})", self.0)
+        write!(f, "Token({self})")
     }
 }
 

@@ -7,8 +7,9 @@ use async_trait::async_trait;
 use fred::clients::{Client, Pool, SubscriberClient};
 use fred::interfaces::{ClientLike, KeysInterface, LuaInterface};
 use fred::prelude::{Builder, Config, ReconnectPolicy, ServerConfig};
-use fred::types::{Expiration, FromValue, SetOptions};
+use fred::types::{ClusterHash, CustomCommand, Expiration, FromValue, SetOptions};
 use lock_core::FencingToken;
+use lock_core::doctor::{CONFIG_NAMES, NodeFacts};
 use lock_core::hub::HubTask;
 use lock_core::scripts::{self, LuaScript, RedisKeys, ScriptRunner};
 use lock_core::{
@@ -395,6 +396,33 @@ where
 
     async fn release(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError> {
         scripts::release(self, key, token, true).await
+    }
+
+    async fn deployment_facts(&self) -> Result<Vec<NodeFacts>, BackendError> {
+        let endpoint = self.shared.endpoint.clone();
+        let timeout = self.shared.command_timeout;
+        let command = |name: &'static str| CustomCommand::new(name, ClusterHash::Random, false);
+        let info =
+            tokio::time::timeout(timeout, self.client.custom::<String, String>(command("INFO"), vec![]))
+                .await
+                .map_err(|_| {
+                    BackendError::retryable(
+                        BackendErrorKind::Timeout,
+                        format!("INFO at {endpoint}: no reply"),
+                    )
+                })?
+                .map_err(|e| map_error(&e, &format!("INFO at {endpoint}")))?;
+        let mut facts = NodeFacts::from_info(endpoint.clone(), &info);
+        for name in CONFIG_NAMES {
+            let get = self.client.custom::<Vec<String>, &str>(command("CONFIG"), vec!["GET", name]);
+            match tokio::time::timeout(timeout, get).await {
+                Ok(Ok(pair)) if pair.len() == 2 => facts.set_config(name, pair[1].clone()),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => facts.unreadable = Some(format!("CONFIG GET {name}: {e}")),
+                Err(_) => facts.unreadable = Some(format!("CONFIG GET {name}: no reply within {timeout:?}")),
+            }
+        }
+        Ok(vec![facts])
     }
 
     async fn discard(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError> {

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use lock_core::FencingToken;
+use lock_core::doctor::{CONFIG_NAMES, NodeFacts};
 use lock_core::hub::HubTask;
 use lock_core::scripts::{self, LuaScript, RedisKeys, ScriptRunner};
 use lock_core::{
@@ -362,6 +363,30 @@ where
 
     async fn release(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError> {
         scripts::release(self, key, token, true).await
+    }
+
+    async fn deployment_facts(&self) -> Result<Vec<NodeFacts>, BackendError> {
+        let endpoint = self.shared.endpoint.clone();
+        let timeout = self.shared.command_timeout;
+        let mut conn = self.conn.clone();
+        let info = tokio::time::timeout(timeout, redis::cmd("INFO").query_async::<String>(&mut conn))
+            .await
+            .map_err(|_| {
+                BackendError::retryable(BackendErrorKind::Timeout, format!("INFO at {endpoint}: no reply"))
+            })?
+            .map_err(|e| map_error(e, &format!("INFO at {endpoint}")))?;
+        let mut facts = NodeFacts::from_info(endpoint.clone(), &info);
+        for name in CONFIG_NAMES {
+            let mut get = redis::cmd("CONFIG");
+            get.arg("GET").arg(name);
+            match tokio::time::timeout(timeout, get.query_async::<Vec<String>>(&mut conn)).await {
+                Ok(Ok(pair)) if pair.len() == 2 => facts.set_config(name, pair[1].clone()),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => facts.unreadable = Some(format!("CONFIG GET {name}: {e}")),
+                Err(_) => facts.unreadable = Some(format!("CONFIG GET {name}: no reply within {timeout:?}")),
+            }
+        }
+        Ok(vec![facts])
     }
 
     async fn discard(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError> {

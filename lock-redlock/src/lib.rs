@@ -538,6 +538,28 @@ impl<B: LockBackend> LockBackend for RedLock<B> {
         }
         Ok(Some(ReleaseWatch::with_keep(rx, AbortOnDrop(forwarders))))
     }
+
+    /// Every node's facts, marked as quorum members, so the doctor also judges the quorum as a
+    /// whole (duplicate servers, an even count, persistence). A node that cannot be read is
+    /// reported as such rather than failing the whole check.
+    async fn deployment_facts(&self) -> Result<Vec<lock_core::doctor::NodeFacts>, BackendError> {
+        let answers = join_all(self.inner.nodes.iter().map(|n| n.deployment_facts())).await;
+        let mut facts = Vec::new();
+        for (node, answer) in self.inner.nodes.iter().zip(answers) {
+            match answer {
+                Ok(node_facts) => facts.extend(node_facts),
+                Err(e) => facts.push(lock_core::doctor::NodeFacts {
+                    endpoint: node.endpoint(),
+                    unreadable: Some(e.to_string()),
+                    ..Default::default()
+                }),
+            }
+        }
+        for f in &mut facts {
+            f.quorum_member = true;
+        }
+        Ok(facts)
+    }
 }
 
 impl<B: LockBackend> RedLock<B> {

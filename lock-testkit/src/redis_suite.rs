@@ -306,7 +306,7 @@ pub async fn unfenced_lock_is_a_plain_set_with_the_script_as_fallback<D: RedisDr
     let req = lock_core::AcquireRequest { key: key.clone(), token, ttl: 5_000 * MS, fencing: false };
     assert!(matches!(backend.acquire(&req).await.unwrap(), lock_core::AcquireOutcome::Acquired(_)));
     let stored = text(server.cmd(&["GET", "lock:{plain:retry}"]).unwrap());
-    assert_eq!(stored, format!("{token}:0"), "the fast path stores what the script would");
+    assert_eq!(stored, format!("{}:0", token.to_redis_value()), "the fast path stores what the script would");
     assert!(matches!(backend.acquire(&req).await.unwrap(), lock_core::AcquireOutcome::Acquired(_)));
     let other = lock_core::AcquireRequest { token: lock_core::Token::random(), ..req.clone() };
     match backend.acquire(&other).await.unwrap() {
@@ -364,7 +364,7 @@ pub async fn expired_lock_is_picked_up_without_a_release<D: RedisDriver>(driver:
         .build()
         .unwrap();
     let locks = LockClient::with_config(connect(&driver, &server).await, slow).unwrap();
-    let foreign = format!("{}:0", lock_core::Token::random());
+    let foreign = format!("{}:0", lock_core::Token::random().to_redis_value());
     server.cmd(&["SET", "lock:{vanished}", &foreign, "PX", "400"]).unwrap();
     let start = Instant::now();
     let guard = locks.mutex("vanished").unwrap().lock().await.unwrap();

@@ -68,7 +68,7 @@ impl Contender for Raw {
     }
     fn cycle<'a>(&'a self, key: &'a str) -> BoxFut<'a> {
         Box::pin(async move {
-            let token = Token::random().to_string();
+            let token = Token::random().to_redis_value();
             let name = format!("raw:{{{key}}}");
             let sets = self.conns.iter().map(|c| {
                 let mut c = c.clone();
