@@ -208,7 +208,7 @@ pub fn check(nodes: &[NodeFacts]) -> Vec<Finding> {
         }
     }
     let members: Vec<&NodeFacts> = nodes.iter().filter(|n| n.quorum_member).collect();
-    if !members.is_empty() && members.len() % 2 == 0 {
+    if !members.is_empty() && members.len().is_multiple_of(2) {
         out.push(Finding {
             severity: Severity::Warning,
             code: "even-quorum",
@@ -243,7 +243,7 @@ pub fn check(nodes: &[NodeFacts]) -> Vec<Finding> {
             fix: "give every RedLock node its own independent server.".into(),
         });
     }
-    out.sort_by(|a, b| b.severity.cmp(&a.severity));
+    out.sort_by_key(|f| std::cmp::Reverse(f.severity));
     out
 }
 
