@@ -130,6 +130,17 @@ fn redis_server_installed() -> bool {
 }
 
 async fn run<B: LockBackend + Clone>(backend: B, args: &Args) -> Result<(), Box<dyn std::error::Error>> {
+    // The deployment doctor first: what in this server's settings could break the lock.
+    match backend.check_deployment().await {
+        Ok(findings) if findings.is_empty() => println!("doctor: no finding for {}", backend.endpoint()),
+        Ok(findings) => {
+            println!("doctor: {} finding(s) for {}", findings.len(), backend.endpoint());
+            for f in &findings {
+                println!("  {f}");
+            }
+        }
+        Err(e) => println!("doctor: could not read the server's settings: {e}"),
+    }
     let config = LockConfig::builder()
         .ttl(Duration::from_millis(600))
         .renew_interval(Duration::from_millis(200))
