@@ -1,0 +1,115 @@
+//! `lockctl`: look at locks and deployments from the command line.
+//!
+//! ```text
+//! cargo run -p lock-examples --bin lockctl -- inspect KEY [--url URL]...
+//! cargo run -p lock-examples --bin lockctl -- doctor [--url URL]...
+//! ```
+//!
+//! `inspect` shows, for a lock key on each node: whether it is held (the owner token redacted),
+//! its remaining TTL, its fence counter and how many waiters are subscribed to its release
+//! channel. `doctor` runs the deployment doctor over the nodes (a RedLock when there are several)
+//! and exits with status 1 when a finding is critical. Several `--url`s mean several nodes.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use lock_core::scripts::RedisKeys;
+use lock_core::{LockBackend, LockKey};
+use lock_redis_rs::RedisBackend;
+use lock_redis_rs::redis;
+use lock_redlock::RedLock;
+
+#[derive(Parser, Debug)]
+#[command(about = "Inspect distributed locks and check a deployment")]
+struct Args {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Show a lock's state on every node.
+    Inspect {
+        /// The lock key, as given to `LockClient::mutex` (including any key prefix).
+        key: String,
+        /// A node URL (repeat for several nodes).
+        #[arg(long = "url", default_value = "redis://127.0.0.1:6379/")]
+        urls: Vec<String>,
+    },
+    /// Run the deployment doctor.
+    Doctor {
+        /// A node URL (repeat for the nodes of a RedLock).
+        #[arg(long = "url", default_value = "redis://127.0.0.1:6379/")]
+        urls: Vec<String>,
+    },
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let result = match args.cmd {
+        Cmd::Inspect { key, urls } => inspect(&key, &urls).await,
+        Cmd::Doctor { urls } => doctor(&urls).await,
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("lockctl: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn inspect(key: &str, urls: &[String]) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let keys = RedisKeys::for_key(&LockKey::new(key)?);
+    println!("lock {key:?} (redis key {}):", keys.lock);
+    for url in urls {
+        let mut conn = match redis::Client::open(url.as_str())?.get_multiplexed_async_connection().await {
+            Ok(c) => c,
+            Err(e) => {
+                println!("  {url}: unreachable ({e})");
+                continue;
+            }
+        };
+        let value: Option<String> = redis::cmd("GET").arg(&keys.lock).query_async(&mut conn).await?;
+        let pttl: i64 = redis::cmd("PTTL").arg(&keys.lock).query_async(&mut conn).await?;
+        let fence: Option<u64> = redis::cmd("GET").arg(&keys.fence).query_async(&mut conn).await?;
+        let subs: (String, i64) =
+            redis::cmd("PUBSUB").arg("NUMSUB").arg(&keys.channel).query_async(&mut conn).await?;
+        let held = match &value {
+            // The owner token is a secret: show only enough of it to tell owners apart.
+            Some(v) => {
+                let (owner, fence) = v.split_once(':').unwrap_or((v.as_str(), "?"));
+                let shown: String = owner.chars().take(4).collect();
+                format!("held by {shown}\u{2026} (fence {fence}), {pttl} ms left")
+            }
+            None => "free".to_string(),
+        };
+        println!(
+            "  {url}: {held}; fence counter {}; {} waiter connection(s) subscribed",
+            fence.map_or("none".to_string(), |f| f.to_string()),
+            subs.1
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn doctor(urls: &[String]) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let mut nodes = Vec::new();
+    for url in urls {
+        nodes.push(RedisBackend::connect(url).await?);
+    }
+    let findings = if nodes.len() == 1 {
+        nodes.remove(0).check_deployment().await?
+    } else {
+        RedLock::new(nodes)?.check_deployment().await?
+    };
+    if findings.is_empty() {
+        println!("no finding: {} node(s) look right for locks", urls.len());
+    }
+    for f in &findings {
+        println!("{f}");
+    }
+    let critical = findings.iter().any(|f| f.severity == lock_core::doctor::Severity::Critical);
+    Ok(if critical { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}

@@ -1,0 +1,39 @@
+//! `lockctl` against a spawned server: inspect shows a held lock without its token, doctor
+//! exits 1 on a critical finding and 0 on a healthy node.
+
+use std::process::Command;
+
+use lock_core::{LockClient, LockConfig};
+use lock_redis_rs::RedisBackend;
+use lock_testkit::RedisServer;
+
+fn lockctl(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_lockctl")).args(args).output().expect("lockctl runs");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inspect_and_doctor() {
+    let server = RedisServer::start().expect("redis-server");
+    let url = server.url();
+    let config = LockConfig::builder().fencing(true).build().unwrap();
+    let locks = LockClient::with_config(RedisBackend::connect(&url).await.unwrap(), config).unwrap();
+    let guard = locks.mutex("orders:1").unwrap().lock().await.unwrap();
+    let stored = server.cmd(&["GET", "lock:{orders:1}"]).unwrap().text();
+    let token = stored.split(':').next().unwrap().to_string();
+
+    let (code, out) = lockctl(&["inspect", "orders:1", "--url", &url]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("held by") && out.contains("fence 1") && out.contains("fence counter 1"), "{out}");
+    assert!(!out.contains(&token), "the owner token must not be shown: {out}");
+    guard.release().await.unwrap();
+    let (_, out) = lockctl(&["inspect", "orders:1", "--url", &url]);
+    assert!(out.contains("free"), "{out}");
+
+    let (code, out) = lockctl(&["doctor", "--url", &url]);
+    assert_eq!((code, out.contains("no finding")), (0, true), "{out}");
+    server.cmd(&["CONFIG", "SET", "maxmemory-policy", "volatile-ttl"]).unwrap();
+    let (code, out) = lockctl(&["doctor", "--url", &url]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("eviction") && out.contains("volatile-ttl"), "{out}");
+}
