@@ -97,6 +97,7 @@ impl Capabilities {
 pub struct ReleaseWatch {
     rx: watch::Receiver<u64>,
     _keep: Option<Box<dyn Any + Send + Sync>>,
+    rank: Option<Box<dyn Fn() -> usize + Send + Sync>>,
 }
 
 impl std::fmt::Debug for ReleaseWatch {
@@ -108,12 +109,12 @@ impl std::fmt::Debug for ReleaseWatch {
 impl ReleaseWatch {
     /// A subscription on a receiver; the backend bumps the sender's value on every release.
     pub fn new(rx: watch::Receiver<u64>) -> Self {
-        Self { rx, _keep: None }
+        Self { rx, _keep: None, rank: None }
     }
 
     /// Like [`ReleaseWatch::new`], keeping `keep` alive (e.g. a subscriber count guard).
     pub fn with_keep(rx: watch::Receiver<u64>, keep: impl Any + Send + Sync) -> Self {
-        Self { rx, _keep: Some(Box::new(keep)) }
+        Self { rx, _keep: Some(Box::new(keep)), rank: None }
     }
 
     /// Waits, without bound, for a release notice newer than the last one seen. Returns
@@ -141,6 +142,22 @@ impl ReleaseWatch {
             }
             Err(_) => false,
         }
+    }
+
+    /// Tells this watch its place among the waiters of this process on the same key (see
+    /// [`ReleaseWatch::rank`]).
+    #[must_use]
+    pub fn with_rank(mut self, rank: impl Fn() -> usize + Send + Sync + 'static) -> Self {
+        self.rank = Some(Box::new(rank));
+        self
+    }
+
+    /// How many waiters of this process on the same key have waited longer than this one (0
+    /// when unknown). After a release notice the oldest waiter tries first and the others a
+    /// moment later, so that waiters of one process are served in arrival order instead of
+    /// in the order the runtime happens to wake them.
+    pub fn rank(&self) -> usize {
+        self.rank.as_ref().map_or(0, |r| r())
     }
 
     /// Whether the backend closed this subscription (no notice can come any more).

@@ -292,6 +292,9 @@ impl Mutex {
     }
 }
 
+/// How long a younger waiter lets the oldest waiter of its process try first after a release.
+const YIELD_TO_OLDER: Duration = Duration::from_millis(1);
+
 /// Releases, in the background, an acquisition that may have been applied on the backend but
 /// was never handed out (cancelled future, error, timeout). Owner-checked, so harmless if not.
 struct PendingAcquire {
@@ -427,7 +430,14 @@ async fn acquire_inner(
         wait = wait.min(deadline - now);
         match (&mut watch, held) {
             (Some(w), true) => {
-                if !w.wait(wait).await && w.is_closed() {
+                if w.wait(wait).await {
+                    // Woken by a release: the oldest waiter of this process tries at once, the
+                    // younger ones a moment later, so they are served in arrival order rather
+                    // than in the order the runtime wakes them (which starves some).
+                    if w.rank() > 0 {
+                        tokio::time::sleep(YIELD_TO_OLDER.min(deadline - Instant::now().min(deadline))).await;
+                    }
+                } else if w.is_closed() {
                     // The backend dropped the subscription: subscribe again next time.
                     watch = None;
                 }

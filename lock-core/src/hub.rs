@@ -19,6 +19,9 @@ struct Channel {
     notices: watch::Sender<u64>,
     ready: watch::Sender<bool>,
     count: usize,
+    /// The tickets of the waiters, in arrival order (the oldest first).
+    queue: std::collections::BTreeSet<u64>,
+    next_ticket: u64,
 }
 
 struct Inner {
@@ -80,6 +83,7 @@ impl std::fmt::Debug for ReleaseHub {
 struct Counted {
     inner: Weak<Inner>,
     channel: String,
+    ticket: u64,
 }
 
 impl Drop for Counted {
@@ -87,6 +91,7 @@ impl Drop for Counted {
         let Some(inner) = self.inner.upgrade() else { return };
         let mut channels = inner.channels();
         if let Some(ch) = channels.get_mut(&self.channel) {
+            ch.queue.remove(&self.ticket);
             ch.count = ch.count.saturating_sub(1);
             if ch.count == 0 {
                 channels.remove(&self.channel);
@@ -107,20 +112,35 @@ impl ReleaseHub {
     /// confirmed the subscription, so a notice published after this returns is not missed.
     /// Unconfirmed, the watch still works; the waiter's capped backoff is the fallback.
     pub async fn watch(&self, channel: &str, confirm_within: Duration) -> ReleaseWatch {
-        let (notices, mut ready) = {
+        let (notices, mut ready, ticket) = {
             let mut channels = self.inner.channels();
             let ch = channels.entry(channel.to_string()).or_insert_with(|| {
                 let _ = self.inner.commands.send(HubCommand::Subscribe(channel.to_string()));
-                Channel { notices: watch::channel(0).0, ready: watch::channel(false).0, count: 0 }
+                Channel {
+                    notices: watch::channel(0).0,
+                    ready: watch::channel(false).0,
+                    count: 0,
+                    queue: std::collections::BTreeSet::new(),
+                    next_ticket: 0,
+                }
             });
             ch.count += 1;
-            (ch.notices.subscribe(), ch.ready.subscribe())
+            let ticket = ch.next_ticket;
+            ch.next_ticket += 1;
+            ch.queue.insert(ticket);
+            (ch.notices.subscribe(), ch.ready.subscribe(), ticket)
         };
-        let keep = Counted { inner: Arc::downgrade(&self.inner), channel: channel.to_string() };
+        let keep = Counted { inner: Arc::downgrade(&self.inner), channel: channel.to_string(), ticket };
+        let (weak, name) = (Arc::downgrade(&self.inner), channel.to_string());
+        let rank = move || {
+            weak.upgrade()
+                .and_then(|inner| inner.channels().get(&name).map(|ch| ch.queue.range(..ticket).count()))
+                .unwrap_or(0)
+        };
         if tokio::time::timeout(confirm_within, ready.wait_for(|r| *r)).await.is_err() {
             debug!(channel, "release subscription not confirmed in time");
         }
-        ReleaseWatch::with_keep(notices, keep)
+        ReleaseWatch::with_keep(notices, keep).with_rank(rank)
     }
 
     /// Whether any waiter wants `channel` now.
