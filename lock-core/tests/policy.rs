@@ -429,4 +429,3 @@ fn invalid_keys_are_rejected() {
     assert!(prefixed.mutex("").is_err(), "a prefix does not make an empty key valid");
     assert_eq!(prefixed.mutex("k").unwrap().key().as_str(), "app:k");
 }
-

@@ -478,7 +478,10 @@ async fn watchdog_at_scale<B: LockBackend + Clone>(
     let late = floor.saturating_sub(min_left);
     let lost = guards.iter().filter(|g| !g.is_held()).count();
     join_all(guards.into_iter().map(|g| g.release())).await;
-    let per_lease_period = renewals as f64 / (held.max(1) as f64 * f64::from(periods));
+    // Per renewal period actually measured (the window is a little longer than `periods`
+    // periods, by the sampling step), so an unbatched watchdog shows 1.00, not less.
+    let measured_periods = elapsed.as_secs_f64() / renew.as_secs_f64();
+    let per_lease_period = renewals as f64 / (held.max(1) as f64 * measured_periods);
     println!(
         "   {:<10} {:>7} {:>11.0} {:>12.2} {:>7.1} {:>11.0} {:>10.1} {:>8.1} {:>5}",
         name,
@@ -706,8 +709,11 @@ fn targets(doc: &serde_json::Value) {
         add(format!("watchdog {who} memory < 2 KiB/lease"), format!("{m:.0} B"), m < 2048.0);
         let l = get("watchdog", who, "worst_lateness_pct_ttl");
         add(format!("watchdog {who} lateness <= 10% ttl"), format!("{l:.1}%"), l <= 10.0);
+        // Unbatched, each lease costs one script call per renewal: the measurement shows
+        // 0.95-1.00 (a few leases' last renewal falls just outside the window). Batching, the
+        // target's intent (Redisson sends 100 keys per call), shows about 0.01.
         let c = get("watchdog", who, "renewal_commands_per_lease_per_period");
-        add(format!("watchdog {who} < 1 renewal command/lease/period"), format!("{c:.2}"), c < 1.0);
+        add(format!("watchdog {who} < 1 renewal command/lease/period (batched)"), format!("{c:.2}"), c < 0.9);
     }
     println!("\ntargets (ratios from this run)");
     for (what, measured, ok) in &rows {
