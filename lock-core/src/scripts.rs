@@ -123,6 +123,20 @@ pub fn fence_args(token: &Token, fence: FencingToken) -> [String; 2] {
     [token.to_redis_value(), fence.0.to_string()]
 }
 
+/// The Redis ACL rules a lock user needs, and nothing more: the lock's keys and release
+/// channels only, the commands the drivers send (the fast-path `SET`, the scripts by
+/// `EVALSHA`/`EVAL`/`SCRIPT LOAD`, pub/sub for waiters, connection set-up) and the commands the
+/// scripts run (ACL applies inside scripts too). Create the user with
+/// `ACL SETUSER locker on >PASSWORD ` followed by these rules. Add `+info +config|get` if the
+/// same user should run the deployment doctor (it reports what it could not read otherwise).
+///
+/// ```
+/// assert!(lock_core::scripts::ACL_RULES.contains("~lock:*"));
+/// ```
+pub const ACL_RULES: &str = "resetkeys ~lock:* resetchannels &lock:* -@all \
++set +get +del +incr +pexpire +pttl +publish +evalsha +eval +script|load \
++subscribe +unsubscribe +ping +client|setname +client|id";
+
 /// A TTL in whole milliseconds for PX/PEXPIRE, at least 1 (Redis rejects 0).
 pub fn ttl_millis(ttl: Duration) -> u64 {
     u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)

@@ -202,6 +202,66 @@ pub async fn auth_failure_gives_a_clear_error<D: RedisDriver>(driver: D) {
     LockClient::new(backend).mutex("auth").unwrap().lock().await.unwrap().release().await.unwrap();
 }
 
+/// A user with exactly [`lock_core::scripts::ACL_RULES`] can do everything the lock does
+/// (fenced and unfenced locks, waits woken by pub/sub, renewals); a user without EVALSHA gets
+/// a permanent error that names the missing permission.
+pub async fn acl_user_with_the_documented_rules_can_lock<D: RedisDriver>(driver: D) {
+    let server = server();
+    let mut setuser = vec!["ACL", "SETUSER", "locker", "on", ">pw"];
+    setuser.extend(lock_core::scripts::ACL_RULES.split_whitespace());
+    assert_eq!(server.cmd(&setuser).unwrap().text(), "OK");
+    let url = format!("redis://locker:pw@{}/", server.addr());
+    let backend = driver.connect(&url, DriverOptions::default()).await.unwrap_or_else(|e| panic!("{e}"));
+    for fencing in [true, false] {
+        let config = LockConfig::builder()
+            .ttl(300 * MS)
+            .renew_interval(100 * MS)
+            .acquire_timeout(10_000 * MS)
+            .fencing(fencing)
+            .build()
+            .unwrap();
+        let locks = LockClient::with_config(backend.clone(), config).unwrap();
+        let key = format!("acl:{fencing}");
+        let held = locks.mutex(&key).unwrap().lock().await.unwrap();
+        let waiter = {
+            let locks = LockClient::with_config(backend.clone(), locks.config().clone()).unwrap();
+            let key = key.clone();
+            tokio::spawn(async move { locks.mutex(&key).unwrap().lock().await.map(|_| ()) })
+        };
+        tokio::time::sleep(400 * MS).await; // past the TTL: the watchdog renewed it
+        assert!(held.is_held(), "renewal must work for the ACL user");
+        held.release().await.unwrap();
+        waiter.await.unwrap().unwrap();
+    }
+    // No EVALSHA: a clear, permanent error naming it.
+    let mut setuser = vec!["ACL", "SETUSER", "nolua", "on", ">pw"];
+    setuser.extend(lock_core::scripts::ACL_RULES.split_whitespace());
+    setuser.extend(["-evalsha", "-eval"]);
+    assert_eq!(server.cmd(&setuser).unwrap().text(), "OK");
+    let url = format!("redis://nolua:pw@{}/", server.addr());
+    let backend = driver.connect(&url, DriverOptions::default()).await.unwrap_or_else(|e| panic!("{e}"));
+    let config = LockConfig::builder().fencing(true).build().unwrap();
+    let start = Instant::now();
+    let err = LockClient::with_config(backend, config)
+        .unwrap()
+        .mutex("acl:denied")
+        .unwrap()
+        .lock()
+        .await
+        .unwrap_err();
+    assert!(start.elapsed() < 2_000 * MS, "a missing permission must not be retried until the timeout");
+    let msg = err.to_string();
+    let lower = msg.to_lowercase();
+    assert!(lower.contains("evalsha") && lower.contains("noperm"), "{msg}");
+    match &err {
+        LockError::Backend { source, .. } => {
+            assert_eq!(source.kind(), BackendErrorKind::Auth, "{msg}");
+            assert!(!source.is_retryable(), "{msg}");
+        }
+        other => panic!("expected a backend error, got {other}"),
+    }
+}
+
 /// 200 waiters on one key: each gets the lock exactly once, and afterwards no subscription is
 /// left on the server or in the backend.
 pub async fn two_hundred_waiters_each_get_the_lock_once<D: RedisDriver>(driver: D) {
@@ -409,6 +469,7 @@ macro_rules! redis_suite {
             server_restart_is_survived,
             unreachable_address_errors_within_the_timeout,
             auth_failure_gives_a_clear_error,
+            acl_user_with_the_documented_rules_can_lock,
             two_hundred_waiters_each_get_the_lock_once,
             lock_unlock_is_two_round_trips,
             unfenced_lock_is_a_plain_set_with_the_script_as_fallback,
