@@ -124,6 +124,21 @@ impl<B: LockBackend> LockClient<B> {
     ///
     /// # Cancel safety
     /// Cancelling drops the body and releases the lock in the background.
+    ///
+    /// # Examples
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lock_core::LockError> {
+    /// use lock_core::LockClient;
+    /// use lock_testkit::MemoryBackend;
+    /// let locks = LockClient::new(MemoryBackend::new());
+    /// let total = locks.with_lock("ledger", |guard| async move {
+    ///     assert!(guard.is_held());
+    ///     40 + 2
+    /// }).await?;
+    /// assert_eq!(total, 42);
+    /// # Ok(()) }
+    /// ```
     pub async fn with_lock<F, Fut, T>(&self, key: impl AsRef<str>, body: F) -> Result<T, LockError>
     where
         F: FnOnce(Guard) -> Fut,
@@ -219,6 +234,21 @@ impl Mutex {
     ///
     /// # Cancel safety
     /// Cancel-safe: an acquisition that may have been applied is released in the background.
+    ///
+    /// # Examples
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lock_core::LockError> {
+    /// use lock_core::LockClient;
+    /// use lock_testkit::MemoryBackend;
+    /// let backend = MemoryBackend::new();
+    /// let a = LockClient::new(backend.clone()).mutex("job")?;
+    /// let b = LockClient::new(backend).mutex("job")?;
+    /// let held = a.try_lock().await?.expect("free");
+    /// assert!(b.try_lock().await?.is_none(), "another handle does not get it");
+    /// held.release().await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn try_lock(&self) -> Result<Option<Guard>, LockError> {
         if let Some(guard) = self.reenter() {
             return Ok(Some(guard));
@@ -248,6 +278,22 @@ impl Mutex {
     /// # Cancel safety
     /// Cancel-safe: dropping the future leaves no lock behind; an acquisition that may have
     /// been applied is released in the background.
+    ///
+    /// # Examples
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lock_core::LockError> {
+    /// use lock_core::LockClient;
+    /// use lock_testkit::MemoryBackend;
+    /// let mutex = LockClient::new(MemoryBackend::new()).mutex("orders:42")?;
+    /// let guard = mutex.lock().await?;
+    /// tokio::select! {
+    ///     () = async { /* the critical section */ } => {}
+    ///     reason = guard.lost() => eprintln!("lost: {reason}"),
+    /// }
+    /// guard.release().await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn lock(&self) -> Result<Guard, LockError> {
         self.lock_with(LockOptions::default()).await
     }
@@ -259,6 +305,20 @@ impl Mutex {
     ///
     /// # Cancel safety
     /// As [`Mutex::lock`].
+    ///
+    /// # Examples
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lock_core::LockError> {
+    /// use std::time::Duration;
+    /// use lock_core::{LockClient, LockOptions};
+    /// use lock_testkit::MemoryBackend;
+    /// let mutex = LockClient::new(MemoryBackend::new()).mutex("import")?;
+    /// let options = LockOptions::new().timeout(Duration::from_millis(200)).watchdog(false);
+    /// let guard = mutex.lock_with(options).await?;
+    /// guard.release().await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn lock_with(&self, options: LockOptions) -> Result<Guard, LockError> {
         if let Some(guard) = self.reenter() {
             return Ok(guard);

@@ -408,6 +408,20 @@ impl Guard {
     /// # Cancel safety
     /// Cancelling may leave the server's expiry reset without `valid_until` moved, which is
     /// the conservative direction.
+    ///
+    /// # Examples
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lock_core::LockError> {
+    /// use std::time::Duration;
+    /// use lock_core::LockClient;
+    /// use lock_testkit::MemoryBackend;
+    /// let guard = LockClient::new(MemoryBackend::new()).mutex("long")?.lock().await?;
+    /// guard.extend(Duration::from_secs(60)).await?;
+    /// assert!(guard.remaining() > Duration::from_secs(30));
+    /// guard.release().await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn extend(&self, ttl: Duration) -> Result<(), LockError> {
         let shared = &self.inner.shared;
         let config = &self.inner.ctx.config;
@@ -458,6 +472,19 @@ impl Guard {
     ///
     /// # Cancel safety
     /// Cancelling the release falls back to the background release of `Drop`.
+    ///
+    /// # Examples
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lock_core::LockError> {
+    /// use lock_core::{LockClient, LockError};
+    /// use lock_testkit::MemoryBackend;
+    /// let memory = MemoryBackend::new();
+    /// let guard = LockClient::new(memory.clone()).mutex("k")?.lock().await?;
+    /// memory.evict("k"); // as if it had expired and been taken over
+    /// assert!(matches!(guard.release().await, Err(LockError::NotHeld { .. })));
+    /// # Ok(()) }
+    /// ```
     pub async fn release(self) -> Result<(), LockError> {
         match Arc::try_unwrap(self.inner) {
             Ok(inner) => inner.release_now().await,

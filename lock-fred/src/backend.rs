@@ -193,6 +193,17 @@ impl FredBackendBuilder {
     ///
     /// # Errors
     /// An invalid URL, a wrong password, or a server not reachable within the connect timeout.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: nothing is left behind but a half-open connection, which is closed.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use lock_fred::FredBackend;
+    /// let backend = FredBackend::builder().connect("redis://127.0.0.1:6379/").await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn connect(self, url: &str) -> Result<FredBackend<Client>, BackendError> {
         let config = parse_url(url)?;
         self.connect_config(config).await
@@ -202,6 +213,19 @@ impl FredBackendBuilder {
     ///
     /// # Errors
     /// As [`FredBackendBuilder::connect`].
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: nothing is left behind but a half-open connection, which is closed.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use lock_fred::FredBackend;
+    /// use lock_fred::fred::prelude::Config;
+    /// let config = Config::from_url("redis://127.0.0.1:6379/")?;
+    /// let backend = FredBackend::builder().connect_config(config).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn connect_config(self, config: Config) -> Result<FredBackend<Client>, BackendError> {
         let endpoint = endpoint_of(&config);
         let client =
@@ -215,6 +239,17 @@ impl FredBackendBuilder {
     ///
     /// # Errors
     /// As [`FredBackendBuilder::connect`], or a zero size.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: nothing is left behind but a half-open connection, which is closed.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use lock_fred::FredBackend;
+    /// let backend = FredBackend::builder().connect_pool("redis://127.0.0.1:6379/", 4).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn connect_pool(self, url: &str, size: usize) -> Result<FredBackend<Pool>, BackendError> {
         if size == 0 {
             return Err(config_error("a pool needs at least one client"));
@@ -232,6 +267,18 @@ impl FredBackendBuilder {
     ///
     /// # Errors
     /// No seed, an invalid URL, or a cluster not reachable within the connect timeout.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: nothing is left behind but a half-open connection, which is closed.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use lock_fred::FredBackend;
+    /// let seeds = ["redis://10.0.0.1:7000/", "redis://10.0.0.2:7000/"];
+    /// let backend = FredBackend::builder().connect_cluster(&seeds).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn connect_cluster<S: AsRef<str>>(
         self,
         seeds: &[S],
@@ -259,6 +306,18 @@ impl FredBackend<Client> {
     ///
     /// # Errors
     /// An invalid URL, a wrong password, or a server not reachable within 5 s.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: nothing is left behind but a half-open connection, which is closed.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use lock_core::LockClient;
+    /// use lock_fred::FredBackend;
+    /// let locks = LockClient::new(FredBackend::connect("redis://127.0.0.1:6379/").await?);
+    /// # Ok(()) }
+    /// ```
     pub async fn connect(url: &str) -> Result<Self, BackendError> {
         FredBackendBuilder::default().connect(url).await
     }

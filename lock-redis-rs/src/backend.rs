@@ -153,6 +153,17 @@ impl RedisBackendBuilder {
     ///
     /// # Errors
     /// An invalid URL, or a server that cannot be reached within the connect timeout.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: nothing is left behind but a half-open connection, which is closed.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use lock_redis_rs::RedisBackend;
+    /// let backend = RedisBackend::builder().connect("redis://127.0.0.1:6379/").await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn connect(self, url: &str) -> Result<RedisBackend<MultiplexedConnection>, BackendError> {
         let client = self.open(url)?;
         let endpoint = client.get_connection_info().addr().to_string();
@@ -168,6 +179,21 @@ impl RedisBackendBuilder {
     ///
     /// # Errors
     /// An invalid URL, or a server that cannot be reached within the connect timeout.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: nothing is left behind but a half-open connection, which is closed.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use lock_redis_rs::RedisBackend;
+    /// let backend = RedisBackend::builder()
+    ///     .command_timeout(Duration::from_millis(500))
+    ///     .connect_managed("redis://locker:secret@127.0.0.1:6379/")
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn connect_managed(self, url: &str) -> Result<RedisBackend<ConnectionManager>, BackendError> {
         let client = self.open(url)?;
         let endpoint = client.get_connection_info().addr().to_string();
@@ -194,6 +220,18 @@ impl RedisBackendBuilder {
     ///
     /// # Errors
     /// No seed, an invalid URL, or a cluster that cannot be reached within the connect timeout.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: nothing is left behind but a half-open connection, which is closed.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use lock_redis_rs::RedisBackend;
+    /// let seeds = ["redis://10.0.0.1:7000/", "redis://10.0.0.2:7000/"];
+    /// let backend = RedisBackend::builder().connect_cluster(&seeds).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn connect_cluster<S: AsRef<str>>(
         self,
         seeds: &[S],
@@ -227,6 +265,18 @@ impl RedisBackend<MultiplexedConnection> {
     ///
     /// # Errors
     /// An invalid URL, or a server that cannot be reached within 5 s.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: nothing is left behind but a half-open connection, which is closed.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use lock_core::LockClient;
+    /// use lock_redis_rs::RedisBackend;
+    /// let locks = LockClient::new(RedisBackend::connect("redis://127.0.0.1:6379/").await?);
+    /// # Ok(()) }
+    /// ```
     pub async fn connect(url: &str) -> Result<Self, BackendError> {
         RedisBackendBuilder::default().connect(url).await
     }
