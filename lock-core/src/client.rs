@@ -409,6 +409,7 @@ async fn acquire_inner(
     let mut watch: Option<ReleaseWatch> = None;
     let mut last_error: Option<BackendError> = None;
     let wake_up = backend.capabilities().wake_up;
+    let mut contended = false;
 
     loop {
         let started = Instant::now();
@@ -426,6 +427,7 @@ async fn acquire_inner(
                 let now = Instant::now();
                 if now < valid_until {
                     pending.armed = false;
+                    crate::telemetry::acquired(backend.name(), now - started, now - start);
                     debug!(fence = ?grant.fence, "acquired");
                     let inner = LeaseInner::start(
                         ctx.clone(),
@@ -447,6 +449,10 @@ async fn acquire_inner(
                     pending.armed = false;
                 }
                 held = true;
+                if !contended {
+                    contended = true;
+                    crate::telemetry::contended(backend.name());
+                }
                 remaining = r;
             }
             Ok(Err(e)) if e.is_retryable() => {
@@ -470,6 +476,7 @@ async fn acquire_inner(
         };
         let now = Instant::now();
         if now >= deadline {
+            crate::telemetry::timed_out(backend.name());
             return Err(LockError::Timeout { key: key.clone(), waited: now - start, last_error });
         }
         if held && wake_up && watch.is_none() {

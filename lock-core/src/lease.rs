@@ -41,6 +41,9 @@ struct State {
 #[derive(Debug)]
 pub(crate) struct Shared {
     key: LockKey,
+    /// The backend's name, for metrics.
+    backend: String,
+    acquired_at: Instant,
     token: Token,
     fence: Option<FencingToken>,
     max_hold_until: Option<Instant>,
@@ -64,6 +67,7 @@ impl Shared {
         });
         if marked {
             warn!(key = %self.key, %reason, "lease lost");
+            crate::telemetry::lost(&self.backend);
         }
         marked
     }
@@ -167,7 +171,8 @@ impl LeaseInner {
     ) -> Arc<Self> {
         let max_hold_until = ctx.config.max_hold().and_then(|d| acquired_at.checked_add(d));
         let (state, _) = watch::channel(State { valid_until, status: Status::Held, capped: false });
-        let shared = Arc::new(Shared { key, token, fence, max_hold_until, state });
+        let backend = ctx.backend.name().to_string();
+        let shared = Arc::new(Shared { key, backend, acquired_at, token, fence, max_hold_until, state });
         let runtime = Handle::try_current().ok();
         let watchdog = match (&runtime, watchdog) {
             (Some(rt), true) => {
@@ -190,6 +195,7 @@ impl LeaseInner {
 
     async fn release_now(&self) -> Result<(), LockError> {
         self.stop_watchdog();
+        crate::telemetry::held(&self.shared.backend, self.shared.acquired_at.elapsed());
         let key = &self.shared.key;
         let before = self.shared.snapshot().status;
         let mut backoff = Backoff::new(self.ctx.config.backoff_min(), self.ctx.config.backoff_max());
@@ -226,6 +232,8 @@ impl Drop for LeaseInner {
             return;
         }
         self.shared.state.send_modify(|s| s.status = Status::Released);
+        crate::telemetry::held(&self.shared.backend, self.shared.acquired_at.elapsed());
+        crate::telemetry::background_release(&self.shared.backend);
         let backend = Arc::clone(&self.ctx.backend);
         let key = self.shared.key.clone();
         let token = self.shared.token;
@@ -282,7 +290,11 @@ async fn run_watchdog(shared: Weak<Shared>, ctx: LeaseCtx, acquired_at: Instant)
             }
             // A renewal that has not answered by the deadline is a lost lease, even if the call
             // would hang forever.
-            match tokio::time::timeout_at(deadline, ctx.backend.extend(&req)).await {
+            let outcome = tokio::time::timeout_at(deadline, ctx.backend.extend(&req)).await;
+            if !matches!(outcome, Ok(Ok(ExtendOutcome::Extended { .. }))) {
+                crate::telemetry::renewal(&shared.backend, false);
+            }
+            match outcome {
                 Err(_) => {
                     shared.mark_lost(LostReason::Expired);
                     return;
@@ -302,6 +314,7 @@ async fn run_watchdog(shared: Weak<Shared>, ctx: LeaseCtx, acquired_at: Instant)
                         shared.state.send_modify(|s| s.capped = true);
                     }
                     debug!(key = %shared.key, "renewed");
+                    crate::telemetry::renewal(&shared.backend, true);
                     next = started + config.renew_interval();
                     break;
                 }

@@ -10,6 +10,7 @@ mod error;
 pub mod hub;
 mod lease;
 pub mod scripts;
+mod telemetry;
 mod types;
 
 pub use backend::{
