@@ -80,6 +80,7 @@ pub struct FredBackendBuilder {
     connect_timeout: Duration,
     command_timeout: Duration,
     wake_up: bool,
+    root_ca: Option<String>,
 }
 
 impl Default for FredBackendBuilder {
@@ -88,6 +89,7 @@ impl Default for FredBackendBuilder {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             command_timeout: DEFAULT_COMMAND_TIMEOUT,
             wake_up: true,
+            root_ca: None,
         }
     }
 }
@@ -96,8 +98,45 @@ fn config_error(what: impl std::fmt::Display) -> BackendError {
     BackendError::permanent(BackendErrorKind::Other, what.to_string())
 }
 
-fn parse_url(url: &str) -> Result<Config, BackendError> {
-    Config::from_url(url).map_err(|e| map_error(&e, &format!("invalid redis url {url:?}")))
+fn parse_url(url: &str, root_ca: Option<&str>) -> Result<Config, BackendError> {
+    let tls = url.starts_with("rediss");
+    if tls && !cfg!(feature = "tls") {
+        return Err(config_error(format!(
+            "{url:?} asks for TLS, but lock-fred was built without its `tls` feature"
+        )));
+    }
+    #[cfg_attr(not(feature = "tls"), allow(unused_mut))]
+    let mut config =
+        Config::from_url(url).map_err(|e| map_error(&e, &format!("invalid redis url {url:?}")))?;
+    #[cfg(feature = "tls")]
+    if tls {
+        config.tls = Some(tls_config(root_ca)?);
+    }
+    let _ = root_ca;
+    Ok(config)
+}
+
+/// rustls over ring, trusting `root_ca` (PEM) when given, else the system's roots.
+#[cfg(feature = "tls")]
+fn tls_config(root_ca: Option<&str>) -> Result<fred::types::config::TlsConfig, BackendError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let Some(pem) = root_ca else {
+        return fred::types::config::TlsConnector::default_rustls()
+            .map(Into::into)
+            .map_err(|e| map_error(&e, "loading the system's TLS roots"));
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+        let cert = cert.map_err(|e| config_error(format!("the TLS root CA is not valid PEM: {e}")))?;
+        roots.add(cert).map_err(|e| config_error(format!("the TLS root CA is not usable: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(config_error("the TLS root CA holds no certificate"));
+    }
+    let config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    Ok(config.into())
 }
 
 fn endpoint_of(config: &Config) -> String {
@@ -108,6 +147,15 @@ fn endpoint_of(config: &Config) -> String {
 }
 
 impl FredBackendBuilder {
+    /// Trusts this CA (PEM) for `rediss://` URLs instead of the system's roots: for servers
+    /// with certificates from a private CA. Needs the `tls` feature.
+    #[cfg(feature = "tls")]
+    #[must_use]
+    pub fn tls_root_ca(mut self, pem: impl Into<String>) -> Self {
+        self.root_ca = Some(pem.into());
+        self
+    }
+
     /// How long connecting may take. Default 5 s.
     #[must_use]
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
@@ -205,7 +253,7 @@ impl FredBackendBuilder {
     /// # Ok(()) }
     /// ```
     pub async fn connect(self, url: &str) -> Result<FredBackend<Client>, BackendError> {
-        let config = parse_url(url)?;
+        let config = parse_url(url, self.root_ca.as_deref())?;
         self.connect_config(config).await
     }
 
@@ -254,7 +302,7 @@ impl FredBackendBuilder {
         if size == 0 {
             return Err(config_error("a pool needs at least one client"));
         }
-        let config = parse_url(url)?;
+        let config = parse_url(url, self.root_ca.as_deref())?;
         let endpoint = endpoint_of(&config);
         let pool =
             self.builder(config.clone()).build_pool(size).map_err(|e| map_error(&e, "building the pool"))?;
@@ -284,10 +332,10 @@ impl FredBackendBuilder {
         seeds: &[S],
     ) -> Result<FredBackend<Client>, BackendError> {
         let first = seeds.first().ok_or_else(|| config_error("a cluster needs at least one seed url"))?;
-        let mut config = parse_url(first.as_ref())?;
+        let mut config = parse_url(first.as_ref(), self.root_ca.as_deref())?;
         let mut hosts = Vec::new();
         for seed in seeds {
-            for server in parse_url(seed.as_ref())?.server.hosts() {
+            for server in parse_url(seed.as_ref(), self.root_ca.as_deref())?.server.hosts() {
                 hosts.push((server.host.to_string(), server.port));
             }
         }

@@ -81,6 +81,7 @@ pub struct RedisBackendBuilder {
     connect_timeout: Duration,
     command_timeout: Duration,
     wake_up: bool,
+    root_ca: Option<Vec<u8>>,
 }
 
 impl Default for RedisBackendBuilder {
@@ -89,6 +90,7 @@ impl Default for RedisBackendBuilder {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             command_timeout: DEFAULT_COMMAND_TIMEOUT,
             wake_up: true,
+            root_ca: None,
         }
     }
 }
@@ -119,8 +121,33 @@ impl RedisBackendBuilder {
         self
     }
 
+    /// Trusts this CA (PEM) for `rediss://` URLs instead of the system's roots: for servers
+    /// with certificates from a private CA. Needs the `tls` feature.
+    #[cfg(feature = "tls")]
+    #[must_use]
+    pub fn tls_root_ca(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.root_ca = Some(pem.into());
+        self
+    }
+
     fn open(&self, url: &str) -> Result<redis::Client, BackendError> {
-        redis::Client::open(url).map_err(|e| map_error(e, &format!("invalid redis url {url:?}")))
+        let invalid = |e| map_error(e, &format!("invalid redis url {url:?}"));
+        if url.starts_with("rediss://") && !cfg!(feature = "tls") {
+            return Err(config_error(format!(
+                "{url:?} asks for TLS, but lock-redis-rs was built without its `tls` feature"
+            )));
+        }
+        #[cfg(feature = "tls")]
+        {
+            // rustls needs a process-wide crypto provider; ring is ours (idempotent).
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            if let Some(ca) = &self.root_ca {
+                let certs = redis::TlsCertificates { client_tls: None, root_cert: Some(ca.clone()) };
+                return redis::Client::build_with_tls(url, certs).map_err(invalid);
+            }
+        }
+        let _ = &self.root_ca;
+        redis::Client::open(url).map_err(invalid)
     }
 
     fn finish<C>(&self, conn: C, endpoint: String, pubsub: Option<redis::Client>) -> RedisBackend<C> {

@@ -18,6 +18,8 @@ pub use memory::{MemoryBackend, OpCounts};
 pub use mock::MockBackend;
 pub use oracle::Oracle;
 pub use proxy::{FaultProxy, ProxyMode, ProxyStats};
+#[cfg(feature = "tls")]
+pub use redis_server::TestTls;
 pub use redis_server::{HarnessError, REDIS_URL_ENV, RedisCluster, RedisServer, TestRedis, start_nodes};
 
 /// The workspace README's examples, compiled and run as doctests so they stay true.

@@ -77,6 +77,8 @@ pub struct RedisServer {
     port: u16,
     dir: tempfile::TempDir,
     extra: Vec<String>,
+    /// TLS only: the port speaks TLS and nothing else.
+    tls: bool,
 }
 
 impl RedisServer {
@@ -101,8 +103,13 @@ impl RedisServer {
             let cluster = extra.contains(&"--cluster-enabled");
             let port = free_port(cluster)?;
             let dir = tempfile::tempdir().map_err(|e| HarnessError::Io(e.to_string()))?;
-            let mut server =
-                Self { child: None, port, dir, extra: extra.iter().map(|s| s.to_string()).collect() };
+            let mut server = Self {
+                child: None,
+                port,
+                dir,
+                extra: extra.iter().map(|s| s.to_string()).collect(),
+                tls: false,
+            };
             match server.spawn() {
                 Ok(()) => return Ok(server),
                 Err(e) => last = Some(e),
@@ -136,7 +143,15 @@ impl RedisServer {
     fn wait_ready(&mut self, within: Duration) -> Result<(), HarnessError> {
         let deadline = Instant::now() + within;
         loop {
-            let reply = command(&self.addr(), &["PING"]);
+            let reply = if self.tls {
+                // No plain port to PING: the log says when it listens.
+                if self.log_tail().contains("Ready to accept connections") {
+                    return Ok(());
+                }
+                Err(HarnessError::Io("not ready".into()))
+            } else {
+                command(&self.addr(), &["PING"])
+            };
             match reply {
                 Ok(Resp::Simple(s)) if s == "PONG" => return Ok(()),
                 // A password-protected server answers NOAUTH: it is up.
@@ -169,9 +184,10 @@ impl RedisServer {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// `redis://127.0.0.1:<port>/`.
+    /// `redis://127.0.0.1:<port>/` (`rediss://` for a [`RedisServer::start_tls`] server).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}/", self.port)
     }
 
     /// The process id, while it runs.
@@ -238,6 +254,79 @@ impl RedisServer {
     pub fn restart(&mut self) -> Result<(), HarnessError> {
         self.kill();
         self.spawn()
+    }
+}
+
+/// The certificates of a [`RedisServer::start_tls`] server, all made at start-up.
+#[cfg(feature = "tls")]
+#[derive(Debug, Clone)]
+pub struct TestTls {
+    /// The CA that signed the server's certificate (PEM): trust it to connect.
+    pub ca_pem: String,
+    /// Another CA, which did not sign it (PEM): trusting only this one must fail.
+    pub other_ca_pem: String,
+}
+
+#[cfg(feature = "tls")]
+impl RedisServer {
+    /// A TLS-only server (`--port 0 --tls-port <free port>`) with a certificate for
+    /// `127.0.0.1`/`localhost` signed by a CA generated on the spot with `rcgen`. Clients need
+    /// not present a certificate. [`RedisServer::cmd`] does not work on it (no plain port).
+    ///
+    /// # Errors
+    /// As [`RedisServer::start`], and [`HarnessError::Io`] if the certificates cannot be made.
+    pub fn start_tls() -> Result<(Self, TestTls), HarnessError> {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        let tls_err = |e: rcgen::Error| HarnessError::Io(format!("making test certificates: {e}"));
+        let io = |e: std::io::Error| HarnessError::Io(e.to_string());
+        which("redis-server")?;
+        let ca = |name: &str| -> Result<(rcgen::Certificate, KeyPair), HarnessError> {
+            let key = KeyPair::generate().map_err(tls_err)?;
+            let mut params = CertificateParams::new(Vec::<String>::new()).map_err(tls_err)?;
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.distinguished_name.push(rcgen::DnType::CommonName, name);
+            Ok((params.self_signed(&key).map_err(tls_err)?, key))
+        };
+        let (ca_cert, ca_key) = ca("lock-testkit test CA")?;
+        let (other_ca, _) = ca("lock-testkit unrelated CA")?;
+        let server_key = KeyPair::generate().map_err(tls_err)?;
+        let params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .map_err(tls_err)?;
+        let server_cert = params.signed_by(&server_key, &ca_cert, &ca_key).map_err(tls_err)?;
+        let mut last = None;
+        for _ in 0..5 {
+            let port = free_port(false)?;
+            let dir = tempfile::tempdir().map_err(io)?;
+            let (cert, key, ca_file) =
+                (dir.path().join("server.crt"), dir.path().join("server.key"), dir.path().join("ca.crt"));
+            std::fs::write(&cert, server_cert.pem()).map_err(io)?;
+            std::fs::write(&key, server_key.serialize_pem()).map_err(io)?;
+            std::fs::write(&ca_file, ca_cert.pem()).map_err(io)?;
+            let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
+            let extra = vec![
+                "--port".to_string(),
+                "0".to_string(),
+                "--tls-port".to_string(),
+                port.to_string(),
+                "--tls-cert-file".to_string(),
+                path(&cert),
+                "--tls-key-file".to_string(),
+                path(&key),
+                "--tls-ca-cert-file".to_string(),
+                path(&ca_file),
+                "--tls-auth-clients".to_string(),
+                "no".to_string(),
+            ];
+            let mut server = Self { child: None, port, dir, extra, tls: true };
+            match server.spawn() {
+                Ok(()) => {
+                    let tls = TestTls { ca_pem: ca_cert.pem(), other_ca_pem: other_ca.pem() };
+                    return Ok((server, tls));
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| HarnessError::Io("could not start a TLS redis-server".into())))
     }
 }
 
