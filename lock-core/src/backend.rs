@@ -120,8 +120,23 @@ impl ReleaseWatch {
     /// Waits, without bound, for a release notice newer than the last one seen. Returns
     /// `false` when the backend closed the subscription (no notice can come any more).
     ///
+    /// # Errors
+    /// None: a closed subscription is `false`.
+    ///
     /// # Cancel safety
     /// Cancel-safe, like [`ReleaseWatch::wait`].
+    ///
+    /// # Examples
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let (tx, rx) = tokio::sync::watch::channel(0u64);
+    /// let mut watch = lock_core::ReleaseWatch::new(rx);
+    /// tx.send_modify(|n| *n += 1); // a release
+    /// assert!(watch.notified().await);
+    /// drop(tx);
+    /// assert!(!watch.notified().await, "closed");
+    /// # }
+    /// ```
     pub async fn notified(&mut self) -> bool {
         self.rx.changed().await.is_ok()
     }
@@ -129,8 +144,23 @@ impl ReleaseWatch {
     /// Waits until a release notice newer than the last one seen arrives, or `max` passes.
     /// Returns `true` when woken by a notice.
     ///
+    /// # Errors
+    /// None: a timeout or a closed subscription is `false`.
+    ///
     /// # Cancel safety
     /// Cancel-safe: a notice that arrives after cancellation is seen by the next call.
+    ///
+    /// # Examples
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+    /// use std::time::Duration;
+    /// let (tx, rx) = tokio::sync::watch::channel(0u64);
+    /// let mut watch = lock_core::ReleaseWatch::new(rx);
+    /// assert!(!watch.wait(Duration::from_millis(10)).await, "nothing yet");
+    /// tx.send_modify(|n| *n += 1);
+    /// assert!(watch.wait(Duration::from_secs(1)).await);
+    /// # }
+    /// ```
     pub async fn wait(&mut self, max: Duration) -> bool {
         let deadline = Instant::now() + max;
         match tokio::time::timeout_at(deadline, self.rx.changed()).await {
@@ -212,16 +242,71 @@ pub trait LockBackend: Send + Sync + 'static {
     ///
     /// # Errors
     /// Infrastructure failures only; contention is [`AcquireOutcome::Held`].
+    ///
+    /// # Cancel safety
+    /// A cancelled acquire may still have been applied: callers release it with the same token (the core does).
+    ///
+    /// # Examples
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), lock_core::BackendError> {
+    /// use std::time::Duration;
+    /// use lock_core::*;
+    /// let backend = lock_testkit::MemoryBackend::new();
+    /// let (key, token) = (LockKey::new("k").unwrap(), Token::random());
+    /// let req = AcquireRequest { key: key.clone(), token, ttl: Duration::from_secs(5), fencing: true };
+    /// assert!(matches!(backend.acquire(&req).await?, AcquireOutcome::Acquired(_)));
+    /// let other = AcquireRequest { token: Token::random(), ..req.clone() };
+    /// assert!(matches!(backend.acquire(&other).await?, AcquireOutcome::Held { .. }));
+    /// # Ok(()) }
+    /// ```
     async fn acquire(&self, req: &AcquireRequest) -> Result<AcquireOutcome, BackendError>;
 
     /// Resets the expiry of a lock this token holds.
     ///
     /// # Errors
     /// Infrastructure failures only; a lost lock is [`ExtendOutcome::NotHeld`].
+    ///
+    /// # Cancel safety
+    /// A cancelled extend may or may not have been applied; either way the holder's promised validity is unchanged.
+    ///
+    /// # Examples
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), lock_core::BackendError> {
+    /// use std::time::Duration;
+    /// use lock_core::*;
+    /// let backend = lock_testkit::MemoryBackend::new();
+    /// let (key, token) = (LockKey::new("k").unwrap(), Token::random());
+    /// let req = AcquireRequest { key: key.clone(), token, ttl: Duration::from_secs(5), fencing: true };
+    /// backend.acquire(&req).await?;
+    /// let ext = ExtendRequest { key, token, ttl: Duration::from_secs(10) };
+    /// assert!(matches!(backend.extend(&ext).await?, ExtendOutcome::Extended { .. }));
+    /// # Ok(()) }
+    /// ```
     async fn extend(&self, req: &ExtendRequest) -> Result<ExtendOutcome, BackendError>;
 
     /// Extends many locks at once. The default calls [`LockBackend::extend`] for each; backends
     /// may batch them into one round trip. The answers are in request order.
+    ///
+    /// # Errors
+    /// Per request, as [`LockBackend::extend`].
+    ///
+    /// # Cancel safety
+    /// As [`LockBackend::extend`], per request.
+    ///
+    /// # Examples
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), lock_core::BackendError> {
+    /// use std::time::Duration;
+    /// use lock_core::*;
+    /// let backend = lock_testkit::MemoryBackend::new();
+    /// let (key, token) = (LockKey::new("k").unwrap(), Token::random());
+    /// let req = AcquireRequest { key: key.clone(), token, ttl: Duration::from_secs(5), fencing: true };
+    /// backend.acquire(&req).await?;
+    /// let ext = ExtendRequest { key, token, ttl: Duration::from_secs(10) };
+    /// let answers = backend.extend_many(&[ext.clone(), ext]).await;
+    /// assert_eq!(answers.len(), 2);
+    /// # Ok(()) }
+    /// ```
     async fn extend_many(&self, reqs: &[ExtendRequest]) -> Vec<Result<ExtendOutcome, BackendError>> {
         let mut out = Vec::with_capacity(reqs.len());
         for req in reqs {
@@ -234,6 +319,23 @@ pub trait LockBackend: Send + Sync + 'static {
     ///
     /// # Errors
     /// Infrastructure failures only; a lock that was not ours is [`ReleaseOutcome::NotHeld`].
+    ///
+    /// # Cancel safety
+    /// A cancelled release may or may not have been applied; it is owner-checked and idempotent, so sending it again is safe.
+    ///
+    /// # Examples
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), lock_core::BackendError> {
+    /// use std::time::Duration;
+    /// use lock_core::*;
+    /// let backend = lock_testkit::MemoryBackend::new();
+    /// let (key, token) = (LockKey::new("k").unwrap(), Token::random());
+    /// let req = AcquireRequest { key: key.clone(), token, ttl: Duration::from_secs(5), fencing: true };
+    /// backend.acquire(&req).await?;
+    /// assert_eq!(backend.release(&key, &token).await?, ReleaseOutcome::Released);
+    /// assert_eq!(backend.release(&key, &token).await?, ReleaseOutcome::NotHeld);
+    /// # Ok(()) }
+    /// ```
     async fn release(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError>;
 
     /// Deletes the key if this token holds it, **without** notifying waiters: for partial
@@ -242,6 +344,22 @@ pub trait LockBackend: Send + Sync + 'static {
     ///
     /// # Errors
     /// As [`LockBackend::release`].
+    ///
+    /// # Cancel safety
+    /// As [`LockBackend::release`].
+    ///
+    /// # Examples
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), lock_core::BackendError> {
+    /// use std::time::Duration;
+    /// use lock_core::*;
+    /// let backend = lock_testkit::MemoryBackend::new();
+    /// let (key, token) = (LockKey::new("k").unwrap(), Token::random());
+    /// let req = AcquireRequest { key: key.clone(), token, ttl: Duration::from_secs(5), fencing: true };
+    /// backend.acquire(&req).await?;
+    /// assert_eq!(backend.discard(&key, &token).await?, ReleaseOutcome::Released);
+    /// # Ok(()) }
+    /// ```
     async fn discard(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError> {
         self.release(key, token).await
     }
@@ -252,6 +370,22 @@ pub trait LockBackend: Send + Sync + 'static {
     ///
     /// # Errors
     /// Infrastructure failures; the default reports that the backend has no fencing.
+    ///
+    /// # Cancel safety
+    /// Idempotent: a cancelled call can be sent again.
+    ///
+    /// # Examples
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), lock_core::BackendError> {
+    /// use std::time::Duration;
+    /// use lock_core::*;
+    /// let backend = lock_testkit::MemoryBackend::new();
+    /// let (key, token) = (LockKey::new("k").unwrap(), Token::random());
+    /// let req = AcquireRequest { key: key.clone(), token, ttl: Duration::from_secs(5), fencing: true };
+    /// backend.acquire(&req).await?;
+    /// backend.raise_fence(&key, &token, FencingToken(100)).await?;
+    /// # Ok(()) }
+    /// ```
     async fn raise_fence(
         &self,
         key: &LockKey,
@@ -270,6 +404,23 @@ pub trait LockBackend: Send + Sync + 'static {
     ///
     /// # Errors
     /// When the subscription could not be made; waiters then fall back to sleeping.
+    ///
+    /// # Cancel safety
+    /// Cancelling drops the subscription being made; nothing is left subscribed.
+    ///
+    /// # Examples
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), lock_core::BackendError> {
+    /// use std::time::Duration;
+    /// use lock_core::*;
+    /// let backend = lock_testkit::MemoryBackend::new();
+    /// let (key, token) = (LockKey::new("k").unwrap(), Token::random());
+    /// let req = AcquireRequest { key: key.clone(), token, ttl: Duration::from_secs(5), fencing: true };
+    /// let _ = req;
+    /// let mut watch = backend.watch_releases(&key).await?.expect("memory has wake-up");
+    /// assert!(!watch.wait(Duration::from_millis(1)).await, "no release yet");
+    /// # Ok(()) }
+    /// ```
     async fn watch_releases(&self, key: &LockKey) -> Result<Option<ReleaseWatch>, BackendError> {
         let _ = key;
         Ok(None)
@@ -280,6 +431,22 @@ pub trait LockBackend: Send + Sync + 'static {
     ///
     /// # Errors
     /// A server that cannot be reached at all.
+    ///
+    /// # Cancel safety
+    /// Read-only: cancelling it changes nothing.
+    ///
+    /// # Examples
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), lock_core::BackendError> {
+    /// use std::time::Duration;
+    /// use lock_core::*;
+    /// let backend = lock_testkit::MemoryBackend::new();
+    /// let (key, token) = (LockKey::new("k").unwrap(), Token::random());
+    /// let req = AcquireRequest { key: key.clone(), token, ttl: Duration::from_secs(5), fencing: true };
+    /// let _ = (req, key, token);
+    /// assert!(backend.deployment_facts().await?.is_empty());
+    /// # Ok(()) }
+    /// ```
     async fn deployment_facts(&self) -> Result<Vec<NodeFacts>, BackendError> {
         Ok(Vec::new())
     }

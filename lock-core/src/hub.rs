@@ -111,6 +111,30 @@ impl ReleaseHub {
     /// Subscribes a waiter to `channel`. Waits, at most `confirm_within`, until the driver
     /// confirmed the subscription, so a notice published after this returns is not missed.
     /// Unconfirmed, the watch still works; the waiter's capped backoff is the fallback.
+    ///
+    /// # Errors
+    /// None: an unconfirmed subscription still returns a working watch.
+    ///
+    /// # Cancel safety
+    /// Cancelling drops the count it took; the last waiter out unsubscribes.
+    ///
+    /// # Examples
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+    /// use std::time::Duration;
+    /// use lock_core::hub::{HubCommand, ReleaseHub};
+    /// let (hub, mut commands) = ReleaseHub::new();
+    /// let serve = hub.clone();
+    /// tokio::spawn(async move {
+    ///     while let Some(HubCommand::Subscribe(ch)) = commands.recv().await {
+    ///         serve.confirm(&ch); // a driver would SUBSCRIBE here
+    ///     }
+    /// });
+    /// let mut watch = hub.watch("lock:{k}:released", Duration::from_secs(1)).await;
+    /// hub.notify("lock:{k}:released");
+    /// assert!(watch.wait(Duration::from_secs(1)).await);
+    /// # }
+    /// ```
     pub async fn watch(&self, channel: &str, confirm_within: Duration) -> ReleaseWatch {
         let (notices, mut ready, ticket) = {
             let mut channels = self.inner.channels();
@@ -219,6 +243,27 @@ impl HubTask {
     }
 
     /// Subscribes a waiter (see [`ReleaseHub::watch`]).
+    ///
+    /// # Errors
+    /// None, as [`ReleaseHub::watch`].
+    ///
+    /// # Cancel safety
+    /// As [`ReleaseHub::watch`].
+    ///
+    /// # Examples
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+    /// use std::time::Duration;
+    /// use lock_core::hub::{HubCommand, HubTask};
+    /// let task = HubTask::spawn(Duration::from_millis(100), |hub, mut commands| async move {
+    ///     while let Some(HubCommand::Subscribe(ch)) = commands.recv().await {
+    ///         hub.confirm(&ch);
+    ///     }
+    /// });
+    /// let _watch = task.watch("lock:{k}:released").await;
+    /// assert_eq!(task.active_channels(), 1);
+    /// # }
+    /// ```
     pub async fn watch(&self, channel: &str) -> ReleaseWatch {
         self.hub.watch(channel, self.confirm_within).await
     }

@@ -222,6 +222,29 @@ pub trait ScriptRunner: Send + Sync {
 ///
 /// # Errors
 /// The runner's errors, or a protocol error for an impossible reply.
+///
+/// # Cancel safety
+/// As [`crate::LockBackend::acquire`]: a cancelled acquire may have been applied.
+///
+/// # Examples
+/// A driver implements [`ScriptRunner`]; these functions are its whole `LockBackend`.
+/// ```
+/// # use lock_core::scripts::{LuaScript, ScriptRunner};
+/// # use lock_core::*;
+/// # struct Fake;
+/// # #[async_trait::async_trait]
+/// # impl ScriptRunner for Fake {
+/// #     async fn run_ints(&self, _: &LuaScript, _: &[&str], _: &[String]) -> Result<Vec<i64>, BackendError> { Ok(vec![1, 7]) }
+/// #     async fn run_int(&self, _: &LuaScript, _: &[&str], _: &[String]) -> Result<i64, BackendError> { Ok(1) }
+/// # }
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), BackendError> {
+/// # let runner = Fake;
+/// let (key, token) = (LockKey::new("k").unwrap(), Token::random());
+/// let req = AcquireRequest { key, token, ttl: std::time::Duration::from_secs(5), fencing: true };
+/// let outcome = lock_core::scripts::acquire(&runner, &req).await?;
+/// assert!(matches!(outcome, AcquireOutcome::Acquired(g) if g.fence == Some(FencingToken(7))));
+/// # Ok(()) }
+/// ```
 pub async fn acquire<R: ScriptRunner + ?Sized>(
     runner: &R,
     req: &crate::AcquireRequest,
@@ -245,6 +268,28 @@ pub async fn acquire<R: ScriptRunner + ?Sized>(
 ///
 /// # Errors
 /// The runner's errors.
+///
+/// # Cancel safety
+/// As [`crate::LockBackend::extend`].
+///
+/// # Examples
+/// A driver implements [`ScriptRunner`]; these functions are its whole `LockBackend`.
+/// ```
+/// # use lock_core::scripts::{LuaScript, ScriptRunner};
+/// # use lock_core::*;
+/// # struct Fake;
+/// # #[async_trait::async_trait]
+/// # impl ScriptRunner for Fake {
+/// #     async fn run_ints(&self, _: &LuaScript, _: &[&str], _: &[String]) -> Result<Vec<i64>, BackendError> { Ok(vec![1, 7]) }
+/// #     async fn run_int(&self, _: &LuaScript, _: &[&str], _: &[String]) -> Result<i64, BackendError> { Ok(1) }
+/// # }
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), BackendError> {
+/// # let runner = Fake;
+/// let (key, token) = (LockKey::new("k").unwrap(), Token::random());
+/// let req = ExtendRequest { key, token, ttl: std::time::Duration::from_secs(5) };
+/// assert!(matches!(lock_core::scripts::extend(&runner, &req).await?, ExtendOutcome::Extended { .. }));
+/// # Ok(()) }
+/// ```
 pub async fn extend<R: ScriptRunner + ?Sized>(
     runner: &R,
     req: &crate::ExtendRequest,
@@ -263,6 +308,28 @@ pub async fn extend<R: ScriptRunner + ?Sized>(
 ///
 /// # Errors
 /// The runner's errors.
+///
+/// # Cancel safety
+/// As [`crate::LockBackend::release`]: owner-checked and idempotent.
+///
+/// # Examples
+/// A driver implements [`ScriptRunner`]; these functions are its whole `LockBackend`.
+/// ```
+/// # use lock_core::scripts::{LuaScript, ScriptRunner};
+/// # use lock_core::*;
+/// # struct Fake;
+/// # #[async_trait::async_trait]
+/// # impl ScriptRunner for Fake {
+/// #     async fn run_ints(&self, _: &LuaScript, _: &[&str], _: &[String]) -> Result<Vec<i64>, BackendError> { Ok(vec![1, 7]) }
+/// #     async fn run_int(&self, _: &LuaScript, _: &[&str], _: &[String]) -> Result<i64, BackendError> { Ok(1) }
+/// # }
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), BackendError> {
+/// # let runner = Fake;
+/// let (key, token) = (LockKey::new("k").unwrap(), Token::random());
+/// let outcome = lock_core::scripts::release(&runner, &key, &token, true).await?;
+/// assert_eq!(outcome, ReleaseOutcome::Released);
+/// # Ok(()) }
+/// ```
 pub async fn release<R: ScriptRunner + ?Sized>(
     runner: &R,
     key: &LockKey,
@@ -279,6 +346,27 @@ pub async fn release<R: ScriptRunner + ?Sized>(
 ///
 /// # Errors
 /// The runner's errors.
+///
+/// # Cancel safety
+/// Idempotent: a cancelled call can be sent again.
+///
+/// # Examples
+/// A driver implements [`ScriptRunner`]; these functions are its whole `LockBackend`.
+/// ```
+/// # use lock_core::scripts::{LuaScript, ScriptRunner};
+/// # use lock_core::*;
+/// # struct Fake;
+/// # #[async_trait::async_trait]
+/// # impl ScriptRunner for Fake {
+/// #     async fn run_ints(&self, _: &LuaScript, _: &[&str], _: &[String]) -> Result<Vec<i64>, BackendError> { Ok(vec![1, 7]) }
+/// #     async fn run_int(&self, _: &LuaScript, _: &[&str], _: &[String]) -> Result<i64, BackendError> { Ok(1) }
+/// # }
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), BackendError> {
+/// # let runner = Fake;
+/// let (key, token) = (LockKey::new("k").unwrap(), Token::random());
+/// lock_core::scripts::raise_fence(&runner, &key, &token, FencingToken(9)).await?;
+/// # Ok(()) }
+/// ```
 pub async fn raise_fence<R: ScriptRunner + ?Sized>(
     runner: &R,
     key: &LockKey,

@@ -60,6 +60,17 @@ impl Oracle {
     ///
     /// # Errors
     /// The node cannot be reached.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: nothing is kept until it returns.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let server = lock_testkit::RedisServer::start()?;
+    /// let oracle = lock_testkit::Oracle::connect(&server.url()).await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn connect(url: &str) -> redis::RedisResult<Self> {
         let conn = redis::Client::open(url)?.get_multiplexed_async_connection().await?;
         Ok(Self { conn, script: redis::Script::new(FENCED_WRITE) })
@@ -70,6 +81,19 @@ impl Oracle {
     ///
     /// # Errors
     /// The oracle cannot be reached.
+    ///
+    /// # Cancel safety
+    /// The write is one script call: cancelled, it happened entirely or not at all.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let server = lock_testkit::RedisServer::start()?;
+    /// let oracle = lock_testkit::Oracle::connect(&server.url()).await?;
+    /// assert!(oracle.fenced_write("ledger", 3).await?);
+    /// assert!(!oracle.fenced_write("ledger", 2).await?);
+    /// # Ok(()) }
+    /// ```
     pub async fn fenced_write(&self, resource: &str, token: u64) -> redis::RedisResult<bool> {
         let (fence, log, _) = keys(resource);
         let mut conn = self.conn.clone();
@@ -81,6 +105,19 @@ impl Oracle {
     ///
     /// # Errors
     /// The oracle cannot be reached.
+    ///
+    /// # Cancel safety
+    /// Read-only.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let server = lock_testkit::RedisServer::start()?;
+    /// let oracle = lock_testkit::Oracle::connect(&server.url()).await?;
+    /// oracle.fenced_write("ledger", 3).await?;
+    /// assert_eq!(oracle.accepted("ledger").await?, vec![3]);
+    /// # Ok(()) }
+    /// ```
     pub async fn accepted(&self, resource: &str) -> redis::RedisResult<Vec<u64>> {
         let (_, log, _) = keys(resource);
         self.conn.clone().lrange(log, 0, -1).await
@@ -90,6 +127,18 @@ impl Oracle {
     ///
     /// # Errors
     /// The oracle cannot be reached.
+    ///
+    /// # Cancel safety
+    /// Read-only.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let server = lock_testkit::RedisServer::start()?;
+    /// let oracle = lock_testkit::Oracle::connect(&server.url()).await?;
+    /// assert_eq!(oracle.counter("jobs").await?, 0);
+    /// # Ok(()) }
+    /// ```
     pub async fn counter(&self, resource: &str) -> redis::RedisResult<i64> {
         let (_, _, counter) = keys(resource);
         let v: Option<i64> = self.conn.clone().get(counter).await?;
@@ -100,6 +149,19 @@ impl Oracle {
     ///
     /// # Errors
     /// The oracle cannot be reached.
+    ///
+    /// # Cancel safety
+    /// One SET: applied entirely or not at all.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let server = lock_testkit::RedisServer::start()?;
+    /// let oracle = lock_testkit::Oracle::connect(&server.url()).await?;
+    /// oracle.set_counter("jobs", 5).await?;
+    /// assert_eq!(oracle.counter("jobs").await?, 5);
+    /// # Ok(()) }
+    /// ```
     pub async fn set_counter(&self, resource: &str, value: i64) -> redis::RedisResult<()> {
         let (_, _, counter) = keys(resource);
         self.conn.clone().set(counter, value).await

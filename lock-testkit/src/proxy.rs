@@ -121,6 +121,17 @@ impl FaultProxy {
     ///
     /// # Errors
     /// None today; kept fallible so that a future check of the upstream stays compatible.
+    ///
+    /// # Cancel safety
+    /// Nothing is opened until [`FaultProxy::lane`].
+    ///
+    /// # Examples
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> std::io::Result<()> {
+    /// let proxy = lock_testkit::FaultProxy::start("127.0.0.1:6379".parse().unwrap()).await?;
+    /// assert_eq!(proxy.stats().faults(), 0);
+    /// # Ok(()) }
+    /// ```
     pub async fn start(upstream: SocketAddr) -> io::Result<Self> {
         Ok(Self {
             inner: Arc::new(Inner {
@@ -142,6 +153,20 @@ impl FaultProxy {
     ///
     /// # Errors
     /// The loopback listener could not be bound.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: a lane is registered only once its listener is bound.
+    ///
+    /// # Examples
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> std::io::Result<()> {
+    /// use lock_testkit::{FaultProxy, ProxyMode};
+    /// let proxy = FaultProxy::start("127.0.0.1:6379".parse().unwrap()).await?;
+    /// let alice = proxy.lane("alice").await?;
+    /// assert_eq!(proxy.lane("alice").await?, alice, "one lane per name");
+    /// assert!(proxy.set_lane_mode("alice", ProxyMode::Blackhole));
+    /// # Ok(()) }
+    /// ```
     pub async fn lane(&self, name: &str) -> io::Result<SocketAddr> {
         if let Some(lane) = lock(&self.inner.lanes).get(name) {
             return Ok(lane.addr);
