@@ -43,6 +43,19 @@ async fn must_be_held<B: LockBackend>(b: &B, key: &LockKey) -> Option<Duration> 
 }
 
 /// A free key is granted; the validity is counted from before the request and is in the future.
+///
+/// # Errors
+/// None: a backend that breaks the contract fails the test (this panics).
+///
+/// # Cancel safety
+/// Test code: cancelling abandons the check, nothing else.
+///
+/// # Examples
+/// ```
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+/// lock_testkit::conformance::acquire_free_key_is_granted(lock_testkit::MemoryBackend::new()).await;
+/// # }
+/// ```
 pub async fn acquire_free_key_is_granted<B: LockBackend>(b: B) {
     let key = unique_key("free");
     let ttl = 10_000 * MS;
@@ -54,6 +67,19 @@ pub async fn acquire_free_key_is_granted<B: LockBackend>(b: B) {
 }
 
 /// A key held by another owner is reported as held with its remaining TTL (contention is Ok).
+///
+/// # Errors
+/// None: a backend that breaks the contract fails the test (this panics).
+///
+/// # Cancel safety
+/// Test code: cancelling abandons the check, nothing else.
+///
+/// # Examples
+/// ```
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+/// lock_testkit::conformance::acquire_held_key_reports_remaining_ttl(lock_testkit::MemoryBackend::new()).await;
+/// # }
+/// ```
 pub async fn acquire_held_key_reports_remaining_ttl<B: LockBackend>(b: B) {
     let key = unique_key("held");
     must_acquire(&b, &req(&key, Token::random(), 10_000 * MS, false)).await;
@@ -64,6 +90,19 @@ pub async fn acquire_held_key_reports_remaining_ttl<B: LockBackend>(b: B) {
 }
 
 /// Acquiring again with the same token refreshes the expiry and succeeds with the same fence.
+///
+/// # Errors
+/// None: a backend that breaks the contract fails the test (this panics).
+///
+/// # Cancel safety
+/// Test code: cancelling abandons the check, nothing else.
+///
+/// # Examples
+/// ```
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+/// lock_testkit::conformance::acquire_is_idempotent_for_the_same_token(lock_testkit::MemoryBackend::new()).await;
+/// # }
+/// ```
 pub async fn acquire_is_idempotent_for_the_same_token<B: LockBackend>(b: B) {
     let fencing = b.capabilities().fencing;
     let key = unique_key("idempotent");
@@ -80,6 +119,19 @@ pub async fn acquire_is_idempotent_for_the_same_token<B: LockBackend>(b: B) {
 }
 
 /// The owner's release deletes the key and another owner can take it.
+///
+/// # Errors
+/// None: a backend that breaks the contract fails the test (this panics).
+///
+/// # Cancel safety
+/// Test code: cancelling abandons the check, nothing else.
+///
+/// # Examples
+/// ```
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+/// lock_testkit::conformance::release_by_owner_frees_the_key(lock_testkit::MemoryBackend::new()).await;
+/// # }
+/// ```
 pub async fn release_by_owner_frees_the_key<B: LockBackend>(b: B) {
     let key = unique_key("release");
     let token = Token::random();
@@ -89,6 +141,19 @@ pub async fn release_by_owner_frees_the_key<B: LockBackend>(b: B) {
 }
 
 /// A release by another token changes nothing and says so.
+///
+/// # Errors
+/// None: a backend that breaks the contract fails the test (this panics).
+///
+/// # Cancel safety
+/// Test code: cancelling abandons the check, nothing else.
+///
+/// # Examples
+/// ```
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+/// lock_testkit::conformance::release_by_other_owner_is_refused(lock_testkit::MemoryBackend::new()).await;
+/// # }
+/// ```
 pub async fn release_by_other_owner_is_refused<B: LockBackend>(b: B) {
     let key = unique_key("release-other");
     must_acquire(&b, &req(&key, Token::random(), 10_000 * MS, false)).await;
@@ -97,6 +162,19 @@ pub async fn release_by_other_owner_is_refused<B: LockBackend>(b: B) {
 }
 
 /// Releasing twice: the second release reports not held (idempotent, no error).
+///
+/// # Errors
+/// None: a backend that breaks the contract fails the test (this panics).
+///
+/// # Cancel safety
+/// Test code: cancelling abandons the check, nothing else.
+///
+/// # Examples
+/// ```
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+/// lock_testkit::conformance::release_twice_reports_not_held(lock_testkit::MemoryBackend::new()).await;
+/// # }
+/// ```
 pub async fn release_twice_reports_not_held<B: LockBackend>(b: B) {
     let key = unique_key("release-twice");
     let token = Token::random();
@@ -106,6 +184,19 @@ pub async fn release_twice_reports_not_held<B: LockBackend>(b: B) {
 }
 
 /// A key expires after its TTL and is free for the next owner.
+///
+/// # Errors
+/// None: a backend that breaks the contract fails the test (this panics).
+///
+/// # Cancel safety
+/// Test code: cancelling abandons the check, nothing else.
+///
+/// # Examples
+/// ```
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+/// lock_testkit::conformance::key_expires_after_ttl(lock_testkit::MemoryBackend::new()).await;
+/// # }
+/// ```
 pub async fn key_expires_after_ttl<B: LockBackend>(b: B) {
     let key = unique_key("expiry");
     let token = Token::random();
@@ -120,6 +211,19 @@ pub async fn key_expires_after_ttl<B: LockBackend>(b: B) {
 }
 
 /// The owner's extend moves the expiry; the validity is counted from before the request.
+///
+/// # Errors
+/// None: a backend that breaks the contract fails the test (this panics).
+///
+/// # Cancel safety
+/// Test code: cancelling abandons the check, nothing else.
+///
+/// # Examples
+/// ```
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+/// lock_testkit::conformance::extend_by_owner_moves_expiry(lock_testkit::MemoryBackend::new()).await;
+/// # }
+/// ```
 pub async fn extend_by_owner_moves_expiry<B: LockBackend>(b: B) {
     let key = unique_key("extend");
     let token = Token::random();
@@ -137,6 +241,19 @@ pub async fn extend_by_owner_moves_expiry<B: LockBackend>(b: B) {
 }
 
 /// Another token's extend changes nothing and reports not held.
+///
+/// # Errors
+/// None: a backend that breaks the contract fails the test (this panics).
+///
+/// # Cancel safety
+/// Test code: cancelling abandons the check, nothing else.
+///
+/// # Examples
+/// ```
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+/// lock_testkit::conformance::extend_by_other_owner_is_refused(lock_testkit::MemoryBackend::new()).await;
+/// # }
+/// ```
 pub async fn extend_by_other_owner_is_refused<B: LockBackend>(b: B) {
     let key = unique_key("extend-other");
     must_acquire(&b, &req(&key, Token::random(), 200 * MS, false)).await;
@@ -147,6 +264,19 @@ pub async fn extend_by_other_owner_is_refused<B: LockBackend>(b: B) {
 }
 
 /// Extending an expired lock fails and does not resurrect it.
+///
+/// # Errors
+/// None: a backend that breaks the contract fails the test (this panics).
+///
+/// # Cancel safety
+/// Test code: cancelling abandons the check, nothing else.
+///
+/// # Examples
+/// ```
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+/// lock_testkit::conformance::extend_after_expiry_is_refused(lock_testkit::MemoryBackend::new()).await;
+/// # }
+/// ```
 pub async fn extend_after_expiry_is_refused<B: LockBackend>(b: B) {
     let key = unique_key("extend-expired");
     let token = Token::random();
@@ -158,6 +288,19 @@ pub async fn extend_after_expiry_is_refused<B: LockBackend>(b: B) {
 }
 
 /// `extend_many` answers like `extend`, in request order.
+///
+/// # Errors
+/// None: a backend that breaks the contract fails the test (this panics).
+///
+/// # Cancel safety
+/// Test code: cancelling abandons the check, nothing else.
+///
+/// # Examples
+/// ```
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+/// lock_testkit::conformance::extend_many_answers_in_order(lock_testkit::MemoryBackend::new()).await;
+/// # }
+/// ```
 pub async fn extend_many_answers_in_order<B: LockBackend>(b: B) {
     let (k1, k2) = (unique_key("many-1"), unique_key("many-2"));
     let t1 = Token::random();
@@ -176,6 +319,19 @@ pub async fn extend_many_answers_in_order<B: LockBackend>(b: B) {
 
 /// With fencing, every new acquisition of a key gets a strictly greater token, across
 /// releases and expiries. Without the capability, no token is minted.
+///
+/// # Errors
+/// None: a backend that breaks the contract fails the test (this panics).
+///
+/// # Cancel safety
+/// Test code: cancelling abandons the check, nothing else.
+///
+/// # Examples
+/// ```
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+/// lock_testkit::conformance::fencing_tokens_strictly_increase(lock_testkit::MemoryBackend::new()).await;
+/// # }
+/// ```
 pub async fn fencing_tokens_strictly_increase<B: LockBackend>(b: B) {
     let key = unique_key("fence");
     if !b.capabilities().fencing {
@@ -201,6 +357,19 @@ pub async fn fencing_tokens_strictly_increase<B: LockBackend>(b: B) {
 
 /// `raise_fence` lifts the counter (never lowers it) and records the token on the owner's
 /// lock, so a re-acquire returns it and the next owner gets a greater one.
+///
+/// # Errors
+/// None: a backend that breaks the contract fails the test (this panics).
+///
+/// # Cancel safety
+/// Test code: cancelling abandons the check, nothing else.
+///
+/// # Examples
+/// ```
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+/// lock_testkit::conformance::raise_fence_lifts_the_counter(lock_testkit::MemoryBackend::new()).await;
+/// # }
+/// ```
 pub async fn raise_fence_lifts_the_counter<B: LockBackend>(b: B) {
     let key = unique_key("raise");
     let token = Token::random();
@@ -220,6 +389,19 @@ pub async fn raise_fence_lifts_the_counter<B: LockBackend>(b: B) {
 }
 
 /// A release wakes the key's watchers; backends without wake-up say so by returning `None`.
+///
+/// # Errors
+/// None: a backend that breaks the contract fails the test (this panics).
+///
+/// # Cancel safety
+/// Test code: cancelling abandons the check, nothing else.
+///
+/// # Examples
+/// ```
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+/// lock_testkit::conformance::release_notifies_watchers(lock_testkit::MemoryBackend::new()).await;
+/// # }
+/// ```
 pub async fn release_notifies_watchers<B: LockBackend>(b: B) {
     let key = unique_key("wake");
     let token = Token::random();
@@ -238,6 +420,19 @@ pub async fn release_notifies_watchers<B: LockBackend>(b: B) {
 }
 
 /// Keys with braces, spaces, unicode and 1 KiB length are distinct locks that work.
+///
+/// # Errors
+/// None: a backend that breaks the contract fails the test (this panics).
+///
+/// # Cancel safety
+/// Test code: cancelling abandons the check, nothing else.
+///
+/// # Examples
+/// ```
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+/// lock_testkit::conformance::awkward_keys_work(lock_testkit::MemoryBackend::new()).await;
+/// # }
+/// ```
 pub async fn awkward_keys_work<B: LockBackend>(b: B) {
     let long = "k".repeat(1024);
     let names = ["{braces}", "}starts-with-close", "a}b{c", "with space", "ünïcødé-🔒", long.as_str()];
@@ -251,6 +446,19 @@ pub async fn awkward_keys_work<B: LockBackend>(b: B) {
 }
 
 /// Locks on distinct keys do not interfere.
+///
+/// # Errors
+/// None: a backend that breaks the contract fails the test (this panics).
+///
+/// # Cancel safety
+/// Test code: cancelling abandons the check, nothing else.
+///
+/// # Examples
+/// ```
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+/// lock_testkit::conformance::distinct_keys_are_independent(lock_testkit::MemoryBackend::new()).await;
+/// # }
+/// ```
 pub async fn distinct_keys_are_independent<B: LockBackend>(b: B) {
     let (a, c) = (unique_key("indep-a"), unique_key("indep-b"));
     must_acquire(&b, &req(&a, Token::random(), 10_000 * MS, false)).await;
@@ -259,6 +467,19 @@ pub async fn distinct_keys_are_independent<B: LockBackend>(b: B) {
 
 /// Mutual exclusion through [`LockClient`]: 16 tasks each do 100 read-yield-write increments of
 /// a non-atomic counter under the lock; the total is exactly 1600.
+///
+/// # Errors
+/// None: a backend that breaks the contract fails the test (this panics).
+///
+/// # Cancel safety
+/// Test code: cancelling abandons the check, nothing else.
+///
+/// # Examples
+/// ```
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+/// lock_testkit::conformance::mutual_exclusion_race(lock_testkit::MemoryBackend::new()).await;
+/// # }
+/// ```
 pub async fn mutual_exclusion_race<B: LockBackend + Clone>(b: B) {
     let config = LockConfig::builder()
         .ttl(10_000 * MS)

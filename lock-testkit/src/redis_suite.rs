@@ -70,6 +70,20 @@ fn text(r: Resp) -> String {
 
 /// `SCRIPT FLUSH` while locks are held and being taken: EVALSHA falls back to EVAL and every
 /// operation still works.
+///
+/// # Errors
+/// None: a driver that misbehaves fails the test (this panics).
+///
+/// # Cancel safety
+/// Test code: cancelling abandons the check; the servers it spawned are killed on drop.
+///
+/// # Examples
+/// A driver crate runs the whole suite with [`crate::redis_suite!`]; one test alone:
+/// ```no_run
+/// # async fn demo<D: lock_testkit::redis_suite::RedisDriver>(my_driver: D) {
+/// lock_testkit::redis_suite::script_flush_while_locks_are_held_and_taken(my_driver).await;
+/// # }
+/// ```
 pub async fn script_flush_while_locks_are_held_and_taken<D: RedisDriver>(driver: D) {
     let server = server();
     let locks = LockClient::with_config(connect(&driver, &server).await, config(10_000 * MS)).unwrap();
@@ -85,6 +99,20 @@ pub async fn script_flush_while_locks_are_held_and_taken<D: RedisDriver>(driver:
 }
 
 /// A key of the wrong type gives a permanent WRONGTYPE error naming the key.
+///
+/// # Errors
+/// None: a driver that misbehaves fails the test (this panics).
+///
+/// # Cancel safety
+/// Test code: cancelling abandons the check; the servers it spawned are killed on drop.
+///
+/// # Examples
+/// A driver crate runs the whole suite with [`crate::redis_suite!`]; one test alone:
+/// ```no_run
+/// # async fn demo<D: lock_testkit::redis_suite::RedisDriver>(my_driver: D) {
+/// lock_testkit::redis_suite::wrongtype_key_gives_a_clear_error(my_driver).await;
+/// # }
+/// ```
 pub async fn wrongtype_key_gives_a_clear_error<D: RedisDriver>(driver: D) {
     let server = server();
     server.cmd(&["LPUSH", "lock:{jobs:list}", "x"]).unwrap();
@@ -101,6 +129,20 @@ pub async fn wrongtype_key_gives_a_clear_error<D: RedisDriver>(driver: D) {
 }
 
 /// A server killed while a lock is held: `lost()` fires by the local deadline.
+///
+/// # Errors
+/// None: a driver that misbehaves fails the test (this panics).
+///
+/// # Cancel safety
+/// Test code: cancelling abandons the check; the servers it spawned are killed on drop.
+///
+/// # Examples
+/// A driver crate runs the whole suite with [`crate::redis_suite!`]; one test alone:
+/// ```no_run
+/// # async fn demo<D: lock_testkit::redis_suite::RedisDriver>(my_driver: D) {
+/// lock_testkit::redis_suite::server_killed_while_held_fires_lost_by_the_deadline(my_driver).await;
+/// # }
+/// ```
 pub async fn server_killed_while_held_fires_lost_by_the_deadline<D: RedisDriver>(driver: D) {
     let mut server = server();
     let config = LockConfig::builder().ttl(1_000 * MS).renew_interval(250 * MS).build().unwrap();
@@ -114,6 +156,20 @@ pub async fn server_killed_while_held_fires_lost_by_the_deadline<D: RedisDriver>
 }
 
 /// A restarted server: the backend reconnects and locking works again.
+///
+/// # Errors
+/// None: a driver that misbehaves fails the test (this panics).
+///
+/// # Cancel safety
+/// Test code: cancelling abandons the check; the servers it spawned are killed on drop.
+///
+/// # Examples
+/// A driver crate runs the whole suite with [`crate::redis_suite!`]; one test alone:
+/// ```no_run
+/// # async fn demo<D: lock_testkit::redis_suite::RedisDriver>(my_driver: D) {
+/// lock_testkit::redis_suite::server_restart_is_survived(my_driver).await;
+/// # }
+/// ```
 pub async fn server_restart_is_survived<D: RedisDriver>(driver: D) {
     let mut server = server();
     let locks = LockClient::with_config(connect(&driver, &server).await, config(5_000 * MS)).unwrap();
@@ -130,6 +186,20 @@ pub async fn server_restart_is_survived<D: RedisDriver>(driver: D) {
 
 /// An address where nothing listens gives an error within the configured timeout, and one
 /// that accepts but never answers gives a timeout.
+///
+/// # Errors
+/// None: a driver that misbehaves fails the test (this panics).
+///
+/// # Cancel safety
+/// Test code: cancelling abandons the check; the servers it spawned are killed on drop.
+///
+/// # Examples
+/// A driver crate runs the whole suite with [`crate::redis_suite!`]; one test alone:
+/// ```no_run
+/// # async fn demo<D: lock_testkit::redis_suite::RedisDriver>(my_driver: D) {
+/// lock_testkit::redis_suite::unreachable_address_errors_within_the_timeout(my_driver).await;
+/// # }
+/// ```
 pub async fn unreachable_address_errors_within_the_timeout<D: RedisDriver>(driver: D) {
     let options = DriverOptions { connect_timeout: 500 * MS, command_timeout: 300 * MS };
     let refused = {
@@ -173,6 +243,20 @@ pub async fn unreachable_address_errors_within_the_timeout<D: RedisDriver>(drive
 }
 
 /// A wrong or missing password gives a permanent authentication error, quickly.
+///
+/// # Errors
+/// None: a driver that misbehaves fails the test (this panics).
+///
+/// # Cancel safety
+/// Test code: cancelling abandons the check; the servers it spawned are killed on drop.
+///
+/// # Examples
+/// A driver crate runs the whole suite with [`crate::redis_suite!`]; one test alone:
+/// ```no_run
+/// # async fn demo<D: lock_testkit::redis_suite::RedisDriver>(my_driver: D) {
+/// lock_testkit::redis_suite::auth_failure_gives_a_clear_error(my_driver).await;
+/// # }
+/// ```
 pub async fn auth_failure_gives_a_clear_error<D: RedisDriver>(driver: D) {
     let server = RedisServer::start_with(&["--requirepass", "s3cret"]).unwrap_or_else(|e| panic!("{e}"));
     let wrong = format!("redis://:wrong@{}/", server.addr());
@@ -205,6 +289,20 @@ pub async fn auth_failure_gives_a_clear_error<D: RedisDriver>(driver: D) {
 /// A user with exactly [`lock_core::scripts::ACL_RULES`] can do everything the lock does
 /// (fenced and unfenced locks, waits woken by pub/sub, renewals); a user without EVALSHA gets
 /// a permanent error that names the missing permission.
+///
+/// # Errors
+/// None: a driver that misbehaves fails the test (this panics).
+///
+/// # Cancel safety
+/// Test code: cancelling abandons the check; the servers it spawned are killed on drop.
+///
+/// # Examples
+/// A driver crate runs the whole suite with [`crate::redis_suite!`]; one test alone:
+/// ```no_run
+/// # async fn demo<D: lock_testkit::redis_suite::RedisDriver>(my_driver: D) {
+/// lock_testkit::redis_suite::acl_user_with_the_documented_rules_can_lock(my_driver).await;
+/// # }
+/// ```
 pub async fn acl_user_with_the_documented_rules_can_lock<D: RedisDriver>(driver: D) {
     let server = server();
     let mut setuser = vec!["ACL", "SETUSER", "locker", "on", ">pw"];
@@ -264,6 +362,20 @@ pub async fn acl_user_with_the_documented_rules_can_lock<D: RedisDriver>(driver:
 
 /// 200 waiters on one key: each gets the lock exactly once, and afterwards no subscription is
 /// left on the server or in the backend.
+///
+/// # Errors
+/// None: a driver that misbehaves fails the test (this panics).
+///
+/// # Cancel safety
+/// Test code: cancelling abandons the check; the servers it spawned are killed on drop.
+///
+/// # Examples
+/// A driver crate runs the whole suite with [`crate::redis_suite!`]; one test alone:
+/// ```no_run
+/// # async fn demo<D: lock_testkit::redis_suite::RedisDriver>(my_driver: D) {
+/// lock_testkit::redis_suite::two_hundred_waiters_each_get_the_lock_once(my_driver).await;
+/// # }
+/// ```
 pub async fn two_hundred_waiters_each_get_the_lock_once<D: RedisDriver>(driver: D) {
     let server = server();
     let backend = connect(&driver, &server).await;
@@ -305,6 +417,20 @@ async fn subscriptions_drain<B>(server: &RedisServer, backend: &B, count: Option
 }
 
 /// On an idle server, a lock/unlock cycle is exactly two round trips: two EVALSHA calls.
+///
+/// # Errors
+/// None: a driver that misbehaves fails the test (this panics).
+///
+/// # Cancel safety
+/// Test code: cancelling abandons the check; the servers it spawned are killed on drop.
+///
+/// # Examples
+/// A driver crate runs the whole suite with [`crate::redis_suite!`]; one test alone:
+/// ```no_run
+/// # async fn demo<D: lock_testkit::redis_suite::RedisDriver>(my_driver: D) {
+/// lock_testkit::redis_suite::lock_unlock_is_two_round_trips(my_driver).await;
+/// # }
+/// ```
 pub async fn lock_unlock_is_two_round_trips<D: RedisDriver>(driver: D) {
     let server = server();
     let config = LockConfig::builder().watchdog(false).fencing(true).build().unwrap();
@@ -336,6 +462,20 @@ pub async fn lock_unlock_is_two_round_trips<D: RedisDriver>(driver: D) {
 /// Without fencing, an uncontended lock is a plain `SET NX PX` (no script on the server) that
 /// stores what the script would; a retry with the same token (its reply lost) and a key of the
 /// wrong type still go through the script and behave as with fencing.
+///
+/// # Errors
+/// None: a driver that misbehaves fails the test (this panics).
+///
+/// # Cancel safety
+/// Test code: cancelling abandons the check; the servers it spawned are killed on drop.
+///
+/// # Examples
+/// A driver crate runs the whole suite with [`crate::redis_suite!`]; one test alone:
+/// ```no_run
+/// # async fn demo<D: lock_testkit::redis_suite::RedisDriver>(my_driver: D) {
+/// lock_testkit::redis_suite::unfenced_lock_is_a_plain_set_with_the_script_as_fallback(my_driver).await;
+/// # }
+/// ```
 pub async fn unfenced_lock_is_a_plain_set_with_the_script_as_fallback<D: RedisDriver>(driver: D) {
     let server = server();
     let backend = connect(&driver, &server).await;
@@ -386,6 +526,20 @@ pub async fn unfenced_lock_is_a_plain_set_with_the_script_as_fallback<D: RedisDr
 
 /// Waiters are woken by the release notice: with a 10 s backoff, a waiter still acquires
 /// within 50 ms of the release.
+///
+/// # Errors
+/// None: a driver that misbehaves fails the test (this panics).
+///
+/// # Cancel safety
+/// Test code: cancelling abandons the check; the servers it spawned are killed on drop.
+///
+/// # Examples
+/// A driver crate runs the whole suite with [`crate::redis_suite!`]; one test alone:
+/// ```no_run
+/// # async fn demo<D: lock_testkit::redis_suite::RedisDriver>(my_driver: D) {
+/// lock_testkit::redis_suite::waiter_wakes_within_50ms_of_release(my_driver).await;
+/// # }
+/// ```
 pub async fn waiter_wakes_within_50ms_of_release<D: RedisDriver>(driver: D) {
     let server = server();
     let backend = connect(&driver, &server).await;
@@ -415,6 +569,20 @@ pub async fn waiter_wakes_within_50ms_of_release<D: RedisDriver>(driver: D) {
 
 /// A holder that vanishes without releasing: waiters (with a 10 s backoff and no notice to
 /// wake them) still acquire as soon as its TTL runs out, because each wait is capped by it.
+///
+/// # Errors
+/// None: a driver that misbehaves fails the test (this panics).
+///
+/// # Cancel safety
+/// Test code: cancelling abandons the check; the servers it spawned are killed on drop.
+///
+/// # Examples
+/// A driver crate runs the whole suite with [`crate::redis_suite!`]; one test alone:
+/// ```no_run
+/// # async fn demo<D: lock_testkit::redis_suite::RedisDriver>(my_driver: D) {
+/// lock_testkit::redis_suite::expired_lock_is_picked_up_without_a_release(my_driver).await;
+/// # }
+/// ```
 pub async fn expired_lock_is_picked_up_without_a_release<D: RedisDriver>(driver: D) {
     let server = server();
     let slow = LockConfig::builder()
@@ -436,6 +604,20 @@ pub async fn expired_lock_is_picked_up_without_a_release<D: RedisDriver>(driver:
 /// The connection is killed (`CLIENT KILL`) while an acquire is in flight: whether the driver
 /// resends it after reconnecting or the core retries it, the lock state stays correct: one
 /// fencing increment, the lock granted once, and no key left after release.
+///
+/// # Errors
+/// None: a driver that misbehaves fails the test (this panics).
+///
+/// # Cancel safety
+/// Test code: cancelling abandons the check; the servers it spawned are killed on drop.
+///
+/// # Examples
+/// A driver crate runs the whole suite with [`crate::redis_suite!`]; one test alone:
+/// ```no_run
+/// # async fn demo<D: lock_testkit::redis_suite::RedisDriver>(my_driver: D) {
+/// lock_testkit::redis_suite::connection_killed_mid_command_keeps_state_correct(my_driver).await;
+/// # }
+/// ```
 pub async fn connection_killed_mid_command_keeps_state_correct<D: RedisDriver>(driver: D) {
     let server = server();
     let locks = LockClient::with_config(connect(&driver, &server).await, config(10_000 * MS)).unwrap();
