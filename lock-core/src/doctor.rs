@@ -103,6 +103,19 @@ impl NodeFacts {
         facts
     }
 
+    /// Records the reply to `CONFIG GET name` (a `[name, value]` pair), or why it failed.
+    pub fn record_config_reply<E: fmt::Display>(&mut self, name: &str, reply: Result<Vec<String>, E>) {
+        match reply {
+            Ok(mut pair) if pair.len() == 2 => {
+                if let Some(value) = pair.pop() {
+                    self.set_config(name, value);
+                }
+            }
+            Ok(_) => {}
+            Err(e) => self.unreadable = Some(format!("CONFIG GET {name}: {e}")),
+        }
+    }
+
     /// Records one `CONFIG GET` answer.
     pub fn set_config(&mut self, name: &str, value: String) {
         match name {

@@ -456,12 +456,11 @@ where
         for name in CONFIG_NAMES {
             let mut get = redis::cmd("CONFIG");
             get.arg("GET").arg(name);
-            match tokio::time::timeout(timeout, get.query_async::<Vec<String>>(&mut conn)).await {
-                Ok(Ok(pair)) if pair.len() == 2 => facts.set_config(name, pair[1].clone()),
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => facts.unreadable = Some(format!("CONFIG GET {name}: {e}")),
-                Err(_) => facts.unreadable = Some(format!("CONFIG GET {name}: no reply within {timeout:?}")),
-            }
+            let reply = match tokio::time::timeout(timeout, get.query_async::<Vec<String>>(&mut conn)).await {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(_) => Err(format!("no reply within {timeout:?}")),
+            };
+            facts.record_config_reply(name, reply);
         }
         Ok(vec![facts])
     }

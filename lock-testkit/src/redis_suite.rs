@@ -68,6 +68,20 @@ fn text(r: Resp) -> String {
     r.text()
 }
 
+/// Calls per command since the last `CONFIG RESETSTAT`, from `INFO commandstats` (commands run
+/// inside scripts included), without the INFO and CONFIG calls of the test itself.
+fn command_calls(server: &RedisServer) -> HashMap<String, u64> {
+    let stats = text(server.cmd(&["INFO", "commandstats"]).unwrap());
+    stats
+        .lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(":calls=")?;
+            Some((name.to_string(), rest.split(',').next()?.parse().ok()?))
+        })
+        .filter(|(name, _)| name != "info" && !name.starts_with("config"))
+        .collect()
+}
+
 /// `SCRIPT FLUSH` while locks are held and being taken: EVALSHA falls back to EVAL and every
 /// operation still works.
 ///
@@ -440,15 +454,7 @@ pub async fn lock_unlock_is_two_round_trips<D: RedisDriver>(driver: D) {
     mutex.lock().await.unwrap().release().await.unwrap();
     server.cmd(&["CONFIG", "RESETSTAT"]).unwrap();
     mutex.lock().await.unwrap().release().await.unwrap();
-    let stats = text(server.cmd(&["INFO", "commandstats"]).unwrap());
-    let calls: HashMap<String, u64> = stats
-        .lines()
-        .filter_map(|l| {
-            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(":calls=")?;
-            Some((name.to_string(), rest.split(',').next()?.parse().ok()?))
-        })
-        .filter(|(name, _)| name != "info" && !name.starts_with("config"))
-        .collect();
+    let calls = command_calls(&server);
     // Commands run inside scripts are counted too: exactly the scripts' own, once each.
     // Any extra client command (a PING, a GET, an EVAL fallback) would change this map.
     let expected: HashMap<String, u64> =
@@ -485,15 +491,7 @@ pub async fn unfenced_lock_is_a_plain_set_with_the_script_as_fallback<D: RedisDr
     mutex.lock().await.unwrap().release().await.unwrap();
     server.cmd(&["CONFIG", "RESETSTAT"]).unwrap();
     mutex.lock().await.unwrap().release().await.unwrap();
-    let stats = text(server.cmd(&["INFO", "commandstats"]).unwrap());
-    let calls: HashMap<String, u64> = stats
-        .lines()
-        .filter_map(|l| {
-            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(":calls=")?;
-            Some((name.to_string(), rest.split(',').next()?.parse().ok()?))
-        })
-        .filter(|(name, _)| name != "info" && !name.starts_with("config"))
-        .collect();
+    let calls = command_calls(&server);
     let expected: HashMap<String, u64> = [("set", 1), ("evalsha", 1), ("get", 1), ("del", 1), ("publish", 1)]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
