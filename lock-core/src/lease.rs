@@ -41,8 +41,10 @@ struct State {
 #[derive(Debug)]
 pub(crate) struct Shared {
     key: LockKey,
-    /// The backend's name, for metrics.
+    /// The backend's name, for metrics only: without the feature no lease pays for a copy.
+    #[cfg(feature = "metrics")]
     backend: String,
+    #[cfg(feature = "metrics")]
     acquired_at: Instant,
     token: Token,
     fence: Option<FencingToken>,
@@ -51,6 +53,20 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    fn backend_name(&self) -> &str {
+        #[cfg(feature = "metrics")]
+        return &self.backend;
+        #[cfg(not(feature = "metrics"))]
+        ""
+    }
+
+    fn held_for(&self) -> Duration {
+        #[cfg(feature = "metrics")]
+        return self.acquired_at.elapsed();
+        #[cfg(not(feature = "metrics"))]
+        Duration::ZERO
+    }
+
     fn snapshot(&self) -> State {
         self.state.borrow().clone()
     }
@@ -67,7 +83,7 @@ impl Shared {
         });
         if marked {
             warn!(key = %self.key, %reason, "lease lost");
-            crate::telemetry::lost(&self.backend);
+            crate::telemetry::lost(self.backend_name());
         }
         marked
     }
@@ -171,8 +187,17 @@ impl LeaseInner {
     ) -> Arc<Self> {
         let max_hold_until = ctx.config.max_hold().and_then(|d| acquired_at.checked_add(d));
         let (state, _) = watch::channel(State { valid_until, status: Status::Held, capped: false });
-        let backend = ctx.backend.name().to_string();
-        let shared = Arc::new(Shared { key, backend, acquired_at, token, fence, max_hold_until, state });
+        let shared = Arc::new(Shared {
+            key,
+            #[cfg(feature = "metrics")]
+            backend: ctx.backend.name().to_string(),
+            #[cfg(feature = "metrics")]
+            acquired_at,
+            token,
+            fence,
+            max_hold_until,
+            state,
+        });
         let runtime = Handle::try_current().ok();
         let watchdog = match (&runtime, watchdog) {
             (Some(rt), true) => {
@@ -195,7 +220,7 @@ impl LeaseInner {
 
     async fn release_now(&self) -> Result<(), LockError> {
         self.stop_watchdog();
-        crate::telemetry::held(&self.shared.backend, self.shared.acquired_at.elapsed());
+        crate::telemetry::held(self.shared.backend_name(), self.shared.held_for());
         let key = &self.shared.key;
         let before = self.shared.snapshot().status;
         let mut backoff = Backoff::new(self.ctx.config.backoff_min(), self.ctx.config.backoff_max());
@@ -232,8 +257,8 @@ impl Drop for LeaseInner {
             return;
         }
         self.shared.state.send_modify(|s| s.status = Status::Released);
-        crate::telemetry::held(&self.shared.backend, self.shared.acquired_at.elapsed());
-        crate::telemetry::background_release(&self.shared.backend);
+        crate::telemetry::held(self.shared.backend_name(), self.shared.held_for());
+        crate::telemetry::background_release(self.shared.backend_name());
         let backend = Arc::clone(&self.ctx.backend);
         let key = self.shared.key.clone();
         let token = self.shared.token;
@@ -292,7 +317,7 @@ async fn run_watchdog(shared: Weak<Shared>, ctx: LeaseCtx, acquired_at: Instant)
             // would hang forever.
             let outcome = tokio::time::timeout_at(deadline, ctx.backend.extend(&req)).await;
             if !matches!(outcome, Ok(Ok(ExtendOutcome::Extended { .. }))) {
-                crate::telemetry::renewal(&shared.backend, false);
+                crate::telemetry::renewal(shared.backend_name(), false);
             }
             match outcome {
                 Err(_) => {
@@ -314,7 +339,7 @@ async fn run_watchdog(shared: Weak<Shared>, ctx: LeaseCtx, acquired_at: Instant)
                         shared.state.send_modify(|s| s.capped = true);
                     }
                     debug!(key = %shared.key, "renewed");
-                    crate::telemetry::renewal(&shared.backend, true);
+                    crate::telemetry::renewal(shared.backend_name(), true);
                     next = started + config.renew_interval();
                     break;
                 }
