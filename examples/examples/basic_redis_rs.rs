@@ -12,7 +12,7 @@ use lock_redis_rs::RedisBackend;
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (url, _server) = lock_examples_support::redis_url()?;
     // A ConnectionManager reconnects by itself after a server restart.
-    let backend = RedisBackend::builder().connect_managed(&url).await?;
+    let backend = RedisBackend::builder().connect(&url).await?;
     let locks = LockClient::new(backend);
 
     let guard = locks.mutex("reports:daily")?.lock().await?;

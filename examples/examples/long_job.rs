@@ -18,7 +18,7 @@ use lock_redis_rs::redis;
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (url, _server) = lock_examples_support::redis_url()?;
     let config = LockConfig::builder().ttl(Duration::from_millis(600)).build()?; // renewed every 200 ms
-    let locks = LockClient::with_config(RedisBackend::builder().connect_managed(&url).await?, config)?;
+    let locks = LockClient::with_config(RedisBackend::builder().connect(&url).await?, config)?;
     let guard = locks.mutex("jobs:reindex")?.lock().await?;
 
     // Somebody deletes the key 1.5 s in (three TTLs: the watchdog kept it alive until then).

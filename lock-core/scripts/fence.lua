@@ -1,18 +1,32 @@
 -- Raise a lock's fencing counter to at least a given token (RedLock's write-back), and record
--- the token on the lock when this owner holds it (never lowering it), so a re-acquire returns it.
+-- the token on the lock when this owner holds it, so a re-acquire returns it.
 -- KEYS[1] lock key, KEYS[2] fence counter key; ARGV[1] owner token, ARGV[2] fencing token
--- Returns the counter after the call.
+-- Returns the counter after the call. A missing counter starts from the server's clock in
+-- microseconds, as in acquire.lua.
 local wanted = tonumber(ARGV[2])
-local counter = tonumber(redis.call('GET', KEYS[2]) or '0')
+local stored = redis.call('GET', KEYS[2])
+local counter
+if stored then
+  counter = tonumber(stored)
+else
+  local t = redis.call('TIME')
+  counter = tonumber(t[1] .. string.format('%06d', tonumber(t[2])))
+  redis.call('SET', KEYS[2], string.format('%.0f', counter))
+end
 if counter < wanted then
   redis.call('SET', KEYS[2], ARGV[2])
   counter = wanted
 end
+-- The lock's 33rd character says whose token it records: ':' one this node minted itself
+-- (never handed out unless it was the quorum's maximum, so the write-back replaces it), '='
+-- one written back (only ever raised, so a late write-back never lowers a newer one).
 local current = redis.call('GET', KEYS[1])
 if current and string.sub(current, 1, 32) == ARGV[1] then
   local ttl = redis.call('PTTL', KEYS[1])
-  if ttl > 0 and (tonumber(string.sub(current, 34)) or 0) < wanted then
-    redis.call('SET', KEYS[1], ARGV[1] .. ':' .. ARGV[2], 'PX', ttl)
+  local recorded = tonumber(string.sub(current, 34)) or 0
+  local minted_here = string.sub(current, 33, 33) == ':'
+  if ttl > 0 and (minted_here or recorded < wanted) then
+    redis.call('SET', KEYS[1], ARGV[1] .. '=' .. ARGV[2], 'PX', ttl)
   end
 end
 return counter

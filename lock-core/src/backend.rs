@@ -426,6 +426,31 @@ pub trait LockBackend: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// The identity of the server's data, when the backend can read one: the node id from the
+    /// marker that guards against data loss ([`crate::scripts::NodeGuard`]). Two backends that
+    /// reach the same server under different names return the same id, so a RedLock counts one
+    /// vote for them, not two. `Ok(None)`: unknown (no marker yet, or no such notion; the
+    /// default).
+    ///
+    /// # Errors
+    /// A server that cannot be reached.
+    ///
+    /// # Cancel safety
+    /// Read-only: cancelling it changes nothing.
+    ///
+    /// # Examples
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), lock_core::BackendError> {
+    /// use lock_core::LockBackend;
+    /// let store = lock_testkit::MemoryBackend::new();
+    /// let id = store.node_identity().await?;
+    /// assert_eq!(id, store.clone().node_identity().await?); // clones share one store
+    /// # Ok(()) }
+    /// ```
+    async fn node_identity(&self) -> Result<Option<u64>, BackendError> {
+        Ok(None)
+    }
+
     /// What the backend can read about the servers behind it, for the deployment doctor
     /// ([`crate::doctor`]). The default reports nothing (e.g. an in-memory backend).
     ///
@@ -515,6 +540,9 @@ macro_rules! forward_backend {
             }
             async fn watch_releases(&self, key: &LockKey) -> Result<Option<ReleaseWatch>, BackendError> {
                 (**self).watch_releases(key).await
+            }
+            async fn node_identity(&self) -> Result<Option<u64>, BackendError> {
+                (**self).node_identity().await
             }
             async fn deployment_facts(&self) -> Result<Vec<NodeFacts>, BackendError> {
                 (**self).deployment_facts().await

@@ -463,7 +463,11 @@ async fn acquire_inner(
             Ok(Err(source)) => return Err(LockError::Backend { key: key.clone(), source }),
             Err(_) => {
                 errored = true;
-                last_error = Some(deadline_error("acquire request did not answer in time"));
+                // Cut off by the caller's own timeout: the error seen before says more (e.g. a
+                // node in quarantine) than "no answer in time".
+                if last_error.is_none() || call_deadline == validity_end {
+                    last_error = Some(deadline_error("acquire request did not answer in time"));
+                }
             }
         }
 

@@ -135,6 +135,9 @@ pub enum BackendErrorKind {
     Quorum,
     /// The server is loading, busy or read-only.
     Unavailable,
+    /// The node lost its lock data and grants nothing until its quarantine has passed (see
+    /// [`crate::scripts`]). Retryable: the message says how long is left.
+    Quarantined,
     /// Anything else.
     Other,
 }
@@ -151,6 +154,7 @@ impl fmt::Display for BackendErrorKind {
             BackendErrorKind::Cluster => "cluster error",
             BackendErrorKind::Quorum => "quorum not reached",
             BackendErrorKind::Unavailable => "server unavailable",
+            BackendErrorKind::Quarantined => "node in quarantine after data loss",
             BackendErrorKind::Other => "backend error",
         })
     }

@@ -6,13 +6,57 @@
 //! # Key layout
 //! For a lock key `k`, with `t` = `k` escaped so it never starts with `}` or `~` (a leading `}`
 //! or `~` gets a `~` before it, which keeps the mapping one-to-one):
-//! - `lock:{t}`: the lock; value `<32 hex owner token>:<fence>`, with a PX expiry;
+//! - `lock:{t}`: the lock; value `<32 hex owner token>:<fence>` (`=` instead of `:` once a
+//!   RedLock wrote its quorum's token back), with a PX expiry;
 //! - `lock:{t}:fence`: the fencing counter. It **never expires**: it must outlive every
 //!   lease to keep fencing tokens increasing. One small integer per key that ever used fencing;
 //! - `lock:{t}:released`: the pub/sub channel a release is announced on.
 //!
 //! Every name carries the hash tag `{t}` (Redis hashes only up to the first `}` after the first
 //! `{`; all three names share that prefix), so Redis Cluster never sees CROSSSLOT.
+//!
+//! One more key per server: the **node marker** [`MARKER_KEY`] (`lock:node`, no expiry), see
+//! [`NodeGuard`].
+//!
+//! # A node that lost its data abstains
+//! A Redis server that restarts without persistence, is flushed (`FLUSHALL`) or fails over to
+//! an empty replica forgets the locks it granted while their holders still rely on them. The
+//! Redlock answer is "delayed restarts": keep the node out for at least the longest TTL. No
+//! operator remembers that every time, so the acquire script enforces it on the server:
+//! - every node carries the marker `lock:node` = `<12 hex node id>:<open_at>`, with no TTL; a
+//!   node with data has it, because the first acquire ever made there (or `lockctl init`, or
+//!   [`declare_fresh`]) created it;
+//! - the acquire script reads it in the same call (no extra round trip). When it is **missing**,
+//!   the node has lost its data (or was never used and never declared fresh: the two cannot be
+//!   told apart from the server's own state), so the script re-creates it with
+//!   `open_at = server time + quarantine` and, until then, answers `{2, ms left}`: the driver
+//!   turns it into a retryable [`BackendErrorKind::Quarantined`] error that names the time left.
+//!   A single-node lock waits (its timeout error names the quarantine); a RedLock counts the
+//!   node as a failed vote;
+//! - the quarantine is kept on the server and judged by the server's clock, so every client
+//!   sees the same one, including clients that never saw the node before. It runs from the
+//!   instant the loss was **noticed**, not from the restart: a `FLUSHALL` leaves no trace of
+//!   when it happened, so "now" is the only safe bound;
+//! - renewals and releases are not affected: leases on a node that lost its data are gone, and
+//!   their holders learn it as before (owner mismatch, then `lost()`).
+//!
+//! Set the quarantine ([`NodeGuard::quarantine`], the drivers' builders' `quarantine(..)`) to at
+//! least the longest TTL any client uses on that server; the script also never uses less than
+//! the TTL of the request that noticed the loss. Default: [`DEFAULT_QUARANTINE`] (60 s, twice
+//! the default TTL).
+//!
+//! What the marker cannot see: a restart that reloads an **old snapshot** (the marker survives,
+//! the recent locks do not) and a **failover to a replica that lagged** (keys lost while the
+//! marker replicated long ago). For those, use `appendfsync always` (or delayed restarts) and
+//! fencing tokens at the resource. Redis Cluster has no per-node marker (a script can only touch
+//! one slot), so there the protection is off and the same advice applies.
+//!
+//! # Fence counters survive data loss
+//! A fencing counter that has to be created (first use, or after data loss) starts from the
+//! server's clock in microseconds, so a re-created counter is above every token the lost one
+//! gave out, under two assumptions: the key averaged at most one fenced acquisition per
+//! microsecond since its counter was made, and the server's clock never steps back (run NTP in
+//! slew mode). RedLock's quorum fencing keeps its maximum rule on top of this.
 
 use std::time::Duration;
 
@@ -37,7 +81,7 @@ pub struct LuaScript {
 pub const ACQUIRE: LuaScript = LuaScript {
     name: "acquire",
     source: include_str!("../scripts/acquire.lua"),
-    sha1: "3392a97a81a12542199c66e90332db39e7c66bd8",
+    sha1: "09060cee3084d0993ea2e6294b834290cd0e8110",
 };
 
 /// `extend.lua`: owner-checked PEXPIRE. KEYS: lock. ARGV: token, ttl ms. Returns 1 or 0.
@@ -62,8 +106,184 @@ pub const RELEASE: LuaScript = LuaScript {
 pub const FENCE: LuaScript = LuaScript {
     name: "fence",
     source: include_str!("../scripts/fence.lua"),
-    sha1: "308e64a5d3db4c71c04993b87e803a7474b6cc9a",
+    sha1: "a6e3932aebe83f3f8bcc9e262b233ad1562510bd",
 };
+
+/// `node.lua`: read the node marker, or declare a server fresh. KEYS: marker. ARGV: `read`,
+/// `init` or `force`, a fresh node id. Returns `{node id, quarantine ms left}` (`{0, -1}`: no
+/// marker).
+pub const NODE: LuaScript = LuaScript {
+    name: "node",
+    source: include_str!("../scripts/node.lua"),
+    sha1: "8354eab7a9e51b6049a3b634482ffc1808a2d413",
+};
+
+/// The node marker's key: one per server, no expiry (see the module docs).
+pub const MARKER_KEY: &str = "lock:node";
+
+/// The quarantine a node keeps after it lost its data, unless configured: twice the default TTL.
+pub const DEFAULT_QUARANTINE: Duration = Duration::from_secs(60);
+
+/// How a driver protects one server against granting a lock twice after data loss (see the
+/// module docs). Drivers of a single node (or of each RedLock node) offer it through
+/// [`ScriptRunner::node_guard`]; Redis Cluster cannot (one script touches one slot).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeGuard {
+    quarantine: Duration,
+    fresh_id: String,
+}
+
+impl NodeGuard {
+    /// A guard with this quarantine (at least 1 ms), and a random id for the marker in case this
+    /// client is the one to re-create it.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let guard = lock_core::scripts::NodeGuard::new(Duration::from_secs(90));
+    /// assert_eq!(guard.quarantine(), Duration::from_secs(90));
+    /// ```
+    pub fn new(quarantine: Duration) -> Self {
+        let hex = Token::random().to_redis_value();
+        Self { quarantine: quarantine.max(Duration::from_millis(1)), fresh_id: hex[..12].to_string() }
+    }
+
+    /// How long a node that lost its data grants nothing.
+    pub fn quarantine(&self) -> Duration {
+        self.quarantine
+    }
+
+    /// The id this client writes when it creates a marker (12 hex digits).
+    pub fn fresh_id(&self) -> &str {
+        &self.fresh_id
+    }
+}
+
+impl Default for NodeGuard {
+    fn default() -> Self {
+        Self::new(DEFAULT_QUARANTINE)
+    }
+}
+
+/// What [`declare_fresh`] and [`node_status`] read from a server's marker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeStatus {
+    /// No marker: a server never used (and never declared fresh), or one that lost its data.
+    /// The next acquire starts a quarantine.
+    Unmarked,
+    /// The node may grant locks. `id` names the server (two names of one server share it).
+    Open {
+        /// The node id from the marker.
+        id: u64,
+    },
+    /// The node lost its data and grants nothing for `left` more.
+    Quarantined {
+        /// The node id from the marker.
+        id: u64,
+        /// The quarantine left, by the server's clock.
+        left: Duration,
+    },
+}
+
+impl NodeStatus {
+    /// The node id, when there is a marker.
+    pub fn id(&self) -> Option<u64> {
+        match *self {
+            NodeStatus::Unmarked => None,
+            NodeStatus::Open { id } | NodeStatus::Quarantined { id, .. } => Some(id),
+        }
+    }
+
+    fn from_reply(reply: &[i64]) -> Result<Self, BackendError> {
+        match *reply {
+            [0, -1] => Ok(NodeStatus::Unmarked),
+            [id, 0] if id >= 0 => Ok(NodeStatus::Open { id: id.unsigned_abs() }),
+            [id, left] if id >= 0 && left > 0 => Ok(NodeStatus::Quarantined {
+                id: id.unsigned_abs(),
+                left: Duration::from_millis(left.unsigned_abs()),
+            }),
+            _ => Err(BackendError::permanent(
+                BackendErrorKind::Protocol,
+                format!("unexpected reply {reply:?} from the node script"),
+            )),
+        }
+    }
+}
+
+/// How [`declare_fresh`] treats a marker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Declare {
+    /// Create the marker (open) only if it is missing: for a new server. A running quarantine
+    /// is kept.
+    IfMissing,
+    /// Also lift a running quarantine: only when you know the server kept every lock it
+    /// granted (e.g. it restarted from an `appendfsync always` file).
+    Force,
+}
+
+/// Reads a server's marker without changing anything.
+///
+/// # Errors
+/// The runner's errors.
+///
+/// # Cancel safety
+/// Read-only.
+pub async fn node_status<R: ScriptRunner + ?Sized>(runner: &R) -> Result<NodeStatus, BackendError> {
+    let guard = runner.node_guard().cloned().unwrap_or_default();
+    let args = ["read".to_string(), guard.fresh_id().to_string()];
+    NodeStatus::from_reply(&runner.run_ints(&NODE, &[MARKER_KEY], &args).await?)
+}
+
+/// Declares a server fresh: it has never granted a lock, so it needs no quarantine (what
+/// `lockctl init` runs). Without this, the first acquire on a new server cannot tell it from
+/// one that lost its data and waits out the quarantine.
+///
+/// # Errors
+/// The runner's errors.
+///
+/// # Cancel safety
+/// Idempotent: a cancelled call can be sent again.
+pub async fn declare_fresh<R: ScriptRunner + ?Sized>(
+    runner: &R,
+    how: Declare,
+) -> Result<NodeStatus, BackendError> {
+    let guard = runner.node_guard().cloned().unwrap_or_default();
+    let mode = match how {
+        Declare::IfMissing => "init",
+        Declare::Force => "force",
+    };
+    let args = [mode.to_string(), guard.fresh_id().to_string()];
+    NodeStatus::from_reply(&runner.run_ints(&NODE, &[MARKER_KEY], &args).await?)
+}
+
+/// The error for a quarantined node, naming how long is left.
+pub fn quarantine_error(left: Duration) -> BackendError {
+    warn_quarantine(left);
+    BackendError::retryable(
+        BackendErrorKind::Quarantined,
+        format!(
+            "the node lost its lock data (its marker `{MARKER_KEY}` was missing: a restart without \
+             persistence, FLUSHALL, or a failover to an empty replica; or a new server never \
+             declared fresh) and grants no lock for another {:.1} s, until every lease it may have \
+             granted before has expired; declare a new server fresh with `lockctl init`",
+            left.as_secs_f64()
+        ),
+    )
+}
+
+/// One warning a second at most, however many waiters hit a quarantined node.
+fn warn_quarantine(left: Duration) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if LAST.swap(now, Ordering::Relaxed) != now {
+        tracing::warn!(
+            left_ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX),
+            "a lock node is in quarantine after losing its data; acquisitions on it wait"
+        );
+    }
+}
 
 /// The Redis names of one lock (see the module docs for the layout).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,9 +318,17 @@ impl RedisKeys {
     pub const CHANNEL_PREFIX: &'static str = "lock:{";
 }
 
-/// The ARGV of [`ACQUIRE`].
-pub fn acquire_args(token: &Token, ttl: Duration, fencing: bool) -> [String; 3] {
-    [token.to_redis_value(), ttl_millis(ttl).to_string(), if fencing { "1" } else { "0" }.to_string()]
+/// The ARGV of [`ACQUIRE`]. The quarantine used is never below the request's TTL.
+pub fn acquire_args(token: &Token, ttl: Duration, fencing: bool, guard: Option<&NodeGuard>) -> [String; 4] {
+    let (quarantine, id) = guard.map_or((0, "000000000000"), |g| {
+        (ttl_millis(g.quarantine().max(ttl)), g.fresh_id())
+    });
+    [
+        token.to_redis_value(),
+        ttl_millis(ttl).to_string(),
+        if fencing { "1" } else { "0" }.to_string(),
+        format!("{quarantine}:{id}"),
+    ]
 }
 
 /// The ARGV of [`EXTEND`].
@@ -134,7 +362,7 @@ pub fn fence_args(token: &Token, fence: FencingToken) -> [String; 2] {
 /// assert!(lock_core::scripts::ACL_RULES.contains("~lock:*"));
 /// ```
 pub const ACL_RULES: &str = "resetkeys ~lock:* resetchannels &lock:* -@all \
-+set +get +del +incr +pexpire +pttl +publish +evalsha +eval +script|load \
++set +get +del +incr +pexpire +pttl +time +publish +evalsha +eval +script|load \
 +subscribe +unsubscribe +ping +client|setname +client|id";
 
 /// A TTL in whole milliseconds for PX/PEXPIRE, at least 1 (Redis rejects 0).
@@ -171,6 +399,7 @@ pub fn acquire_outcome(
         [0, pttl] => Ok(AcquireOutcome::Held {
             remaining: u64::try_from(pttl).ok().filter(|ms| *ms > 0).map(Duration::from_millis),
         }),
+        [2, left] => Err(quarantine_error(Duration::from_millis(left.unsigned_abs()))),
         _ => Err(BackendError::permanent(
             BackendErrorKind::Protocol,
             format!("unexpected reply {reply:?} from the acquire script"),
@@ -213,6 +442,14 @@ pub trait ScriptRunner: Send + Sync {
         let _ = (key, value, ttl_ms);
         Ok(None)
     }
+
+    /// The data-loss guard of this server (see the module docs), or `None` where a script
+    /// cannot reach a per-server key (Redis Cluster). With a guard, every acquire runs the
+    /// [`ACQUIRE`] script (which checks the marker in the same call) and the plain `SET NX`
+    /// fast path is not used. The default is `None`.
+    fn node_guard(&self) -> Option<&NodeGuard> {
+        None
+    }
 }
 
 /// [`crate::LockBackend::acquire`]: one round trip when the lock is free. Without fencing it
@@ -250,7 +487,8 @@ pub async fn acquire<R: ScriptRunner + ?Sized>(
     req: &crate::AcquireRequest,
 ) -> Result<AcquireOutcome, BackendError> {
     let keys = RedisKeys::for_key(&req.key);
-    if !req.fencing {
+    let guard = runner.node_guard();
+    if !req.fencing && guard.is_none() {
         let started = Instant::now();
         let value = format!("{}:0", req.token.to_redis_value());
         if runner.set_nx_px(&keys.lock, &value, ttl_millis(req.ttl)).await? == Some(true) {
@@ -258,9 +496,13 @@ pub async fn acquire<R: ScriptRunner + ?Sized>(
                 .map_or(AcquireOutcome::Held { remaining: None }, AcquireOutcome::Acquired));
         }
     }
-    let args = acquire_args(&req.token, req.ttl, req.fencing);
+    let args = acquire_args(&req.token, req.ttl, req.fencing, guard);
     let started = Instant::now();
-    let reply = runner.run_ints(&ACQUIRE, &[&keys.lock, &keys.fence], &args).await?;
+    let reply = if guard.is_some() {
+        runner.run_ints(&ACQUIRE, &[&keys.lock, &keys.fence, MARKER_KEY], &args).await?
+    } else {
+        runner.run_ints(&ACQUIRE, &[&keys.lock, &keys.fence], &args).await?
+    };
     acquire_outcome(started, req.ttl, req.fencing, &reply)
 }
 
@@ -387,7 +629,7 @@ mod tests {
 
     #[test]
     fn script_digests_are_pinned() {
-        for script in [ACQUIRE, EXTEND, RELEASE, FENCE] {
+        for script in [ACQUIRE, EXTEND, RELEASE, FENCE, NODE] {
             assert_eq!(sha1_hex(script.source), script.sha1, "{} changed: update its sha1", script.name);
         }
     }

@@ -11,7 +11,7 @@ use fred::types::{ClusterHash, CustomCommand, Expiration, FromValue, SetOptions}
 use lock_core::FencingToken;
 use lock_core::doctor::{CONFIG_NAMES, NodeFacts};
 use lock_core::hub::HubTask;
-use lock_core::scripts::{self, LuaScript, RedisKeys, ScriptRunner};
+use lock_core::scripts::{self, LuaScript, NodeGuard, RedisKeys, ScriptRunner};
 use lock_core::{
     AcquireOutcome, AcquireRequest, BackendError, BackendErrorKind, Capabilities, ExtendOutcome,
     ExtendRequest, LockBackend, LockKey, ReleaseOutcome, ReleaseWatch, Token,
@@ -27,6 +27,8 @@ const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 struct Shared {
     endpoint: String,
     command_timeout: Duration,
+    /// The data-loss guard (single nodes); `None` in Cluster.
+    guard: Option<NodeGuard>,
     /// Built at connect time, connected on the first wait; `None` turns wake-up off.
     subscriber: Option<SubscriberClient>,
     notifier: OnceCell<HubTask>,
@@ -81,6 +83,7 @@ pub struct FredBackendBuilder {
     command_timeout: Duration,
     wake_up: bool,
     root_ca: Option<String>,
+    quarantine: Duration,
 }
 
 impl Default for FredBackendBuilder {
@@ -90,6 +93,7 @@ impl Default for FredBackendBuilder {
             command_timeout: DEFAULT_COMMAND_TIMEOUT,
             wake_up: true,
             root_ca: None,
+            quarantine: scripts::DEFAULT_QUARANTINE,
         }
     }
 }
@@ -170,6 +174,17 @@ impl FredBackendBuilder {
         self
     }
 
+    /// How long a server that lost its data (restart without persistence, `FLUSHALL`, failover
+    /// to an empty replica) grants no lock, counted by the server's clock from when a client
+    /// first notices the loss. Set it to at least the longest TTL any client uses on this
+    /// server (the TTL of the noticing request is the floor anyway). Default
+    /// [`lock_core::scripts::DEFAULT_QUARANTINE`] (60 s). Not used in Cluster.
+    #[must_use]
+    pub fn quarantine(mut self, quarantine: Duration) -> Self {
+        self.quarantine = quarantine;
+        self
+    }
+
     /// Whether waiters are woken by release notices over pub/sub. Default on.
     #[must_use]
     pub fn wake_up(mut self, on: bool) -> Self {
@@ -225,12 +240,19 @@ impl FredBackendBuilder {
             .map_err(|e| map_error(&e, "building the subscriber client"))
     }
 
-    fn finish<C>(&self, client: C, endpoint: String, subscriber: Option<SubscriberClient>) -> FredBackend<C> {
+    fn finish<C>(
+        &self,
+        client: C,
+        endpoint: String,
+        subscriber: Option<SubscriberClient>,
+        guarded: bool,
+    ) -> FredBackend<C> {
         FredBackend {
             client,
             shared: Arc::new(Shared {
                 endpoint,
                 command_timeout: self.command_timeout,
+                guard: guarded.then(|| NodeGuard::new(self.quarantine)),
                 subscriber,
                 notifier: OnceCell::new(),
             }),
@@ -280,7 +302,9 @@ impl FredBackendBuilder {
             self.builder(config.clone()).build().map_err(|e| map_error(&e, "building the client"))?;
         self.init(&client, &endpoint).await?;
         let subscriber = self.subscriber(&config)?;
-        Ok(self.finish(client, endpoint, subscriber))
+        // A script in Cluster reaches one slot only, not the per-server marker.
+        let guarded = !config.server.is_clustered();
+        Ok(self.finish(client, endpoint, subscriber, guarded))
     }
 
     /// Connects a pool of `size` clients to a single node.
@@ -308,7 +332,8 @@ impl FredBackendBuilder {
             self.builder(config.clone()).build_pool(size).map_err(|e| map_error(&e, "building the pool"))?;
         self.init(&pool, &endpoint).await?;
         let subscriber = self.subscriber(&config)?;
-        Ok(self.finish(pool, endpoint, subscriber))
+        let guarded = !config.server.is_clustered();
+        Ok(self.finish(pool, endpoint, subscriber, guarded))
     }
 
     /// Connects to a Redis Cluster through its seed nodes (`redis://host:port` each).
@@ -377,9 +402,25 @@ where
 {
     /// Wraps a client (or pool) you built and connected. `endpoint` names the server(s), used
     /// to tell nodes apart in a quorum. Wake-up is on when `subscriber` is given (built from
-    /// the same config, not yet connected: it is connected on the first wait).
+    /// the same config, not yet connected: it is connected on the first wait). The data-loss
+    /// guard is on with the default quarantine; for a Cluster client call
+    /// [`FredBackend::without_node_guard`] (a script there cannot reach the per-server marker).
     pub fn from_client(client: C, endpoint: impl Into<String>, subscriber: Option<SubscriberClient>) -> Self {
-        FredBackendBuilder::default().finish(client, endpoint.into(), subscriber)
+        FredBackendBuilder::default().finish(client, endpoint.into(), subscriber, true)
+    }
+
+    /// Turns off the data-loss guard (see [`lock_core::scripts`]): for Cluster clients built
+    /// by hand.
+    #[must_use]
+    pub fn without_node_guard(self) -> Self {
+        let shared = Shared {
+            endpoint: self.shared.endpoint.clone(),
+            command_timeout: self.shared.command_timeout,
+            guard: None,
+            subscriber: self.shared.subscriber.clone(),
+            notifier: OnceCell::new(),
+        };
+        Self { client: self.client, shared: Arc::new(shared) }
     }
 
     /// The underlying client.
@@ -455,6 +496,10 @@ where
         self.eval(script, keys, args).await
     }
 
+    fn node_guard(&self) -> Option<&NodeGuard> {
+        self.shared.guard.as_ref()
+    }
+
     async fn set_nx_px(&self, key: &str, value: &str, ttl_ms: u64) -> Result<Option<bool>, BackendError> {
         let timeout = self.shared.command_timeout;
         let ttl = i64::try_from(ttl_ms).unwrap_or(i64::MAX);
@@ -503,6 +548,13 @@ where
 
     async fn release(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError> {
         scripts::release(self, key, token, true).await
+    }
+
+    async fn node_identity(&self) -> Result<Option<u64>, BackendError> {
+        if self.shared.guard.is_none() {
+            return Ok(None);
+        }
+        Ok(scripts::node_status(self).await?.id())
     }
 
     async fn deployment_facts(&self) -> Result<Vec<NodeFacts>, BackendError> {

@@ -15,6 +15,7 @@ impl RedisDriver for Fred {
         FredBackend::builder()
             .connect_timeout(options.connect_timeout)
             .command_timeout(options.command_timeout)
+            .quarantine(options.quarantine)
             .connect(url)
             .await
     }

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use lock_core::FencingToken;
 use lock_core::doctor::{CONFIG_NAMES, NodeFacts};
 use lock_core::hub::HubTask;
-use lock_core::scripts::{self, LuaScript, RedisKeys, ScriptRunner};
+use lock_core::scripts::{self, LuaScript, NodeGuard, RedisKeys, ScriptRunner};
 use lock_core::{
     AcquireOutcome, AcquireRequest, BackendError, BackendErrorKind, Capabilities, ExtendOutcome,
     ExtendRequest, LockBackend, LockKey, ReleaseOutcome, ReleaseWatch, Token,
@@ -26,6 +26,8 @@ const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 struct Shared {
     endpoint: String,
     command_timeout: Duration,
+    /// The data-loss guard (single nodes); `None` in Cluster.
+    guard: Option<NodeGuard>,
     /// Where release notices are subscribed; `None` turns wake-up off.
     pubsub_client: Option<redis::Client>,
     /// Started on the first wait, so construction needs no runtime.
@@ -34,11 +36,16 @@ struct Shared {
 
 /// A lock backend over the `redis` crate.
 ///
-/// `C` is the connection: [`MultiplexedConnection`] ([`RedisBackend::connect`]),
-/// [`ConnectionManager`] with automatic reconnection ([`RedisBackendBuilder::connect_managed`]),
-/// or the async [`ClusterConnection`] ([`RedisBackendBuilder::connect_cluster`]); any
-/// [`ConnectionLike`] works through [`RedisBackend::from_connection`]. Clones share the
-/// connection and the pub/sub subscriber.
+/// `C` is the connection: [`ConnectionManager`], which reconnects by itself after a killed
+/// connection, a restarted server or an idle timeout ([`RedisBackend::connect`], the default),
+/// the async [`ClusterConnection`] ([`RedisBackendBuilder::connect_cluster`]), or a bare
+/// [`MultiplexedConnection`] that never reconnects
+/// ([`RedisBackendBuilder::connect_without_reconnect`]); any [`ConnectionLike`] works through
+/// [`RedisBackend::from_connection`]. Clones share the connection and the pub/sub subscriber.
+///
+/// On a single node, every acquire also checks the server's data-loss marker in the same
+/// script call: a server that lost its data grants nothing for its quarantine (see
+/// [`lock_core::scripts`] and [`RedisBackendBuilder::quarantine`]).
 ///
 /// Each operation is one `EVALSHA` of the shared scripts in [`lock_core::scripts`] (with `EVAL`
 /// as the fallback on `NOSCRIPT`), so a lock/unlock cycle is two round trips, and locks taken
@@ -55,7 +62,7 @@ struct Shared {
 /// guard.release().await?;
 /// # Ok(()) }
 /// ```
-pub struct RedisBackend<C = MultiplexedConnection> {
+pub struct RedisBackend<C = ConnectionManager> {
     conn: C,
     shared: Arc<Shared>,
 }
@@ -82,6 +89,7 @@ pub struct RedisBackendBuilder {
     command_timeout: Duration,
     wake_up: bool,
     root_ca: Option<Vec<u8>>,
+    quarantine: Duration,
 }
 
 impl Default for RedisBackendBuilder {
@@ -91,6 +99,7 @@ impl Default for RedisBackendBuilder {
             command_timeout: DEFAULT_COMMAND_TIMEOUT,
             wake_up: true,
             root_ca: None,
+            quarantine: scripts::DEFAULT_QUARANTINE,
         }
     }
 }
@@ -111,6 +120,17 @@ impl RedisBackendBuilder {
     #[must_use]
     pub fn command_timeout(mut self, timeout: Duration) -> Self {
         self.command_timeout = timeout;
+        self
+    }
+
+    /// How long a server that lost its data (restart without persistence, `FLUSHALL`, failover
+    /// to an empty replica) grants no lock, counted by the server's clock from when a client
+    /// first notices the loss. Set it to at least the longest TTL any client uses on this
+    /// server (the TTL of the noticing request is the floor anyway). Default
+    /// [`lock_core::scripts::DEFAULT_QUARANTINE`] (60 s). Not used in Cluster.
+    #[must_use]
+    pub fn quarantine(mut self, quarantine: Duration) -> Self {
+        self.quarantine = quarantine;
         self
     }
 
@@ -150,12 +170,19 @@ impl RedisBackendBuilder {
         redis::Client::open(url).map_err(invalid)
     }
 
-    fn finish<C>(&self, conn: C, endpoint: String, pubsub: Option<redis::Client>) -> RedisBackend<C> {
+    fn finish<C>(
+        &self,
+        conn: C,
+        endpoint: String,
+        pubsub: Option<redis::Client>,
+        guarded: bool,
+    ) -> RedisBackend<C> {
         RedisBackend {
             conn,
             shared: Arc::new(Shared {
                 endpoint,
                 command_timeout: self.command_timeout,
+                guard: guarded.then(|| NodeGuard::new(self.quarantine)),
                 pubsub_client: pubsub.filter(|_| self.wake_up),
                 notifier: OnceLock::new(),
             }),
@@ -176,36 +203,13 @@ impl RedisBackendBuilder {
         }
     }
 
-    /// Connects one multiplexed connection to a single node.
+    /// Connects to a single node through a [`ConnectionManager`], which reconnects by itself
+    /// after a killed connection, a restarted server or an idle timeout in between: the
+    /// default, and what [`RedisBackend::connect`] runs.
     ///
     /// # Errors
-    /// An invalid URL, or a server that cannot be reached within the connect timeout.
-    ///
-    /// # Cancel safety
-    /// Cancel-safe: nothing is left behind but a half-open connection, which is closed.
-    ///
-    /// # Examples
-    /// ```no_run
-    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-    /// use lock_redis_rs::RedisBackend;
-    /// let backend = RedisBackend::builder().connect("redis://127.0.0.1:6379/").await?;
-    /// # Ok(()) }
-    /// ```
-    pub async fn connect(self, url: &str) -> Result<RedisBackend<MultiplexedConnection>, BackendError> {
-        let client = self.open(url)?;
-        let endpoint = client.get_connection_info().addr().to_string();
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.connect_timeout))
-            .set_response_timeout(Some(self.command_timeout));
-        let what = format!("connecting to {endpoint}");
-        let conn = self.within(&what, client.get_multiplexed_async_connection_with_config(&config)).await?;
-        Ok(self.finish(conn, endpoint, Some(client)))
-    }
-
-    /// Connects a [`ConnectionManager`], which reconnects by itself after failures.
-    ///
-    /// # Errors
-    /// An invalid URL, or a server that cannot be reached within the connect timeout.
+    /// An invalid URL, a wrong password, or a server that cannot be reached within the connect
+    /// timeout.
     ///
     /// # Cancel safety
     /// Cancel-safe: nothing is left behind but a half-open connection, which is closed.
@@ -217,16 +221,22 @@ impl RedisBackendBuilder {
     /// use lock_redis_rs::RedisBackend;
     /// let backend = RedisBackend::builder()
     ///     .command_timeout(Duration::from_millis(500))
-    ///     .connect_managed("redis://locker:secret@127.0.0.1:6379/")
+    ///     .connect("redis://locker:secret@127.0.0.1:6379/")
     ///     .await?;
     /// # Ok(()) }
     /// ```
-    pub async fn connect_managed(self, url: &str) -> Result<RedisBackend<ConnectionManager>, BackendError> {
+    pub async fn connect(self, url: &str) -> Result<RedisBackend<ConnectionManager>, BackendError> {
         let client = self.open(url)?;
         let endpoint = client.get_connection_info().addr().to_string();
+        // Reconnect at once, then back off 10, 20, 40 ... ms up to 1 s, and never give up for
+        // good: each failed command starts a new round.
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
-            .set_response_timeout(Some(self.command_timeout));
+            .set_response_timeout(Some(self.command_timeout))
+            .set_exponent_base(2.0)
+            .set_min_delay(Duration::from_millis(10))
+            .set_max_delay(Duration::from_secs(1))
+            .set_number_of_retries(8);
         let what = format!("connecting to {endpoint}");
         // The manager retries failed connects (auth failures too) until its timeout; one plain
         // connection first surfaces a wrong password or a refused port as what it is.
@@ -235,7 +245,49 @@ impl RedisBackendBuilder {
             .set_response_timeout(Some(self.command_timeout));
         drop(self.within(&what, client.get_multiplexed_async_connection_with_config(&probe)).await?);
         let conn = self.within(&what, ConnectionManager::new_with_config(client.clone(), config)).await?;
-        Ok(self.finish(conn, endpoint, Some(client)))
+        Ok(self.finish(conn, endpoint, Some(client), true))
+    }
+
+    /// The same as [`RedisBackendBuilder::connect`], which reconnects now.
+    ///
+    /// # Errors
+    /// As [`RedisBackendBuilder::connect`].
+    #[deprecated(since = "0.2.0", note = "`connect` reconnects by itself now; use it")]
+    pub async fn connect_managed(self, url: &str) -> Result<RedisBackend<ConnectionManager>, BackendError> {
+        self.connect(url).await
+    }
+
+    /// Connects one bare [`MultiplexedConnection`] that **never reconnects**: after one killed
+    /// connection, server restart or proxy idle timeout, every later call fails with a broken
+    /// pipe, and leases are lost at their deadline. Want it only when something else owns
+    /// recovery (you rebuild the backend on error) or for a short-lived tool; services want
+    /// [`RedisBackendBuilder::connect`].
+    ///
+    /// # Errors
+    /// An invalid URL, or a server that cannot be reached within the connect timeout.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: nothing is left behind but a half-open connection, which is closed.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use lock_redis_rs::RedisBackend;
+    /// let backend = RedisBackend::builder().connect_without_reconnect("redis://127.0.0.1:6379/").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect_without_reconnect(
+        self,
+        url: &str,
+    ) -> Result<RedisBackend<MultiplexedConnection>, BackendError> {
+        let client = self.open(url)?;
+        let endpoint = client.get_connection_info().addr().to_string();
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(self.command_timeout));
+        let what = format!("connecting to {endpoint}");
+        let conn = self.within(&what, client.get_multiplexed_async_connection_with_config(&config)).await?;
+        Ok(self.finish(conn, endpoint, Some(client), true))
     }
 
     /// Connects to a Redis Cluster through its seed nodes.
@@ -278,20 +330,21 @@ impl RedisBackendBuilder {
             .map_err(|e| map_error(e, "invalid cluster configuration"))?;
         let what = format!("connecting to {endpoint}");
         let conn = self.within(&what, client.get_async_connection()).await?;
-        Ok(self.finish(conn, endpoint, Some(pubsub)))
+        Ok(self.finish(conn, endpoint, Some(pubsub), false))
     }
 }
 
-impl RedisBackend<MultiplexedConnection> {
+impl RedisBackend<ConnectionManager> {
     /// Options for connecting.
     pub fn builder() -> RedisBackendBuilder {
         RedisBackendBuilder::default()
     }
 
-    /// Connects to a single node with the default options (see [`RedisBackendBuilder`]).
+    /// Connects to a single node with the default options (see [`RedisBackendBuilder`]): a
+    /// [`ConnectionManager`] that reconnects by itself, wake-up on, the data-loss guard on.
     ///
     /// # Errors
-    /// An invalid URL, or a server that cannot be reached within 5 s.
+    /// An invalid URL, a wrong password, or a server that cannot be reached within 5 s.
     ///
     /// # Cancel safety
     /// Cancel-safe: nothing is left behind but a half-open connection, which is closed.
@@ -315,9 +368,25 @@ where
 {
     /// Wraps a connection you built. `endpoint` names the server(s) (e.g. `"127.0.0.1:6379"`),
     /// used to tell nodes apart in a quorum. Wake-up is off unless
-    /// [`RedisBackend::with_wake_up`] gives it a client to subscribe through.
+    /// [`RedisBackend::with_wake_up`] gives it a client to subscribe through. The data-loss
+    /// guard is on with the default quarantine: for a connection to a Redis Cluster, call
+    /// [`RedisBackend::without_node_guard`] (a script there cannot reach the per-server marker).
     pub fn from_connection(conn: C, endpoint: impl Into<String>) -> Self {
-        RedisBackendBuilder::default().wake_up(false).finish(conn, endpoint.into(), None)
+        RedisBackendBuilder::default().wake_up(false).finish(conn, endpoint.into(), None, true)
+    }
+
+    /// Turns off the data-loss guard (see [`lock_core::scripts`]): for connections to a Redis
+    /// Cluster built by hand.
+    #[must_use]
+    pub fn without_node_guard(self) -> Self {
+        let shared = Shared {
+            endpoint: self.shared.endpoint.clone(),
+            command_timeout: self.shared.command_timeout,
+            guard: None,
+            pubsub_client: self.shared.pubsub_client.clone(),
+            notifier: OnceLock::new(),
+        };
+        Self { conn: self.conn, shared: Arc::new(shared) }
     }
 
     /// Turns on wake-up, subscribing to release notices through `client`.
@@ -326,6 +395,7 @@ where
         let shared = Shared {
             endpoint: self.shared.endpoint.clone(),
             command_timeout: self.shared.command_timeout,
+            guard: self.shared.guard.clone(),
             pubsub_client: Some(client),
             notifier: OnceLock::new(),
         };
@@ -393,6 +463,10 @@ where
         self.eval(script, keys, args).await
     }
 
+    fn node_guard(&self) -> Option<&NodeGuard> {
+        self.shared.guard.as_ref()
+    }
+
     async fn set_nx_px(&self, key: &str, value: &str, ttl_ms: u64) -> Result<Option<bool>, BackendError> {
         let timeout = self.shared.command_timeout;
         let mut conn = self.conn.clone();
@@ -440,6 +514,13 @@ where
 
     async fn release(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError> {
         scripts::release(self, key, token, true).await
+    }
+
+    async fn node_identity(&self) -> Result<Option<u64>, BackendError> {
+        if self.shared.guard.is_none() {
+            return Ok(None);
+        }
+        Ok(scripts::node_status(self).await?.id())
     }
 
     async fn deployment_facts(&self) -> Result<Vec<NodeFacts>, BackendError> {

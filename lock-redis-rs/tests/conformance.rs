@@ -1,5 +1,6 @@
-//! The shared conformance suite against real `redis-server` processes: one node through a
-//! multiplexed connection, one through `ConnectionManager`, and a 3-master Redis Cluster.
+//! The shared conformance suite against real `redis-server` processes, for every constructor:
+//! `RedisBackend::connect` (reconnecting, the default), the builder's `connect`, the bare
+//! `connect_without_reconnect`, and a 3-master Redis Cluster.
 
 use std::sync::Arc;
 
@@ -12,10 +13,18 @@ async fn single_node() -> (RedisBackend, TestRedis) {
     (backend, server)
 }
 
-async fn managed() -> (RedisBackend<lock_redis_rs::redis::aio::ConnectionManager>, TestRedis) {
+async fn via_builder() -> (RedisBackend, TestRedis) {
     let server = TestRedis::from_env_or_spawn().unwrap_or_else(|e| panic!("{e}"));
-    let backend =
-        RedisBackend::builder().connect_managed(server.url()).await.unwrap_or_else(|e| panic!("{e}"));
+    let backend = RedisBackend::builder().connect(server.url()).await.unwrap_or_else(|e| panic!("{e}"));
+    (backend, server)
+}
+
+async fn no_reconnect() -> (RedisBackend<lock_redis_rs::redis::aio::MultiplexedConnection>, TestRedis) {
+    let server = TestRedis::from_env_or_spawn().unwrap_or_else(|e| panic!("{e}"));
+    let backend = RedisBackend::builder()
+        .connect_without_reconnect(server.url())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     (backend, server)
 }
 
@@ -31,8 +40,12 @@ mod single {
     lock_testkit::conformance_suite!(super::single_node());
 }
 
-mod connection_manager {
-    lock_testkit::conformance_suite!(super::managed());
+mod builder {
+    lock_testkit::conformance_suite!(super::via_builder());
+}
+
+mod without_reconnect {
+    lock_testkit::conformance_suite!(super::no_reconnect());
 }
 
 mod redis_cluster {

@@ -1,4 +1,5 @@
-//! The shared Redis-specific tests, run through `RedisBackend` over `ConnectionManager`.
+//! The shared Redis-specific tests, run through `RedisBackend::builder().connect` (a
+//! reconnecting `ConnectionManager`).
 
 use async_trait::async_trait;
 use lock_core::BackendError;
@@ -16,7 +17,8 @@ impl RedisDriver for RedisRs {
         RedisBackend::builder()
             .connect_timeout(options.connect_timeout)
             .command_timeout(options.command_timeout)
-            .connect_managed(url)
+            .quarantine(options.quarantine)
+            .connect(url)
             .await
     }
 

@@ -501,6 +501,9 @@ impl<B: LockBackend> LockBackend for Recording<B> {
     async fn watch_releases(&self, key: &LockKey) -> Result<Option<ReleaseWatch>, BackendError> {
         self.inner.watch_releases(key).await
     }
+    async fn node_identity(&self) -> Result<Option<u64>, BackendError> {
+        self.inner.node_identity().await
+    }
     async fn deployment_facts(&self) -> Result<Vec<lock_core::doctor::NodeFacts>, BackendError> {
         self.inner.deployment_facts().await
     }

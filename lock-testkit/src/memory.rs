@@ -26,6 +26,15 @@ struct State {
     locks: HashMap<LockKey, Entry>,
     fences: HashMap<LockKey, u64>,
     notices: HashMap<LockKey, watch::Sender<u64>>,
+    /// The node marker (see [`lock_core::scripts`]): `None` after data loss.
+    marker: Option<Marker>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Marker {
+    id: u64,
+    /// `Some` while the node is in quarantine: grants resume at this instant.
+    open_at: Option<Instant>,
 }
 
 /// Operation counts of a [`MemoryBackend`], for tests that assert what was sent.
@@ -46,12 +55,19 @@ struct Inner {
     id: u64,
     state: Mutex<State>,
     counts: Mutex<OpCounts>,
+    quarantine: Duration,
+    /// The "server clock": wall-clock microseconds at creation, advanced by tokio's clock.
+    epoch_us: u64,
+    created: Instant,
 }
 
 /// A lock store in process memory, on tokio's clock, so tests can run on paused time.
 ///
 /// It honours TTLs, mints fencing tokens (the counter survives expiry and release, like the
-/// Redis counter key) and wakes waiters on release. Clones share one store, like several
+/// Redis counter key; a counter that has to be created starts from the store's clock in
+/// microseconds, like the Redis one) and wakes waiters on release. Like a Redis node it keeps
+/// a data-loss marker: after [`MemoryBackend::wipe`] it grants nothing for its quarantine
+/// ([`MemoryBackend::with_quarantine`]), by tokio's clock. Clones share one store, like several
 /// connections to one server.
 ///
 /// ```
@@ -81,14 +97,52 @@ impl Default for MemoryBackend {
 }
 
 impl MemoryBackend {
-    /// An empty store.
+    /// An empty store, declared fresh (it grants at once), with the default quarantine
+    /// ([`lock_core::scripts::DEFAULT_QUARANTINE`]).
     pub fn new() -> Self {
+        Self::with_quarantine(lock_core::scripts::DEFAULT_QUARANTINE)
+    }
+
+    /// An empty store, declared fresh, that grants nothing for `quarantine` (at least the
+    /// request's TTL) after it lost its data ([`MemoryBackend::wipe`]).
+    pub fn with_quarantine(quarantine: Duration) -> Self {
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let epoch_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX / 2));
+        let state = State { marker: Some(Marker { id, open_at: None }), ..State::default() };
         Self {
             inner: Arc::new(Inner {
-                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-                state: Mutex::default(),
+                id,
+                state: Mutex::new(state),
                 counts: Mutex::default(),
+                quarantine,
+                epoch_us,
+                created: Instant::now(),
             }),
+        }
+    }
+
+    /// The store's clock in microseconds (wall clock at creation, then tokio's clock).
+    fn clock_us(&self) -> u64 {
+        let elapsed = Instant::now().saturating_duration_since(self.inner.created);
+        self.inner.epoch_us.saturating_add(u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX / 2))
+    }
+
+    /// The quarantine left, if the node is in one now (checking, and re-creating, the marker
+    /// as the acquire script does).
+    fn quarantine_left(&self, state: &mut State, ttl: Duration, now: Instant) -> Option<Duration> {
+        let marker = state.marker.get_or_insert_with(|| Marker {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            open_at: Some(now + self.inner.quarantine.max(ttl)),
+        });
+        match marker.open_at {
+            Some(open_at) if open_at > now => Some(open_at - now),
+            Some(_) => {
+                marker.open_at = None;
+                None
+            }
+            None => None,
         }
     }
 
@@ -141,12 +195,34 @@ impl MemoryBackend {
         Ok(())
     }
 
-    /// Forgets everything, fencing counters included, as a node restarted without
-    /// persistence would (the known-unsafe deployment for fencing).
+    /// Forgets everything, fencing counters and the data-loss marker included, as a node
+    /// restarted without persistence would. The next acquire notices the missing marker and
+    /// the node grants nothing for its quarantine; re-created counters start from the clock.
     pub fn wipe(&self) {
         let mut state = self.state();
         state.locks.clear();
         state.fences.clear();
+        state.marker = None;
+    }
+
+    /// Forgets the locks and resets every fencing counter to 0 **but keeps the marker**: a
+    /// restart that reloaded an old snapshot, the data loss the marker cannot see. The
+    /// known-unsafe deployment for fencing and mutual exclusion; tests use it to show their
+    /// checks are not vacuous.
+    pub fn restore_old_snapshot(&self) {
+        let mut state = self.state();
+        state.locks.clear();
+        for counter in state.fences.values_mut() {
+            *counter = 0;
+        }
+    }
+
+    /// Declares the store fresh, lifting a running quarantine (what `lockctl init --force`
+    /// does on a server).
+    pub fn declare_fresh(&self) {
+        let mut state = self.state();
+        let id = state.marker.map_or_else(|| NEXT_ID.fetch_add(1, Ordering::Relaxed), |m| m.id);
+        state.marker = Some(Marker { id, open_at: None });
     }
 
     /// The fencing counter of `key` (0 if it never minted one).
@@ -205,6 +281,9 @@ impl LockBackend for MemoryBackend {
         self.count(|c| c.acquire += 1);
         let started = Instant::now();
         let mut state = self.state();
+        if let Some(left) = self.quarantine_left(&mut state, req.ttl, started) {
+            return Err(lock_core::scripts::quarantine_error(left));
+        }
         let expires_at = started + req.ttl;
         if let Some(entry) = live(&mut state, &req.key, started) {
             if entry.token != req.token {
@@ -215,8 +294,9 @@ impl LockBackend for MemoryBackend {
             return Ok(Grant::from_start(started, req.ttl, fence)
                 .map_or(AcquireOutcome::Held { remaining: None }, AcquireOutcome::Acquired));
         }
+        let clock = self.clock_us();
         let fence = req.fencing.then(|| {
-            let counter = state.fences.entry(req.key.clone()).or_insert(0);
+            let counter = state.fences.entry(req.key.clone()).or_insert(clock);
             *counter += 1;
             FencingToken(*counter)
         });
@@ -259,8 +339,9 @@ impl LockBackend for MemoryBackend {
     ) -> Result<(), BackendError> {
         self.count(|c| c.fence += 1);
         let now = Instant::now();
+        let clock = self.clock_us();
         let mut state = self.state();
-        let counter = state.fences.entry(key.clone()).or_insert(0);
+        let counter = state.fences.entry(key.clone()).or_insert(clock);
         *counter = (*counter).max(fence.0);
         if let Some(entry) = live(&mut state, key, now)
             && entry.token == *token
@@ -268,6 +349,10 @@ impl LockBackend for MemoryBackend {
             entry.fence = entry.fence.max(Some(fence));
         }
         Ok(())
+    }
+
+    async fn node_identity(&self) -> Result<Option<u64>, BackendError> {
+        Ok(self.state().marker.map(|m| m.id))
     }
 
     async fn watch_releases(&self, key: &LockKey) -> Result<Option<ReleaseWatch>, BackendError> {

@@ -25,5 +25,6 @@ mockall::mock! {
         async fn discard(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError>;
         async fn raise_fence(&self, key: &LockKey, token: &Token, fence: FencingToken) -> Result<(), BackendError>;
         async fn watch_releases(&self, key: &LockKey) -> Result<Option<ReleaseWatch>, BackendError>;
+        async fn node_identity(&self) -> Result<Option<u64>, BackendError>;
     }
 }

@@ -110,7 +110,7 @@ impl RedisServer {
                 extra: extra.iter().map(|s| s.to_string()).collect(),
                 tls: false,
             };
-            match server.spawn() {
+            match server.spawn().and_then(|()| server.declare_fresh()) {
                 Ok(()) => return Ok(server),
                 Err(e) => last = Some(e),
             }
@@ -247,7 +247,38 @@ impl RedisServer {
         if status.success() { Ok(()) } else { Err(HarnessError::Io(format!("kill {sig} {pid}: {status}"))) }
     }
 
-    /// Kills the server if it runs, then starts it again on the same port, empty.
+    /// Declares the server fresh (`lockctl init`): writes the data-loss marker
+    /// ([`lock_core::scripts::MARKER_KEY`]) if it is missing, so the first acquire on a new
+    /// server is not taken for one after data loss. [`RedisServer::start`] does it; a
+    /// [`RedisServer::restart`] does not (the restarted server lost its data and must abstain
+    /// for its quarantine). A TLS-only server is skipped (no plain port), as is a Cluster node.
+    ///
+    /// # Errors
+    /// [`HarnessError::Io`] when the server cannot be reached or refuses the write.
+    pub fn declare_fresh(&self) -> Result<(), HarnessError> {
+        if self.tls || self.extra.iter().any(|a| a == "--cluster-enabled") {
+            return Ok(());
+        }
+        let id = &lock_core::Token::random().to_redis_value()[..12];
+        let marker = format!("{id}:0");
+        let set: &[&str] = &["SET", lock_core::scripts::MARKER_KEY, &marker, "NX"];
+        let reply = match self.extra.iter().position(|a| a == "--requirepass") {
+            Some(i) => {
+                let pass = self.extra.get(i + 1).map_or("", String::as_str);
+                crate::resp::commands(&self.addr(), &[&["AUTH", pass], set])?
+            }
+            None => command(&self.addr(), set)?,
+        };
+        match reply {
+            // A replica takes the marker from its primary.
+            Resp::Error(e) if e.starts_with("READONLY") => Ok(()),
+            Resp::Error(e) => Err(HarnessError::Io(format!("declaring {} fresh: {e}", self.addr()))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Kills the server if it runs, then starts it again on the same port, empty: it lost its
+    /// data, so the first acquire on it starts its quarantine.
     ///
     /// # Errors
     /// As [`RedisServer::start`].
@@ -344,7 +375,8 @@ pub struct TestRedis {
 }
 
 impl TestRedis {
-    /// Uses `LOCK_TEST_REDIS_URL` if set, else spawns a server.
+    /// Uses `LOCK_TEST_REDIS_URL` if set (declare that server fresh first with `lockctl init`,
+    /// or the first acquire waits out the data-loss quarantine), else spawns a server.
     ///
     /// # Errors
     /// As [`RedisServer::start`] when a server must be spawned.

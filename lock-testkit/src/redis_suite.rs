@@ -27,11 +27,13 @@ pub struct DriverOptions {
     pub connect_timeout: Duration,
     /// Per-command timeout.
     pub command_timeout: Duration,
+    /// How long a node that lost its data grants nothing (the drivers' `quarantine(..)`).
+    pub quarantine: Duration,
 }
 
 impl Default for DriverOptions {
     fn default() -> Self {
-        Self { connect_timeout: 2_000 * MS, command_timeout: 1_000 * MS }
+        Self { connect_timeout: 2_000 * MS, command_timeout: 1_000 * MS, quarantine: 2_000 * MS }
     }
 }
 
@@ -39,8 +41,8 @@ impl Default for DriverOptions {
 #[async_trait]
 pub trait RedisDriver: Send + Sync + 'static {
     /// The backend type.
-    type Backend: LockBackend + Clone;
-    /// Connects to one node with automatic reconnection and wake-up on.
+    type Backend: LockBackend + lock_core::scripts::ScriptRunner + Clone;
+    /// Connects to one node with automatic reconnection, wake-up and the data-loss guard on.
     async fn connect(&self, url: &str, options: DriverOptions) -> Result<Self::Backend, BackendError>;
     /// How many lock channels the backend is subscribed to now.
     fn subscribed_channels(backend: &Self::Backend) -> usize;
@@ -109,7 +111,11 @@ pub async fn script_flush_while_locks_are_held_and_taken<D: RedisDriver>(driver:
     server.cmd(&["SCRIPT", "FLUSH"]).unwrap();
     held.release().await.unwrap();
     taken.release().await.unwrap();
-    assert_eq!(text(server.cmd(&["DBSIZE"]).unwrap()), "2", "only the two fence counters remain");
+    assert_eq!(
+        text(server.cmd(&["DBSIZE"]).unwrap()),
+        "3",
+        "only the two fence counters and the node marker remain"
+    );
 }
 
 /// A key of the wrong type gives a permanent WRONGTYPE error naming the key.
@@ -215,7 +221,7 @@ pub async fn server_restart_is_survived<D: RedisDriver>(driver: D) {
 /// # }
 /// ```
 pub async fn unreachable_address_errors_within_the_timeout<D: RedisDriver>(driver: D) {
-    let options = DriverOptions { connect_timeout: 500 * MS, command_timeout: 300 * MS };
+    let options = DriverOptions { connect_timeout: 500 * MS, command_timeout: 300 * MS, ..DriverOptions::default() };
     let refused = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
@@ -455,19 +461,21 @@ pub async fn lock_unlock_is_two_round_trips<D: RedisDriver>(driver: D) {
     server.cmd(&["CONFIG", "RESETSTAT"]).unwrap();
     mutex.lock().await.unwrap().release().await.unwrap();
     let calls = command_calls(&server);
-    // Commands run inside scripts are counted too: exactly the scripts' own, once each.
-    // Any extra client command (a PING, a GET, an EVAL fallback) would change this map.
+    // Commands run inside scripts are counted too: exactly the scripts' own, once each (the
+    // acquire reads the node marker, the lock and the fence counter). Any extra client command
+    // (a PING, a GET, an EVAL fallback) would change this map.
     let expected: HashMap<String, u64> =
-        [("evalsha", 2), ("get", 2), ("incr", 1), ("set", 1), ("del", 1), ("publish", 1)]
+        [("evalsha", 2), ("get", 4), ("incr", 1), ("set", 1), ("del", 1), ("publish", 1)]
             .into_iter()
             .map(|(k, v)| (k.to_string(), v))
             .collect();
     assert_eq!(calls, expected, "a lock/unlock cycle must be exactly two EVALSHA round trips");
 }
 
-/// Without fencing, an uncontended lock is a plain `SET NX PX` (no script on the server) that
-/// stores what the script would; a retry with the same token (its reply lost) and a key of the
-/// wrong type still go through the script and behave as with fencing.
+/// Without fencing, a lock on a single node is still one script round trip: the acquire
+/// script checks the data-loss marker in the same call (a plain `SET NX` could not), and
+/// stores `token:0`; a retry with the same token (its reply lost) is granted again, and a key of
+/// the wrong type gives a clear error.
 ///
 /// # Errors
 /// None: a driver that misbehaves fails the test (this panics).
@@ -479,10 +487,10 @@ pub async fn lock_unlock_is_two_round_trips<D: RedisDriver>(driver: D) {
 /// A driver crate runs the whole suite with [`crate::redis_suite!`]; one test alone:
 /// ```no_run
 /// # async fn demo<D: lock_testkit::redis_suite::RedisDriver>(my_driver: D) {
-/// lock_testkit::redis_suite::unfenced_lock_is_a_plain_set_with_the_script_as_fallback(my_driver).await;
+/// lock_testkit::redis_suite::unfenced_lock_is_one_script_that_checks_the_marker(my_driver).await;
 /// # }
 /// ```
-pub async fn unfenced_lock_is_a_plain_set_with_the_script_as_fallback<D: RedisDriver>(driver: D) {
+pub async fn unfenced_lock_is_one_script_that_checks_the_marker<D: RedisDriver>(driver: D) {
     let server = server();
     let backend = connect(&driver, &server).await;
     let config = LockConfig::builder().watchdog(false).build().unwrap();
@@ -492,19 +500,19 @@ pub async fn unfenced_lock_is_a_plain_set_with_the_script_as_fallback<D: RedisDr
     server.cmd(&["CONFIG", "RESETSTAT"]).unwrap();
     mutex.lock().await.unwrap().release().await.unwrap();
     let calls = command_calls(&server);
-    let expected: HashMap<String, u64> = [("set", 1), ("evalsha", 1), ("get", 1), ("del", 1), ("publish", 1)]
+    let expected: HashMap<String, u64> = [("set", 1), ("evalsha", 2), ("get", 3), ("del", 1), ("publish", 1)]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
-    assert_eq!(calls, expected, "an unfenced cycle is one SET and one release script");
+    assert_eq!(calls, expected, "an unfenced cycle is one acquire script and one release script");
 
-    // The same token again (a retry whose reply was lost): granted, by the script.
+    // The same token again (a retry whose reply was lost): granted again.
     let key = lock_core::LockKey::new("plain:retry").unwrap();
     let token = lock_core::Token::random();
     let req = lock_core::AcquireRequest { key: key.clone(), token, ttl: 5_000 * MS, fencing: false };
     assert!(matches!(backend.acquire(&req).await.unwrap(), lock_core::AcquireOutcome::Acquired(_)));
     let stored = text(server.cmd(&["GET", "lock:{plain:retry}"]).unwrap());
-    assert_eq!(stored, format!("{}:0", token.to_redis_value()), "the fast path stores what the script would");
+    assert_eq!(stored, format!("{}:0", token.to_redis_value()));
     assert!(matches!(backend.acquire(&req).await.unwrap(), lock_core::AcquireOutcome::Acquired(_)));
     let other = lock_core::AcquireRequest { token: lock_core::Token::random(), ..req.clone() };
     match backend.acquire(&other).await.unwrap() {
@@ -513,13 +521,193 @@ pub async fn unfenced_lock_is_a_plain_set_with_the_script_as_fallback<D: RedisDr
     }
     assert_eq!(backend.release(&key, &token).await.unwrap(), lock_core::ReleaseOutcome::Released);
 
-    // A key of another type: the SET finds it taken, the script names the problem.
+    // A key of another type: the script names the problem.
     server.cmd(&["LPUSH", "lock:{plain:list}", "x"]).unwrap();
     let err = locks.mutex("plain:list").unwrap().lock().await.unwrap_err();
     match &err {
         LockError::Backend { source, .. } => assert_eq!(source.kind(), BackendErrorKind::WrongType, "{err}"),
         other => panic!("expected a backend error, got {other}"),
     }
+}
+
+fn quarantine_config(ttl: Duration) -> LockConfig {
+    LockConfig::builder().ttl(ttl).retry_backoff(5 * MS, 50 * MS).fencing(true).build().unwrap()
+}
+
+fn is_quarantined(e: &LockError) -> bool {
+    match e {
+        LockError::Backend { source, .. } => source.kind() == BackendErrorKind::Quarantined,
+        LockError::Timeout { last_error: Some(source), .. } => source.kind() == BackendErrorKind::Quarantined,
+        _ => false,
+    }
+}
+
+/// `FLUSHALL` while a lease is held: the holder is told its lease is gone at its next renewal,
+/// the first acquire after the flush starts the node's quarantine, **every** client (one that
+/// never saw the node before, with another quarantine setting, included) is refused during it
+/// with an error that names it, a waiter whose timeout ends inside it times out on time naming
+/// the quarantine, and grants resume once it has passed.
+///
+/// # Errors
+/// None: a driver that misbehaves fails the test (this panics).
+///
+/// # Cancel safety
+/// Test code: cancelling abandons the check; the servers it spawned are killed on drop.
+///
+/// # Examples
+/// A driver crate runs the whole suite with [`crate::redis_suite!`]; one test alone:
+/// ```no_run
+/// # async fn demo<D: lock_testkit::redis_suite::RedisDriver>(my_driver: D) {
+/// lock_testkit::redis_suite::flushall_starts_a_quarantine_every_client_sees(my_driver).await;
+/// # }
+/// ```
+pub async fn flushall_starts_a_quarantine_every_client_sees<D: RedisDriver>(driver: D) {
+    let server = server();
+    let quarantine = 1_500 * MS;
+    let options = DriverOptions { quarantine, ..DriverOptions::default() };
+    let a = driver.connect(&server.url(), options).await.unwrap();
+    let ttl = 900 * MS;
+    let config = LockConfig::builder().ttl(ttl).renew_interval(150 * MS).fencing(true).build().unwrap();
+    let locks_a = LockClient::with_config(a.clone(), config).unwrap();
+    let held = locks_a.mutex("flushed").unwrap().lock().await.unwrap();
+    let before = held.fencing_token().unwrap();
+    server.cmd(&["FLUSHALL"]).unwrap();
+    let reason = tokio::time::timeout(2_000 * MS, held.lost()).await.expect("the holder was never told");
+    assert!(matches!(reason, lock_core::LostReason::NotOwner), "lost for {reason}");
+
+    // The first acquire after the flush notices it and starts the quarantine.
+    let noticed = Instant::now();
+    let err = locks_a.mutex("other").unwrap().try_lock().await.unwrap_err();
+    assert!(is_quarantined(&err), "expected a quarantine error, got {err}");
+    assert!(err.to_string().contains("lockctl init"), "the error says what to do: {err}");
+    // A client that never saw the node, configured with a tiny quarantine, sees the same one.
+    let b = driver
+        .connect(&server.url(), DriverOptions { quarantine: 10 * MS, ..DriverOptions::default() })
+        .await
+        .unwrap();
+    let locks_b = LockClient::with_config(b, quarantine_config(ttl)).unwrap();
+    let err = locks_b.mutex("flushed").unwrap().try_lock().await.unwrap_err();
+    assert!(is_quarantined(&err), "a new client must see the quarantine too, got {err}");
+    // A waiter whose timeout ends inside the quarantine times out on time, naming it.
+    let waited = Instant::now();
+    let err = locks_b
+        .mutex("flushed")
+        .unwrap()
+        .lock_with(LockOptions::new().timeout(300 * MS))
+        .await
+        .unwrap_err();
+    let took = waited.elapsed();
+    assert!(matches!(err, LockError::Timeout { .. }) && is_quarantined(&err), "got {err}");
+    assert!(took < 600 * MS, "the waiter retried past its timeout: {took:?}");
+    // Once the quarantine has passed (by the server's clock), grants resume, for everyone.
+    let guard = locks_b
+        .mutex("flushed")
+        .unwrap()
+        .lock_with(LockOptions::new().timeout(5_000 * MS))
+        .await
+        .unwrap_or_else(|e| panic!("no grant after the quarantine: {e}"));
+    let gap = noticed.elapsed();
+    assert!(gap >= quarantine - 100 * MS, "granted {gap:?} after the loss was noticed, inside the quarantine");
+    assert!(gap < quarantine + 1_000 * MS, "granted only {gap:?} after the loss was noticed");
+    // The re-created fence counter starts from the server clock: above the lost one's tokens.
+    let after = guard.fencing_token().unwrap();
+    assert!(after > before, "fencing token went back from {before} to {after} after the flush");
+    guard.release().await.unwrap();
+}
+
+/// A fencing counter lost on its own (deleted, or not restored) is re-created from the
+/// server's clock, so the next token is still above every earlier one.
+///
+/// # Errors
+/// None: a driver that misbehaves fails the test (this panics).
+///
+/// # Cancel safety
+/// Test code: cancelling abandons the check; the servers it spawned are killed on drop.
+///
+/// # Examples
+/// A driver crate runs the whole suite with [`crate::redis_suite!`]; one test alone:
+/// ```no_run
+/// # async fn demo<D: lock_testkit::redis_suite::RedisDriver>(my_driver: D) {
+/// lock_testkit::redis_suite::lost_fence_counter_keeps_tokens_rising(my_driver).await;
+/// # }
+/// ```
+pub async fn lost_fence_counter_keeps_tokens_rising<D: RedisDriver>(driver: D) {
+    let server = server();
+    let locks = LockClient::with_config(connect(&driver, &server).await, config(5_000 * MS)).unwrap();
+    let mutex = locks.mutex("fence-loss").unwrap();
+    let mut last = 0;
+    for round in 0..4 {
+        let guard = mutex.lock().await.unwrap();
+        let fence = guard.fencing_token().unwrap().0;
+        assert!(fence > last, "round {round}: token {fence} after {last}");
+        last = fence;
+        guard.release().await.unwrap();
+        if round % 2 == 0 {
+            server.cmd(&["DEL", "lock:{fence-loss}:fence"]).unwrap();
+        }
+    }
+    // The RedLock write-back on a missing counter starts from the clock too.
+    server.cmd(&["DEL", "lock:{fence-loss}:fence"]).unwrap();
+    let backend = connect(&driver, &server).await;
+    let key = lock_core::LockKey::new("fence-loss").unwrap();
+    backend.raise_fence(&key, &lock_core::Token::random(), lock_core::FencingToken(5)).await.unwrap();
+    let next = mutex.lock().await.unwrap();
+    assert!(next.fencing_token().unwrap().0 > last, "token went back after a lost counter");
+    next.release().await.unwrap();
+}
+
+/// A new server declared fresh grants at once; an undeclared one waits out the quarantine on
+/// its first use (with an error naming it); `Declare::Force` lifts a running quarantine; the
+/// node id survives and is what `node_identity` reports.
+///
+/// # Errors
+/// None: a driver that misbehaves fails the test (this panics).
+///
+/// # Cancel safety
+/// Test code: cancelling abandons the check; the servers it spawned are killed on drop.
+///
+/// # Examples
+/// A driver crate runs the whole suite with [`crate::redis_suite!`]; one test alone:
+/// ```no_run
+/// # async fn demo<D: lock_testkit::redis_suite::RedisDriver>(my_driver: D) {
+/// lock_testkit::redis_suite::declared_fresh_server_grants_at_once(my_driver).await;
+/// # }
+/// ```
+pub async fn declared_fresh_server_grants_at_once<D: RedisDriver>(driver: D) {
+    use lock_core::scripts::{self, Declare, NodeStatus};
+    let server = server();
+    let backend = connect(&driver, &server).await;
+    let locks = LockClient::with_config(backend.clone(), quarantine_config(1_000 * MS)).unwrap();
+    // The harness declared it fresh when it started it.
+    let id = match scripts::node_status(&backend).await.unwrap() {
+        NodeStatus::Open { id } => id,
+        other => panic!("a started server is declared fresh, got {other:?}"),
+    };
+    assert_eq!(backend.node_identity().await.unwrap(), Some(id));
+    locks.mutex("fresh").unwrap().try_lock().await.unwrap().expect("free").release().await.unwrap();
+
+    // Without its marker it is taken for a server that lost its data.
+    server.cmd(&["DEL", lock_core::scripts::MARKER_KEY]).unwrap();
+    assert_eq!(scripts::node_status(&backend).await.unwrap(), NodeStatus::Unmarked);
+    assert_eq!(backend.node_identity().await.unwrap(), None);
+    let err = locks.mutex("fresh").unwrap().try_lock().await.unwrap_err();
+    assert!(is_quarantined(&err), "got {err}");
+    match scripts::node_status(&backend).await.unwrap() {
+        NodeStatus::Quarantined { left, .. } => assert!(left <= 2_000 * MS, "left {left:?}"),
+        other => panic!("expected a quarantine, got {other:?}"),
+    }
+    // `IfMissing` keeps a running quarantine; `Force` lifts it.
+    let kept = scripts::declare_fresh(&backend, Declare::IfMissing).await.unwrap();
+    assert!(matches!(kept, NodeStatus::Quarantined { .. }), "{kept:?}");
+    let lifted = scripts::declare_fresh(&backend, Declare::Force).await.unwrap();
+    assert!(matches!(lifted, NodeStatus::Open { .. }), "{lifted:?}");
+    locks.mutex("fresh").unwrap().try_lock().await.unwrap().expect("free").release().await.unwrap();
+
+    // Declaring a server fresh before its first use: no wait at all.
+    server.cmd(&["DEL", lock_core::scripts::MARKER_KEY]).unwrap();
+    let declared = scripts::declare_fresh(&backend, Declare::IfMissing).await.unwrap();
+    assert!(matches!(declared, NodeStatus::Open { .. }), "{declared:?}");
+    locks.mutex("fresh").unwrap().try_lock().await.unwrap().expect("free").release().await.unwrap();
 }
 
 /// Waiters are woken by the release notice: with a 10 s backoff, a waiter still acquires
@@ -632,8 +820,9 @@ pub async fn connection_killed_mid_command_keeps_state_correct<D: RedisDriver>(d
     assert!(killed.int().unwrap_or(0) >= 1, "no connection was killed: {killed:?}");
     let (guard, _locks) = tokio::time::timeout(10_000 * MS, acquiring).await.expect("acquire hung").unwrap();
     let guard = guard.unwrap_or_else(|e| panic!("acquire failed after the kill: {e}"));
-    assert_eq!(guard.fencing_token().map(|f| f.0), Some(1), "exactly one fencing increment");
-    assert_eq!(text(server.cmd(&["GET", "lock:{killed-mid}:fence"]).unwrap()), "1");
+    let fence = guard.fencing_token().map(|f| f.0).unwrap();
+    let counter: u64 = text(server.cmd(&["GET", "lock:{killed-mid}:fence"]).unwrap()).parse().unwrap();
+    assert_eq!(counter, fence, "exactly one fencing increment: the counter is the token handed out");
     guard.release().await.unwrap();
     assert_eq!(text(server.cmd(&["EXISTS", "lock:{killed-mid}"]).unwrap()), "0", "a key was left behind");
 }
@@ -652,7 +841,10 @@ macro_rules! redis_suite {
             acl_user_with_the_documented_rules_can_lock,
             two_hundred_waiters_each_get_the_lock_once,
             lock_unlock_is_two_round_trips,
-            unfenced_lock_is_a_plain_set_with_the_script_as_fallback,
+            unfenced_lock_is_one_script_that_checks_the_marker,
+            flushall_starts_a_quarantine_every_client_sees,
+            lost_fence_counter_keeps_tokens_rising,
+            declared_fresh_server_grants_at_once,
             waiter_wakes_within_50ms_of_release,
             expired_lock_is_picked_up_without_a_release,
             connection_killed_mid_command_keeps_state_correct

@@ -48,17 +48,34 @@ impl Resp {
 /// # Errors
 /// [`HarnessError::Io`] when the server cannot be reached or the reply is malformed.
 pub fn command(addr: &str, args: &[&str]) -> Result<Resp, HarnessError> {
+    commands(addr, &[args])
+}
+
+/// Sends several commands to `addr` on one fresh connection (e.g. `AUTH` first) and returns
+/// the reply to the last one.
+///
+/// # Errors
+/// [`HarnessError::Io`] when the server cannot be reached or a reply is malformed.
+pub fn commands(addr: &str, cmds: &[&[&str]]) -> Result<Resp, HarnessError> {
     let io = |e: std::io::Error| HarnessError::Io(format!("{addr}: {e}"));
     let stream = TcpStream::connect(addr).map_err(io)?;
     stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(io)?;
-    let mut out = format!("*{}\r\n", args.len()).into_bytes();
-    for a in args {
-        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-        out.extend_from_slice(a.as_bytes());
-        out.extend_from_slice(b"\r\n");
+    let mut out = Vec::new();
+    for args in cmds {
+        out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+        for a in *args {
+            out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            out.extend_from_slice(a.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
     }
     (&stream).write_all(&out).map_err(io)?;
-    read(&mut BufReader::new(&stream)).map_err(io)
+    let mut reader = BufReader::new(&stream);
+    let mut last = Resp::Bulk(None);
+    for _ in 0..cmds.len() {
+        last = read(&mut reader).map_err(io)?;
+    }
+    Ok(last)
 }
 
 fn read(r: &mut impl BufRead) -> std::io::Result<Resp> {

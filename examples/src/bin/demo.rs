@@ -116,7 +116,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     };
     match args.driver {
-        Driver::RedisRs => run(RedisBackend::builder().connect_managed(&url).await?, &args).await,
+        Driver::RedisRs => run(RedisBackend::builder().connect(&url).await?, &args).await,
         Driver::Fred => run(FredBackend::connect(&url).await?, &args).await,
     }
 }

@@ -79,7 +79,8 @@ async fn inspect(key: &str, urls: &[String]) -> Result<ExitCode, Box<dyn std::er
         let held = match &value {
             // The owner token is a secret: show only enough of it to tell owners apart.
             Some(v) => {
-                let (owner, fence) = v.split_once(':').unwrap_or((v.as_str(), "?"));
+                // `<32 hex owner>:<fence>` (minted here) or `<owner>=<fence>` (written back).
+                let (owner, fence) = (v.get(..32).unwrap_or(v.as_str()), v.get(33..).unwrap_or("?"));
                 let shown: String = owner.chars().take(4).collect();
                 format!("held by {shown}\u{2026} (fence {fence}), {pttl} ms left")
             }

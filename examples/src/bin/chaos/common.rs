@@ -43,7 +43,7 @@ pub(crate) async fn connect_node(
             RedisBackend::builder()
                 .connect_timeout(connect)
                 .command_timeout(command_timeout)
-                .connect_managed(url)
+                .connect(url)
                 .await?,
         ),
         Driver::Fred => Arc::new(

@@ -111,6 +111,9 @@ impl LockBackend for Mutant {
     async fn watch_releases(&self, key: &LockKey) -> Result<Option<ReleaseWatch>, BackendError> {
         self.inner.watch_releases(key).await
     }
+    async fn node_identity(&self) -> Result<Option<u64>, BackendError> {
+        self.inner.node_identity().await
+    }
 }
 
 /// A client of the bare backend API, logging its sections like a worker does.
