@@ -53,8 +53,23 @@ impl RedLockOptions {
     }
 }
 
+/// What a RedLock knows of one node's data identity ([`LockBackend::node_identity`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Identity {
+    /// Not asked yet, or the last ask failed.
+    Unknown,
+    /// The node's id.
+    Known(u64),
+    /// The node reported none (no marker yet, or no such notion); asked again after this.
+    Absent(Instant),
+}
+
+/// How long a node without an identity is not asked again.
+const IDENTITY_RECHECK: Duration = Duration::from_secs(10);
+
 struct Inner<B> {
     nodes: Vec<Arc<B>>,
+    ids: Vec<std::sync::Mutex<Identity>>,
     endpoints: Vec<String>,
     quorum: usize,
     options: RedLockOptions,
@@ -140,8 +155,11 @@ impl<B: LockBackend> RedLock<B> {
         sorted.sort();
         let endpoint = format!("redlock[{}]", sorted.join(","));
         let quorum = nodes.len() / 2 + 1;
+        let ids = nodes.iter().map(|_| std::sync::Mutex::new(Identity::Unknown)).collect();
         let nodes = nodes.into_iter().map(Arc::new).collect();
-        Ok(Self { inner: Arc::new(Inner { nodes, endpoints, quorum, options, endpoint, capabilities }) })
+        Ok(Self {
+            inner: Arc::new(Inner { nodes, ids, endpoints, quorum, options, endpoint, capabilities }),
+        })
     }
 
     /// How many nodes must agree: `N / 2 + 1`.
@@ -164,6 +182,54 @@ impl<B: LockBackend> RedLock<B> {
         self.inner.nodes.iter().map(|n| &**n)
     }
 
+    fn identity(&self, i: usize) -> Identity {
+        self.inner.ids.get(i).map_or(Identity::Unknown, |m| *m.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Asks node `i` for its data identity unless it is known (one round trip, on first
+    /// contact only).
+    async fn learn_identity(&self, i: usize, node: &B) {
+        match self.identity(i) {
+            Identity::Known(_) => return,
+            Identity::Absent(since) if since.elapsed() < IDENTITY_RECHECK => return,
+            _ => {}
+        }
+        let learned = match node.node_identity().await {
+            Ok(Some(id)) => Identity::Known(id),
+            Ok(None) => Identity::Absent(Instant::now()),
+            Err(_) => Identity::Unknown,
+        };
+        if let Some(m) = self.inner.ids.get(i) {
+            *m.lock().unwrap_or_else(|p| p.into_inner()) = learned;
+        }
+        if let Identity::Known(id) = learned {
+            for (j, e) in self.inner.endpoints.iter().enumerate() {
+                if j != i && self.identity(j) == learned {
+                    warn!(
+                        node = %self.inner.endpoints[i], same_as = %e, id,
+                        "two RedLock nodes are the same server; they count as one vote"
+                    );
+                }
+            }
+        }
+    }
+
+    /// The votes of the nodes at `indices`: one per distinct server (nodes with the same data
+    /// identity count once; nodes of unknown identity count one each).
+    fn votes(&self, indices: impl Iterator<Item = usize>) -> usize {
+        let mut seen = std::collections::HashSet::new();
+        let mut unknown = 0;
+        for i in indices {
+            match self.identity(i) {
+                Identity::Known(id) => {
+                    seen.insert(id);
+                }
+                _ => unknown += 1,
+            }
+        }
+        seen.len() + unknown
+    }
+
     fn node_timeout(&self, ttl: Duration) -> Duration {
         let default = (ttl / DEFAULT_NODE_TIMEOUT_DIVISOR).max(MIN_NODE_TIMEOUT);
         self.inner.options.node_timeout.unwrap_or(default).min(ttl).max(Duration::from_millis(1))
@@ -174,12 +240,12 @@ impl<B: LockBackend> RedLock<B> {
     fn fan_out<T, F, Fut>(&self, deadline: Duration, call: F) -> mpsc::UnboundedReceiver<Answer<T>>
     where
         T: Send + 'static,
-        F: Fn(Arc<B>) -> Fut,
+        F: Fn(usize, Arc<B>) -> Fut,
         Fut: Future<Output = Result<T, BackendError>> + Send + 'static,
     {
         let (tx, rx) = mpsc::unbounded_channel();
         for (i, node) in self.inner.nodes.iter().enumerate() {
-            let fut = call(Arc::clone(node));
+            let fut = call(i, Arc::clone(node));
             let tx = tx.clone();
             let endpoint = self.inner.endpoints[i].clone();
             tokio::spawn(async move {
@@ -240,7 +306,7 @@ impl<B: LockBackend> RedLock<B> {
         deadline: Duration,
     ) -> Result<(), BackendError> {
         let (key, token) = (req.key.clone(), req.token);
-        let mut answers = self.fan_out(deadline, move |node| {
+        let mut answers = self.fan_out(deadline, move |_, node| {
             let key = key.clone();
             async move { node.raise_fence(&key, &token, fence).await }
         });
@@ -323,9 +389,14 @@ impl<B: LockBackend> LockBackend for RedLock<B> {
             ));
         };
         let request = req.clone();
-        let answers = self.fan_out(deadline, move |node| {
+        let this = self.clone();
+        let answers = self.fan_out(deadline, move |i, node| {
             let request = request.clone();
-            async move { node.acquire(&request).await }
+            let this = this.clone();
+            async move {
+                this.learn_identity(i, &node).await;
+                node.acquire(&request).await
+            }
         });
         // If this future is dropped before the round is decided, the guard cleans up.
         let mut round = Round {
@@ -345,7 +416,9 @@ impl<B: LockBackend> LockBackend for RedLock<B> {
                 }
                 Err(e) => failures.push((self.inner.endpoints[i].clone(), e)),
             }
-            if granted.len() >= quorum || n - held.len() - failures.len() < quorum {
+            if self.votes(granted.iter().map(|(i, _)| *i)) >= quorum
+                || n - held.len() - failures.len() < quorum
+            {
                 break;
             }
         }
@@ -353,7 +426,8 @@ impl<B: LockBackend> LockBackend for RedLock<B> {
         let answers = round.take();
         let clean = std::mem::take(&mut round.clean);
         let in_time = Instant::now() < valid_until;
-        if granted.len() >= quorum && in_time {
+        let votes = self.votes(granted.iter().map(|(i, _)| *i));
+        if votes >= quorum && in_time {
             let fence = if req.fencing {
                 let top = granted.iter().filter_map(|(_, g)| g.fence).max();
                 let Some(top) = top else {
@@ -381,7 +455,7 @@ impl<B: LockBackend> LockBackend for RedLock<B> {
         }
 
         self.fail_round(req, answers, deadline, clean).await;
-        if granted.len() >= quorum {
+        if votes >= quorum {
             return Err(BackendError::retryable(
                 BackendErrorKind::Timeout,
                 format!("a majority granted {}, but only after the validity had passed", req.key),
@@ -391,7 +465,11 @@ impl<B: LockBackend> LockBackend for RedLock<B> {
             return Ok(AcquireOutcome::Held { remaining: self.blocking_ttl(&mut held) });
         }
         Err(quorum_error(
-            &format!("no majority ({quorum} of {n}) granted {}: {} granted", req.key, granted.len()),
+            &format!(
+                "no majority ({quorum} of {n}) granted {}: {} granted ({votes} distinct server(s))",
+                req.key,
+                granted.len()
+            ),
             &failures,
         ))
     }
@@ -401,14 +479,18 @@ impl<B: LockBackend> LockBackend for RedLock<B> {
         let n = self.inner.nodes.len();
         let quorum = self.inner.quorum;
         let request = req.clone();
-        let mut answers = self.fan_out(self.node_timeout(req.ttl), move |node| {
+        let mut answers = self.fan_out(self.node_timeout(req.ttl), move |_, node| {
             let request = request.clone();
             async move { node.extend(&request).await }
         });
-        let (mut extended, mut not_held, mut failures) = (0, Vec::new(), Vec::new());
+        let (mut extended_at, mut not_held, mut failures) = (Vec::new(), Vec::new(), Vec::new());
+        let mut extended = 0;
         while let Some((i, answer)) = answers.recv().await {
             match answer {
-                Ok(ExtendOutcome::Extended { .. }) => extended += 1,
+                Ok(ExtendOutcome::Extended { .. }) => {
+                    extended_at.push(i);
+                    extended = self.votes(extended_at.iter().copied());
+                }
                 Ok(ExtendOutcome::NotHeld) => not_held.push(i),
                 Err(e) => failures.push((self.inner.endpoints[i].clone(), e)),
             }

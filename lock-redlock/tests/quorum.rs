@@ -330,3 +330,46 @@ async fn a_partial_extend_failure_keeps_the_lease() {
     assert!(guard.valid_until() > first + 5 * SEC, "two of three extended: the lease moved on");
     guard.release().await.unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn one_server_under_two_names_counts_one_vote() {
+    let ns = nodes(3);
+    // Node 2 is node 0 under another name; node 1 is down.
+    let nodes = vec![ns[0].clone(), ns[1].clone(), ns[0].alias("other-name-of-node-0")];
+    nodes[1].take_down();
+    let rl = RedLock::new(nodes).unwrap();
+    let err = rl.acquire(&req("alias", 10 * SEC)).await.unwrap_err();
+    assert_eq!(err.kind(), BackendErrorKind::Quorum, "{err}");
+    assert!(err.to_string().contains("1 distinct server"), "{err}");
+    assert_eq!(ns[0].inner().holder("alias"), None, "the partial grant was cleaned up");
+    // With the third node a real one, the same quorum is won.
+    ns[1].bring_up();
+    let rl = RedLock::new(vec![ns[0].clone(), ns[1].clone(), ns[2].clone()]).unwrap();
+    assert!(matches!(rl.acquire(&req("alias", 10 * SEC)).await.unwrap(), AcquireOutcome::Acquired(_)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_node_that_lost_its_data_abstains_until_its_quarantine_passed() {
+    // Node 0 and 1 hold A's lease; node 0 restarts empty at once (no delayed restart). B
+    // reaches nodes 0 and 2 only: without the quarantine it would win 0 and 2 while A holds.
+    let ns: Vec<_> = (0..3).map(|_| Faulty::new(MemoryBackend::with_quarantine(10 * SEC))).collect();
+    let a = RedLock::new(vec![ns[0].clone(), ns[1].clone(), ns[2].clone()]).unwrap();
+    ns[2].take_down();
+    let held = match a.acquire(&req("restart", 10 * SEC)).await.unwrap() {
+        AcquireOutcome::Acquired(g) => g,
+        other => panic!("{other:?}"),
+    };
+    ns[2].bring_up();
+    ns[0].inner().wipe();
+    let b_nodes = vec![ns[0].clone(), ns[1].alias("node-1-unreachable"), ns[2].clone()];
+    b_nodes[1].take_down();
+    let b = RedLock::new(b_nodes).unwrap();
+    let mut b_req = req("restart", 10 * SEC);
+    let err = b.acquire(&b_req).await.unwrap_err();
+    assert_eq!(err.kind(), BackendErrorKind::Quorum, "{err}");
+    assert!(err.to_string().contains("quarantine"), "the failed vote names the quarantine: {err}");
+    // After A's validity and node 0's quarantine, B wins.
+    tokio::time::sleep_until(held.valid_until.max(Instant::now() + 10 * SEC)).await;
+    b_req.token = Token::random();
+    assert!(matches!(b.acquire(&b_req).await.unwrap(), AcquireOutcome::Acquired(_)));
+}

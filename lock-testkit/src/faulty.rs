@@ -88,12 +88,24 @@ struct Plan {
 pub struct Faulty<B> {
     inner: B,
     plan: Arc<Mutex<Plan>>,
+    alias: Option<String>,
 }
 
 impl<B: LockBackend> Faulty<B> {
     /// Wraps `inner` with no faults planned.
     pub fn new(inner: B) -> Self {
-        Self { inner, plan: Arc::default() }
+        Self { inner, plan: Arc::default(), alias: None }
+    }
+
+    /// Reports `endpoint` instead of the inner backend's: the same server under another name
+    /// (a DNS alias, a second address), which a quorum cannot tell apart by endpoint. Faults
+    /// planned on `self` are not shared with the alias.
+    #[must_use]
+    pub fn alias(&self, endpoint: impl Into<String>) -> Self
+    where
+        B: Clone,
+    {
+        Self { inner: self.inner.clone(), plan: Arc::default(), alias: Some(endpoint.into()) }
     }
 
     /// The wrapped backend.
@@ -192,7 +204,7 @@ impl<B: LockBackend> LockBackend for Faulty<B> {
         self.inner.name()
     }
     fn endpoint(&self) -> String {
-        self.inner.endpoint()
+        self.alias.clone().unwrap_or_else(|| self.inner.endpoint())
     }
     fn capabilities(&self) -> Capabilities {
         self.inner.capabilities()
