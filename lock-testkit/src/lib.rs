@@ -10,6 +10,7 @@ mod mock;
 mod oracle;
 mod proxy;
 mod redis_server;
+pub mod recovery;
 pub mod redis_suite;
 pub mod resp;
 

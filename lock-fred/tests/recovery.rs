@@ -1,0 +1,59 @@
+//! The recovery contracts (`lock_testkit::recovery`) on every constructor of `FredBackend`:
+//! one client (the builder's `connect`, the code path of `FredBackend::connect`), a pool, and a
+//! Redis Cluster.
+
+use std::time::Duration;
+
+use lock_fred::FredBackend;
+use lock_fred::fred::clients::Pool;
+
+async fn client(urls: Vec<String>, quarantine: Duration) -> FredBackend {
+    FredBackend::builder().quarantine(quarantine).connect(&urls[0]).await.unwrap_or_else(|e| panic!("{e}"))
+}
+
+async fn pool(urls: Vec<String>, quarantine: Duration) -> FredBackend<Pool> {
+    FredBackend::builder()
+        .quarantine(quarantine)
+        .connect_pool(&urls[0], 3)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+async fn shortest(urls: Vec<String>, _quarantine: Duration) -> FredBackend {
+    FredBackend::connect(&urls[0]).await.unwrap_or_else(|e| panic!("{e}"))
+}
+
+async fn cluster(urls: Vec<String>, _quarantine: Duration) -> FredBackend {
+    FredBackend::builder().connect_cluster(&urls).await.unwrap_or_else(|e| panic!("{e}"))
+}
+
+mod single {
+    lock_testkit::recovery_suite!(1, super::client);
+}
+
+mod pooled {
+    lock_testkit::recovery_suite!(1, super::pool);
+}
+
+/// `FredBackend::connect(url)` (default 60 s quarantine): the connection contracts.
+mod via_connect {
+    use lock_testkit::{RedisServer, recovery};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connection_killed_while_held_keeps_the_lease() {
+        let server = RedisServer::start().unwrap();
+        let backend = super::shortest(vec![server.url()], recovery::QUARANTINE).await;
+        recovery::connection_killed_while_held_keeps_the_lease(backend, &[&server]).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pubsub_killed_while_waiting_still_wakes() {
+        let server = RedisServer::start().unwrap();
+        let backend = super::shortest(vec![server.url()], recovery::QUARANTINE).await;
+        recovery::pubsub_killed_while_waiting_still_wakes(backend, &[&server]).await;
+    }
+}
+
+mod redis_cluster {
+    lock_testkit::recovery_suite!(cluster, super::cluster);
+}

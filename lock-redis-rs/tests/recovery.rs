@@ -1,0 +1,81 @@
+//! The recovery contracts (`lock_testkit::recovery`) on every constructor of `RedisBackend`
+//! that users reach: `RedisBackend::connect` (the shortest), the builder's `connect`, and a
+//! Redis Cluster. `connect_without_reconnect` is the documented exception: it never
+//! reconnects (see `bare_connection_does_not_recover`).
+
+use std::time::Duration;
+
+use lock_redis_rs::RedisBackend;
+
+async fn builder(urls: Vec<String>, quarantine: Duration) -> RedisBackend {
+    RedisBackend::builder().quarantine(quarantine).connect(&urls[0]).await.unwrap_or_else(|e| panic!("{e}"))
+}
+
+async fn shortest(urls: Vec<String>, _quarantine: Duration) -> RedisBackend {
+    RedisBackend::connect(&urls[0]).await.unwrap_or_else(|e| panic!("{e}"))
+}
+
+async fn cluster(
+    urls: Vec<String>,
+    _quarantine: Duration,
+) -> RedisBackend<lock_redis_rs::redis::cluster_async::ClusterConnection> {
+    RedisBackend::builder().connect_cluster(&urls).await.unwrap_or_else(|e| panic!("{e}"))
+}
+
+mod via_builder {
+    lock_testkit::recovery_suite!(1, super::builder);
+}
+
+/// `RedisBackend::connect(url)` has the default 60 s quarantine, so the contracts that wait
+/// one out run on the builder above (the same code path); the connection ones run here.
+mod via_connect {
+    use lock_testkit::{RedisServer, recovery};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connection_killed_while_held_keeps_the_lease() {
+        let server = RedisServer::start().unwrap();
+        let backend = super::shortest(vec![server.url()], recovery::QUARANTINE).await;
+        recovery::connection_killed_while_held_keeps_the_lease(backend, &[&server]).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pubsub_killed_while_waiting_still_wakes() {
+        let server = RedisServer::start().unwrap();
+        let backend = super::shortest(vec![server.url()], recovery::QUARANTINE).await;
+        recovery::pubsub_killed_while_waiting_still_wakes(backend, &[&server]).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn restarted_server_is_reached_again() {
+        let mut server = RedisServer::start().unwrap();
+        let backend = super::shortest(vec![server.url()], recovery::QUARANTINE).await;
+        let locks = lock_core::LockClient::new(backend.clone());
+        locks.mutex("short").unwrap().lock().await.unwrap().release().await.unwrap();
+        server.restart().unwrap();
+        server.declare_fresh().unwrap(); // so this test need not wait out the 60 s default
+        let guard = locks
+            .mutex("short")
+            .unwrap()
+            .lock_with(lock_core::LockOptions::new().timeout(std::time::Duration::from_secs(5)))
+            .await
+            .unwrap_or_else(|e| panic!("no reconnection after a restart: {e}"));
+        guard.release().await.unwrap();
+    }
+}
+
+mod redis_cluster {
+    lock_testkit::recovery_suite!(cluster, super::cluster);
+}
+
+/// The documented exception: a bare multiplexed connection stays broken after a kill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bare_connection_does_not_recover() {
+    let server = lock_testkit::RedisServer::start().unwrap();
+    let backend = RedisBackend::builder().connect_without_reconnect(&server.url()).await.unwrap();
+    let locks = lock_core::LockClient::new(backend);
+    locks.mutex("bare").unwrap().lock().await.unwrap().release().await.unwrap();
+    server.cmd(&["CLIENT", "KILL", "TYPE", "normal"]).unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let err = locks.mutex("bare").unwrap().try_lock().await.unwrap_err();
+    assert!(matches!(err, lock_core::LockError::Backend { .. }), "{err}");
+}
