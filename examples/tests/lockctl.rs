@@ -20,11 +20,17 @@ async fn inspect_and_doctor() {
     let locks = LockClient::with_config(RedisBackend::connect(&url).await.unwrap(), config).unwrap();
     let guard = locks.mutex("orders:1").unwrap().lock().await.unwrap();
     let stored = server.cmd(&["GET", "lock:{orders:1}"]).unwrap().text();
-    let token = stored.split(':').next().unwrap().to_string();
+    let token = stored[..32].to_string();
+    let counter = server.cmd(&["GET", "lock:{orders:1}:fence"]).unwrap().text();
 
     let (code, out) = lockctl(&["inspect", "orders:1", "--url", &url]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("held by") && out.contains("fence 1") && out.contains("fence counter 1"), "{out}");
+    assert!(
+        out.contains("held by")
+            && out.contains(&format!("fence {counter}"))
+            && out.contains(&format!("fence counter {counter}")),
+        "{out}"
+    );
     assert!(!out.contains(&token), "the owner token must not be shown: {out}");
     guard.release().await.unwrap();
     let (_, out) = lockctl(&["inspect", "orders:1", "--url", &url]);
@@ -36,4 +42,20 @@ async fn inspect_and_doctor() {
     let (code, out) = lockctl(&["doctor", "--url", &url]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("eviction") && out.contains("volatile-ttl"), "{out}");
+}
+
+#[test]
+fn init_declares_a_server_fresh_and_force_lifts_a_quarantine() {
+    let server = RedisServer::start().expect("redis-server");
+    let url = server.url();
+    server.cmd(&["DEL", "lock:node"]).unwrap();
+    let (code, out) = lockctl(&["init", "--url", &url]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("fresh, grants locks"), "{out}");
+    // A marker in quarantine (as the acquire script writes it after data loss).
+    server.cmd(&["SET", "lock:node", "abcdefabcdef:99999999999999"]).unwrap();
+    let (_, out) = lockctl(&["init", "--url", &url]);
+    assert!(out.contains("in quarantine"), "{out}");
+    let (_, out) = lockctl(&["init", "--force", "--url", &url]);
+    assert!(out.contains("fresh, grants locks") && out.contains("abcdefabcdef"), "{out}");
 }

@@ -30,8 +30,7 @@ async fn both_drivers_lock_over_tls_and_a_wrong_ca_is_a_clear_error() {
     let url = server.url();
     assert!(url.starts_with("rediss://"), "{url}");
 
-    let on_redis_rs =
-        RedisBackend::builder().tls_root_ca(tls.ca_pem.clone()).connect(&url).await.unwrap();
+    let on_redis_rs = RedisBackend::builder().tls_root_ca(tls.ca_pem.clone()).connect(&url).await.unwrap();
     lock_and_unlock(on_redis_rs).await;
     let on_fred = FredBackend::builder().tls_root_ca(tls.ca_pem.clone()).connect(&url).await.unwrap();
     lock_and_unlock(on_fred).await;

@@ -274,9 +274,7 @@ pub fn quarantine_error(left: Duration) -> BackendError {
 fn warn_quarantine(left: Duration) {
     use std::sync::atomic::{AtomicU64, Ordering};
     static LAST: AtomicU64 = AtomicU64::new(0);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     if LAST.swap(now, Ordering::Relaxed) != now {
         tracing::warn!(
             left_ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX),
@@ -320,9 +318,8 @@ impl RedisKeys {
 
 /// The ARGV of [`ACQUIRE`]. The quarantine used is never below the request's TTL.
 pub fn acquire_args(token: &Token, ttl: Duration, fencing: bool, guard: Option<&NodeGuard>) -> [String; 4] {
-    let (quarantine, id) = guard.map_or((0, "000000000000"), |g| {
-        (ttl_millis(g.quarantine().max(ttl)), g.fresh_id())
-    });
+    let (quarantine, id) =
+        guard.map_or((0, "000000000000"), |g| (ttl_millis(g.quarantine().max(ttl)), g.fresh_id()));
     [
         token.to_redis_value(),
         ttl_millis(ttl).to_string(),

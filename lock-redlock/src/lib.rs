@@ -157,9 +157,7 @@ impl<B: LockBackend> RedLock<B> {
         let quorum = nodes.len() / 2 + 1;
         let ids = nodes.iter().map(|_| std::sync::Mutex::new(Identity::Unknown)).collect();
         let nodes = nodes.into_iter().map(Arc::new).collect();
-        Ok(Self {
-            inner: Arc::new(Inner { nodes, ids, endpoints, quorum, options, endpoint, capabilities }),
-        })
+        Ok(Self { inner: Arc::new(Inner { nodes, ids, endpoints, quorum, options, endpoint, capabilities }) })
     }
 
     /// How many nodes must agree: `N / 2 + 1`.

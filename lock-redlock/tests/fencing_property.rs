@@ -54,8 +54,7 @@ enum Majority {
 /// Runs one random schedule; returns the holds in hand-out order.
 async fn run(seed: u64, majority: Majority) -> Vec<Hold> {
     let mut rng = StdRng::seed_from_u64(seed);
-    let nodes: Vec<_> =
-        (0..NODES).map(|_| Faulty::new(MemoryBackend::with_quarantine(1_100 * MS))).collect();
+    let nodes: Vec<_> = (0..NODES).map(|_| Faulty::new(MemoryBackend::with_quarantine(1_100 * MS))).collect();
     for node in &nodes {
         for op in [Op::Acquire, Op::Extend, Op::Release, Op::Fence] {
             for _ in 0..rng.random_range(0..6) {

@@ -9,8 +9,8 @@ mod memory;
 mod mock;
 mod oracle;
 mod proxy;
-mod redis_server;
 pub mod recovery;
+mod redis_server;
 pub mod redis_suite;
 pub mod resp;
 

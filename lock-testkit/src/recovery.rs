@@ -42,7 +42,10 @@ fn kill_clients(servers: &[&RedisServer], kind: &str) -> i64 {
 /// lock_testkit::recovery::connection_killed_while_held_keeps_the_lease(backend, &[&server]).await;
 /// # }
 /// ```
-pub async fn connection_killed_while_held_keeps_the_lease<B: LockBackend>(backend: B, servers: &[&RedisServer]) {
+pub async fn connection_killed_while_held_keeps_the_lease<B: LockBackend>(
+    backend: B,
+    servers: &[&RedisServer],
+) {
     let config = LockConfig::builder().ttl(1_500 * MS).renew_interval(300 * MS).build().unwrap();
     let locks = LockClient::with_config(backend, config).unwrap();
     let guard = locks.mutex("recovery:conn-kill").unwrap().lock().await.unwrap();
@@ -74,7 +77,10 @@ pub async fn connection_killed_while_held_keeps_the_lease<B: LockBackend>(backen
 /// lock_testkit::recovery::pubsub_killed_while_waiting_still_wakes(backend, &[&server]).await;
 /// # }
 /// ```
-pub async fn pubsub_killed_while_waiting_still_wakes<B: LockBackend + Clone>(backend: B, servers: &[&RedisServer]) {
+pub async fn pubsub_killed_while_waiting_still_wakes<B: LockBackend + Clone>(
+    backend: B,
+    servers: &[&RedisServer],
+) {
     assert!(backend.capabilities().wake_up, "the backend under test must have wake-up on");
     let slow = LockConfig::builder()
         .ttl(30_000 * MS)
@@ -105,10 +111,13 @@ pub async fn pubsub_killed_while_waiting_still_wakes<B: LockBackend + Clone>(bac
 
 fn quarantined(e: &LockError) -> bool {
     let kind = match e {
-        LockError::Backend { source, .. } | LockError::Timeout { last_error: Some(source), .. } => source.kind(),
+        LockError::Backend { source, .. } | LockError::Timeout { last_error: Some(source), .. } => {
+            source.kind()
+        }
         _ => return false,
     };
-    kind == BackendErrorKind::Quarantined || (kind == BackendErrorKind::Quorum && e.to_string().contains("quarantine"))
+    kind == BackendErrorKind::Quarantined
+        || (kind == BackendErrorKind::Quorum && e.to_string().contains("quarantine"))
 }
 
 /// The server (every server of a RedLock) restarts, empty and at once, while a holder holds and a waiter waits: the holder is
@@ -146,7 +155,8 @@ pub async fn server_restarted_while_held_and_waited<B: LockBackend + Clone>(
     let fence = held.fencing_token().unwrap();
     let waiter = LockClient::with_config(backend.clone(), config.clone()).unwrap();
     let waiting = tokio::spawn(async move {
-        let r = waiter.mutex("recovery:restart").unwrap().lock_with(LockOptions::new().timeout(8_000 * MS)).await;
+        let r =
+            waiter.mutex("recovery:restart").unwrap().lock_with(LockOptions::new().timeout(8_000 * MS)).await;
         (r.map(|g| (Instant::now(), g.fencing_token(), g)), waiter)
     });
     tokio::time::sleep(200 * MS).await;
@@ -199,7 +209,8 @@ pub async fn server_restarted_while_held_and_waited<B: LockBackend + Clone>(
 /// # }
 /// ```
 pub async fn every_node_restarted_in_turn<B: LockBackend>(backend: B, servers: &mut [RedisServer]) {
-    let config = LockConfig::builder().ttl(1_000 * MS).retry_backoff(5 * MS, 50 * MS).fencing(true).build().unwrap();
+    let config =
+        LockConfig::builder().ttl(1_000 * MS).retry_backoff(5 * MS, 50 * MS).fencing(true).build().unwrap();
     let locks = LockClient::with_config(backend, config).unwrap();
     let mutex = locks.mutex("recovery:in-turn").unwrap();
     let mut last = mutex.lock().await.unwrap().fencing_token().unwrap();

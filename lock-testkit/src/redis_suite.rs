@@ -221,7 +221,8 @@ pub async fn server_restart_is_survived<D: RedisDriver>(driver: D) {
 /// # }
 /// ```
 pub async fn unreachable_address_errors_within_the_timeout<D: RedisDriver>(driver: D) {
-    let options = DriverOptions { connect_timeout: 500 * MS, command_timeout: 300 * MS, ..DriverOptions::default() };
+    let options =
+        DriverOptions { connect_timeout: 500 * MS, command_timeout: 300 * MS, ..DriverOptions::default() };
     let refused = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
@@ -590,12 +591,8 @@ pub async fn flushall_starts_a_quarantine_every_client_sees<D: RedisDriver>(driv
     assert!(is_quarantined(&err), "a new client must see the quarantine too, got {err}");
     // A waiter whose timeout ends inside the quarantine times out on time, naming it.
     let waited = Instant::now();
-    let err = locks_b
-        .mutex("flushed")
-        .unwrap()
-        .lock_with(LockOptions::new().timeout(300 * MS))
-        .await
-        .unwrap_err();
+    let err =
+        locks_b.mutex("flushed").unwrap().lock_with(LockOptions::new().timeout(300 * MS)).await.unwrap_err();
     let took = waited.elapsed();
     assert!(matches!(err, LockError::Timeout { .. }) && is_quarantined(&err), "got {err}");
     assert!(took < 600 * MS, "the waiter retried past its timeout: {took:?}");
@@ -607,7 +604,10 @@ pub async fn flushall_starts_a_quarantine_every_client_sees<D: RedisDriver>(driv
         .await
         .unwrap_or_else(|e| panic!("no grant after the quarantine: {e}"));
     let gap = noticed.elapsed();
-    assert!(gap >= quarantine - 100 * MS, "granted {gap:?} after the loss was noticed, inside the quarantine");
+    assert!(
+        gap >= quarantine - 100 * MS,
+        "granted {gap:?} after the loss was noticed, inside the quarantine"
+    );
     assert!(gap < quarantine + 1_000 * MS, "granted only {gap:?} after the loss was noticed");
     // The re-created fence counter starts from the server clock: above the lost one's tokens.
     let after = guard.fencing_token().unwrap();

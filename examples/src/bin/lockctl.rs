@@ -3,7 +3,13 @@
 //! ```text
 //! cargo run -p lock-examples --bin lockctl -- inspect KEY [--url URL]...
 //! cargo run -p lock-examples --bin lockctl -- doctor [--url URL]...
+//! cargo run -p lock-examples --bin lockctl -- init [--force] [--url URL]...
 //! ```
+//!
+//! `init` declares new servers fresh: it writes the data-loss marker (`lock:node`) where it is
+//! missing, so the first acquire on a server that never held a lock is not taken for one that
+//! lost its data (which waits out the quarantine). `--force` also lifts a running quarantine:
+//! only when you know the server kept every lock it granted. It prints each node's state.
 //!
 //! `inspect` shows, for a lock key on each node: whether it is held (the owner token redacted),
 //! its remaining TTL, its fence counter and how many waiters are subscribed to its release
@@ -36,6 +42,15 @@ enum Cmd {
         #[arg(long = "url", default_value = "redis://127.0.0.1:6379/")]
         urls: Vec<String>,
     },
+    /// Declare new servers fresh (write the data-loss marker where it is missing).
+    Init {
+        /// Also lift a running quarantine (only if the server kept every lock it granted).
+        #[arg(long)]
+        force: bool,
+        /// A node URL (repeat for several nodes).
+        #[arg(long = "url", default_value = "redis://127.0.0.1:6379/")]
+        urls: Vec<String>,
+    },
     /// Run the deployment doctor.
     Doctor {
         /// A node URL (repeat for the nodes of a RedLock).
@@ -50,6 +65,7 @@ async fn main() -> ExitCode {
     let result = match args.cmd {
         Cmd::Inspect { key, urls } => inspect(&key, &urls).await,
         Cmd::Doctor { urls } => doctor(&urls).await,
+        Cmd::Init { force, urls } => init(force, &urls).await,
     };
     match result {
         Ok(code) => code,
@@ -113,4 +129,22 @@ async fn doctor(urls: &[String]) -> Result<ExitCode, Box<dyn std::error::Error>>
     }
     let critical = findings.iter().any(|f| f.severity == lock_core::doctor::Severity::Critical);
     Ok(if critical { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+async fn init(force: bool, urls: &[String]) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    use lock_core::scripts::{self, Declare, NodeStatus};
+    let how = if force { Declare::Force } else { Declare::IfMissing };
+    for url in urls {
+        let backend = RedisBackend::builder().connect_without_reconnect(url).await?;
+        match scripts::declare_fresh(&backend, how).await? {
+            NodeStatus::Open { id } => println!("  {url}: fresh, grants locks (node id {id:012x})"),
+            NodeStatus::Quarantined { id, left } => println!(
+                "  {url}: in quarantine for {:.1} s more after losing its data (node id {id:012x}); \
+                 --force lifts it if the server kept every lock",
+                left.as_secs_f64()
+            ),
+            NodeStatus::Unmarked => println!("  {url}: no marker could be written"),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
