@@ -36,6 +36,7 @@ pub(crate) async fn connect_node(
     driver: Driver,
     url: &str,
     command_timeout: Duration,
+    quarantine: Duration,
 ) -> Result<Arc<dyn LockBackend>, DynError> {
     let connect = Duration::from_secs(2);
     Ok(match driver {
@@ -43,6 +44,7 @@ pub(crate) async fn connect_node(
             RedisBackend::builder()
                 .connect_timeout(connect)
                 .command_timeout(command_timeout)
+                .quarantine(quarantine)
                 .connect(url)
                 .await?,
         ),
@@ -50,6 +52,7 @@ pub(crate) async fn connect_node(
             FredBackend::builder()
                 .connect_timeout(connect)
                 .command_timeout(command_timeout)
+                .quarantine(quarantine)
                 .connect(url)
                 .await?,
         ),
@@ -57,15 +60,17 @@ pub(crate) async fn connect_node(
 }
 
 /// The lock backend over the given node URLs: the node itself for one, a RedLock for more.
+/// A node that lost its data abstains for `quarantine` (at least the TTL of each request).
 pub(crate) async fn connect_backend(
     driver: Driver,
     urls: &[String],
     node_timeout: Duration,
+    quarantine: Duration,
 ) -> Result<Arc<dyn LockBackend>, DynError> {
     let command_timeout = (node_timeout * 2).max(Duration::from_millis(200));
     let mut nodes = Vec::with_capacity(urls.len());
     for url in urls {
-        nodes.push(connect_node(driver, url, command_timeout).await?);
+        nodes.push(connect_node(driver, url, command_timeout, quarantine).await?);
     }
     if nodes.len() == 1 {
         return Ok(nodes.remove(0));

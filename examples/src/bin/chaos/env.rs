@@ -179,7 +179,7 @@ impl Env {
             let Ok(Resp::Array(Some(keys))) = n.cmd(&["KEYS", "lock:*"]) else { continue };
             for k in keys {
                 let key = k.text();
-                if key.ends_with(":fence") {
+                if key.ends_with(":fence") || key == lock_core::scripts::MARKER_KEY {
                     continue;
                 }
                 let pttl = match n.cmd(&["PTTL", &key]) {

@@ -30,7 +30,7 @@ use crate::scenarios::{Outcome, Params};
 struct Args {
     #[command(subcommand)]
     cmd: Option<Cmd>,
-    /// A scenario name, or `all` (see --list).
+    /// A scenario name, several separated by commas, or `all` (see --list).
     #[arg(long, default_value = "all")]
     scenario: String,
     /// The Redis driver under test.
@@ -126,10 +126,16 @@ fn fail(msg: &str) -> std::process::ExitCode {
 async fn run(args: &Args) -> Result<bool, DynError> {
     let chosen: Vec<_> = match args.scenario.as_str() {
         "all" => scenarios::ALL.to_vec(),
-        name => match scenarios::ALL.iter().find(|(n, _, _)| *n == name) {
-            Some(s) => vec![*s],
-            None => return Err(format!("no scenario {name:?}; see --list").into()),
-        },
+        names => {
+            let mut chosen = Vec::new();
+            for name in names.split(',') {
+                match scenarios::ALL.iter().find(|(n, _, _)| *n == name) {
+                    Some(s) => chosen.push(*s),
+                    None => return Err(format!("no scenario {name:?}; see --list").into()),
+                }
+            }
+            chosen
+        }
     };
     let p = Params {
         driver: args.driver,

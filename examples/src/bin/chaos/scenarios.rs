@@ -32,7 +32,7 @@ impl Kind {
     }
 }
 
-pub(crate) const ALL: [(&str, Kind, &str); 18] = [
+pub(crate) const ALL: [(&str, Kind, &str); 21] = [
     ("none", Kind::MustPass, "no fault"),
     ("minority-kill", Kind::MustPass, "a minority node killed, restarted empty after more than the TTL"),
     ("minority-pause", Kind::MustPass, "a minority node SIGSTOPped past the TTL, then resumed"),
@@ -49,9 +49,20 @@ pub(crate) const ALL: [(&str, Kind, &str); 18] = [
     ("client-kill", Kind::MustPass, "the holding client killed"),
     ("cancel-storm", Kind::MustPass, "acquires aborted within 0-5 ms, guards dropped mid-renewal"),
     ("conn-resets", Kind::MustPass, "connections reset mid-command"),
-    ("unsafe-restart", Kind::KnownUnsafe, "a node restarted at once without persistence"),
+    ("conn-kill-loop", Kind::MustPass, "CLIENT KILL of every client connection on a node, in a loop"),
+    (
+        "restart-at-once",
+        Kind::MustPass,
+        "a node restarted at once without persistence while it holds a bare majority's lock",
+    ),
+    ("fence-loss", Kind::MustPass, "every node's fence counter deleted between two holders"),
+    (
+        "unsafe-restart",
+        Kind::KnownUnsafe,
+        "restart-at-once from an old snapshot: the locks lost, the data-loss marker kept",
+    ),
     ("unsafe-clock-jump", Kind::KnownUnsafe, "a node's clock jumps forward (its key's PTTL shortened)"),
-    ("unsafe-fence-reset", Kind::KnownUnsafe, "a fence counter that is not durable"),
+    ("unsafe-fence-reset", Kind::KnownUnsafe, "fence-loss from an old snapshot: counters rolled back to 0"),
     ("mutant-plain-del", Kind::KnownUnsafe, "mutant backend: release by plain DEL"),
     ("mutant-unchecked-extend", Kind::KnownUnsafe, "mutant backend: extend without an owner check"),
     ("mutant-reply-validity", Kind::KnownUnsafe, "mutant backend: validity measured from the reply"),
@@ -195,8 +206,9 @@ pub(crate) fn print_row(o: &Outcome) {
 
 pub(crate) async fn run(name: &str, kind: Kind, p: &Params) -> Result<Outcome, DynError> {
     match kind {
+        Kind::MustPass if unsafe_runs::PINNED.contains(&name) => unsafe_runs::run(name, kind, p).await,
         Kind::MustPass => must_pass(name, p).await,
-        Kind::KnownUnsafe => unsafe_runs::run(name, p).await,
+        Kind::KnownUnsafe => unsafe_runs::run(name, kind, p).await,
     }
 }
 
@@ -356,6 +368,17 @@ async fn schedule(
             inj.count += 1;
             tokio::time::sleep(ttl * 3 / 2).await; // a delayed restart: longer than the TTL
             env.nodes[victim].restart()?;
+        }
+        "conn-kill-loop" => {
+            for round in 0..MAX_ROUNDS {
+                let victim = round % n;
+                let killed = env.nodes[victim].cmd(&["CLIENT", "KILL", "TYPE", "normal"])?;
+                inj.count += u64::try_from(killed.int().unwrap_or(0).max(0))?;
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                if !left(end, Duration::from_millis(300)) {
+                    break;
+                }
+            }
         }
         "minority-pause" => {
             for _ in 0..MAX_ROUNDS {

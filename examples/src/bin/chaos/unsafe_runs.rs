@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use lock_core::scripts::RedisKeys;
+use lock_core::scripts::{MARKER_KEY, RedisKeys};
 use lock_core::{
     AcquireOutcome, AcquireRequest, BackendError, BackendErrorKind, Capabilities, ExtendOutcome,
     ExtendRequest, FencingToken, Grant, LockBackend, LockKey, ReleaseOutcome, ReleaseWatch, Token,
@@ -130,6 +130,18 @@ struct Held {
     token: Token,
     fence: Option<u64>,
     valid_until: Instant,
+    /// Notices the loss at the local deadline, as the core's `lost()` does.
+    deadline: tokio::task::AbortHandle,
+}
+
+/// Records `Lost` for `acq` at `until` unless aborted first.
+fn lost_at(rec: &Recorder, acq: &str, until: Instant) -> tokio::task::AbortHandle {
+    let (rec, acq) = (rec.clone(), acq.to_string());
+    tokio::spawn(async move {
+        tokio::time::sleep_until(until).await;
+        rec.record(Event::Lost { acq, t: rec.now() });
+    })
+    .abort_handle()
 }
 
 impl Actor {
@@ -139,7 +151,13 @@ impl Actor {
         let req = AcquireRequest { key: key.clone(), token, ttl, fencing: true };
         // Bounded: 400 tries, 10 ms apart, well past any TTL used here.
         for _ in 0..400 {
-            if let AcquireOutcome::Acquired(g) = self.backend.acquire(&req).await? {
+            // A node in quarantine (or a quorum without it) answers with a retryable error.
+            let outcome = match self.backend.acquire(&req).await {
+                Ok(o) => o,
+                Err(e) if e.is_retryable() => AcquireOutcome::Held { remaining: None },
+                Err(e) => return Err(e.into()),
+            };
+            if let AcquireOutcome::Acquired(g) = outcome {
                 self.rounds += 1;
                 let acq = format!("{}-{}", self.name, self.rounds);
                 let fence = g.fence.map(|f| f.0);
@@ -151,7 +169,8 @@ impl Actor {
                     t: self.rec.now(),
                     valid_until: self.rec.clock().ns(g.valid_until),
                 });
-                return Ok(Held { acq, key, token, fence, valid_until: g.valid_until });
+                let deadline = lost_at(&self.rec, &acq, g.valid_until);
+                return Ok(Held { acq, key, token, fence, valid_until: g.valid_until, deadline });
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -180,11 +199,16 @@ impl Actor {
         let req = ExtendRequest { key: held.key.clone(), token: held.token, ttl };
         if let ExtendOutcome::Extended { valid_until } = self.backend.extend(&req).await? {
             held.valid_until = valid_until;
+            held.deadline.abort();
+            held.deadline = lost_at(&self.rec, &held.acq, valid_until);
         }
         Ok(())
     }
 
     async fn release(&self, held: Held) -> Result<(), DynError> {
+        if Instant::now() < held.valid_until {
+            held.deadline.abort();
+        }
         let t = self.rec.now();
         let how = match self.backend.release(&held.key, &held.token).await {
             Ok(ReleaseOutcome::Released) => Ending::Released,
@@ -198,7 +222,11 @@ impl Actor {
     }
 }
 
-pub(crate) async fn run(name: &str, p: &Params) -> Result<Outcome, DynError> {
+/// Must-pass runs on the same pinned schedules as their known-unsafe twins: the fault alone,
+/// which the data-loss marker and the clock-based counters make safe.
+pub(crate) const PINNED: [&str; 2] = ["restart-at-once", "fence-loss"];
+
+pub(crate) async fn run(name: &str, kind: Kind, p: &Params) -> Result<Outcome, DynError> {
     let mut env = Env::start(p.nodes).await?;
     let ttl = p.ttl;
     let rec = Recorder::in_memory();
@@ -223,22 +251,27 @@ pub(crate) async fn run(name: &str, p: &Params) -> Result<Outcome, DynError> {
     };
     let mut faults = 0u64;
     let (expected, _hint): (&[Check], &str) = match name {
-        "unsafe-restart" | "unsafe-clock-jump" => {
+        "restart-at-once" | "unsafe-restart" | "unsafe-clock-jump" => {
             // A holds exactly a bare majority: its lanes to the other nodes are blackholed.
-            let mut a = actor("A", connect_backend(p.driver, &env.lane_urls("A").await?, fast).await?);
+            let mut a = actor("A", connect_backend(p.driver, &env.lane_urls("A").await?, fast, ttl).await?);
             for proxy in &env.proxies[m..] {
                 proxy.set_lane_mode("A", ProxyMode::Blackhole);
             }
             let held = a.acquire(&key, ttl).await?;
-            if name == "unsafe-restart" {
+            if name != "unsafe-clock-jump" {
+                let marker = env.nodes[0].cmd(&["GET", MARKER_KEY])?.text();
                 env.nodes[0].restart()?; // at once, and empty: no persistence
+                if name == "unsafe-restart" {
+                    // An old snapshot reloaded: the marker is back, the recent locks are not.
+                    env.nodes[0].cmd(&["SET", MARKER_KEY, &marker])?;
+                }
             } else {
                 let lock_key = RedisKeys::for_key(&held.key).lock;
                 env.nodes[0].cmd(&["PEXPIRE", &lock_key, "1"])?; // its clock jumped past the expiry
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             faults += 1;
-            let mut b = actor("B", connect_backend(p.driver, &env.lane_urls("B").await?, fast).await?);
+            let mut b = actor("B", connect_backend(p.driver, &env.lane_urls("B").await?, fast, ttl).await?);
             let b_held = b.acquire(&key, ttl).await?;
             b.release(b_held).await?;
             for proxy in &env.proxies {
@@ -247,43 +280,47 @@ pub(crate) async fn run(name: &str, p: &Params) -> Result<Outcome, DynError> {
             a.release(held).await?;
             (&[Check::C1], "B acquired while A still held")
         }
-        "unsafe-fence-reset" => {
-            let mut a = actor("A", connect_backend(p.driver, &env.lane_urls("A").await?, fast).await?);
+        "fence-loss" | "unsafe-fence-reset" => {
+            let mut a = actor("A", connect_backend(p.driver, &env.lane_urls("A").await?, fast, ttl).await?);
             let held = a.acquire(&key, ttl).await?;
             a.write(&env, &held).await?;
             let fence_key = RedisKeys::for_key(&held.key).fence;
             a.release(held).await?;
             for node in &env.nodes {
-                node.cmd(&["DEL", &fence_key])?; // the counter did not survive a restart
+                if name == "fence-loss" {
+                    node.cmd(&["DEL", &fence_key])?; // the counter did not survive a restart
+                } else {
+                    node.cmd(&["SET", &fence_key, "0"])?; // an old snapshot's counter
+                }
                 faults += 1;
             }
-            let mut b = actor("B", connect_backend(p.driver, &env.lane_urls("B").await?, fast).await?);
+            let mut b = actor("B", connect_backend(p.driver, &env.lane_urls("B").await?, fast, ttl).await?);
             let held = b.acquire(&key, ttl).await?;
             b.write(&env, &held).await?;
             b.release(held).await?;
             (&[Check::C2, Check::C4], "B's token went backwards and its write was refused")
         }
         "mutant-plain-del" => {
-            let inner = connect_backend(p.driver, &env.lane_urls("A").await?, fast).await?;
+            let inner = connect_backend(p.driver, &env.lane_urls("A").await?, fast, ttl).await?;
             let mut a = actor("A", mutant(&env, inner, Bug::PlainDel).await?);
             let held = a.acquire(&key, ttl).await?;
             tokio::time::sleep(ttl + fast).await; // A stalls past its TTL
-            let mut b = actor("B", connect_backend(p.driver, &env.lane_urls("B").await?, fast).await?);
+            let mut b = actor("B", connect_backend(p.driver, &env.lane_urls("B").await?, fast, ttl).await?);
             let b_held = b.acquire(&key, ttl).await?;
             a.release(held).await?; // deletes B's key
             faults += 1;
-            let mut c = actor("C", connect_backend(p.driver, &env.lane_urls("C").await?, fast).await?);
+            let mut c = actor("C", connect_backend(p.driver, &env.lane_urls("C").await?, fast, ttl).await?);
             let c_held = c.acquire(&key, ttl).await?;
             c.release(c_held).await?;
             b.release(b_held).await?;
             (&[Check::C1], "C acquired while B held")
         }
         "mutant-unchecked-extend" => {
-            let inner = connect_backend(p.driver, &env.lane_urls("A").await?, fast).await?;
+            let inner = connect_backend(p.driver, &env.lane_urls("A").await?, fast, ttl).await?;
             let mut a = actor("A", mutant(&env, inner, Bug::UncheckedExtend).await?);
             let mut held = a.acquire(&key, ttl).await?;
             tokio::time::sleep(ttl + fast).await; // A stalls past its TTL
-            let mut b = actor("B", connect_backend(p.driver, &env.lane_urls("B").await?, fast).await?);
+            let mut b = actor("B", connect_backend(p.driver, &env.lane_urls("B").await?, fast, ttl).await?);
             let b_held = b.acquire(&key, ttl).await?;
             a.extend(&mut held, ttl).await?; // extends B's key, and believes it is A's
             faults += 1;
@@ -295,7 +332,7 @@ pub(crate) async fn run(name: &str, p: &Params) -> Result<Outcome, DynError> {
         "mutant-reply-validity" => {
             // A's replies come back late; its mutant counts validity from their arrival.
             let slow = ttl * 3 / 10; // two round trips (acquire, fence write-back) stay within the TTL
-            let inner = connect_backend(p.driver, &env.lane_urls("A").await?, ttl * 9 / 10).await?;
+            let inner = connect_backend(p.driver, &env.lane_urls("A").await?, ttl * 9 / 10, ttl).await?;
             let mut a = actor("A", mutant(&env, inner, Bug::ValidityFromReply).await?);
             a.warm_up().await?;
             for proxy in &env.proxies {
@@ -303,7 +340,7 @@ pub(crate) async fn run(name: &str, p: &Params) -> Result<Outcome, DynError> {
             }
             let held = a.acquire(&key, ttl).await?;
             faults += 1;
-            let mut b = actor("B", connect_backend(p.driver, &env.lane_urls("B").await?, fast).await?);
+            let mut b = actor("B", connect_backend(p.driver, &env.lane_urls("B").await?, fast, ttl).await?);
             let b_held = b.acquire(&key, ttl).await?;
             b.release(b_held).await?;
             tokio::time::sleep_until(held.valid_until.min(Instant::now() + ttl)).await;
@@ -325,5 +362,6 @@ pub(crate) async fn run(name: &str, p: &Params) -> Result<Outcome, DynError> {
         ..Observations::default()
     };
     let report = check(&history, &obs);
-    Ok(Outcome::judge(name, Kind::KnownUnsafe, p, &report, obs.faults_injected, expected, Vec::new()))
+    let expected = if kind == Kind::MustPass { &[][..] } else { expected };
+    Ok(Outcome::judge(name, kind, p, &report, obs.faults_injected, expected, Vec::new()))
 }

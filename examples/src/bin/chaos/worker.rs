@@ -21,8 +21,13 @@ pub(crate) async fn run(spec: WorkerSpec) -> Result<(), DynError> {
     let rec = Recorder::to_file(&spec.out)?;
     let clock = rec.clock();
     let ttl = Duration::from_millis(spec.ttl_ms);
-    let backend =
-        connect_backend(spec.driver, &spec.nodes, Duration::from_millis(spec.node_timeout_ms)).await?;
+    let backend = connect_backend(
+        spec.driver,
+        &spec.nodes,
+        Duration::from_millis(spec.node_timeout_ms),
+        Duration::from_millis(spec.ttl_ms),
+    )
+    .await?;
     let backend: Arc<dyn LockBackend> = Arc::new(Recording::new(backend, spec.id.clone(), rec.clone()));
     let config = LockConfig::builder()
         .ttl(ttl)
