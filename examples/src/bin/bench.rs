@@ -559,6 +559,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         redis_nodes.push(RedisBackend::connect(&s.url()).await?);
     }
     let redis1 = redis_nodes[0].clone();
+    // The bare connection that never reconnects, to show what reconnection costs (the
+    // default, `RedisBackend::connect`, is the "redis-rs" row).
+    let redis1_bare = RedisBackend::builder().connect_without_reconnect(&servers[0].url()).await?;
     let fred1 = FredBackend::connect(&servers[0].url()).await?;
     let rl3 = RedLock::new(redis_nodes[..3].to_vec())?;
     let rl5 = RedLock::new(redis_nodes.clone())?;
@@ -570,6 +573,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Arc::new(Ours {
                 name: "redis-rs".into(),
                 client: LockClient::with_config(redis1.clone(), config())?,
+            }),
+            &one,
+        ),
+        (
+            Arc::new(Ours {
+                name: "redis-rs bare".into(),
+                client: LockClient::with_config(redis1_bare.clone(), config())?,
             }),
             &one,
         ),
