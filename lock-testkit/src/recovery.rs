@@ -214,8 +214,8 @@ pub async fn every_node_restarted_in_turn<B: LockBackend>(backend: B, servers: &
     let locks = LockClient::with_config(backend, config).unwrap();
     let mutex = locks.mutex("recovery:in-turn").unwrap();
     let mut last = mutex.lock().await.unwrap().fencing_token().unwrap();
-    for i in 0..servers.len() {
-        servers[i].restart().unwrap();
+    for (i, server) in servers.iter_mut().enumerate() {
+        server.restart().unwrap();
         let guard = mutex
             .lock_with(LockOptions::new().timeout(QUARANTINE + 3_000 * MS))
             .await

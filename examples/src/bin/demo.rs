@@ -103,6 +103,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (url, _server) = match url {
         Some(url) => {
             println!("backend: {driver} driver, Redis at {url} (from REDIS_URL)");
+            declare_fresh_if_new(&url).await?;
             (url, None)
         }
         None => {
@@ -119,6 +120,29 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Driver::RedisRs => run(RedisBackend::builder().connect(&url).await?, &args).await,
         Driver::Fred => run(FredBackend::connect(&url).await?, &args).await,
     }
+}
+
+/// A server without the data-loss marker is new or lost its data; the two cannot be told apart,
+/// and the first lock would wait out the quarantine. The demo's server is a development one, so
+/// it declares it fresh (what `lockctl init` does) and says so; a quarantine already running is
+/// left alone and explained.
+async fn declare_fresh_if_new(url: &str) -> Result<(), Box<dyn std::error::Error>> {
+    use lock_core::scripts::{self, Declare, NodeStatus};
+    let probe = RedisBackend::builder().connect_without_reconnect(url).await?;
+    match scripts::node_status(&probe).await? {
+        NodeStatus::Unmarked => {
+            scripts::declare_fresh(&probe, Declare::IfMissing).await?;
+            println!(
+                "note: {url} had no data-loss marker (a new server?); declared it fresh, as `lockctl init` does"
+            );
+        }
+        NodeStatus::Quarantined { left, .. } => println!(
+            "note: {url} lost its lock data and grants no lock for {:.1} s more (its quarantine); the demo waits",
+            left.as_secs_f64()
+        ),
+        NodeStatus::Open { .. } => {}
+    }
+    Ok(())
 }
 
 fn redis_server_installed() -> bool {
