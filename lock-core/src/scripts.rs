@@ -233,6 +233,21 @@ pub async fn node_status<R: ScriptRunner + ?Sized>(runner: &R) -> Result<NodeSta
     NodeStatus::from_reply(&runner.run_ints(&NODE, &[MARKER_KEY], &args).await?)
 }
 
+/// [`crate::LockBackend::node_identity`] for a driver with a [`NodeGuard`]: the node id from the
+/// marker; `None` without a guard (Cluster) or without a marker.
+///
+/// # Errors
+/// The runner's errors.
+///
+/// # Cancel safety
+/// Read-only.
+pub async fn node_identity<R: ScriptRunner + ?Sized>(runner: &R) -> Result<Option<u64>, BackendError> {
+    if runner.node_guard().is_none() {
+        return Ok(None);
+    }
+    Ok(node_status(runner).await?.id())
+}
+
 /// Declares a server fresh: it has never granted a lock, so it needs no quarantine (what
 /// `lockctl init` runs). Without this, the first acquire on a new server cannot tell it from
 /// one that lost its data and waits out the quarantine.

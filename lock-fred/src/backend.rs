@@ -551,10 +551,7 @@ where
     }
 
     async fn node_identity(&self) -> Result<Option<u64>, BackendError> {
-        if self.shared.guard.is_none() {
-            return Ok(None);
-        }
-        Ok(scripts::node_status(self).await?.id())
+        scripts::node_identity(self).await
     }
 
     async fn deployment_facts(&self) -> Result<Vec<NodeFacts>, BackendError> {

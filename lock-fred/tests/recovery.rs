@@ -37,21 +37,7 @@ mod pooled {
 
 /// `FredBackend::connect(url)` (default 60 s quarantine): the connection contracts.
 mod via_connect {
-    use lock_testkit::{RedisServer, recovery};
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn connection_killed_while_held_keeps_the_lease() {
-        let server = RedisServer::start().unwrap();
-        let backend = super::shortest(vec![server.url()], recovery::QUARANTINE).await;
-        recovery::connection_killed_while_held_keeps_the_lease(backend, &[&server]).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn pubsub_killed_while_waiting_still_wakes() {
-        let server = RedisServer::start().unwrap();
-        let backend = super::shortest(vec![server.url()], recovery::QUARANTINE).await;
-        recovery::pubsub_killed_while_waiting_still_wakes(backend, &[&server]).await;
-    }
+    lock_testkit::recovery_suite!(connections, super::shortest);
 }
 
 mod redis_cluster {

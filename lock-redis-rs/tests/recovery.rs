@@ -29,26 +29,14 @@ mod via_builder {
 /// `RedisBackend::connect(url)` has the default 60 s quarantine, so the contracts that wait
 /// one out run on the builder above (the same code path); the connection ones run here.
 mod via_connect {
-    use lock_testkit::{RedisServer, recovery};
+    lock_testkit::recovery_suite!(connections, super::shortest);
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn connection_killed_while_held_keeps_the_lease() {
-        let server = RedisServer::start().unwrap();
-        let backend = super::shortest(vec![server.url()], recovery::QUARANTINE).await;
-        recovery::connection_killed_while_held_keeps_the_lease(backend, &[&server]).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn pubsub_killed_while_waiting_still_wakes() {
-        let server = RedisServer::start().unwrap();
-        let backend = super::shortest(vec![server.url()], recovery::QUARANTINE).await;
-        recovery::pubsub_killed_while_waiting_still_wakes(backend, &[&server]).await;
-    }
+    use lock_testkit::RedisServer;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn restarted_server_is_reached_again() {
         let mut server = RedisServer::start().unwrap();
-        let backend = super::shortest(vec![server.url()], recovery::QUARANTINE).await;
+        let backend = super::shortest(vec![server.url()], lock_testkit::recovery::QUARANTINE).await;
         let locks = lock_core::LockClient::new(backend.clone());
         locks.mutex("short").unwrap().lock().await.unwrap().release().await.unwrap();
         server.restart().unwrap();

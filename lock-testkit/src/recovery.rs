@@ -231,9 +231,25 @@ pub async fn every_node_restarted_in_turn<B: LockBackend>(backend: B, servers: &
 /// each: `recovery_suite!(nodes, connect)` where `connect(urls: Vec<String>, quarantine)`
 /// is an async fn returning the backend (panicking on error). `nodes` servers are spawned per
 /// test. Add `cluster` first (`recovery_suite!(cluster, connect)`) to run the two contracts
-/// that apply to a Redis Cluster on the shared one.
+/// that apply to a Redis Cluster on the shared one, or `connections` for the two connection
+/// contracts on one spawned server (for constructors whose quarantine cannot be set).
 #[macro_export]
 macro_rules! recovery_suite {
+    (connections, $connect:path) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn connection_killed_while_held_keeps_the_lease() {
+            let server = $crate::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+            let backend = $connect(vec![server.url()], $crate::recovery::QUARANTINE).await;
+            $crate::recovery::connection_killed_while_held_keeps_the_lease(backend, &[&server]).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn pubsub_killed_while_waiting_still_wakes() {
+            let server = $crate::RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+            let backend = $connect(vec![server.url()], $crate::recovery::QUARANTINE).await;
+            $crate::recovery::pubsub_killed_while_waiting_still_wakes(backend, &[&server]).await;
+        }
+    };
     (cluster, $connect:path) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn connection_killed_while_held_keeps_the_lease() {
