@@ -31,6 +31,9 @@ async fn both_drivers_lock_over_tls_and_a_wrong_ca_is_a_clear_error() {
     assert!(url.starts_with("rediss://"), "{url}");
 
     let on_redis_rs = RedisBackend::builder().tls_root_ca(tls.ca_pem.clone()).connect(&url).await.unwrap();
+    // The harness cannot declare a TLS-only server fresh (no plain port): do it over TLS, as
+    // `lockctl init` would, or the first lock waits out the data-loss quarantine.
+    lock_core::scripts::declare_fresh(&on_redis_rs, lock_core::scripts::Declare::IfMissing).await.unwrap();
     lock_and_unlock(on_redis_rs).await;
     let on_fred = FredBackend::builder().tls_root_ca(tls.ca_pem.clone()).connect(&url).await.unwrap();
     lock_and_unlock(on_fred).await;
