@@ -48,7 +48,7 @@ pub struct Finding {
     /// How bad it is.
     pub severity: Severity,
     /// A stable short code (`eviction`, `replica`, `duplicate-node`, `even-quorum`,
-    /// `no-persistence`, `old-server`, `unreadable`).
+    /// `no-persistence`, `old-server`, `sentinel`, `unreadable`).
     pub code: &'static str,
     /// The node(s) concerned.
     pub node: String,
@@ -85,6 +85,8 @@ pub struct NodeFacts {
     pub appendfsync: Option<String>,
     /// Why some facts could not be read (e.g. `CONFIG` is not allowed for this user).
     pub unreadable: Option<String>,
+    /// The master name, when the backend reaches this server through Redis Sentinel.
+    pub sentinel_master: Option<String>,
 }
 
 impl NodeFacts {
@@ -209,6 +211,22 @@ pub fn check(nodes: &[NodeFacts]) -> Vec<Finding> {
                     .into(),
             });
         }
+        if let Some(name) = &n.sentinel_master {
+            out.push(Finding {
+                severity: Severity::Warning,
+                code: "sentinel",
+                node: node.clone(),
+                problem: format!(
+                    "a Sentinel-managed primary ({name}): replication is asynchronous, so a failover can \
+                     promote a replica that never saw a granted lock, and a second client then acquires it \
+                     while the first still holds it."
+                ),
+                fix: "pass the guard's fencing token to the resource and have it refuse older tokens (fencing \
+                      survives the failover once the counter has replicated), or use RedLock over independent \
+                      primaries (lock-redlock) for locks that must never be held twice."
+                    .into(),
+            });
+        }
         if let Some(why) = &n.unreadable {
             out.push(Finding {
                 severity: Severity::Info,
@@ -275,6 +293,7 @@ mod tests {
             appendonly: Some("yes".into()),
             appendfsync: Some("always".into()),
             unreadable: None,
+            sentinel_master: None,
         }
     }
 
@@ -291,8 +310,17 @@ mod tests {
         nodes[2].role = Some("slave".into());
         nodes[3].appendfsync = Some("everysec".into());
         nodes[3].version = Some("4.0.9".into());
+        nodes[1].sentinel_master = Some("mymaster".into());
         let codes: Vec<&str> = check(&nodes).iter().map(|f| f.code).collect();
-        for code in ["eviction", "replica", "duplicate-node", "even-quorum", "no-persistence", "old-server"] {
+        for code in [
+            "eviction",
+            "replica",
+            "duplicate-node",
+            "even-quorum",
+            "no-persistence",
+            "old-server",
+            "sentinel",
+        ] {
             assert!(codes.contains(&code), "{code} missing from {codes:?}");
         }
         assert_eq!(check(&nodes)[0].severity, Severity::Critical, "sorted worst first");

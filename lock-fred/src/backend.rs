@@ -32,6 +32,8 @@ struct Shared {
     /// Built at connect time, connected on the first wait; `None` turns wake-up off.
     subscriber: Option<SubscriberClient>,
     notifier: OnceCell<HubTask>,
+    /// The master name, when the primary is found through Sentinel.
+    sentinel_master: Option<String>,
 }
 
 /// A lock backend over the `fred` crate.
@@ -84,6 +86,17 @@ pub struct FredBackendBuilder {
     wake_up: bool,
     root_ca: Option<String>,
     quarantine: Duration,
+    primary_auth: Option<(Option<String>, Redacted)>,
+}
+
+/// A password, kept out of `Debug` output.
+#[derive(Clone)]
+struct Redacted(String);
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"***\"")
+    }
 }
 
 impl Default for FredBackendBuilder {
@@ -94,6 +107,7 @@ impl Default for FredBackendBuilder {
             wake_up: true,
             root_ca: None,
             quarantine: scripts::DEFAULT_QUARANTINE,
+            primary_auth: None,
         }
     }
 }
@@ -147,7 +161,20 @@ fn endpoint_of(config: &Config) -> String {
     let mut hosts: Vec<String> =
         config.server.hosts().iter().map(|s| format!("{}:{}", s.host, s.port)).collect();
     hosts.sort();
-    if config.server.is_clustered() { format!("cluster[{}]", hosts.join(",")) } else { hosts.join(",") }
+    match &config.server {
+        ServerConfig::Sentinel { service_name, .. } => {
+            format!("sentinel[{service_name}@{}]", hosts.join(","))
+        }
+        server if server.is_clustered() => format!("cluster[{}]", hosts.join(",")),
+        _ => hosts.join(","),
+    }
+}
+
+fn sentinel_master(config: &Config) -> Option<String> {
+    match &config.server {
+        ServerConfig::Sentinel { service_name, .. } => Some(service_name.clone()),
+        _ => None,
+    }
 }
 
 impl FredBackendBuilder {
@@ -230,8 +257,11 @@ impl FredBackendBuilder {
             return Ok(None);
         }
         // One subscriber on the first node; in Cluster classic PUBLISH reaches every node.
+        // Behind Sentinel it follows the primary like the client does.
         let mut config = config.clone();
-        if let Some(first) = config.server.hosts().first() {
+        if config.server.is_clustered()
+            && let Some(first) = config.server.hosts().first()
+        {
             config.server = ServerConfig::new_centralized(first.host.to_string(), first.port);
         }
         self.builder(config)
@@ -255,6 +285,7 @@ impl FredBackendBuilder {
                 guard: guarded.then(|| NodeGuard::new(self.quarantine)),
                 subscriber,
                 notifier: OnceCell::new(),
+                sentinel_master: None,
             }),
         }
     }
@@ -304,7 +335,7 @@ impl FredBackendBuilder {
         let subscriber = self.subscriber(&config)?;
         // A script in Cluster reaches one slot only, not the per-server marker.
         let guarded = !config.server.is_clustered();
-        Ok(self.finish(client, endpoint, subscriber, guarded))
+        Ok(self.finish(client, endpoint, subscriber, guarded).behind(sentinel_master(&config)))
     }
 
     /// Connects a pool of `size` clients to a single node.
@@ -333,7 +364,7 @@ impl FredBackendBuilder {
         self.init(&pool, &endpoint).await?;
         let subscriber = self.subscriber(&config)?;
         let guarded = !config.server.is_clustered();
-        Ok(self.finish(pool, endpoint, subscriber, guarded))
+        Ok(self.finish(pool, endpoint, subscriber, guarded).behind(sentinel_master(&config)))
     }
 
     /// Connects to a Redis Cluster through its seed nodes (`redis://host:port` each).
@@ -366,6 +397,83 @@ impl FredBackendBuilder {
         }
         config.server = ServerConfig::new_clustered(hosts);
         self.connect_config(config).await
+    }
+}
+
+impl FredBackendBuilder {
+    /// Connects to the primary that Redis Sentinel names for `master_name`; fred follows it
+    /// across failovers (it asks the sentinels again when the connection breaks), and so does
+    /// the pub/sub subscriber.
+    ///
+    /// `sentinels` are the sentinels' URLs, `redis://[user:password@]host:port/` (the
+    /// credentials are the sentinels' own; give the data servers' with
+    /// [`FredBackendBuilder::primary_auth`]); `rediss://` speaks TLS to the sentinels and the
+    /// servers they name (with the `tls` feature). A `redis-sentinel://` URL given to
+    /// [`FredBackendBuilder::connect`] works too. The data-loss guard is on: a replica promoted
+    /// without the marker abstains for the quarantine.
+    ///
+    /// **Failover can lose a lock.** Replication is asynchronous: a lock granted by the old
+    /// primary just before it failed may never reach the replica that is promoted, and a second
+    /// client then acquires it while the first still holds it. Pass the guard's fencing token to
+    /// the resource and have it refuse older tokens, or use RedLock over independent primaries.
+    /// The doctor reports this as the `sentinel` warning.
+    ///
+    /// # Errors
+    /// No sentinel or an empty master name, an invalid URL, or no primary reachable through the
+    /// sentinels within the connect timeout.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: nothing is left behind but a half-open connection, which is closed.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use lock_fred::FredBackend;
+    /// let sentinels = ["redis://10.0.0.1:26379/", "redis://10.0.0.2:26379/", "redis://10.0.0.3:26379/"];
+    /// let backend = FredBackend::builder()
+    ///     .primary_auth(Some("locker"), "secret")
+    ///     .connect_sentinel("mymaster", &sentinels)
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect_sentinel<S: AsRef<str>>(
+        self,
+        master_name: &str,
+        sentinels: &[S],
+    ) -> Result<FredBackend<Client>, BackendError> {
+        if master_name.is_empty() {
+            return Err(config_error("Sentinel needs the master name the sentinels monitor"));
+        }
+        let first =
+            sentinels.first().ok_or_else(|| config_error("Sentinel needs at least one sentinel url"))?;
+        let mut config = parse_url(first.as_ref(), self.root_ca.as_deref())?;
+        let mut hosts = Vec::new();
+        for url in sentinels {
+            for server in parse_url(url.as_ref(), self.root_ca.as_deref())?.server.hosts() {
+                hosts.push(server);
+            }
+        }
+        // The URL's credentials are the sentinels'; the data servers' come from primary_auth.
+        let (sentinel_user, sentinel_password) = (config.username.take(), config.password.take());
+        if let Some((user, password)) = &self.primary_auth {
+            config.username.clone_from(user);
+            config.password = Some(password.0.clone());
+        }
+        config.server = ServerConfig::Sentinel {
+            hosts,
+            service_name: master_name.to_string(),
+            username: sentinel_user,
+            password: sentinel_password,
+        };
+        self.connect_config(config).await
+    }
+
+    /// Credentials for the data servers that Sentinel names (the sentinels' own go in their
+    /// URLs): `ACL` user (or `None` for the default user) and password. Sentinel only.
+    #[must_use]
+    pub fn primary_auth(mut self, username: Option<&str>, password: &str) -> Self {
+        self.primary_auth = Some((username.map(str::to_string), Redacted(password.to_string())));
+        self
     }
 }
 
@@ -409,6 +517,14 @@ where
         FredBackendBuilder::default().finish(client, endpoint.into(), subscriber, true)
     }
 
+    /// Marks the backend as reaching its primary through Sentinel (for the doctor).
+    fn behind(mut self, master: Option<String>) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.sentinel_master = master;
+        }
+        self
+    }
+
     /// Turns off the data-loss guard (see [`lock_core::scripts`]): for Cluster clients built
     /// by hand.
     #[must_use]
@@ -419,6 +535,7 @@ where
             guard: None,
             subscriber: self.shared.subscriber.clone(),
             notifier: OnceCell::new(),
+            sentinel_master: self.shared.sentinel_master.clone(),
         };
         Self { client: self.client, shared: Arc::new(shared) }
     }
@@ -569,6 +686,7 @@ where
                 })?
                 .map_err(|e| map_error(&e, &format!("INFO at {endpoint}")))?;
         let mut facts = NodeFacts::from_info(endpoint.clone(), &info);
+        facts.sentinel_master.clone_from(&self.shared.sentinel_master);
         for name in CONFIG_NAMES {
             let get = self.client.custom::<Vec<String>, &str>(command("CONFIG"), vec!["GET", name]);
             let reply = match tokio::time::timeout(timeout, get).await {

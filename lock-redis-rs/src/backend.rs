@@ -18,7 +18,8 @@ use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, ErrorKind, FromRedisValue, ServerErrorKind};
 
 use crate::error::map_error;
-use crate::notifier;
+use crate::notifier::{self, PubsubSource};
+use crate::sentinel::{self, SentinelConnection};
 
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
@@ -29,7 +30,9 @@ struct Shared {
     /// The data-loss guard (single nodes); `None` in Cluster.
     guard: Option<NodeGuard>,
     /// Where release notices are subscribed; `None` turns wake-up off.
-    pubsub_client: Option<redis::Client>,
+    pubsub_client: Option<PubsubSource>,
+    /// The master name, when the primary is found through Sentinel.
+    sentinel_master: Option<String>,
     /// Started on the first wait, so construction needs no runtime.
     notifier: OnceLock<HubTask>,
 }
@@ -90,6 +93,17 @@ pub struct RedisBackendBuilder {
     wake_up: bool,
     root_ca: Option<Vec<u8>>,
     quarantine: Duration,
+    primary_auth: Option<(Option<String>, Redacted)>,
+}
+
+/// A password, kept out of `Debug` output.
+#[derive(Clone)]
+struct Redacted(String);
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"***\"")
+    }
 }
 
 impl Default for RedisBackendBuilder {
@@ -100,6 +114,7 @@ impl Default for RedisBackendBuilder {
             wake_up: true,
             root_ca: None,
             quarantine: scripts::DEFAULT_QUARANTINE,
+            primary_auth: None,
         }
     }
 }
@@ -174,7 +189,7 @@ impl RedisBackendBuilder {
         &self,
         conn: C,
         endpoint: String,
-        pubsub: Option<redis::Client>,
+        pubsub: Option<PubsubSource>,
         guarded: bool,
     ) -> RedisBackend<C> {
         RedisBackend {
@@ -184,6 +199,7 @@ impl RedisBackendBuilder {
                 command_timeout: self.command_timeout,
                 guard: guarded.then(|| NodeGuard::new(self.quarantine)),
                 pubsub_client: pubsub.filter(|_| self.wake_up),
+                sentinel_master: None,
                 notifier: OnceLock::new(),
             }),
         }
@@ -245,7 +261,7 @@ impl RedisBackendBuilder {
             .set_response_timeout(Some(self.command_timeout));
         drop(self.within(&what, client.get_multiplexed_async_connection_with_config(&probe)).await?);
         let conn = self.within(&what, ConnectionManager::new_with_config(client.clone(), config)).await?;
-        Ok(self.finish(conn, endpoint, Some(client), true))
+        Ok(self.finish(conn, endpoint, Some(PubsubSource::Client(client)), true))
     }
 
     /// The same as [`RedisBackendBuilder::connect`], which reconnects now.
@@ -287,7 +303,7 @@ impl RedisBackendBuilder {
             .set_response_timeout(Some(self.command_timeout));
         let what = format!("connecting to {endpoint}");
         let conn = self.within(&what, client.get_multiplexed_async_connection_with_config(&config)).await?;
-        Ok(self.finish(conn, endpoint, Some(client), true))
+        Ok(self.finish(conn, endpoint, Some(PubsubSource::Client(client)), true))
     }
 
     /// Connects to a Redis Cluster through its seed nodes.
@@ -330,7 +346,134 @@ impl RedisBackendBuilder {
             .map_err(|e| map_error(e, "invalid cluster configuration"))?;
         let what = format!("connecting to {endpoint}");
         let conn = self.within(&what, client.get_async_connection()).await?;
-        Ok(self.finish(conn, endpoint, Some(pubsub), false))
+        Ok(self.finish(conn, endpoint, Some(PubsubSource::Client(pubsub)), false))
+    }
+}
+
+impl RedisBackendBuilder {
+    /// Connects to the primary that Redis Sentinel names for `master_name`, and follows it
+    /// across failovers (see [`SentinelConnection`]): after a failover the next command asks
+    /// the sentinels again, and the pub/sub subscriber reconnects to the new primary too.
+    ///
+    /// `sentinels` are the sentinels' URLs, `redis://[user:password@]host:port/` (the
+    /// credentials are the sentinels' own; give the data servers' with
+    /// [`RedisBackendBuilder::primary_auth`]); `rediss://` speaks TLS to the sentinels and to the
+    /// servers they name (with the `tls` feature; [`RedisBackendBuilder::tls_root_ca`] applies to
+    /// both). The data-loss guard is on: a replica promoted without the marker abstains for the
+    /// quarantine.
+    ///
+    /// **Failover can lose a lock.** Replication is asynchronous: a lock granted by the old
+    /// primary just before it failed may never reach the replica that is promoted, and a second
+    /// client then acquires it while the first still holds it. Pass the guard's fencing token to
+    /// the resource and have it refuse older tokens, or use RedLock over independent primaries.
+    /// The doctor reports this as the `sentinel` warning.
+    ///
+    /// # Errors
+    /// No sentinel or an empty master name, an invalid URL, sentinels that know no primary of
+    /// that name, or a primary not reachable within the connect timeout.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: nothing is left behind but a half-open connection, which is closed.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use lock_redis_rs::RedisBackend;
+    /// let sentinels = ["redis://10.0.0.1:26379/", "redis://10.0.0.2:26379/", "redis://10.0.0.3:26379/"];
+    /// let backend = RedisBackend::builder()
+    ///     .primary_auth(Some("locker"), "secret")
+    ///     .connect_sentinel("mymaster", &sentinels)
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect_sentinel<S: AsRef<str>>(
+        self,
+        master_name: &str,
+        sentinels: &[S],
+    ) -> Result<RedisBackend<SentinelConnection>, BackendError> {
+        use redis::sentinel::{SentinelClientBuilder, SentinelServerType};
+        if master_name.is_empty() {
+            return Err(config_error("Sentinel needs the master name the sentinels monitor"));
+        }
+        let mut addrs = Vec::new();
+        let mut first = None;
+        for url in sentinels {
+            let info = self.open(url.as_ref())?.get_connection_info().clone();
+            addrs.push(info.addr().clone());
+            first.get_or_insert(info);
+        }
+        let Some(first) = first else {
+            return Err(config_error("Sentinel needs at least one sentinel url"));
+        };
+        let mut names: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+        names.sort();
+        let endpoint = format!("sentinel[{master_name}@{}]", names.join(","));
+        let invalid = |e| map_error(e, &format!("invalid Sentinel configuration for {endpoint}"));
+        let tls = matches!(first.addr(), redis::ConnectionAddr::TcpTls { .. });
+        let settings = first.redis_settings();
+        let mut builder =
+            SentinelClientBuilder::new(addrs, master_name, SentinelServerType::Master).map_err(invalid)?;
+        if let Some(user) = settings.username() {
+            builder = builder.set_client_to_sentinel_username(user);
+        }
+        if let Some(password) = settings.password() {
+            builder = builder.set_client_to_sentinel_password(password);
+        }
+        if let Some((user, password)) = &self.primary_auth {
+            if let Some(user) = user {
+                builder = builder.set_client_to_redis_username(user);
+            }
+            builder = builder.set_client_to_redis_password(&password.0);
+        }
+        if tls {
+            builder = builder
+                .set_client_to_sentinel_tls_mode(redis::TlsMode::Secure)
+                .set_client_to_redis_tls_mode(redis::TlsMode::Secure);
+        }
+        #[cfg(feature = "tls")]
+        if let Some(ca) = &self.root_ca {
+            let certs = || redis::TlsCertificates { client_tls: None, root_cert: Some(ca.clone()) };
+            builder = builder
+                .set_client_to_sentinel_certificates(certs())
+                .set_client_to_redis_certificates(certs());
+        }
+        let db = settings.db();
+        if db != 0 {
+            builder = builder.set_client_to_redis_db(db);
+        }
+        let client = builder.build().map_err(invalid)?;
+        let config = sentinel::connection_config(self.connect_timeout, self.command_timeout);
+        let what = format!("connecting to {endpoint}");
+        let conn = match self.within(&what, SentinelConnection::connect(client, config, db)).await {
+            Err(e) if e.kind() == BackendErrorKind::Unavailable => {
+                return Err(config_error(format!(
+                    "{what}: the sentinels name no reachable primary for {master_name:?} (is the name right, \
+                     and is the primary up?): {e}"
+                )));
+            }
+            other => other?,
+        };
+        let mut backend = self.finish(conn.clone(), endpoint, Some(PubsubSource::Sentinel(conn)), true);
+        if let Some(shared) = Arc::get_mut(&mut backend.shared) {
+            shared.sentinel_master = Some(master_name.to_string());
+        }
+        Ok(backend)
+    }
+
+    /// Credentials for the data servers that Sentinel names (the sentinels' own go in their
+    /// URLs): `ACL` user (or `None` for the default user) and password. Sentinel only.
+    #[must_use]
+    pub fn primary_auth(mut self, username: Option<&str>, password: &str) -> Self {
+        self.primary_auth = Some((username.map(str::to_string), Redacted(password.to_string())));
+        self
+    }
+}
+
+impl RedisBackend<SentinelConnection> {
+    /// `host:port` of the primary this backend talks to now (see
+    /// [`SentinelConnection::primary`]).
+    pub fn primary(&self) -> Option<String> {
+        self.conn.primary()
     }
 }
 
@@ -384,6 +527,7 @@ where
             command_timeout: self.shared.command_timeout,
             guard: None,
             pubsub_client: self.shared.pubsub_client.clone(),
+            sentinel_master: self.shared.sentinel_master.clone(),
             notifier: OnceLock::new(),
         };
         Self { conn: self.conn, shared: Arc::new(shared) }
@@ -396,7 +540,8 @@ where
             endpoint: self.shared.endpoint.clone(),
             command_timeout: self.shared.command_timeout,
             guard: self.shared.guard.clone(),
-            pubsub_client: Some(client),
+            pubsub_client: Some(PubsubSource::Client(client)),
+            sentinel_master: self.shared.sentinel_master.clone(),
             notifier: OnceLock::new(),
         };
         Self { conn: self.conn, shared: Arc::new(shared) }
@@ -531,6 +676,7 @@ where
             })?
             .map_err(|e| map_error(e, &format!("INFO at {endpoint}")))?;
         let mut facts = NodeFacts::from_info(endpoint.clone(), &info);
+        facts.sentinel_master.clone_from(&self.shared.sentinel_master);
         for name in CONFIG_NAMES {
             let mut get = redis::cmd("CONFIG");
             get.arg("GET").arg(name);

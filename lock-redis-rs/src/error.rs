@@ -27,6 +27,10 @@ pub(crate) fn map_error(e: RedisError, context: &str) -> BackendError {
                 ServerErrorKind::BusyLoading | ServerErrorKind::MasterDown | ServerErrorKind::ReadOnly,
             ) => BackendErrorKind::Unavailable,
             ErrorKind::Server(ServerErrorKind::NoScript) => BackendErrorKind::Script,
+            // Mid-failover the sentinels may name a primary that is not one yet.
+            ErrorKind::MasterNameNotFoundBySentinel | ErrorKind::NoValidReplicasFoundBySentinel => {
+                BackendErrorKind::Unavailable
+            }
             ErrorKind::Parse | ErrorKind::UnexpectedReturnType => BackendErrorKind::Protocol,
             ErrorKind::ClusterConnectionNotFound => BackendErrorKind::Cluster,
             _ => classify_code(&code, &e.to_string()),

@@ -4,6 +4,8 @@
 mod backend;
 mod error;
 mod notifier;
+mod sentinel;
 
 pub use backend::{RedisBackend, RedisBackendBuilder};
 pub use redis;
+pub use sentinel::SentinelConnection;

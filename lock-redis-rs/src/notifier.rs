@@ -8,20 +8,40 @@ use lock_core::hub::{HubCommand, HubTask, ReleaseHub};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-/// Starts the pub/sub task for `client` on the current runtime.
-pub(crate) fn start(client: redis::Client, confirm_within: Duration) -> HubTask {
-    HubTask::spawn(confirm_within, move |hub, commands| run(client, hub, commands, confirm_within))
+use crate::sentinel::SentinelConnection;
+
+/// Where the subscriber connects: one fixed server, or the primary the sentinels name at each
+/// (re)connect.
+#[derive(Clone)]
+pub(crate) enum PubsubSource {
+    Client(redis::Client),
+    Sentinel(SentinelConnection),
+}
+
+impl PubsubSource {
+    async fn client(&self) -> redis::RedisResult<redis::Client> {
+        match self {
+            PubsubSource::Client(c) => Ok(c.clone()),
+            PubsubSource::Sentinel(s) => s.primary_client().await,
+        }
+    }
+}
+
+/// Starts the pub/sub task for `source` on the current runtime.
+pub(crate) fn start(source: PubsubSource, confirm_within: Duration) -> HubTask {
+    HubTask::spawn(confirm_within, move |hub, commands| run(source, hub, commands, confirm_within))
 }
 
 async fn run(
-    client: redis::Client,
+    source: PubsubSource,
     hub: ReleaseHub,
     mut commands: mpsc::UnboundedReceiver<HubCommand>,
     timeout: Duration,
 ) {
     let mut delay = Duration::from_millis(10);
     loop {
-        let pubsub = match tokio::time::timeout(timeout, client.get_async_pubsub()).await {
+        let connect = async { source.client().await?.get_async_pubsub().await };
+        let pubsub = match tokio::time::timeout(timeout, connect).await {
             Ok(Ok(p)) => p,
             other => {
                 match other {

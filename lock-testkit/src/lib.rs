@@ -3,6 +3,7 @@
 
 pub mod checker;
 pub mod conformance;
+pub mod failover;
 mod faulty;
 pub mod history;
 mod memory;
@@ -13,6 +14,7 @@ pub mod recovery;
 mod redis_server;
 pub mod redis_suite;
 pub mod resp;
+mod sentinel;
 
 pub use faulty::{Fault, Faulty, Op};
 pub use memory::{MemoryBackend, OpCounts};
@@ -22,6 +24,7 @@ pub use proxy::{FaultProxy, ProxyMode, ProxyStats};
 #[cfg(feature = "tls")]
 pub use redis_server::TestTls;
 pub use redis_server::{HarnessError, REDIS_URL_ENV, RedisCluster, RedisServer, TestRedis, start_nodes};
+pub use sentinel::{MASTER_NAME, SentinelGroup};
 
 /// The workspace README's examples, compiled and run as doctests so they stay true.
 #[cfg(doctest)]

@@ -39,7 +39,7 @@ pub enum HarnessError {
     Cluster(String),
 }
 
-fn free_port(with_bus: bool) -> Result<u16, HarnessError> {
+pub(crate) fn free_port(with_bus: bool) -> Result<u16, HarnessError> {
     for _ in 0..200 {
         let port = if with_bus {
             20_000 + rand::random::<u16>() % 10_000
@@ -56,7 +56,7 @@ fn free_port(with_bus: bool) -> Result<u16, HarnessError> {
     Err(HarnessError::Io("no free loopback port found".into()))
 }
 
-fn which(program: &'static str) -> Result<(), HarnessError> {
+pub(crate) fn which(program: &'static str) -> Result<(), HarnessError> {
     match Command::new(program).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status() {
         Ok(_) => Ok(()),
         Err(_) => Err(HarnessError::NotInstalled(program)),
