@@ -47,14 +47,16 @@ if current then
 end
 local fence = 0
 if ARGV[3] == '1' then
-  if not redis.call('GET', KEYS[2]) then
-    -- A counter that has to be created (first use, or lost with the data) starts from the
-    -- server's clock in microseconds: above every token an earlier counter gave out, as long
-    -- as that averaged at most one acquisition per microsecond and the clock never stepped back.
-    local t = redis.call('TIME')
-    redis.call('SET', KEYS[2], t[1] .. string.format('%06d', tonumber(t[2])))
-  end
-  fence = redis.call('INCR', KEYS[2])
+  -- The next token is the counter plus one, or the server's clock in microseconds if that is
+  -- higher. So tokens rise on this server whatever happened to the counter: lost with the data,
+  -- rolled back by an old snapshot, or one step behind on a replica promoted by a failover
+  -- (the step that never replicated); as long as the servers' clocks agree to within the time
+  -- between two grants and average at most one grant per microsecond.
+  local t = redis.call('TIME')
+  local now = tonumber(t[1] .. string.format('%06d', tonumber(t[2])))
+  local stored = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
+  fence = math.max(stored + 1, now)
+  redis.call('SET', KEYS[2], string.format('%.0f', fence))
 end
 -- '%.0f': Lua's own number-to-string keeps 14 digits only, and clock-based tokens have 16.
 redis.call('SET', KEYS[1], ARGV[1] .. ':' .. string.format('%.0f', fence), 'NX', 'PX', ARGV[2])

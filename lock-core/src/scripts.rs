@@ -81,7 +81,7 @@ pub struct LuaScript {
 pub const ACQUIRE: LuaScript = LuaScript {
     name: "acquire",
     source: include_str!("../scripts/acquire.lua"),
-    sha1: "09060cee3084d0993ea2e6294b834290cd0e8110",
+    sha1: "f9bebe5a245ca9f808b9109b18de832f260b8437",
 };
 
 /// `extend.lua`: owner-checked PEXPIRE. KEYS: lock. ARGV: token, ttl ms. Returns 1 or 0.

@@ -59,13 +59,15 @@ struct Inner {
     /// The "server clock": wall-clock microseconds at creation, advanced by tokio's clock.
     epoch_us: u64,
     created: Instant,
+    /// Controls only: tokens from the bare counter, without the clock floor.
+    counter_only: bool,
 }
 
 /// A lock store in process memory, on tokio's clock, so tests can run on paused time.
 ///
-/// It honours TTLs, mints fencing tokens (the counter survives expiry and release, like the
-/// Redis counter key; a counter that has to be created starts from the store's clock in
-/// microseconds, like the Redis one) and wakes waiters on release. Like a Redis node it keeps
+/// It honours TTLs, mints fencing tokens as the Redis script does (the counter plus one, or the
+/// store's clock in microseconds if that is higher; the counter survives expiry and release,
+/// like the Redis counter key) and wakes waiters on release. Like a Redis node it keeps
 /// a data-loss marker: after [`MemoryBackend::wipe`] it grants nothing for its quarantine
 /// ([`MemoryBackend::with_quarantine`]), by tokio's clock. Clones share one store, like several
 /// connections to one server.
@@ -106,6 +108,18 @@ impl MemoryBackend {
     /// An empty store, declared fresh, that grants nothing for `quarantine` (at least the
     /// request's TTL) after it lost its data ([`MemoryBackend::wipe`]).
     pub fn with_quarantine(quarantine: Duration) -> Self {
+        Self::build(quarantine, false)
+    }
+
+    /// A control for tests: like [`MemoryBackend::with_quarantine`], but fencing tokens come
+    /// from the bare counter (`INCR`), without the clock floor, so a counter rolled back by
+    /// [`MemoryBackend::restore_old_snapshot`] hands out tokens again that it gave out before.
+    /// The design this workspace replaced; tests use it to show their fencing checks bite.
+    pub fn with_counter_only_fences(quarantine: Duration) -> Self {
+        Self::build(quarantine, true)
+    }
+
+    fn build(quarantine: Duration, counter_only: bool) -> Self {
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let epoch_us = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -119,6 +133,7 @@ impl MemoryBackend {
                 quarantine,
                 epoch_us,
                 created: Instant::now(),
+                counter_only,
             }),
         }
     }
@@ -207,8 +222,9 @@ impl MemoryBackend {
 
     /// Forgets the locks and resets every fencing counter to 0 **but keeps the marker**: a
     /// restart that reloaded an old snapshot, the data loss the marker cannot see. The
-    /// known-unsafe deployment for fencing and mutual exclusion; tests use it to show their
-    /// checks are not vacuous.
+    /// known-unsafe deployment for mutual exclusion; fencing tokens still rise (the clock floor),
+    /// except on a [`MemoryBackend::with_counter_only_fences`] control. Tests use it to show
+    /// their checks are not vacuous.
     pub fn restore_old_snapshot(&self) {
         let mut state = self.state();
         state.locks.clear();
@@ -294,10 +310,12 @@ impl LockBackend for MemoryBackend {
             return Ok(Grant::from_start(started, req.ttl, fence)
                 .map_or(AcquireOutcome::Held { remaining: None }, AcquireOutcome::Acquired));
         }
-        let clock = self.clock_us();
+        // As acquire.lua: the counter plus one, or the clock if that is higher (a bare counter
+        // for the controls built with `counter_only_fences`).
+        let clock = if self.inner.counter_only { 0 } else { self.clock_us() };
         let fence = req.fencing.then(|| {
-            let counter = state.fences.entry(req.key.clone()).or_insert(clock);
-            *counter += 1;
+            let counter = state.fences.entry(req.key.clone()).or_insert(0);
+            *counter = (*counter + 1).max(clock);
             FencingToken(*counter)
         });
         state.locks.insert(req.key.clone(), Entry { token: req.token, expires_at, fence });

@@ -294,14 +294,17 @@ impl SentinelGroup {
         }
     }
 
-    /// Forces a failover (`SENTINEL FAILOVER`) and waits until every sentinel names the old
-    /// replica as primary, it answers as master, and the old primary replicates from it.
-    /// Returns the new primary's `127.0.0.1:<port>`.
+    /// Forces a failover (`SENTINEL FAILOVER`) and returns as soon as the replica answers as
+    /// master (its `127.0.0.1:<port>`), before the sentinels demote the old primary: in that
+    /// window both servers accept writes, and what the old primary takes then is lost when it
+    /// resyncs from the new one. The window real failovers have, opened on purpose.
+    /// [`SentinelGroup::failover`] waits for the whole failover instead.
     ///
     /// # Errors
-    /// [`HarnessError::NotReady`] with the sentinels' logs when it does not finish within 30 s.
-    pub fn failover(&self) -> Result<String, HarnessError> {
-        let old = self.primary_addr()?;
+    /// [`HarnessError::NotReady`] with the sentinels' logs when no replica is promoted within
+    /// 30 s.
+    pub fn begin_failover(&self) -> Result<String, HarnessError> {
+        let replica = self.replica()?;
         // A sentinel refuses while it still settles a previous failover; retry until it starts.
         self.wait_for("a sentinel to accept SENTINEL FAILOVER", |g| {
             Ok(match g.sentinels[0].cmd(&["SENTINEL", "FAILOVER", MASTER_NAME])? {
@@ -310,6 +313,67 @@ impl SentinelGroup {
                 _ => true,
             })
         })?;
+        let deadline = Instant::now() + SETTLE;
+        loop {
+            // Sentinel kills the promoted server's clients (this probe's too): retry on errors.
+            let role = replica.cmd(&["ROLE"]).unwrap_or(Resp::Bulk(None));
+            if matches!(&role, Resp::Array(Some(items)) if items.first().map(Resp::text).as_deref() == Some("master"))
+            {
+                return Ok(replica.addr());
+            }
+            if Instant::now() >= deadline {
+                return Err(HarnessError::NotReady {
+                    port: replica.port(),
+                    reason: format!("the replica was not promoted within {SETTLE:?}"),
+                    log: self
+                        .sentinels
+                        .iter()
+                        .map(SentinelProcess::log_tail)
+                        .collect::<Vec<_>>()
+                        .join("\n---\n"),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Waits until every sentinel names `primary` (`127.0.0.1:<port>`) as the primary: after
+    /// [`SentinelGroup::begin_failover`], the moment new clients are sent to the new primary
+    /// (the old one may not be demoted yet).
+    ///
+    /// # Errors
+    /// [`HarnessError::NotReady`] with the sentinels' logs after 30 s.
+    pub fn wait_named(&self, primary: &str) -> Result<(), HarnessError> {
+        self.wait_for("every sentinel to name the new primary", |g| {
+            for s in &g.sentinels {
+                match s.cmd(&["SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER_NAME])? {
+                    Resp::Array(Some(items))
+                        if items.len() == 2
+                            && format!("{}:{}", items[0].text(), items[1].text()) == primary => {}
+                    _ => return Ok(false),
+                }
+            }
+            Ok(true)
+        })
+    }
+
+    /// Forces a failover (`SENTINEL FAILOVER`) and waits until every sentinel names the old
+    /// replica as primary, it answers as master, and the old primary replicates from it.
+    /// Returns the new primary's `127.0.0.1:<port>`.
+    ///
+    /// # Errors
+    /// [`HarnessError::NotReady`] with the sentinels' logs when it does not finish within 30 s.
+    pub fn failover(&self) -> Result<String, HarnessError> {
+        let old = self.primary_addr()?;
+        self.begin_failover()?;
+        self.settle(&old)
+    }
+
+    /// Waits until a failover away from `old` has finished (see [`SentinelGroup::failover`]).
+    ///
+    /// # Errors
+    /// As [`SentinelGroup::failover`].
+    pub fn settle(&self, old: &str) -> Result<String, HarnessError> {
         self.wait_for("the failover to finish", |g| {
             let mut named = Vec::new();
             for s in &g.sentinels {
@@ -321,7 +385,7 @@ impl SentinelGroup {
                 }
             }
             let Some(new) = named.first().cloned() else { return Ok(false) };
-            if new == old || named.iter().any(|n| *n != new) {
+            if new == *old || named.iter().any(|n| *n != new) {
                 return Ok(false);
             }
             let Some(primary) = g.servers.iter().find(|s| s.addr() == new) else { return Ok(false) };

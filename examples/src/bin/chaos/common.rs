@@ -59,6 +59,35 @@ pub(crate) async fn connect_node(
     })
 }
 
+/// The primary that the sentinels at `sentinels` name for `master`, through the driver.
+pub(crate) async fn connect_sentinel(
+    driver: Driver,
+    master: &str,
+    sentinels: &[String],
+    command_timeout: Duration,
+    quarantine: Duration,
+) -> Result<Arc<dyn LockBackend>, DynError> {
+    let connect = Duration::from_secs(2);
+    Ok(match driver {
+        Driver::RedisRs => Arc::new(
+            RedisBackend::builder()
+                .connect_timeout(connect)
+                .command_timeout(command_timeout)
+                .quarantine(quarantine)
+                .connect_sentinel(master, sentinels)
+                .await?,
+        ),
+        Driver::Fred => Arc::new(
+            FredBackend::builder()
+                .connect_timeout(connect)
+                .command_timeout(command_timeout)
+                .quarantine(quarantine)
+                .connect_sentinel(master, sentinels)
+                .await?,
+        ),
+    })
+}
+
 /// The lock backend over the given node URLs: the node itself for one, a RedLock for more.
 /// A node that lost its data abstains for `quarantine` (at least the TTL of each request).
 pub(crate) async fn connect_backend(

@@ -14,6 +14,7 @@
 mod common;
 mod env;
 mod scenarios;
+mod sentinel_runs;
 mod unsafe_runs;
 mod worker;
 

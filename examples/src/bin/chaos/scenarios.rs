@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use crate::common::{Driver, DynError, WorkerSpec};
 use crate::env::Env;
-use crate::unsafe_runs;
+use crate::{sentinel_runs, unsafe_runs};
 
 /// Must pass, or must be caught.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -32,7 +32,7 @@ impl Kind {
     }
 }
 
-pub(crate) const ALL: [(&str, Kind, &str); 21] = [
+pub(crate) const ALL: [(&str, Kind, &str); 24] = [
     ("none", Kind::MustPass, "no fault"),
     ("minority-kill", Kind::MustPass, "a minority node killed, restarted empty after more than the TTL"),
     ("minority-pause", Kind::MustPass, "a minority node SIGSTOPped past the TTL, then resumed"),
@@ -56,18 +56,34 @@ pub(crate) const ALL: [(&str, Kind, &str); 21] = [
         "a node restarted at once without persistence while it holds a bare majority's lock",
     ),
     ("fence-loss", Kind::MustPass, "every node's fence counter deleted between two holders"),
+    ("fence-rollback", Kind::MustPass, "every node's fence counter rolled back to 0 (an old snapshot)"),
+    (
+        "sentinel-failover-fenced",
+        Kind::MustPass,
+        "sentinel-failover judged on the fenced resource (C2): the second holder's write is refused",
+    ),
     (
         "unsafe-restart",
         Kind::KnownUnsafe,
         "restart-at-once from an old snapshot: the locks lost, the data-loss marker kept",
     ),
+    (
+        "sentinel-failover",
+        Kind::KnownUnsafe,
+        "Sentinel failover: a lock the old primary granted before its demotion never replicated",
+    ),
     ("unsafe-clock-jump", Kind::KnownUnsafe, "a node's clock jumps forward (its key's PTTL shortened)"),
-    ("unsafe-fence-reset", Kind::KnownUnsafe, "fence-loss from an old snapshot: counters rolled back to 0"),
+    (
+        "mutant-counter-fence",
+        Kind::KnownUnsafe,
+        "mutant backend: tokens from a bare counter, rolled back to 0",
+    ),
     ("mutant-plain-del", Kind::KnownUnsafe, "mutant backend: release by plain DEL"),
     ("mutant-unchecked-extend", Kind::KnownUnsafe, "mutant backend: extend without an owner check"),
     ("mutant-reply-validity", Kind::KnownUnsafe, "mutant backend: validity measured from the reply"),
 ];
 
+#[derive(Clone)]
 pub(crate) struct Params {
     pub(crate) driver: Driver,
     pub(crate) nodes: usize,
@@ -205,6 +221,9 @@ pub(crate) fn print_row(o: &Outcome) {
 }
 
 pub(crate) async fn run(name: &str, kind: Kind, p: &Params) -> Result<Outcome, DynError> {
+    if sentinel_runs::SCENARIOS.contains(&name) {
+        return sentinel_runs::run(name, kind, p).await;
+    }
     match kind {
         Kind::MustPass if unsafe_runs::PINNED.contains(&name) => unsafe_runs::run(name, kind, p).await,
         Kind::MustPass => must_pass(name, p).await,

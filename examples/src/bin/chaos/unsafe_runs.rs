@@ -31,12 +31,24 @@ enum Bug {
     UncheckedExtend,
     /// The grant's validity is counted from the reply instead of from before the request.
     ValidityFromReply,
+    /// Fencing tokens from a bare counter (`INCR`, no clock floor): the design replaced
+    /// because a counter rolled back by an old snapshot hands tokens out again.
+    CounterFence,
+}
+
+/// The mutant's own bare counter for `key`, on the first node.
+fn mutant_counter(key: &LockKey) -> String {
+    format!("{}:mutant-counter", RedisKeys::for_key(key).fence)
 }
 
 struct Mutant {
     inner: Arc<dyn LockBackend>,
     bug: Bug,
     raw: Vec<redis::aio::MultiplexedConnection>,
+}
+
+fn raw_err_msg(what: &str) -> BackendError {
+    BackendError::permanent(BackendErrorKind::Other, what.to_string())
 }
 
 fn raw_err(e: redis::RedisError) -> BackendError {
@@ -63,6 +75,15 @@ impl LockBackend for Mutant {
                     valid_until: from_reply.unwrap_or(grant.valid_until),
                     fence: grant.fence,
                 }))
+            }
+            (Bug::CounterFence, AcquireOutcome::Acquired(grant)) if grant.fence.is_some() => {
+                let mut conn = self.raw.first().ok_or_else(|| raw_err_msg("no node"))?.clone();
+                let n: u64 = redis::cmd("INCR")
+                    .arg(mutant_counter(&req.key))
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(raw_err)?;
+                Ok(AcquireOutcome::Acquired(Grant { fence: Some(FencingToken(n)), ..grant }))
             }
             (_, out) => Ok(out),
         }
@@ -117,14 +138,14 @@ impl LockBackend for Mutant {
 }
 
 /// A client of the bare backend API, logging its sections like a worker does.
-struct Actor {
-    name: &'static str,
-    backend: Arc<dyn LockBackend>,
-    rec: Recorder,
-    rounds: u32,
+pub(crate) struct Actor {
+    pub(crate) name: &'static str,
+    pub(crate) backend: Arc<dyn LockBackend>,
+    pub(crate) rec: Recorder,
+    pub(crate) rounds: u32,
 }
 
-struct Held {
+pub(crate) struct Held {
     acq: String,
     key: LockKey,
     token: Token,
@@ -145,7 +166,7 @@ fn lost_at(rec: &Recorder, acq: &str, until: Instant) -> tokio::task::AbortHandl
 }
 
 impl Actor {
-    async fn acquire(&mut self, key: &str, ttl: Duration) -> Result<Held, DynError> {
+    pub(crate) async fn acquire(&mut self, key: &str, ttl: Duration) -> Result<Held, DynError> {
         let key = LockKey::new(key)?;
         let token = Token::random();
         let req = AcquireRequest { key: key.clone(), token, ttl, fencing: true };
@@ -179,7 +200,7 @@ impl Actor {
 
     /// One lock and unlock of another key, so the scripts are loaded before faults begin (a
     /// first call may cost an extra round trip for NOSCRIPT).
-    async fn warm_up(&self) -> Result<(), DynError> {
+    pub(crate) async fn warm_up(&self) -> Result<(), DynError> {
         let key = LockKey::new(format!("warm-up:{}", self.name))?;
         let token = Token::random();
         let req = AcquireRequest { key: key.clone(), token, ttl: Duration::from_secs(1), fencing: true };
@@ -188,7 +209,7 @@ impl Actor {
         Ok(())
     }
 
-    async fn write(&self, env: &Env, held: &Held) -> Result<(), DynError> {
+    pub(crate) async fn write(&self, env: &Env, held: &Held) -> Result<(), DynError> {
         let token = held.fence.ok_or("no fencing token")?;
         let accepted = env.oracle.fenced_write(held.key.as_str(), token).await?;
         self.rec.record(Event::Write { acq: held.acq.clone(), token, accepted, t: self.rec.now() });
@@ -205,7 +226,7 @@ impl Actor {
         Ok(())
     }
 
-    async fn release(&self, held: Held) -> Result<(), DynError> {
+    pub(crate) async fn release(&self, held: Held) -> Result<(), DynError> {
         if Instant::now() < held.valid_until {
             held.deadline.abort();
         }
@@ -224,7 +245,7 @@ impl Actor {
 
 /// Must-pass runs on the same pinned schedules as their known-unsafe twins: the fault alone,
 /// which the data-loss marker and the clock-based counters make safe.
-pub(crate) const PINNED: [&str; 2] = ["restart-at-once", "fence-loss"];
+pub(crate) const PINNED: [&str; 3] = ["restart-at-once", "fence-loss", "fence-rollback"];
 
 pub(crate) async fn run(name: &str, kind: Kind, p: &Params) -> Result<Outcome, DynError> {
     let mut env = Env::start(p.nodes).await?;
@@ -280,21 +301,37 @@ pub(crate) async fn run(name: &str, kind: Kind, p: &Params) -> Result<Outcome, D
             a.release(held).await?;
             (&[Check::C1], "B acquired while A still held")
         }
-        "fence-loss" | "unsafe-fence-reset" => {
-            let mut a = actor("A", connect_backend(p.driver, &env.lane_urls("A").await?, fast, ttl).await?);
-            let held = a.acquire(&key, ttl).await?;
-            a.write(&env, &held).await?;
-            let fence_key = RedisKeys::for_key(&held.key).fence;
-            a.release(held).await?;
-            for node in &env.nodes {
+        "fence-loss" | "fence-rollback" | "mutant-counter-fence" => {
+            let is_mutant = name == "mutant-counter-fence";
+            let mut a_backend = connect_backend(p.driver, &env.lane_urls("A").await?, fast, ttl).await?;
+            if is_mutant {
+                a_backend = mutant(&env, a_backend, Bug::CounterFence).await?;
+            }
+            let mut a = actor("A", a_backend);
+            let mut fence_key = String::new();
+            // Two sections, so that a counter handing out its first token again goes back.
+            for _ in 0..2 {
+                let held = a.acquire(&key, ttl).await?;
+                a.write(&env, &held).await?;
+                fence_key = RedisKeys::for_key(&held.key).fence;
+                a.release(held).await?;
+            }
+            for (i, node) in env.nodes.iter().enumerate() {
                 if name == "fence-loss" {
                     node.cmd(&["DEL", &fence_key])?; // the counter did not survive a restart
                 } else {
                     node.cmd(&["SET", &fence_key, "0"])?; // an old snapshot's counter
+                    if i == 0 {
+                        node.cmd(&["SET", &format!("{fence_key}:mutant-counter"), "0"])?;
+                    }
                 }
                 faults += 1;
             }
-            let mut b = actor("B", connect_backend(p.driver, &env.lane_urls("B").await?, fast, ttl).await?);
+            let mut b_backend = connect_backend(p.driver, &env.lane_urls("B").await?, fast, ttl).await?;
+            if is_mutant {
+                b_backend = mutant(&env, b_backend, Bug::CounterFence).await?;
+            }
+            let mut b = actor("B", b_backend);
             let held = b.acquire(&key, ttl).await?;
             b.write(&env, &held).await?;
             b.release(held).await?;
