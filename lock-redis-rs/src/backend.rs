@@ -261,7 +261,7 @@ impl RedisBackendBuilder {
             .set_response_timeout(Some(self.command_timeout));
         drop(self.within(&what, client.get_multiplexed_async_connection_with_config(&probe)).await?);
         let conn = self.within(&what, ConnectionManager::new_with_config(client.clone(), config)).await?;
-        Ok(self.finish(conn, endpoint, Some(PubsubSource::Client(client)), true))
+        Ok(self.finish(conn, endpoint, Some(PubsubSource::Client(Box::new(client))), true))
     }
 
     /// The same as [`RedisBackendBuilder::connect`], which reconnects now.
@@ -303,7 +303,7 @@ impl RedisBackendBuilder {
             .set_response_timeout(Some(self.command_timeout));
         let what = format!("connecting to {endpoint}");
         let conn = self.within(&what, client.get_multiplexed_async_connection_with_config(&config)).await?;
-        Ok(self.finish(conn, endpoint, Some(PubsubSource::Client(client)), true))
+        Ok(self.finish(conn, endpoint, Some(PubsubSource::Client(Box::new(client))), true))
     }
 
     /// Connects to a Redis Cluster through its seed nodes.
@@ -346,7 +346,7 @@ impl RedisBackendBuilder {
             .map_err(|e| map_error(e, "invalid cluster configuration"))?;
         let what = format!("connecting to {endpoint}");
         let conn = self.within(&what, client.get_async_connection()).await?;
-        Ok(self.finish(conn, endpoint, Some(PubsubSource::Client(pubsub)), false))
+        Ok(self.finish(conn, endpoint, Some(PubsubSource::Client(Box::new(pubsub))), false))
     }
 }
 
@@ -540,7 +540,7 @@ where
             endpoint: self.shared.endpoint.clone(),
             command_timeout: self.shared.command_timeout,
             guard: self.shared.guard.clone(),
-            pubsub_client: Some(PubsubSource::Client(client)),
+            pubsub_client: Some(PubsubSource::Client(Box::new(client))),
             sentinel_master: self.shared.sentinel_master.clone(),
             notifier: OnceLock::new(),
         };

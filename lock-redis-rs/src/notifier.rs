@@ -14,14 +14,14 @@ use crate::sentinel::SentinelConnection;
 /// (re)connect.
 #[derive(Clone)]
 pub(crate) enum PubsubSource {
-    Client(redis::Client),
+    Client(Box<redis::Client>),
     Sentinel(SentinelConnection),
 }
 
 impl PubsubSource {
     async fn client(&self) -> redis::RedisResult<redis::Client> {
         match self {
-            PubsubSource::Client(c) => Ok(c.clone()),
+            PubsubSource::Client(c) => Ok(c.as_ref().clone()),
             PubsubSource::Sentinel(s) => s.primary_client().await,
         }
     }

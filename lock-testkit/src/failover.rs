@@ -182,13 +182,10 @@ pub async fn failover_is_followed<B: LockBackend + Clone>(backend: B, group: &Se
     assert!(gap < 100 * MS, "after the failover a waiter acquired {gap:?} after the release: not woken");
 }
 
-/// Stamps the Sentinel contracts on a backend built by `$connect(master_name, sentinel_urls)`:
-/// each test starts its own [`SentinelGroup`] on free loopback ports.
-///
-/// ```ignore
-/// async fn connect(master: String, sentinels: Vec<String>) -> MyBackend { /* ... */ }
-/// lock_testkit::sentinel_suite!(connect);
-/// ```
+/// Stamps the Sentinel contracts on a backend built by `$connect(master_name, sentinel_urls)`,
+/// an async fn returning the backend (panicking on error), as one `#[tokio::test]` each: each
+/// test starts its own [`SentinelGroup`] on free loopback ports. See
+/// `lock-redis-rs/tests/sentinel.rs` and `lock-fred/tests/sentinel.rs`.
 #[macro_export]
 macro_rules! sentinel_suite {
     ($connect:path) => {

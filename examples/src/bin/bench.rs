@@ -167,6 +167,15 @@ impl Contender for Rslock {
     }
 }
 
+/// 101 points of the distribution (the 0th to 100th percentile), in microseconds: what the
+/// CDF pictures are drawn from, kept in the JSON.
+fn quantiles_us(sorted: &[Duration]) -> Vec<f64> {
+    if sorted.is_empty() {
+        return Vec::new();
+    }
+    (0..=100).map(|q| us(percentile(sorted, f64::from(q) / 100.0))).collect()
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -247,7 +256,8 @@ async fn sequential(
         let ratio = if base.is_empty() { 0.0 } else { rate / base[0] };
         println!("   {:<16} {:>12.0} {:>10.1} {:>10.1} {:>8.2}x", c.name(), rate, us(p50), us(p99), ratio);
         out.push(serde_json::json!({
-            "contender": c.name(), "cycles_per_s": rate, "p50_us": us(p50), "p99_us": us(p99), "ratio_vs_raw": ratio
+            "contender": c.name(), "cycles_per_s": rate, "p50_us": us(p50), "p99_us": us(p99), "ratio_vs_raw": ratio,
+            "quantiles_us": quantiles_us(&l)
         }));
     }
     out
@@ -401,7 +411,8 @@ async fn contended<H: Handoff>(name: &str, lockers: Vec<H>, run: Duration) -> se
     );
     serde_json::json!({
         "contender": name, "acquisitions_per_s": rate, "gap_p50_ms": us(g50) / 1000.0, "gap_p99_ms": us(g99) / 1000.0,
-        "wait_p50_ms": us(w50) / 1000.0, "wait_p99_ms": us(w99) / 1000.0, "wait_max_ms": us(wmax) / 1000.0, "fairness": fairness
+        "wait_p50_ms": us(w50) / 1000.0, "wait_p99_ms": us(w99) / 1000.0, "wait_max_ms": us(wmax) / 1000.0, "fairness": fairness,
+        "wait_quantiles_us": quantiles_us(&waits)
     })
 }
 
@@ -672,8 +683,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
     targets(&doc);
     if let Some(path) = args.json {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)?;
+        }
         std::fs::write(&path, serde_json::to_string_pretty(&doc)?)?;
-        println!("\nwrote {}", path.display());
+        let latency = path.with_file_name(format!("{}-latency.svg", stem(&path)));
+        cdf_svg(
+            &latency,
+            "lock+unlock latency, one task, distinct keys (CDF)",
+            &doc["sequential"],
+            "quantiles_us",
+        )?;
+        let wait = path.with_file_name(format!("{}-wait.svg", stem(&path)));
+        cdf_svg(
+            &wait,
+            "contended wait: 8 tasks, one key, hold 1 ms (CDF)",
+            &doc["contended"],
+            "wait_quantiles_us",
+        )?;
+        println!("\nwrote {}, {} and {}", path.display(), latency.display(), wait.display());
     }
     Ok(())
 }
@@ -730,4 +758,65 @@ fn targets(doc: &serde_json::Value) {
     for (what, measured, ok) in &rows {
         println!("   {:<48} {:>9}  {}", what, measured, if *ok { "met" } else { "MISSED" });
     }
+}
+
+fn stem(path: &std::path::Path) -> String {
+    path.file_stem().map_or_else(|| "bench".to_string(), |s| s.to_string_lossy().into_owned())
+}
+
+/// One CDF per contender (log x axis, microseconds) from the quantiles kept in the JSON.
+fn cdf_svg(
+    path: &std::path::Path,
+    title: &str,
+    rows: &serde_json::Value,
+    field: &str,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use plotters::prelude::*;
+    let series: Vec<(String, Vec<f64>)> = rows
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|r| {
+                    let name = r["contender"].as_str()?.to_string();
+                    let q: Vec<f64> = r[field].as_array()?.iter().filter_map(|v| v.as_f64()).collect();
+                    (!q.is_empty()).then_some((name, q))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let lo = series.iter().flat_map(|(_, q)| q.first()).copied().fold(f64::MAX, f64::min).max(1.0);
+    let hi = series.iter().flat_map(|(_, q)| q.last()).copied().fold(1.0, f64::max).max(lo * 10.0);
+    let root = SVGBackend::new(path, (1000, 560)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 18))
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(50)
+        .build_cartesian_2d((lo * 0.8..hi * 1.25).log_scale(), 0f64..1f64)?;
+    chart
+        .configure_mesh()
+        .x_desc("microseconds (log scale)")
+        .x_labels(8)
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .y_desc("fraction of operations")
+        .y_labels(11)
+        .draw()?;
+    for (i, (name, q)) in series.iter().enumerate() {
+        let colour = Palette99::pick(i).to_rgba();
+        let last = (q.len() - 1).max(1) as f64;
+        let points = q.iter().enumerate().map(|(k, v)| (v.max(lo), k as f64 / last));
+        chart
+            .draw_series(LineSeries::new(points, colour.stroke_width(2)))?
+            .label(name.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2)));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
 }

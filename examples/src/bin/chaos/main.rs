@@ -15,6 +15,7 @@ mod common;
 mod env;
 mod scenarios;
 mod sentinel_runs;
+mod timeline;
 mod unsafe_runs;
 mod worker;
 
@@ -179,7 +180,20 @@ async fn run(args: &Args) -> Result<bool, DynError> {
         }
     }
     if let Some(path) = &args.json {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)?;
+        }
         std::fs::write(path, serde_json::to_vec_pretty(&outcomes)?)?;
+        // Timelines next to the JSON: out.json -> out/<scenario>.svg.
+        let dir = path.with_extension("");
+        std::fs::create_dir_all(&dir)?;
+        for o in &outcomes {
+            if let Some(tl) = &o.timeline {
+                let svg = dir.join(format!("{}.svg", o.scenario));
+                timeline::write_svg(&svg, &o.scenario, o.driver, tl)?;
+            }
+        }
+        println!("wrote {} and its timelines in {}", path.display(), dir.display());
     }
     Ok(ok)
 }

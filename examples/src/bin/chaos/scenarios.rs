@@ -13,6 +13,7 @@ use tokio::time::Instant;
 
 use crate::common::{Driver, DynError, WorkerSpec};
 use crate::env::Env;
+use crate::timeline::{FaultSpan, Timeline};
 use crate::{sentinel_runs, unsafe_runs};
 
 /// Must pass, or must be caught.
@@ -118,6 +119,9 @@ pub(crate) struct Outcome {
     pub(crate) samples: Vec<String>,
     /// Expectations not met, worker failures, errors.
     pub(crate) problems: Vec<String>,
+    /// What the SVG timeline is drawn from (not in the JSON).
+    #[serde(skip)]
+    pub(crate) timeline: Option<Timeline>,
 }
 
 impl Outcome {
@@ -134,6 +138,7 @@ impl Outcome {
             fenced_rejected: 0,
             verdict: "ERROR".into(),
             ok: false,
+            timeline: None,
             samples: Vec::new(),
             problems: vec![format!("error: {error}")],
         }
@@ -174,7 +179,14 @@ impl Outcome {
             ok,
             samples: report.violations.iter().take(3).map(|v| format!("{}: {}", v.check, v.what)).collect(),
             problems,
+            timeline: None,
         }
+    }
+
+    /// Keeps what the run's timeline is drawn from.
+    pub(crate) fn with_timeline(mut self, history: History, faults: Vec<FaultSpan>, report: &Report) -> Self {
+        self.timeline = Some(Timeline { history, faults, violations: report.violations.clone() });
+        self
     }
 }
 
@@ -238,6 +250,15 @@ const KEYS: [&str; 2] = ["chaos:a", "chaos:b"];
 struct Injected {
     count: u64,
     pauses: Vec<Pause>,
+    /// For the timeline.
+    spans: Vec<FaultSpan>,
+}
+
+impl Injected {
+    /// Records a fault on every row (a node fault) or on one worker's, from `from` to now.
+    fn span(&mut self, kind: &'static str, worker: Option<String>, from: u64) {
+        self.spans.push(FaultSpan { kind, worker, from, to: mono_now_ns() });
+    }
 }
 
 async fn must_pass(name: &str, p: &Params) -> Result<Outcome, DynError> {
@@ -316,7 +337,9 @@ async fn must_pass(name: &str, p: &Params) -> Result<Outcome, DynError> {
     let report = check(&history, &obs);
     env.keep_logs();
     expectations(name, &history, &report, &injected, &mut problems);
-    Ok(Outcome::judge(name, Kind::MustPass, p, &report, faults, &[], problems))
+    let spans = std::mem::take(&mut injected.spans);
+    Ok(Outcome::judge(name, Kind::MustPass, p, &report, faults, &[], problems)
+        .with_timeline(history, spans, &report))
 }
 
 /// What a scenario must show besides the absence of violations, so that it tested what it says.
@@ -383,15 +406,19 @@ async fn schedule(
         "minority-kill" => {
             // N = 1 has no minority: its one node goes (a majority), which must be safe too.
             let victim = n - 1;
+            let from = mono_now_ns();
             env.nodes[victim].kill();
             inj.count += 1;
             tokio::time::sleep(ttl * 3 / 2).await; // a delayed restart: longer than the TTL
             env.nodes[victim].restart()?;
+            inj.span("kill", None, from);
         }
         "conn-kill-loop" => {
             for round in 0..MAX_ROUNDS {
                 let victim = round % n;
+                let from = mono_now_ns();
                 let killed = env.nodes[victim].cmd(&["CLIENT", "KILL", "TYPE", "normal"])?;
+                inj.span("conn-kill", None, from);
                 inj.count += u64::try_from(killed.int().unwrap_or(0).max(0))?;
                 tokio::time::sleep(Duration::from_millis(150)).await;
                 if !left(end, Duration::from_millis(300)) {
@@ -403,10 +430,12 @@ async fn schedule(
             for _ in 0..MAX_ROUNDS {
                 let victim = rng.random_range(0..n);
                 let victim = if n >= 3 { victim } else { 0 };
+                let from = mono_now_ns();
                 env.nodes[victim].pause()?;
                 inj.count += 1;
                 tokio::time::sleep(ttl * 3 / 2).await;
                 env.nodes[victim].resume()?;
+                inj.span("pause", None, from);
                 tokio::time::sleep(ttl / 2).await;
                 if !left(end, ttl * 2) {
                     break;
@@ -415,6 +444,7 @@ async fn schedule(
         }
         "majority-pause" => {
             for _ in 0..MAX_ROUNDS {
+                let from = mono_now_ns();
                 for node in &env.nodes[..m] {
                     node.pause()?;
                 }
@@ -423,6 +453,7 @@ async fn schedule(
                 for node in &env.nodes[..m] {
                     node.resume()?;
                 }
+                inj.span("pause", None, from);
                 tokio::time::sleep(ttl).await;
                 if !left(end, ttl * 3) {
                     break;
@@ -431,6 +462,7 @@ async fn schedule(
         }
         "latency" => {
             let d = Duration::from_millis(100);
+            let from = mono_now_ns();
             for proxy in env.proxies.iter().take(2) {
                 proxy.set_mode(ProxyMode::Latency { up: d, down: d });
             }
@@ -438,9 +470,11 @@ async fn schedule(
             for proxy in &env.proxies {
                 proxy.set_mode(ProxyMode::Pass);
             }
+            inj.span("latency", None, from);
         }
         "slow-replies" => {
             for _ in 0..MAX_ROUNDS {
+                let from = mono_now_ns();
                 for proxy in &env.proxies {
                     proxy.set_mode(ProxyMode::Latency {
                         up: Duration::ZERO,
@@ -451,6 +485,7 @@ async fn schedule(
                 for proxy in &env.proxies {
                     proxy.set_mode(ProxyMode::Pass);
                 }
+                inj.span("slow", None, from);
                 tokio::time::sleep(ttl * 2).await;
                 if !left(end, ttl * 4) {
                     break;
@@ -463,6 +498,7 @@ async fn schedule(
                 let count = if round % 3 == 2 { m } else { 1 };
                 let first = rng.random_range(0..n);
                 let victims: Vec<usize> = (0..count).map(|i| (first + i) % n).collect();
+                let from = mono_now_ns();
                 for &v in &victims {
                     env.proxies[v].set_mode(ProxyMode::DropReplies);
                 }
@@ -470,6 +506,7 @@ async fn schedule(
                 for &v in &victims {
                     env.proxies[v].set_mode(ProxyMode::Pass);
                 }
+                inj.span("drop", None, from);
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 if !left(end, Duration::from_millis(300)) {
                     break;
@@ -481,6 +518,7 @@ async fn schedule(
             for _ in 0..MAX_ROUNDS {
                 if let Some(h) = tail.holder(env, Duration::from_secs(2)).await {
                     let lane = env.workers[h].id.clone();
+                    let from = mono_now_ns();
                     for proxy in &env.proxies[..m] {
                         proxy.set_lane_mode(&lane, ProxyMode::Blackhole);
                     }
@@ -489,6 +527,7 @@ async fn schedule(
                     for proxy in &env.proxies[..m] {
                         proxy.set_lane_mode(&lane, ProxyMode::Pass);
                     }
+                    inj.span("blackhole", Some(lane), from);
                 }
                 tokio::time::sleep(ttl / 2).await;
                 if !left(end, ttl * 2) {
@@ -507,6 +546,12 @@ async fn schedule(
                     env.workers[h].cont()?;
                     let to = mono_now_ns();
                     inj.pauses.push(Pause { worker: env.workers[h].id.clone(), from, to });
+                    inj.spans.push(FaultSpan {
+                        kind: "pause",
+                        worker: Some(env.workers[h].id.clone()),
+                        from,
+                        to,
+                    });
                 }
                 tokio::time::sleep(ttl / 2).await;
                 if !left(end, ttl * 2) {
@@ -520,8 +565,10 @@ async fn schedule(
             let kills = (env.workers.len().saturating_sub(2)).clamp(1, 2);
             for _ in 0..kills {
                 if let Some(h) = tail.holder(env, Duration::from_secs(2)).await {
+                    let from = mono_now_ns();
                     env.workers[h].kill().await;
                     inj.count += 1;
+                    inj.span("kill", Some(env.workers[h].id.clone()), from);
                 }
                 tokio::time::sleep(ttl).await;
                 if !left(end, ttl) {
@@ -533,9 +580,11 @@ async fn schedule(
         "conn-resets" => {
             for _ in 0..MAX_ROUNDS {
                 let v = rng.random_range(0..n);
+                let from = mono_now_ns();
                 env.proxies[v].set_mode(ProxyMode::Reset);
                 tokio::time::sleep(Duration::from_millis(5)).await;
                 env.proxies[v].set_mode(ProxyMode::Pass);
+                inj.span("reset", None, from);
                 tokio::time::sleep(Duration::from_millis(rng.random_range(50..150))).await;
                 if !left(end, Duration::from_millis(200)) {
                     break;

@@ -31,6 +31,7 @@ use lock_testkit::history::{History, Recorder};
 use crate::common::{DynError, connect_sentinel};
 use crate::env::Env;
 use crate::scenarios::{Kind, Outcome, Params};
+use crate::timeline::FaultSpan;
 use crate::unsafe_runs::Actor;
 
 pub(crate) const SCENARIOS: [&str; 2] = ["sentinel-failover", "sentinel-failover-fenced"];
@@ -83,6 +84,7 @@ async fn one_try(name: &str, kind: Kind, p: &Params) -> Result<(Outcome, bool), 
     tokio::task::spawn_blocking(move || g.sync_replica()).await??;
 
     let g = Arc::clone(&group);
+    let failover_from = rec.now();
     let promoted = tokio::task::spawn_blocking(move || g.begin_failover()).await??;
     // The window: the replica is master, the old primary not yet demoted.
     let held = a.acquire(&key, TTL).await?;
@@ -90,6 +92,7 @@ async fn one_try(name: &str, kind: Kind, p: &Params) -> Result<(Outcome, bool), 
     // B is a client that arrives once the sentinels send new clients to the new primary.
     let g = Arc::clone(&group);
     tokio::task::spawn_blocking(move || g.wait_named(&promoted)).await??;
+    let named_at = rec.now();
     let mut b = Actor {
         name: "B",
         backend: connect_sentinel(p.driver, &master, &urls, command_timeout, TTL).await?,
@@ -105,6 +108,7 @@ async fn one_try(name: &str, kind: Kind, p: &Params) -> Result<(Outcome, bool), 
 
     let mut oracle_accepted = std::collections::BTreeMap::new();
     oracle_accepted.insert(key.clone(), env.oracle.accepted(&key).await?);
+    let spans = vec![FaultSpan { kind: "failover", worker: None, from: failover_from, to: named_at }];
     let history = History::from_events(rec.events());
     let obs =
         Observations { fencing: true, oracle_accepted, faults_injected: Some(1), ..Observations::default() };
@@ -130,5 +134,7 @@ async fn one_try(name: &str, kind: Kind, p: &Params) -> Result<(Outcome, bool), 
     if kind == Kind::MustPass && provoked && report.fenced_rejected == 0 {
         problems.push("the overlap happened but the resource refused no write".to_string());
     }
-    Ok((Outcome::judge(name, kind, p, &report, obs.faults_injected, expected, problems), provoked))
+    let outcome = Outcome::judge(name, kind, p, &report, obs.faults_injected, expected, problems)
+        .with_timeline(history, spans, &report);
+    Ok((outcome, provoked))
 }

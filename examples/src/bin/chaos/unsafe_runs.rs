@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use crate::common::{DynError, connect_backend};
 use crate::env::Env;
 use crate::scenarios::{Kind, Outcome, Params};
+use crate::timeline::FaultSpan;
 
 /// A backend with one deliberate bug. Only the runner ever builds one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -271,6 +272,13 @@ pub(crate) async fn run(name: &str, kind: Kind, p: &Params) -> Result<Outcome, D
         }
     };
     let mut faults = 0u64;
+    let mut spans: Vec<FaultSpan> = Vec::new();
+    let fault_kind: &'static str = match name {
+        "restart-at-once" | "unsafe-restart" => "restart",
+        "unsafe-clock-jump" => "clock-jump",
+        "fence-loss" | "fence-rollback" => "counter",
+        _ => "mutant",
+    };
     let (expected, _hint): (&[Check], &str) = match name {
         "restart-at-once" | "unsafe-restart" | "unsafe-clock-jump" => {
             // A holds exactly a bare majority: its lanes to the other nodes are blackholed.
@@ -292,6 +300,12 @@ pub(crate) async fn run(name: &str, kind: Kind, p: &Params) -> Result<Outcome, D
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             faults += 1;
+            spans.push(FaultSpan {
+                kind: fault_kind,
+                worker: None,
+                from: rec.now(),
+                to: rec.now() + 20_000_000,
+            });
             let mut b = actor("B", connect_backend(p.driver, &env.lane_urls("B").await?, fast, ttl).await?);
             let b_held = b.acquire(&key, ttl).await?;
             b.release(b_held).await?;
@@ -326,6 +340,18 @@ pub(crate) async fn run(name: &str, kind: Kind, p: &Params) -> Result<Outcome, D
                     }
                 }
                 faults += 1;
+                spans.push(FaultSpan {
+                    kind: fault_kind,
+                    worker: None,
+                    from: rec.now(),
+                    to: rec.now() + 20_000_000,
+                });
+                spans.push(FaultSpan {
+                    kind: fault_kind,
+                    worker: None,
+                    from: rec.now(),
+                    to: rec.now() + 20_000_000,
+                });
             }
             let mut b_backend = connect_backend(p.driver, &env.lane_urls("B").await?, fast, ttl).await?;
             if is_mutant {
@@ -346,6 +372,12 @@ pub(crate) async fn run(name: &str, kind: Kind, p: &Params) -> Result<Outcome, D
             let b_held = b.acquire(&key, ttl).await?;
             a.release(held).await?; // deletes B's key
             faults += 1;
+            spans.push(FaultSpan {
+                kind: fault_kind,
+                worker: None,
+                from: rec.now(),
+                to: rec.now() + 20_000_000,
+            });
             let mut c = actor("C", connect_backend(p.driver, &env.lane_urls("C").await?, fast, ttl).await?);
             let c_held = c.acquire(&key, ttl).await?;
             c.release(c_held).await?;
@@ -361,6 +393,12 @@ pub(crate) async fn run(name: &str, kind: Kind, p: &Params) -> Result<Outcome, D
             let b_held = b.acquire(&key, ttl).await?;
             a.extend(&mut held, ttl).await?; // extends B's key, and believes it is A's
             faults += 1;
+            spans.push(FaultSpan {
+                kind: fault_kind,
+                worker: None,
+                from: rec.now(),
+                to: rec.now() + 20_000_000,
+            });
             tokio::time::sleep(fast).await;
             a.release(held).await?;
             b.release(b_held).await?;
@@ -377,6 +415,12 @@ pub(crate) async fn run(name: &str, kind: Kind, p: &Params) -> Result<Outcome, D
             }
             let held = a.acquire(&key, ttl).await?;
             faults += 1;
+            spans.push(FaultSpan {
+                kind: fault_kind,
+                worker: None,
+                from: rec.now(),
+                to: rec.now() + 20_000_000,
+            });
             let mut b = actor("B", connect_backend(p.driver, &env.lane_urls("B").await?, fast, ttl).await?);
             let b_held = b.acquire(&key, ttl).await?;
             b.release(b_held).await?;
@@ -400,5 +444,6 @@ pub(crate) async fn run(name: &str, kind: Kind, p: &Params) -> Result<Outcome, D
     };
     let report = check(&history, &obs);
     let expected = if kind == Kind::MustPass { &[][..] } else { expected };
-    Ok(Outcome::judge(name, kind, p, &report, obs.faults_injected, expected, Vec::new()))
+    Ok(Outcome::judge(name, kind, p, &report, obs.faults_injected, expected, Vec::new())
+        .with_timeline(history, spans, &report))
 }
