@@ -3,7 +3,8 @@
 //! One row per worker; a bar per critical section from acquire to release (or to the loss of
 //! the lease, or to its validity end for a crashed holder), coloured by fencing token (a
 //! gradient in grant order), with the validity end marked by a black tick where it mattered
-//! (the section ran up to it or past it, or was lost) and a noticed loss by a small red cross; injected faults (pause, kill, latency, blackhole, dropped replies,
+//! (the section ran up to it or past it, or was lost), a noticed loss by a small red cross,
+//! and each write the fenced resource refused as a red dot above its bar; injected faults (pause, kill, latency, blackhole, dropped replies,
 //! resets, failover) as shaded spans over the rows they hit (every row for a node fault); every
 //! checker violation as a red line at the instant it happened, labelled with its check.
 
@@ -95,11 +96,12 @@ pub(crate) fn write_svg(path: &Path, scenario: &str, driver: &str, tl: &Timeline
 
     let root = SVGBackend::new(path, (WIDTH, height)).into_drawing_area();
     root.fill(&WHITE)?;
+    let count = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
     let title = format!(
-        "chaos {scenario} ({driver}): {} sections, {} faults, {} violations",
-        sections.len(),
-        tl.faults.len(),
-        tl.violations.len()
+        "chaos {scenario} ({driver}): {}, {}, {}",
+        count(sections.len(), "section"),
+        count(tl.faults.len(), "fault"),
+        count(tl.violations.len(), "violation")
     );
     root.draw(&Text::new(title, (LEFT as i32, 12), ("sans-serif", 18).into_font().color(&BLACK)))?;
     legend(&root, &tl.faults)?;
@@ -162,6 +164,9 @@ pub(crate) fn write_svg(path: &Path, scenario: &str, driver: &str, tl: &Timeline
         if s.t_lost.is_some() || s.t_released.is_none_or(|t| t >= s.valid_until) {
             let v = x(s.valid_until);
             plot.draw(&PathElement::new(vec![(v, top - 4), (v, bottom + 4)], BLACK.stroke_width(1)))?;
+        }
+        for w in s.writes.iter().filter(|w| !w.accepted) {
+            plot.draw(&Circle::new((x(w.t), top - 3), 3, RED.filled()))?;
         }
         if let Some(l) = s.t_lost {
             let (lx, ly) = (x(l), (top + bottom) / 2);
@@ -229,6 +234,10 @@ fn legend(root: &DrawingArea<SVGBackend<'_>, Shift>, faults: &[FaultSpan]) -> Re
     item("loss noticed".into(), &|x| {
         root.draw(&PathElement::new(vec![(x + 4, y + 1), (x + 12, y + 9)], RED.stroke_width(2)))?;
         root.draw(&PathElement::new(vec![(x + 4, y + 9), (x + 12, y + 1)], RED.stroke_width(2)))?;
+        Ok(())
+    })?;
+    item("write refused by the fenced resource".into(), &|x| {
+        root.draw(&Circle::new((x + 8, y + 5), 4, RED.filled()))?;
         Ok(())
     })?;
     item("violation".into(), &|x| {
