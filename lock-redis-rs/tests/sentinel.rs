@@ -23,16 +23,6 @@ async fn names_the_primary_and_follows_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn doctor_warns_about_a_sentinel_primary() {
-    let group = lock_testkit::SentinelGroup::start().unwrap();
-    let backend = connect(group.master_name().to_string(), group.sentinel_urls()).await;
-    let findings = lock_core::LockBackend::check_deployment(&backend).await.unwrap();
-    let sentinel = findings.iter().find(|f| f.code == "sentinel").unwrap_or_else(|| panic!("{findings:?}"));
-    assert_eq!(sentinel.severity, lock_core::doctor::Severity::Warning);
-    assert!(sentinel.fix.contains("fencing"), "{sentinel}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_configuration_is_a_clear_error() {
     let none: [&str; 0] = [];
     let err = RedisBackend::builder().connect_sentinel("m", &none).await.unwrap_err();

@@ -182,6 +182,28 @@ pub async fn failover_is_followed<B: LockBackend + Clone>(backend: B, group: &Se
     assert!(gap < 100 * MS, "after the failover a waiter acquired {gap:?} after the release: not woken");
 }
 
+/// The doctor reports a backend that reaches its primary through Sentinel with the `sentinel`
+/// warning, whose fix names fencing and RedLock.
+///
+/// # Errors
+/// None: a backend that breaks the contract fails the test (this panics).
+///
+/// # Cancel safety
+/// Test code: cancelling abandons the check, nothing else.
+///
+/// # Examples
+/// ```no_run
+/// # async fn demo<B: lock_core::LockBackend>(backend: B) {
+/// lock_testkit::failover::doctor_warns_about_sentinel(backend).await;
+/// # }
+/// ```
+pub async fn doctor_warns_about_sentinel<B: LockBackend>(backend: B) {
+    let findings = backend.check_deployment().await.unwrap();
+    let finding = findings.iter().find(|f| f.code == "sentinel").unwrap_or_else(|| panic!("{findings:?}"));
+    assert_eq!(finding.severity, lock_core::doctor::Severity::Warning);
+    assert!(finding.fix.contains("fencing") && finding.fix.contains("RedLock"), "{finding}");
+}
+
 /// Stamps the Sentinel contracts on a backend built by `$connect(master_name, sentinel_urls)`,
 /// an async fn returning the backend (panicking on error), as one `#[tokio::test]` each: each
 /// test starts its own [`SentinelGroup`] on free loopback ports. See
@@ -201,6 +223,13 @@ macro_rules! sentinel_suite {
             let group = $crate::SentinelGroup::start().unwrap_or_else(|e| panic!("{e}"));
             let backend = $connect(group.master_name().to_string(), group.sentinel_urls()).await;
             $crate::failover::failover_is_followed(backend, &group).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn doctor_warns_about_sentinel() {
+            let group = $crate::SentinelGroup::start().unwrap_or_else(|e| panic!("{e}"));
+            let backend = $connect(group.master_name().to_string(), group.sentinel_urls()).await;
+            $crate::failover::doctor_warns_about_sentinel(backend).await;
         }
     };
 }
