@@ -1,30 +1,36 @@
 #![doc = include_str!("../README.md")]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
-pub mod checker;
-pub mod conformance;
-pub mod failover;
-mod faulty;
-pub mod history;
-mod memory;
-mod mock;
-mod oracle;
-mod proxy;
-pub mod recovery;
-mod redis_server;
-pub mod redis_suite;
-pub mod resp;
-mod sentinel;
+// The source is arranged by purpose; the public paths stay flat (`lock_testkit::MemoryBackend`,
+// `lock_testkit::conformance`, ...), so a new primitive adds a file where a reader expects it
+// without moving anything users write.
+//
+// - `doubles/`: backends standing in for a server (memory, faults, mock);
+// - `suites/`: the shared contracts and the macros that stamp them;
+// - `servers/`: real `redis-server`, Cluster and Sentinel processes, and the RESP client;
+// - `chaos/`: the fault proxy, the history format, the checker and the oracle.
+mod chaos;
+mod doubles;
+mod servers;
+mod suites;
 
-pub use faulty::{Fault, Faulty, Op};
-pub use memory::{MemoryBackend, OpCounts};
-pub use mock::MockBackend;
-pub use oracle::Oracle;
-pub use proxy::{FaultProxy, ProxyMode, ProxyStats};
+pub use chaos::{checker, history};
+pub use servers::resp;
+pub use suites::{conformance, failover, recovery, redis_suite};
+
+pub(crate) use servers::redis_server;
+
+pub use chaos::oracle::Oracle;
+pub use chaos::proxy::{FaultProxy, ProxyMode, ProxyStats};
+pub use doubles::faulty::{Fault, Faulty, Op};
+pub use doubles::memory::{MemoryBackend, OpCounts};
+pub use doubles::mock::MockBackend;
 #[cfg(feature = "tls")]
-pub use redis_server::TestTls;
-pub use redis_server::{HarnessError, REDIS_URL_ENV, RedisCluster, RedisServer, TestRedis, start_nodes};
-pub use sentinel::{MASTER_NAME, SentinelGroup};
+pub use servers::redis_server::TestTls;
+pub use servers::redis_server::{
+    HarnessError, REDIS_URL_ENV, RedisCluster, RedisServer, TestRedis, start_nodes,
+};
+pub use servers::sentinel::{MASTER_NAME, SentinelGroup};
 
 /// The workspace README's examples, compiled and run as doctests so they stay true.
 #[cfg(doctest)]
