@@ -37,6 +37,90 @@ pub enum AcquireOutcome {
     },
 }
 
+/// A request to acquire a fair lock (see [`FairBackend`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FairRequest {
+    /// The lock.
+    pub key: LockKey,
+    /// The owner token of this acquisition; also the waiter's place in the queue.
+    pub token: Token,
+    /// How long the backend keeps the lock without renewal, once granted.
+    pub ttl: Duration,
+    /// Whether to mint a fencing token.
+    pub fencing: bool,
+    /// `Some(t)`: queue this token if it is not its turn, and keep its place for `t` from now
+    /// (each call renews it); a waiter that stops calling leaves the queue `t` after its last
+    /// call. `None`: a try: grant only if the lock is free and nobody is queued, never queue.
+    pub wait: Option<Duration>,
+}
+
+/// The answer to a [`FairRequest`]. Contention is a value, not an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FairOutcome {
+    /// The lock is ours (newly, or again for the same token).
+    Acquired(Grant),
+    /// Not our turn.
+    Waiting {
+        /// How many waiters are before this one (queued), or in the queue (a try).
+        ahead: u64,
+        /// How long until the state can change by itself (the holder's TTL, or the head's
+        /// waiter deadline), when known; a waiter retries by then at the latest.
+        retry_in: Option<Duration>,
+    },
+}
+
+/// A lock store that can serve waiters in arrival order: the fair lock.
+///
+/// Reached through [`LockBackend::fair`], so a backend that only offers the mutex implements
+/// nothing of it. The fair lock shares the mutex's key: [`LockBackend::extend`] renews it and
+/// [`LockBackend::release`] frees it, and must then tell the head of the queue (alone) that it
+/// is its turn. A plain mutex and a fair lock on one name exclude each other; only fair
+/// waiters queue.
+///
+/// # Contract
+/// - **fair_acquire** grants when the lock is free (or already this token's) and this token is
+///   at the head of the queue (or the queue is empty); removes it from the queue when granted.
+///   Otherwise, with `wait`, it queues the token once (at the back, on its first call) and
+///   renews its waiter deadline; without, it changes nothing. Waiters whose deadline passed
+///   are dropped from the queue before anything is decided, and the new head is told it is its
+///   turn when the lock is free.
+/// - **leave_queue** removes the token from the queue, releases the lock if the token holds it,
+///   and tells the head it is its turn when the lock is free. Idempotent.
+/// - **watch_turn** subscribes to the notices for one waiter: they come when it reaches the
+///   head of a free lock. Subscribe before the call that could miss the notice, as with
+///   [`LockBackend::watch_releases`].
+#[async_trait]
+pub trait FairBackend: Send + Sync {
+    /// Acquires `req.key` if it is this token's turn; else queues it (see the trait docs).
+    ///
+    /// # Errors
+    /// Infrastructure failures only; contention is [`FairOutcome::Waiting`].
+    ///
+    /// # Cancel safety
+    /// A cancelled call may have queued the token or granted the lock: callers send
+    /// [`FairBackend::leave_queue`] with the same token (the core does).
+    async fn fair_acquire(&self, req: &FairRequest) -> Result<FairOutcome, BackendError>;
+
+    /// Takes `token` out of the queue of `key`, and releases the lock if the token holds it.
+    ///
+    /// # Errors
+    /// Infrastructure failures only.
+    ///
+    /// # Cancel safety
+    /// Idempotent: a cancelled call can be sent again.
+    async fn leave_queue(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError>;
+
+    /// Subscribes to the "your turn" notices of the waiter `token` on `key`. `Ok(None)`: no
+    /// wake-up; waiters poll at their waiter deadline's pace.
+    ///
+    /// # Errors
+    /// When the subscription could not be made; the waiter then polls.
+    ///
+    /// # Cancel safety
+    /// Cancelling drops the subscription being made.
+    async fn watch_turn(&self, key: &LockKey, token: &Token) -> Result<Option<ReleaseWatch>, BackendError>;
+}
+
 /// A request to reset a held lock's expiry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExtendRequest {
@@ -426,6 +510,18 @@ pub trait LockBackend: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// The fair lock of this backend, when it has one (see [`FairBackend`]); `None` (the
+    /// default) makes [`crate::LockClient::fair_mutex`] return [`crate::LockError::Unsupported`].
+    ///
+    /// # Examples
+    /// ```
+    /// use lock_core::LockBackend;
+    /// assert!(lock_testkit::MemoryBackend::new().fair().is_some());
+    /// ```
+    fn fair(&self) -> Option<&dyn FairBackend> {
+        None
+    }
+
     /// The identity of the server's data, when the backend can read one: the node id from the
     /// marker that guards against data loss ([`crate::scripts::NodeGuard`]). Two backends that
     /// reach the same server under different names return the same id, so a RedLock counts one
@@ -543,6 +639,9 @@ macro_rules! forward_backend {
             }
             async fn node_identity(&self) -> Result<Option<u64>, BackendError> {
                 (**self).node_identity().await
+            }
+            fn fair(&self) -> Option<&dyn FairBackend> {
+                (**self).fair()
             }
             async fn deployment_facts(&self) -> Result<Vec<NodeFacts>, BackendError> {
                 (**self).deployment_facts().await

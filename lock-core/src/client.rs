@@ -96,19 +96,54 @@ impl<B: LockBackend> LockClient<B> {
     /// # Errors
     /// [`LockError::InvalidKey`] when the key is empty or too long.
     pub fn mutex(&self, key: impl AsRef<str>) -> Result<Mutex, LockError> {
+        self.handle(key.as_ref(), false)
+    }
+
+    /// A handle on the **fair** lock named `key`: waiters are served in the order they arrived,
+    /// across every process, by a queue kept on the server (see [`FairMutex`]). Cheap; makes no
+    /// request. Shares the key with [`LockClient::mutex`]: the two exclude each other, but only
+    /// fair waiters queue.
+    ///
+    /// # Errors
+    /// [`LockError::InvalidKey`] when the key is empty or too long; [`LockError::Unsupported`]
+    /// when the backend has no fair lock ([`LockBackend::fair`]), e.g. a RedLock.
+    ///
+    /// # Examples
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lock_core::LockError> {
+    /// use lock_core::LockClient;
+    /// let locks = LockClient::new(lock_testkit::MemoryBackend::new());
+    /// let fair = locks.fair_mutex("payouts")?;
+    /// let guard = fair.lock().await?;
+    /// guard.release().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn fair_mutex(&self, key: impl AsRef<str>) -> Result<FairMutex, LockError> {
+        if self.backend.fair().is_none() {
+            return Err(LockError::Unsupported {
+                backend: self.backend.name().to_string(),
+                feature: "fair locks",
+            });
+        }
+        Ok(FairMutex { mutex: self.handle(key.as_ref(), true)? })
+    }
+
+    fn handle(&self, key: &str, fair: bool) -> Result<Mutex, LockError> {
         let prefix = self.ctx.config.key_prefix();
         let key = if prefix.is_empty() {
-            LockKey::new(key.as_ref())?
+            LockKey::new(key)?
         } else {
-            if key.as_ref().is_empty() {
+            if key.is_empty() {
                 return Err(LockError::InvalidKey { reason: "the key is empty".into() });
             }
-            LockKey::new(format!("{prefix}{}", key.as_ref()))?
+            LockKey::new(format!("{prefix}{key}"))?
         };
         Ok(Mutex {
             inner: Arc::new(MutexInner {
                 ctx: self.ctx.clone(),
                 key,
+                fair,
                 gate: tokio::sync::Mutex::new(()),
                 current: std::sync::Mutex::new(Weak::new()),
             }),
@@ -203,6 +238,8 @@ impl LockOptions {
 struct MutexInner {
     ctx: LeaseCtx,
     key: LockKey,
+    /// A [`FairMutex`]: acquisitions go through the backend's queue.
+    fair: bool,
     /// Serialises acquisitions through this handle so clones share one lease, not race.
     gate: tokio::sync::Mutex<()>,
     current: std::sync::Mutex<Weak<LeaseInner>>,
@@ -385,8 +422,13 @@ async fn acquire(
     timeout: Option<Duration>,
     watchdog: Option<bool>,
 ) -> Result<Option<Guard>, LockError> {
-    let span = debug_span!("acquire", key = %mutex.key, backend = mutex.ctx.backend.name());
-    acquire_inner(mutex, timeout, watchdog).instrument(span).await
+    let span =
+        debug_span!("acquire", key = %mutex.key, backend = mutex.ctx.backend.name(), fair = mutex.fair);
+    if mutex.fair {
+        crate::fair::acquire(&mutex.ctx, &mutex.key, timeout, watchdog).instrument(span).await
+    } else {
+        acquire_inner(mutex, timeout, watchdog).instrument(span).await
+    }
 }
 
 async fn acquire_inner(
@@ -515,5 +557,127 @@ async fn acquire_inner(
             }
             _ => tokio::time::sleep(wait).await,
         }
+    }
+}
+
+/// A handle on one named **fair** lock, made by [`LockClient::fair_mutex`]: waiters are served
+/// in the order they arrived, across every process, by a queue the server keeps.
+///
+/// The same [`Guard`] as [`Mutex`] (watchdog, `lost()`, fencing, reentrancy through the handle
+/// and its clones, cancel safety). What differs:
+/// - [`FairMutex::lock`] queues the caller on the server (on its first attempt) and is granted
+///   the lock only at the head of the queue; newcomers that find the lock free but waiters
+///   queued queue behind them (no barging);
+/// - a release wakes only the waiter at the head of the queue (its own notice), not every
+///   waiter;
+/// - a waiter that is cancelled, times out or fails leaves the queue at once (in the
+///   background); one whose process dies leaves it at its waiter deadline
+///   ([`crate::LockConfigBuilder::waiter_timeout`], default 5 s), and the next is served;
+/// - [`FairMutex::try_lock`] succeeds only if the lock is free and nobody is queued.
+///
+/// Cost: an uncontended lock/unlock is two round trips, as for [`Mutex`]; a waiter renews its
+/// place every third of the waiter timeout; a contended acquisition subscribes one channel.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), lock_core::LockError> {
+/// use lock_core::LockClient;
+/// use lock_testkit::MemoryBackend;
+/// let store = MemoryBackend::new();
+/// let first = LockClient::new(store.clone()).fair_mutex("jobs")?;
+/// let held = first.lock().await?;
+/// let second = LockClient::new(store.clone()).fair_mutex("jobs")?;
+/// let waiter = tokio::spawn(async move { second.lock().await.map(|g| g.fencing_token()) });
+/// tokio::time::sleep(std::time::Duration::from_millis(10)).await; // the waiter queues
+/// assert!(LockClient::new(store).fair_mutex("jobs")?.try_lock().await?.is_none(), "queued first");
+/// held.release().await?; // hands the lock to the head of the queue
+/// waiter.await.unwrap()?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct FairMutex {
+    mutex: Mutex,
+}
+
+impl std::fmt::Debug for FairMutex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FairMutex").field("key", self.mutex.key()).finish()
+    }
+}
+
+impl FairMutex {
+    /// The lock's key (prefix included).
+    pub fn key(&self) -> &LockKey {
+        self.mutex.key()
+    }
+
+    /// Takes the lock if it is free **and nobody is queued**; never waits and never queues.
+    /// Reentrant as [`Mutex::try_lock`].
+    ///
+    /// # Errors
+    /// [`LockError::Backend`] when the backend fails.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: an acquisition that may have been applied is undone in the background.
+    ///
+    /// # Examples
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lock_core::LockError> {
+    /// use lock_core::LockClient;
+    /// let fair = LockClient::new(lock_testkit::MemoryBackend::new()).fair_mutex("job")?;
+    /// assert!(fair.try_lock().await?.is_some());
+    /// # Ok(()) }
+    /// ```
+    pub async fn try_lock(&self) -> Result<Option<Guard>, LockError> {
+        self.mutex.try_lock().await
+    }
+
+    /// Queues for the lock and waits for its turn, up to the configured acquire timeout.
+    /// Reentrant as [`Mutex::lock`].
+    ///
+    /// # Errors
+    /// [`LockError::Timeout`] naming the key and the time waited (the waiter has left the
+    /// queue); [`LockError::Backend`] for a permanent backend error.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: dropping the future takes the waiter out of the queue (in the background)
+    /// and releases a grant whose reply was in flight.
+    ///
+    /// # Examples
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lock_core::LockError> {
+    /// use lock_core::LockClient;
+    /// let fair = LockClient::new(lock_testkit::MemoryBackend::new()).fair_mutex("job")?;
+    /// let guard = fair.lock().await?;
+    /// guard.release().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn lock(&self) -> Result<Guard, LockError> {
+        self.mutex.lock().await
+    }
+
+    /// [`FairMutex::lock`] with per-call options.
+    ///
+    /// # Errors
+    /// As [`FairMutex::lock`].
+    ///
+    /// # Cancel safety
+    /// As [`FairMutex::lock`].
+    ///
+    /// # Examples
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lock_core::LockError> {
+    /// use std::time::Duration;
+    /// use lock_core::{LockClient, LockOptions};
+    /// let fair = LockClient::new(lock_testkit::MemoryBackend::new()).fair_mutex("job")?;
+    /// let guard = fair.lock_with(LockOptions::new().timeout(Duration::from_millis(200))).await?;
+    /// guard.release().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn lock_with(&self, options: LockOptions) -> Result<Guard, LockError> {
+        self.mutex.lock_with(options).await
     }
 }

@@ -7,6 +7,7 @@ mod client;
 mod config;
 pub mod doctor;
 mod error;
+mod fair;
 pub mod hub;
 mod lease;
 pub mod scripts;
@@ -14,11 +15,11 @@ mod telemetry;
 mod types;
 
 pub use backend::{
-    AcquireOutcome, AcquireRequest, Capabilities, ExtendOutcome, ExtendRequest, LockBackend, ReleaseOutcome,
-    ReleaseWatch,
+    AcquireOutcome, AcquireRequest, Capabilities, ExtendOutcome, ExtendRequest, FairBackend, FairOutcome,
+    FairRequest, LockBackend, ReleaseOutcome, ReleaseWatch,
 };
-pub use client::{LockClient, LockOptions, Mutex};
-pub use config::{LockConfig, LockConfigBuilder, MAX_TTL, MIN_TTL};
+pub use client::{FairMutex, LockClient, LockOptions, Mutex};
+pub use config::{DEFAULT_WAITER_TIMEOUT, LockConfig, LockConfigBuilder, MAX_TTL, MIN_TTL};
 pub use error::{BackendError, BackendErrorKind, LockError, LostReason};
 pub use lease::{Guard, Lease};
 pub use types::{FencingToken, Grant, LockKey, MAX_KEY_LEN, Token, default_drift, validity_deadline};

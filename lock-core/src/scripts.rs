@@ -60,7 +60,7 @@
 
 use std::time::Duration;
 
-use crate::backend::AcquireOutcome;
+use crate::backend::{AcquireOutcome, FairOutcome};
 use crate::error::{BackendError, BackendErrorKind};
 use crate::types::{FencingToken, Grant, LockKey};
 use crate::{Instant, Token};
@@ -76,12 +76,13 @@ pub struct LuaScript {
     pub sha1: &'static str,
 }
 
-/// `acquire.lua`: SET NX PX, or refresh for the same owner, with an optional INCR fence.
-/// KEYS: lock, fence. ARGV: token, ttl ms, `"1"` to fence. Returns `{1, fence}` or `{0, pttl}`.
+/// `acquire.lua`: SET NX PX, or refresh for the same owner, with an optional fence.
+/// KEYS: lock, fence, [marker]. ARGV: token, ttl ms, `"1"` to fence, guard. Returns `{1, fence}`,
+/// `{0, pttl}` or `{2, quarantine ms left}`.
 pub const ACQUIRE: LuaScript = LuaScript {
     name: "acquire",
-    source: include_str!("../scripts/acquire.lua"),
-    sha1: "f9bebe5a245ca9f808b9109b18de832f260b8437",
+    source: concat!(include_str!("../scripts/common.lua"), include_str!("../scripts/acquire.lua")),
+    sha1: "c836a1201defd0a91de7f49f309e97b6f25bbcfa",
 };
 
 /// `extend.lua`: owner-checked PEXPIRE. KEYS: lock. ARGV: token, ttl ms. Returns 1 or 0.
@@ -91,13 +92,13 @@ pub const EXTEND: LuaScript = LuaScript {
     sha1: "c8bfd565593adf19adc8dfcc96e6ebf97a22c1c4",
 };
 
-/// `release.lua`: owner-checked DEL, then PUBLISH (skipped for an empty channel).
-/// KEYS: lock. ARGV: token, channel.
-/// Returns 1 or 0.
+/// `release.lua`: owner-checked DEL, then PUBLISH to the broadcast channel and to the head of
+/// the fair queue, if any (both skipped for an empty channel: a discard).
+/// KEYS: lock, queue, waiters. ARGV: token, channel. Returns 1 or 0.
 pub const RELEASE: LuaScript = LuaScript {
     name: "release",
-    source: include_str!("../scripts/release.lua"),
-    sha1: "df2ae2bc16797bffec0b26e01fef3221650e9146",
+    source: concat!(include_str!("../scripts/common.lua"), include_str!("../scripts/release.lua")),
+    sha1: "1f96b4b451069babee44faee0dc92d978e6c8422",
 };
 
 /// `fence.lua`: raise the fencing counter to at least a token (RedLock's write-back) and
@@ -107,6 +108,25 @@ pub const FENCE: LuaScript = LuaScript {
     name: "fence",
     source: include_str!("../scripts/fence.lua"),
     sha1: "a6e3932aebe83f3f8bcc9e262b233ad1562510bd",
+};
+
+/// `fair.lua`: the fair lock's acquire: granted only at the head of the queue, else queued
+/// (with a waiter deadline) or, for a try, refused without queueing.
+/// KEYS: lock, fence, queue, waiters, [marker]. ARGV: token, `ttl:fence:wait:guard`.
+/// Returns `{1, fence}`, `{0, wait ms, ahead}` or `{2, quarantine ms left}`.
+pub const FAIR: LuaScript = LuaScript {
+    name: "fair",
+    source: concat!(include_str!("../scripts/common.lua"), include_str!("../scripts/fair.lua")),
+    sha1: "b841e931dc447be939e25d0a28b49118dbe66fb1",
+};
+
+/// `leave.lua`: a fair waiter leaves the queue (releasing the lock if a lost reply gave it to
+/// it), and the head is woken if the lock is free. KEYS: lock, queue, waiters. ARGV: token,
+/// channel. Returns 1 when it released the lock, else 0.
+pub const LEAVE: LuaScript = LuaScript {
+    name: "leave",
+    source: concat!(include_str!("../scripts/common.lua"), include_str!("../scripts/leave.lua")),
+    sha1: "aa9b9c2523babb9149040ef370f5451ef4158a92",
 };
 
 /// `node.lua`: read the node marker, or declare a server fresh. KEYS: marker. ARGV: `read`,
@@ -307,6 +327,10 @@ pub struct RedisKeys {
     pub fence: String,
     /// The release notice channel.
     pub channel: String,
+    /// The fair lock's queue: owner tokens by arrival.
+    pub queue: String,
+    /// The fair lock's waiter deadlines: owner tokens by deadline (server ms).
+    pub waiters: String,
 }
 
 impl RedisKeys {
@@ -324,7 +348,25 @@ impl RedisKeys {
         let k = key.as_str();
         let escape = if k.starts_with('}') || k.starts_with('~') { "~" } else { "" };
         let lock = format!("lock:{{{escape}{k}}}");
-        Self { fence: format!("{lock}:fence"), channel: format!("{lock}:released"), lock }
+        Self {
+            fence: format!("{lock}:fence"),
+            channel: format!("{lock}:released"),
+            queue: format!("{lock}:queue"),
+            waiters: format!("{lock}:waiters"),
+            lock,
+        }
+    }
+
+    /// The channel on which the fair waiter with owner `token` is told it is its turn.
+    ///
+    /// ```
+    /// use lock_core::{LockKey, Token, scripts::RedisKeys};
+    /// let k = RedisKeys::for_key(&LockKey::new("jobs")?);
+    /// assert!(k.turn_channel(&Token::random()).starts_with("lock:{jobs}:turn:"));
+    /// # Ok::<(), lock_core::LockError>(())
+    /// ```
+    pub fn turn_channel(&self, token: &Token) -> String {
+        format!("{}:turn:{}", self.lock, token.to_redis_value())
     }
 
     /// The channel-name prefix common to every lock's release notices.
@@ -341,6 +383,19 @@ pub fn acquire_args(token: &Token, ttl: Duration, fencing: bool, guard: Option<&
         if fencing { "1" } else { "0" }.to_string(),
         format!("{quarantine}:{id}"),
     ]
+}
+
+/// The ARGV of [`FAIR`]: `wait` is the waiter timeout, `None` for a try that never queues.
+pub fn fair_args(
+    token: &Token,
+    ttl: Duration,
+    fencing: bool,
+    wait: Option<Duration>,
+    guard: Option<&NodeGuard>,
+) -> [String; 2] {
+    let [token, ttl_ms, fence, guard] = acquire_args(token, ttl, fencing, guard);
+    let wait = wait.map_or(0, ttl_millis);
+    [token, format!("{ttl_ms}:{fence}:{wait}:{guard}")]
 }
 
 /// The ARGV of [`EXTEND`].
@@ -374,7 +429,8 @@ pub fn fence_args(token: &Token, fence: FencingToken) -> [String; 2] {
 /// assert!(lock_core::scripts::ACL_RULES.contains("~lock:*"));
 /// ```
 pub const ACL_RULES: &str = "resetkeys ~lock:* resetchannels &lock:* -@all \
-+set +get +del +incr +pexpire +pttl +time +publish +evalsha +eval +script|load \
++set +get +del +incr +pexpire +pexpireat +pttl +time +publish +exists \
++zadd +zrem +zrange +zrangebyscore +zremrangebyscore +zrank +zscore +zcard +evalsha +eval +script|load \
 +subscribe +unsubscribe +ping +client|setname +client|id";
 
 /// A TTL in whole milliseconds for PX/PEXPIRE, at least 1 (Redis rejects 0).
@@ -592,7 +648,79 @@ pub async fn release<R: ScriptRunner + ?Sized>(
 ) -> Result<crate::ReleaseOutcome, BackendError> {
     let keys = RedisKeys::for_key(key);
     let args = if announce { release_args(token, &keys) } else { discard_args(token) };
-    let reply = runner.run_int(&RELEASE, &[&keys.lock], &args).await?;
+    let reply = runner.run_int(&RELEASE, &[&keys.lock, &keys.queue, &keys.waiters], &args).await?;
+    Ok(if reply == 1 { crate::ReleaseOutcome::Released } else { crate::ReleaseOutcome::NotHeld })
+}
+
+/// Interprets the reply of [`FAIR`]: `started` is the instant sampled before sending it.
+///
+/// # Errors
+/// [`BackendErrorKind::Protocol`] when the reply is not one the script can give.
+pub fn fair_outcome(
+    started: Instant,
+    ttl: Duration,
+    fencing: bool,
+    reply: &[i64],
+) -> Result<FairOutcome, BackendError> {
+    match *reply {
+        [0, wait, ahead] => Ok(FairOutcome::Waiting {
+            ahead: u64::try_from(ahead).unwrap_or(0),
+            retry_in: u64::try_from(wait).ok().filter(|ms| *ms > 0).map(Duration::from_millis),
+        }),
+        [1, _] | [2, _] => match acquire_outcome(started, ttl, fencing, reply)? {
+            AcquireOutcome::Acquired(grant) => Ok(FairOutcome::Acquired(grant)),
+            // A grant that arrived with no validity left: not ours in any useful sense.
+            AcquireOutcome::Held { remaining } => Ok(FairOutcome::Waiting { ahead: 0, retry_in: remaining }),
+        },
+        _ => Err(BackendError::permanent(
+            BackendErrorKind::Protocol,
+            format!("unexpected reply {reply:?} from the fair lock script"),
+        )),
+    }
+}
+
+/// [`crate::FairBackend::fair_acquire`] through the shared [`FAIR`] script: one round trip,
+/// whether it grants, queues or refuses.
+///
+/// # Errors
+/// The runner's errors, or a protocol error for an impossible reply.
+///
+/// # Cancel safety
+/// As [`crate::FairBackend::fair_acquire`]: a cancelled call may have queued the token or
+/// granted the lock; [`leave_queue`] undoes either.
+pub async fn fair_acquire<R: ScriptRunner + ?Sized>(
+    runner: &R,
+    req: &crate::FairRequest,
+) -> Result<FairOutcome, BackendError> {
+    let keys = RedisKeys::for_key(&req.key);
+    let guard = runner.node_guard();
+    let args = fair_args(&req.token, req.ttl, req.fencing, req.wait, guard);
+    let started = Instant::now();
+    let reply = if guard.is_some() {
+        runner
+            .run_ints(&FAIR, &[&keys.lock, &keys.fence, &keys.queue, &keys.waiters, MARKER_KEY], &args)
+            .await?
+    } else {
+        runner.run_ints(&FAIR, &[&keys.lock, &keys.fence, &keys.queue, &keys.waiters], &args).await?
+    };
+    fair_outcome(started, req.ttl, req.fencing, &reply)
+}
+
+/// [`crate::FairBackend::leave_queue`] through the shared [`LEAVE`] script: one round trip.
+///
+/// # Errors
+/// The runner's errors.
+///
+/// # Cancel safety
+/// Idempotent: a cancelled call can be sent again.
+pub async fn leave_queue<R: ScriptRunner + ?Sized>(
+    runner: &R,
+    key: &LockKey,
+    token: &Token,
+) -> Result<crate::ReleaseOutcome, BackendError> {
+    let keys = RedisKeys::for_key(key);
+    let args = release_args(token, &keys);
+    let reply = runner.run_int(&LEAVE, &[&keys.lock, &keys.queue, &keys.waiters], &args).await?;
     Ok(if reply == 1 { crate::ReleaseOutcome::Released } else { crate::ReleaseOutcome::NotHeld })
 }
 
@@ -641,7 +769,7 @@ mod tests {
 
     #[test]
     fn script_digests_are_pinned() {
-        for script in [ACQUIRE, EXTEND, RELEASE, FENCE, NODE] {
+        for script in [ACQUIRE, EXTEND, RELEASE, FENCE, NODE, FAIR, LEAVE] {
             assert_eq!(sha1_hex(script.source), script.sha1, "{} changed: update its sha1", script.name);
         }
     }

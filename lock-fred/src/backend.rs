@@ -14,7 +14,8 @@ use lock_core::hub::HubTask;
 use lock_core::scripts::{self, LuaScript, NodeGuard, RedisKeys, ScriptRunner};
 use lock_core::{
     AcquireOutcome, AcquireRequest, BackendError, BackendErrorKind, Capabilities, ExtendOutcome,
-    ExtendRequest, LockBackend, LockKey, ReleaseOutcome, ReleaseWatch, Token,
+    ExtendRequest, FairBackend, FairOutcome, FairRequest, LockBackend, LockKey, ReleaseOutcome, ReleaseWatch,
+    Token,
 };
 use tokio::sync::OnceCell;
 
@@ -712,6 +713,38 @@ where
     }
 
     async fn watch_releases(&self, key: &LockKey) -> Result<Option<ReleaseWatch>, BackendError> {
+        self.watch_channel(&RedisKeys::for_key(key).channel).await
+    }
+
+    fn fair(&self) -> Option<&dyn FairBackend> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl<C> FairBackend for FredBackend<C>
+where
+    C: LuaInterface + KeysInterface + Clone + Send + Sync + 'static,
+{
+    async fn fair_acquire(&self, req: &FairRequest) -> Result<FairOutcome, BackendError> {
+        scripts::fair_acquire(self, req).await
+    }
+
+    async fn leave_queue(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError> {
+        scripts::leave_queue(self, key, token).await
+    }
+
+    async fn watch_turn(&self, key: &LockKey, token: &Token) -> Result<Option<ReleaseWatch>, BackendError> {
+        self.watch_channel(&RedisKeys::for_key(key).turn_channel(token)).await
+    }
+}
+
+impl<C> FredBackend<C>
+where
+    C: LuaInterface + KeysInterface + Clone + Send + Sync + 'static,
+{
+    /// Subscribes to one notice channel through the shared subscriber (started on first use).
+    async fn watch_channel(&self, channel: &str) -> Result<Option<ReleaseWatch>, BackendError> {
         let Some(subscriber) = &self.shared.subscriber else { return Ok(None) };
         let timeout = self.shared.command_timeout;
         let notifier = self
@@ -727,6 +760,6 @@ where
                 }
             })
             .await?;
-        Ok(Some(notifier.watch(&RedisKeys::for_key(key).channel).await))
+        Ok(Some(notifier.watch(channel).await))
     }
 }

@@ -29,12 +29,21 @@ async fn cluster() -> (FredBackend, Arc<RedisCluster>) {
 
 mod single {
     lock_testkit::conformance_suite!(super::single_node());
+    mod fair {
+        lock_testkit::fair_suite!(super::super::single_node());
+    }
 }
 
 mod pooled {
     lock_testkit::conformance_suite!(super::pool());
+    mod fair {
+        lock_testkit::fair_suite!(super::super::pool());
+    }
 }
 
 mod redis_cluster {
     lock_testkit::conformance_suite!(super::cluster());
+    mod fair {
+        lock_testkit::fair_suite!(super::super::cluster());
+    }
 }

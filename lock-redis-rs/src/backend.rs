@@ -10,7 +10,8 @@ use lock_core::hub::HubTask;
 use lock_core::scripts::{self, LuaScript, NodeGuard, RedisKeys, ScriptRunner};
 use lock_core::{
     AcquireOutcome, AcquireRequest, BackendError, BackendErrorKind, Capabilities, ExtendOutcome,
-    ExtendRequest, LockBackend, LockKey, ReleaseOutcome, ReleaseWatch, Token,
+    ExtendRequest, FairBackend, FairOutcome, FairRequest, LockBackend, LockKey, ReleaseOutcome, ReleaseWatch,
+    Token,
 };
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::cluster::ClusterClient;
@@ -703,9 +704,38 @@ where
     }
 
     async fn watch_releases(&self, key: &LockKey) -> Result<Option<ReleaseWatch>, BackendError> {
-        let Some(client) = &self.shared.pubsub_client else { return Ok(None) };
+        Ok(self.watch_channel(&RedisKeys::for_key(key).channel).await)
+    }
+
+    fn fair(&self) -> Option<&dyn FairBackend> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl<C> FairBackend for RedisBackend<C>
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    async fn fair_acquire(&self, req: &FairRequest) -> Result<FairOutcome, BackendError> {
+        scripts::fair_acquire(self, req).await
+    }
+
+    async fn leave_queue(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError> {
+        scripts::leave_queue(self, key, token).await
+    }
+
+    async fn watch_turn(&self, key: &LockKey, token: &Token) -> Result<Option<ReleaseWatch>, BackendError> {
+        Ok(self.watch_channel(&RedisKeys::for_key(key).turn_channel(token)).await)
+    }
+}
+
+impl<C> RedisBackend<C> {
+    /// Subscribes to one notice channel through the shared subscriber (started on first use).
+    async fn watch_channel(&self, channel: &str) -> Option<ReleaseWatch> {
+        let client = self.shared.pubsub_client.as_ref()?;
         let notifier =
             self.shared.notifier.get_or_init(|| notifier::start(client.clone(), self.shared.command_timeout));
-        Ok(Some(notifier.watch(&RedisKeys::for_key(key).channel).await))
+        Some(notifier.watch(channel).await)
     }
 }

@@ -38,16 +38,28 @@ async fn cluster() -> (RedisBackend<lock_redis_rs::redis::cluster_async::Cluster
 
 mod single {
     lock_testkit::conformance_suite!(super::single_node());
+    mod fair {
+        lock_testkit::fair_suite!(super::super::single_node());
+    }
 }
 
 mod builder {
     lock_testkit::conformance_suite!(super::via_builder());
+    mod fair {
+        lock_testkit::fair_suite!(super::super::via_builder());
+    }
 }
 
 mod without_reconnect {
     lock_testkit::conformance_suite!(super::no_reconnect());
+    mod fair {
+        lock_testkit::fair_suite!(super::super::no_reconnect());
+    }
 }
 
 mod redis_cluster {
     lock_testkit::conformance_suite!(super::cluster());
+    mod fair {
+        lock_testkit::fair_suite!(super::super::cluster());
+    }
 }

@@ -8,7 +8,8 @@ use async_trait::async_trait;
 use lock_core::FencingToken;
 use lock_core::{
     AcquireOutcome, AcquireRequest, BackendError, BackendErrorKind, Capabilities, ExtendOutcome,
-    ExtendRequest, LockBackend, LockKey, ReleaseOutcome, ReleaseWatch, Token,
+    ExtendRequest, FairBackend, FairOutcome, FairRequest, LockBackend, LockKey, ReleaseOutcome, ReleaseWatch,
+    Token,
 };
 
 /// A backend operation that faults can target.
@@ -238,4 +239,29 @@ impl<B: LockBackend> LockBackend for Faulty<B> {
     async fn deployment_facts(&self) -> Result<Vec<lock_core::doctor::NodeFacts>, BackendError> {
         self.inner.deployment_facts().await
     }
+    fn fair(&self) -> Option<&dyn FairBackend> {
+        self.inner.fair().map(|_| self as &dyn FairBackend)
+    }
+}
+
+/// The fair lock through the same faults: a fair acquire counts as [`Op::Acquire`], leaving
+/// the queue as [`Op::Release`], a turn subscription as [`Op::Watch`].
+#[async_trait]
+impl<B: LockBackend> FairBackend for Faulty<B> {
+    async fn fair_acquire(&self, req: &FairRequest) -> Result<FairOutcome, BackendError> {
+        let Some(fair) = self.inner.fair() else { return Err(no_fair(self.inner.name())) };
+        self.run(Op::Acquire, fair.fair_acquire(req)).await
+    }
+    async fn leave_queue(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError> {
+        let Some(fair) = self.inner.fair() else { return Err(no_fair(self.inner.name())) };
+        self.run(Op::Release, fair.leave_queue(key, token)).await
+    }
+    async fn watch_turn(&self, key: &LockKey, token: &Token) -> Result<Option<ReleaseWatch>, BackendError> {
+        let Some(fair) = self.inner.fair() else { return Err(no_fair(self.inner.name())) };
+        self.run(Op::Watch, fair.watch_turn(key, token)).await
+    }
+}
+
+fn no_fair(backend: &str) -> BackendError {
+    BackendError::permanent(BackendErrorKind::Other, format!("backend `{backend}` has no fair lock"))
 }

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use lock_core::{
-    AcquireOutcome, AcquireRequest, BackendError, Capabilities, ExtendOutcome, ExtendRequest, FencingToken,
-    Grant, Instant, LockBackend, LockKey, ReleaseOutcome, ReleaseWatch, Token,
+    AcquireOutcome, AcquireRequest, BackendError, Capabilities, ExtendOutcome, ExtendRequest, FairBackend,
+    FairOutcome, FairRequest, FencingToken, Grant, Instant, LockBackend, LockKey, ReleaseOutcome,
+    ReleaseWatch, Token,
 };
 use tokio::sync::watch;
 
@@ -26,8 +27,40 @@ struct State {
     locks: HashMap<LockKey, Entry>,
     fences: HashMap<LockKey, u64>,
     notices: HashMap<LockKey, watch::Sender<u64>>,
+    /// Fair locks' queues, as `lock:{k}:queue` and `lock:{k}:waiters` on a server.
+    queues: HashMap<LockKey, Queue>,
+    /// Fair waiters' turn notices, as `lock:{k}:turn:<token>`.
+    turns: HashMap<(LockKey, Token), watch::Sender<u64>>,
     /// The node marker (see [`lock_core::scripts`]): `None` after data loss.
     marker: Option<Marker>,
+}
+
+/// One fair lock's waiters: arrival order, and each one's deadline.
+#[derive(Debug, Default)]
+struct Queue {
+    order: std::collections::BTreeMap<u64, Token>,
+    members: HashMap<Token, (u64, Instant)>,
+    next: u64,
+}
+
+impl Queue {
+    fn drop_expired(&mut self, now: Instant) -> usize {
+        let dead: Vec<Token> = self.members.iter().filter(|(_, (_, d))| *d <= now).map(|(t, _)| *t).collect();
+        for t in &dead {
+            self.remove(t);
+        }
+        dead.len()
+    }
+
+    fn remove(&mut self, token: &Token) {
+        if let Some((seq, _)) = self.members.remove(token) {
+            self.order.remove(&seq);
+        }
+    }
+
+    fn head(&self) -> Option<Token> {
+        self.order.values().next().copied()
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -48,6 +81,12 @@ pub struct OpCounts {
     pub release: u64,
     /// Raise-fence calls.
     pub fence: u64,
+    /// Fair acquire calls.
+    pub fair_acquire: u64,
+    /// Fair waiters that left the queue (leave calls).
+    pub leave: u64,
+    /// "Your turn" notices sent to fair waiters (one per hand-off, never one per waiter).
+    pub turn_notices: u64,
 }
 
 #[derive(Debug)]
@@ -217,6 +256,7 @@ impl MemoryBackend {
         let mut state = self.state();
         state.locks.clear();
         state.fences.clear();
+        state.queues.clear();
         state.marker = None;
     }
 
@@ -260,15 +300,167 @@ impl MemoryBackend {
                         state.notices.remove(key);
                     }
                 }
+                if notify {
+                    self.wake_head(&mut state, key, now);
+                }
                 ReleaseOutcome::Released
             }
             _ => ReleaseOutcome::NotHeld,
         }
     }
 
+    /// The lock is free: tell the head of the fair queue (alone) that it is its turn, as
+    /// release.lua does.
+    fn wake_head(&self, state: &mut State, key: &LockKey, now: Instant) {
+        let Some(queue) = state.queues.get_mut(key) else { return };
+        queue.drop_expired(now);
+        let head = queue.head();
+        if queue.members.is_empty() {
+            state.queues.remove(key);
+        }
+        if let Some(head) = head {
+            self.notify_turn(state, key, head);
+        }
+    }
+
+    fn notify_turn(&self, state: &mut State, key: &LockKey, token: Token) {
+        self.count(|c| c.turn_notices += 1);
+        let slot = (key.clone(), token);
+        if let Some(tx) = state.turns.get(&slot) {
+            tx.send_modify(|n| *n += 1);
+            if tx.receiver_count() == 0 {
+                state.turns.remove(&slot);
+            }
+        }
+    }
+
+    /// The fair waiters queued on `key` now, oldest first (expired ones excluded).
+    pub fn queued(&self, key: &str) -> Vec<Token> {
+        let now = Instant::now();
+        let state = self.state();
+        state
+            .queues
+            .iter()
+            .find(|(k, _)| k.as_str() == key)
+            .map(|(_, q)| {
+                q.order
+                    .values()
+                    .filter(|t| q.members.get(*t).is_some_and(|(_, d)| *d > now))
+                    .copied()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// How many waiters are subscribed to release notices, over all keys.
     pub fn subscriber_count(&self) -> usize {
         self.state().notices.values().map(|tx| tx.receiver_count()).sum()
+    }
+}
+
+#[async_trait]
+impl FairBackend for MemoryBackend {
+    async fn fair_acquire(&self, req: &FairRequest) -> Result<FairOutcome, BackendError> {
+        self.count(|c| c.fair_acquire += 1);
+        let started = Instant::now();
+        let mut state = self.state();
+        if let Some(left) = self.quarantine_left(&mut state, req.ttl, started) {
+            return Err(lock_core::scripts::quarantine_error(left));
+        }
+        let granted = |fence| {
+            Ok(Grant::from_start(started, req.ttl, fence)
+                .map_or(FairOutcome::Waiting { ahead: 0, retry_in: None }, FairOutcome::Acquired))
+        };
+        let dropped = state.queues.get_mut(&req.key).map_or(0, |q| q.drop_expired(started));
+        let holder = live(&mut state, &req.key, started).map(|e| (e.token, e.fence, e.expires_at));
+        if let Some((token, fence, _)) = holder
+            && token == req.token
+        {
+            if let Some(e) = live(&mut state, &req.key, started) {
+                e.expires_at = started + req.ttl;
+            }
+            if let Some(q) = state.queues.get_mut(&req.key) {
+                q.remove(&req.token);
+            }
+            return granted(fence);
+        }
+        let head = state.queues.get(&req.key).and_then(Queue::head);
+        if holder.is_none() && head.is_none_or(|h| h == req.token) {
+            if let Some(q) = state.queues.get_mut(&req.key) {
+                q.remove(&req.token);
+            }
+            let clock = if self.inner.counter_only { 0 } else { self.clock_us() };
+            let fence = req.fencing.then(|| {
+                let counter = state.fences.entry(req.key.clone()).or_insert(0);
+                *counter = (*counter + 1).max(clock);
+                FencingToken(*counter)
+            });
+            let expires_at = started + req.ttl;
+            state.locks.insert(req.key.clone(), Entry { token: req.token, expires_at, fence });
+            return granted(fence);
+        }
+        if dropped > 0
+            && holder.is_none()
+            && let Some(head) = head
+        {
+            self.notify_turn(&mut state, &req.key, head);
+        }
+        let retry_in = match (holder, head) {
+            (Some((_, _, expires_at)), _) => Some(expires_at - started),
+            (None, Some(h)) => state
+                .queues
+                .get(&req.key)
+                .and_then(|q| q.members.get(&h))
+                .map(|(_, d)| d.saturating_duration_since(started).max(Duration::from_millis(1))),
+            (None, None) => None,
+        };
+        let Some(wait) = req.wait else {
+            let ahead = state.queues.get(&req.key).map_or(0, |q| q.members.len() as u64);
+            return Ok(FairOutcome::Waiting { ahead, retry_in });
+        };
+        let queue = state.queues.entry(req.key.clone()).or_default();
+        let seq = match queue.members.get(&req.token) {
+            Some((seq, _)) => *seq,
+            None => {
+                queue.next += 1;
+                queue.order.insert(queue.next, req.token);
+                queue.next
+            }
+        };
+        queue.members.insert(req.token, (seq, started + wait));
+        let ahead = queue.order.range(..seq).count() as u64;
+        Ok(FairOutcome::Waiting { ahead, retry_in })
+    }
+
+    async fn leave_queue(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError> {
+        self.count(|c| c.leave += 1);
+        let now = Instant::now();
+        let outcome = {
+            let mut state = self.state();
+            if let Some(q) = state.queues.get_mut(key) {
+                q.remove(token);
+            }
+            match live(&mut state, key, now).map(|e| e.token) {
+                Some(holder) if holder != *token => return Ok(ReleaseOutcome::NotHeld),
+                Some(_) => ReleaseOutcome::Released,
+                None => {
+                    self.wake_head(&mut state, key, now);
+                    ReleaseOutcome::NotHeld
+                }
+            }
+        };
+        if outcome == ReleaseOutcome::Released {
+            // As leave.lua: the grant whose reply was lost is released, with its notices.
+            self.delete(key, token, true);
+        }
+        Ok(outcome)
+    }
+
+    async fn watch_turn(&self, key: &LockKey, token: &Token) -> Result<Option<ReleaseWatch>, BackendError> {
+        let mut state = self.state();
+        state.turns.retain(|_, tx| tx.receiver_count() > 0);
+        let tx = state.turns.entry((key.clone(), *token)).or_insert_with(|| watch::channel(0).0);
+        Ok(Some(ReleaseWatch::new(tx.subscribe())))
     }
 }
 
@@ -371,6 +563,10 @@ impl LockBackend for MemoryBackend {
 
     async fn node_identity(&self) -> Result<Option<u64>, BackendError> {
         Ok(self.state().marker.map(|m| m.id))
+    }
+
+    fn fair(&self) -> Option<&dyn FairBackend> {
+        Some(self)
     }
 
     async fn watch_releases(&self, key: &LockKey) -> Result<Option<ReleaseWatch>, BackendError> {

@@ -5,8 +5,8 @@
 use async_trait::async_trait;
 use lock_core::FencingToken;
 use lock_core::{
-    AcquireOutcome, AcquireRequest, BackendError, Capabilities, ExtendOutcome, ExtendRequest, LockBackend,
-    LockKey, ReleaseOutcome, ReleaseWatch, Token,
+    AcquireOutcome, AcquireRequest, BackendError, Capabilities, ExtendOutcome, ExtendRequest, FairBackend,
+    FairOutcome, FairRequest, LockBackend, LockKey, ReleaseOutcome, ReleaseWatch, Token,
 };
 
 mockall::mock! {
@@ -26,5 +26,83 @@ mockall::mock! {
         async fn raise_fence(&self, key: &LockKey, token: &Token, fence: FencingToken) -> Result<(), BackendError>;
         async fn watch_releases(&self, key: &LockKey) -> Result<Option<ReleaseWatch>, BackendError>;
         async fn node_identity(&self) -> Result<Option<u64>, BackendError>;
+    }
+}
+
+mockall::mock! {
+    /// A mock of the fair lock's operations ([`FairBackend`]): `expect_fair_acquire()`,
+    /// `expect_leave_queue()`, `expect_watch_turn()`. Pair it with a [`MockBackend`] in a
+    /// [`MockFair`].
+    pub FairOps {}
+
+    #[async_trait]
+    impl FairBackend for FairOps {
+        async fn fair_acquire(&self, req: &FairRequest) -> Result<FairOutcome, BackendError>;
+        async fn leave_queue(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError>;
+        async fn watch_turn(&self, key: &LockKey, token: &Token) -> Result<Option<ReleaseWatch>, BackendError>;
+    }
+}
+
+/// A mocked backend with a fair lock: the mutex operations go to `lock`, the fair ones to
+/// `fair` ([`LockBackend::fair`] returns it).
+///
+/// ```
+/// use lock_core::{LockBackend, LockClient};
+/// use lock_testkit::{MockBackend, MockFair, MockFairOps};
+/// let mut lock = MockBackend::new();
+/// lock.expect_name().return_const("mock".to_string());
+/// let backend = MockFair { lock, fair: MockFairOps::new() };
+/// assert!(backend.fair().is_some());
+/// assert!(LockClient::new(backend).fair_mutex("k").is_ok());
+/// ```
+pub struct MockFair {
+    /// The mutex operations.
+    pub lock: MockBackend,
+    /// The fair lock's operations.
+    pub fair: MockFairOps,
+}
+
+#[async_trait]
+impl LockBackend for MockFair {
+    fn name(&self) -> &str {
+        self.lock.name()
+    }
+    fn endpoint(&self) -> String {
+        self.lock.endpoint()
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.lock.capabilities()
+    }
+    async fn acquire(&self, req: &AcquireRequest) -> Result<AcquireOutcome, BackendError> {
+        self.lock.acquire(req).await
+    }
+    async fn extend(&self, req: &ExtendRequest) -> Result<ExtendOutcome, BackendError> {
+        self.lock.extend(req).await
+    }
+    async fn extend_many(&self, reqs: &[ExtendRequest]) -> Vec<Result<ExtendOutcome, BackendError>> {
+        self.lock.extend_many(reqs).await
+    }
+    async fn release(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError> {
+        self.lock.release(key, token).await
+    }
+    async fn discard(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError> {
+        self.lock.discard(key, token).await
+    }
+    async fn raise_fence(
+        &self,
+        key: &LockKey,
+        token: &Token,
+        fence: FencingToken,
+    ) -> Result<(), BackendError> {
+        self.lock.raise_fence(key, token, fence).await
+    }
+    async fn watch_releases(&self, key: &LockKey) -> Result<Option<ReleaseWatch>, BackendError> {
+        self.lock.watch_releases(key).await
+    }
+    async fn node_identity(&self) -> Result<Option<u64>, BackendError> {
+        self.lock.node_identity().await
+    }
+    fn fair(&self) -> Option<&dyn FairBackend> {
+        Some(&self.fair)
     }
 }

@@ -3,5 +3,6 @@
 
 pub mod conformance;
 pub mod failover;
+pub mod fair;
 pub mod recovery;
 pub mod redis_suite;

@@ -1,0 +1,90 @@
+-- Helpers shared by the lock scripts of this workspace; lock-core prepends this file to
+-- acquire.lua, fair.lua, leave.lua and release.lua (one text per script, so one EVALSHA).
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- The data-loss guard (see lock_core::scripts): `marker_key` is the node marker `lock:node`
+-- (nil in Redis Cluster), `guard` is '<quarantine in milliseconds>:<a fresh 12 hex node id>'.
+-- Returns nil when the node may grant, else the reply {2, ms left}.
+local function check_marker(marker_key, guard)
+  if not marker_key then
+    return nil
+  end
+  local marker = redis.call('GET', marker_key)
+  local open
+  if not marker then
+    -- The node lost its data (restart without persistence, FLUSHALL, failover to an empty
+    -- replica) at some instant up to now: leases it granted before may live for up to the
+    -- quarantine, so it grants nothing until then.
+    local sep = string.find(guard, ':', 1, true)
+    marker = string.sub(guard, sep + 1) .. ':'
+    open = now_ms() + tonumber(string.sub(guard, 1, sep - 1))
+    redis.call('SET', marker_key, marker .. string.format('%.0f', open))
+  else
+    open = tonumber(string.sub(marker, 14)) or 0
+  end
+  if open > 0 then
+    local left = open - now_ms()
+    if left > 0 then
+      return {2, left}
+    end
+    redis.call('SET', marker_key, string.sub(marker, 1, 13) .. '0')
+  end
+  return nil
+end
+
+-- The next fencing token of a lock: the counter plus one, or the server's clock in
+-- microseconds if that is higher. So tokens rise on this server whatever happened to the
+-- counter: lost with the data, rolled back by an old snapshot, or one step behind on a replica
+-- promoted by a failover (the step that never replicated); as long as the servers' clocks agree
+-- to within the time between two grants and average at most one grant per microsecond.
+local function mint_fence(fence_key)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1] .. string.format('%06d', tonumber(t[2])))
+  local stored = tonumber(redis.call('GET', fence_key) or '0') or 0
+  local fence = math.max(stored + 1, now)
+  redis.call('SET', fence_key, string.format('%.0f', fence))
+  return fence
+end
+
+-- A fair lock's queue: `queue` orders the waiters' owner tokens by arrival (score), `waiters`
+-- holds each one's deadline (server ms; a waiter renews it while it waits). A waiter whose
+-- deadline passed (it crashed, or stopped waiting without saying so) leaves the queue here.
+local function drop_expired(queue, waiters, now)
+  local dead = redis.call('ZRANGEBYSCORE', waiters, '-inf', now)
+  for _, token in ipairs(dead) do
+    redis.call('ZREM', queue, token)
+  end
+  if #dead > 0 then
+    redis.call('ZREMRANGEBYSCORE', waiters, '-inf', now)
+  end
+  return #dead
+end
+
+-- The head of the queue (its owner token), or nil; an entry without a deadline (left behind
+-- by a queue whose other key was deleted) is dropped on the way.
+local function live_head(queue, waiters)
+  while true do
+    local head = redis.call('ZRANGE', queue, 0, 0)[1]
+    if not head or redis.call('ZSCORE', waiters, head) then
+      return head
+    end
+    redis.call('ZREM', queue, head)
+  end
+end
+
+-- The lock is free: tell the waiter at the head of the queue (only that one) it is its turn,
+-- on its own channel `<lock key>:turn:<owner token>`. Returns the head's token, or nil.
+local function wake_head(lock_key, queue, waiters)
+  if redis.call('EXISTS', queue) == 0 then
+    return nil
+  end
+  drop_expired(queue, waiters, now_ms())
+  local head = live_head(queue, waiters)
+  if head then
+    redis.call('PUBLISH', lock_key .. ':turn:' .. head, '1')
+  end
+  return head
+end

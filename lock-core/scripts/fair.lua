@@ -1,0 +1,71 @@
+-- Acquire a fair lock: served in arrival order (after common.lua).
+-- KEYS[1] lock key, KEYS[2] fence counter, KEYS[3] queue (zset: owner token by arrival),
+-- KEYS[4] waiters (zset: owner token by its deadline, server ms), all in one hash slot;
+-- KEYS[5] (optional) the node marker, as in acquire.lua.
+-- ARGV[1] owner token,
+-- ARGV[2] '<ttl ms>:<1 to fence, else 0>:<waiter timeout ms, 0 to try once without queueing>:
+--          <quarantine ms>:<fresh 12 hex node id>' (one argument: at most 10 elements, so an
+--          unauthenticated client is told NOAUTH, as in acquire.lua)
+-- Returns {1, fence}        the lock is ours (granted, or already ours: the expiry refreshed),
+--         {0, wait, ahead}  not ours yet: `ahead` waiters are before this one (queued, its
+--                           deadline renewed) or in the queue (a try); `wait` is how long,
+--                           in ms, until the state can change by itself (the holder's PTTL, or
+--                           the head's deadline when the lock is free but not our turn; -1
+--                           when unknown),
+--         {2, left}         the node lost its data, as in acquire.lua.
+-- Idempotent for the same token: a resent call finds itself queued, or holding the lock.
+local ttl, fencing, wait_ms, guard = string.match(ARGV[2], '^(%d+):([01]):(%d+):(.*)$')
+wait_ms = tonumber(wait_ms)
+local abstain = check_marker(KEYS[5], guard)
+if abstain then
+  return abstain
+end
+local token = ARGV[1]
+local now = now_ms()
+local dropped = drop_expired(KEYS[3], KEYS[4], now)
+local current = redis.call('GET', KEYS[1])
+if current and string.sub(current, 1, 32) == token then
+  redis.call('PEXPIRE', KEYS[1], ttl)
+  redis.call('ZREM', KEYS[3], token)
+  redis.call('ZREM', KEYS[4], token)
+  return {1, tonumber(string.sub(current, 34)) or 0}
+end
+local head = live_head(KEYS[3], KEYS[4])
+if not current and (not head or head == token) then
+  redis.call('ZREM', KEYS[3], token)
+  redis.call('ZREM', KEYS[4], token)
+  local fence = 0
+  if fencing == '1' then
+    fence = mint_fence(KEYS[2])
+  end
+  redis.call('SET', KEYS[1], token .. ':' .. string.format('%.0f', fence), 'NX', 'PX', ttl)
+  return {1, fence}
+end
+if dropped > 0 and not current and head ~= token then
+  -- Waiters whose deadline passed were dropped here, so the lock is free with a new head that
+  -- no release will wake: this call is the only one that can.
+  redis.call('PUBLISH', KEYS[1] .. ':turn:' .. head, '1')
+end
+local function wait_hint()
+  if current then
+    return redis.call('PTTL', KEYS[1])
+  end
+  local deadline = tonumber(redis.call('ZSCORE', KEYS[4], head) or '0') or 0
+  return math.max(deadline - now, 1)
+end
+if wait_ms == 0 then
+  return {0, wait_hint(), redis.call('ZCARD', KEYS[3])}
+end
+local ahead = redis.call('ZRANK', KEYS[3], token)
+if not ahead then
+  local last = redis.call('ZRANGE', KEYS[3], -1, -1, 'WITHSCORES')
+  redis.call('ZADD', KEYS[3], (tonumber(last[2]) or 0) + 1, token)
+  ahead = redis.call('ZCARD', KEYS[3]) - 1
+end
+local deadline = now + wait_ms
+redis.call('ZADD', KEYS[4], deadline, token)
+-- The queue outlives its last live waiter by nothing: both keys expire at the latest deadline.
+local latest = tonumber(redis.call('ZRANGE', KEYS[4], -1, -1, 'WITHSCORES')[2]) or deadline
+redis.call('PEXPIREAT', KEYS[3], latest)
+redis.call('PEXPIREAT', KEYS[4], latest)
+return {0, wait_hint(), ahead}
