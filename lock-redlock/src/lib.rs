@@ -80,6 +80,30 @@ struct Inner<B> {
 /// A RedLock quorum over N backends; itself a [`LockBackend`]. Cheap to clone.
 ///
 /// Mix drivers through `Arc<dyn LockBackend>`: `RedLock<Arc<dyn LockBackend>>`.
+///
+/// # No fair lock
+/// [`lock_core::LockClient::fair_mutex`] on a RedLock returns [`lock_core::LockError::Unsupported`]
+/// (`"fair locks"`). A fair lock per node keeps its own queue in the order its enqueues arrived,
+/// and the nodes of a quorum can disagree on that order: a waiter's enqueue reaches them at
+/// different moments, or misses a node that was down. With three waiters A, B, C and three
+/// nodes ordering them ABC, BCA and CAB, each waiter is at the head on one node only: no one
+/// can gather a majority of grants, and the queue stalls until waiter deadlines expire, then
+/// the same can happen again. Mutual exclusion would hold (a grant still needs a majority), but
+/// neither FIFO order nor progress would. A fair quorum lock needs one order every node agrees
+/// on, such as a ticket the client draws once and uses as the queue position on every node;
+/// until that is built and proven, the fair lock is single-node (or Cluster) only.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use lock_core::{LockClient, LockError};
+/// use lock_redlock::RedLock;
+/// use lock_testkit::MemoryBackend;
+/// let nodes = vec![MemoryBackend::new(), MemoryBackend::new(), MemoryBackend::new()];
+/// let locks = LockClient::new(RedLock::new(nodes).unwrap());
+/// let err = locks.fair_mutex("jobs").unwrap_err();
+/// assert!(matches!(err, LockError::Unsupported { feature: "fair locks", .. }), "{err}");
+/// # }
+/// ```
 pub struct RedLock<B> {
     inner: Arc<Inner<B>>,
 }

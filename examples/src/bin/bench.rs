@@ -329,6 +329,25 @@ impl Handoff for lock_core::Mutex {
     }
 }
 
+impl Handoff for lock_core::FairMutex {
+    type Held = lock_core::Guard;
+    async fn take(&self) -> Option<Self::Held> {
+        self.lock().await.ok()
+    }
+    async fn give(&self, held: Self::Held) {
+        let _ = held.release().await;
+    }
+}
+
+fn our_fair_handoff<B: LockBackend + Clone>(backend: &B) -> Option<lock_core::FairMutex> {
+    let config = LockConfig::builder()
+        .watchdog(false)
+        .acquire_timeout(Duration::from_secs(30))
+        .build()
+        .unwrap_or_default();
+    LockClient::with_config(backend.clone(), config).ok()?.fair_mutex("contended-fair").ok()
+}
+
 /// rslock's own waiting: `acquire` loops over `lock`, which retries with a random sleep.
 struct RslockHandoff(rslock::LockManager);
 
@@ -638,6 +657,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cont = vec![
         contended("redis-rs", ours(&|| our_handoff(&redis1)), contended_run).await,
         contended("fred", ours(&|| our_handoff(&fred1)), contended_run).await,
+        contended("redis-rs fair", (0..8).filter_map(|_| our_fair_handoff(&redis1)).collect(), contended_run)
+            .await,
+        contended("fred fair", (0..8).filter_map(|_| our_fair_handoff(&fred1)).collect(), contended_run)
+            .await,
         contended(
             "rslock-1",
             (0..8).map(|_| RslockHandoff(rslock::LockManager::new(vec![servers[0].url()]))).collect(),
@@ -753,6 +776,20 @@ fn targets(doc: &serde_json::Value) {
         // target's intent (Redisson sends 100 keys per call), shows about 0.01.
         let c = get("watchdog", who, "renewal_commands_per_lease_per_period");
         add(format!("watchdog {who} < 1 renewal command/lease/period (batched)"), format!("{c:.2}"), c < 0.9);
+    }
+    // The fair lock (issue 12), 8 tasks in one process here.
+    for who in ["redis-rs", "fred"] {
+        let fair = format!("{who} fair");
+        let w = get("contended", &fair, "wait_p99_ms");
+        add(format!("contended {fair} wait p99 < 20 ms"), format!("{w:.1} ms"), w < 20.0);
+        let m = get("contended", &fair, "wait_max_ms");
+        add(format!("contended {fair} wait max < 50 ms"), format!("{m:.1} ms"), m < 50.0);
+        let f = get("contended", &fair, "fairness");
+        add(format!("contended {fair} fairness >= 0.9"), format!("{f:.2}"), f >= 0.9);
+        let g = get("contended", &fair, "gap_p50_ms");
+        add(format!("contended {fair} gap p50 < 0.5 ms"), format!("{g:.2} ms"), g < 0.5);
+        let r = get("contended", &fair, "acquisitions_per_s") / get("contended", who, "acquisitions_per_s");
+        add(format!("contended {fair} acq/s >= the mutex's"), format!("{r:.2}x"), r >= 1.0);
     }
     println!("\ntargets (ratios from this run)");
     for (what, measured, ok) in &rows {

@@ -4,7 +4,14 @@
 //! cargo run -p lock-examples --bin lockctl -- inspect KEY [--url URL]...
 //! cargo run -p lock-examples --bin lockctl -- doctor [--url URL]...
 //! cargo run -p lock-examples --bin lockctl -- init [--force] [--url URL]...
+//! cargo run -p lock-examples --bin lockctl -- run KEY [--fair] [--url URL]... [--cluster]
+//!     [--driver redis-rs|fred] [--timeout 30s] [--ttl 30s] [--waiter-timeout 5s] -- COMMAND...
 //! ```
+//!
+//! `run` is `flock(1)` for distributed locks: it takes the lock (the fair lock with `--fair`:
+//! served in arrival order), runs the command while the watchdog keeps the lease, releases, and
+//! exits with the command's status (3 when the lock was not had within `--timeout`, 4 when the
+//! lease was lost while the command ran; the command is then killed).
 //!
 //! `init` declares new servers fresh: it writes the data-loss marker (`lock:node`) where it is
 //! missing, so the first acquire on a server that never held a lock is not taken for one that
@@ -51,6 +58,35 @@ enum Cmd {
         #[arg(long = "url", default_value = "redis://127.0.0.1:6379/")]
         urls: Vec<String>,
     },
+    /// Run a command while holding a lock (like flock(1)).
+    Run {
+        /// The lock key.
+        key: String,
+        /// Use the fair lock: served in arrival order, behind every waiter already queued.
+        #[arg(long)]
+        fair: bool,
+        /// A node URL; with --cluster, a seed of the Cluster.
+        #[arg(long = "url", default_value = "redis://127.0.0.1:6379/")]
+        urls: Vec<String>,
+        /// The URLs are seeds of a Redis Cluster.
+        #[arg(long)]
+        cluster: bool,
+        /// The Redis driver.
+        #[arg(long, default_value = "redis-rs", value_parser = ["redis-rs", "fred"])]
+        driver: String,
+        /// How long to wait for the lock.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+        /// The lease TTL (renewed while the command runs).
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+        /// How long the fair queue keeps this waiter if it dies while waiting.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        waiter_timeout: std::time::Duration,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
     /// Run the deployment doctor.
     Doctor {
         /// A node URL (repeat for the nodes of a RedLock).
@@ -66,6 +102,27 @@ async fn main() -> ExitCode {
         Cmd::Inspect { key, urls } => inspect(&key, &urls).await,
         Cmd::Doctor { urls } => doctor(&urls).await,
         Cmd::Init { force, urls } => init(force, &urls).await,
+        Cmd::Run { key, fair, urls, cluster, driver, timeout, ttl, waiter_timeout, command } => {
+            let run = RunArgs { key, fair, timeout, ttl, waiter_timeout, command };
+            match (driver.as_str(), cluster) {
+                ("fred", true) => match lock_fred::FredBackend::builder().connect_cluster(&urls).await {
+                    Ok(b) => run_locked(b, run).await,
+                    Err(e) => Err(e.into()),
+                },
+                ("fred", false) => match lock_fred::FredBackend::connect(first(&urls)).await {
+                    Ok(b) => run_locked(b, run).await,
+                    Err(e) => Err(e.into()),
+                },
+                (_, true) => match RedisBackend::builder().connect_cluster(&urls).await {
+                    Ok(b) => run_locked(b, run).await,
+                    Err(e) => Err(e.into()),
+                },
+                (_, false) => match RedisBackend::connect(first(&urls)).await {
+                    Ok(b) => run_locked(b, run).await,
+                    Err(e) => Err(e.into()),
+                },
+            }
+        }
     };
     match result {
         Ok(code) => code,
@@ -74,6 +131,54 @@ async fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn first(urls: &[String]) -> &str {
+    urls.first().map_or("redis://127.0.0.1:6379/", String::as_str)
+}
+
+struct RunArgs {
+    key: String,
+    fair: bool,
+    timeout: std::time::Duration,
+    ttl: std::time::Duration,
+    waiter_timeout: std::time::Duration,
+    command: Vec<String>,
+}
+
+async fn run_locked<B: LockBackend>(
+    backend: B,
+    run: RunArgs,
+) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    use lock_core::{LockClient, LockConfig, LockError};
+    let config = LockConfig::builder()
+        .ttl(run.ttl)
+        .acquire_timeout(run.timeout)
+        .waiter_timeout(run.waiter_timeout)
+        .build()?;
+    let locks = LockClient::with_config(backend, config)?;
+    let taken =
+        if run.fair { locks.fair_mutex(&run.key)?.lock().await } else { locks.mutex(&run.key)?.lock().await };
+    let guard = match taken {
+        Ok(g) => g,
+        Err(e @ LockError::Timeout { .. }) => {
+            eprintln!("lockctl: {e}");
+            return Ok(ExitCode::from(3));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let (program, args) = run.command.split_first().ok_or("no command given")?;
+    let mut child = tokio::process::Command::new(program).args(args).kill_on_drop(true).spawn()?;
+    let status = tokio::select! {
+        status = child.wait() => status?,
+        reason = guard.lost() => {
+            eprintln!("lockctl: the lease on {:?} was lost ({reason}); stopping the command", run.key);
+            let _ = child.kill().await;
+            return Ok(ExitCode::from(4));
+        }
+    };
+    guard.release().await?;
+    Ok(ExitCode::from(u8::try_from(status.code().unwrap_or(1)).unwrap_or(1)))
 }
 
 async fn inspect(key: &str, urls: &[String]) -> Result<ExitCode, Box<dyn std::error::Error>> {

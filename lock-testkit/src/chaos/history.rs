@@ -26,8 +26,8 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use lock_core::{
-    AcquireOutcome, AcquireRequest, BackendError, Capabilities, ExtendOutcome, ExtendRequest, FencingToken,
-    LockBackend, LockKey, ReleaseOutcome, ReleaseWatch, Token,
+    AcquireOutcome, AcquireRequest, BackendError, Capabilities, ExtendOutcome, ExtendRequest, FairBackend,
+    FairOutcome, FairRequest, FencingToken, LockBackend, LockKey, ReleaseOutcome, ReleaseWatch, Token,
 };
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -507,6 +507,40 @@ impl<B: LockBackend> LockBackend for Recording<B> {
     async fn deployment_facts(&self) -> Result<Vec<lock_core::doctor::NodeFacts>, BackendError> {
         self.inner.deployment_facts().await
     }
+    fn fair(&self) -> Option<&dyn FairBackend> {
+        self.inner.fair().map(|_| self as &dyn FairBackend)
+    }
+}
+
+/// The fair lock through the recording: forwarded as is (a fair lock is renewed by
+/// [`LockBackend::extend`], which is logged).
+#[async_trait]
+impl<B: LockBackend> FairBackend for Recording<B> {
+    async fn fair_acquire(&self, req: &FairRequest) -> Result<FairOutcome, BackendError> {
+        match self.inner.fair() {
+            Some(fair) => fair.fair_acquire(req).await,
+            None => Err(no_fair(self.inner.name())),
+        }
+    }
+    async fn leave_queue(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError> {
+        match self.inner.fair() {
+            Some(fair) => fair.leave_queue(key, token).await,
+            None => Err(no_fair(self.inner.name())),
+        }
+    }
+    async fn watch_turn(&self, key: &LockKey, token: &Token) -> Result<Option<ReleaseWatch>, BackendError> {
+        match self.inner.fair() {
+            Some(fair) => fair.watch_turn(key, token).await,
+            None => Err(no_fair(self.inner.name())),
+        }
+    }
+}
+
+fn no_fair(backend: &str) -> BackendError {
+    BackendError::permanent(
+        lock_core::BackendErrorKind::Other,
+        format!("backend `{backend}` has no fair lock"),
+    )
 }
 
 #[cfg(test)]

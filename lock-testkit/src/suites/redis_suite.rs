@@ -466,12 +466,54 @@ pub async fn lock_unlock_is_two_round_trips<D: RedisDriver>(driver: D) {
     // acquire reads the node marker, the lock and the fence counter, and the server clock for
     // the token's floor). Any extra client command (a PING, a GET, an EVAL fallback) would
     // change this map.
+    // The release also asks whether a fair queue exists (EXISTS), to wake its head.
     let expected: HashMap<String, u64> =
-        [("evalsha", 2), ("get", 4), ("time", 1), ("set", 2), ("del", 1), ("publish", 1)]
+        [("evalsha", 2), ("get", 4), ("time", 1), ("set", 2), ("del", 1), ("publish", 1), ("exists", 1)]
             .into_iter()
             .map(|(k, v)| (k.to_string(), v))
             .collect();
     assert_eq!(calls, expected, "a lock/unlock cycle must be exactly two EVALSHA round trips");
+}
+
+/// An uncontended fair lock/unlock is two round trips too: one `EVALSHA` of the fair script
+/// (which finds no queue, so it queues nothing) and one of the release, counted with
+/// `INFO commandstats`; and it leaves no queue key behind.
+///
+/// # Errors
+/// None: a driver that misbehaves fails the test (this panics).
+///
+/// # Cancel safety
+/// Test code: cancelling abandons the check; the servers it spawned are killed on drop.
+///
+/// # Examples
+/// A driver crate runs the whole suite with [`crate::redis_suite!`]; one test alone:
+/// ```no_run
+/// # async fn demo<D: lock_testkit::redis_suite::RedisDriver>(my_driver: D) {
+/// lock_testkit::redis_suite::fair_lock_unlock_is_two_round_trips(my_driver).await;
+/// # }
+/// ```
+pub async fn fair_lock_unlock_is_two_round_trips<D: RedisDriver>(driver: D) {
+    let server = server();
+    let config = LockConfig::builder().watchdog(false).fencing(true).build().unwrap();
+    let locks = LockClient::with_config(connect(&driver, &server).await, config).unwrap();
+    let fair = locks.fair_mutex("fair-trips").unwrap();
+    fair.lock().await.unwrap().release().await.unwrap();
+    server.cmd(&["CONFIG", "RESETSTAT"]).unwrap();
+    fair.lock().await.unwrap().release().await.unwrap();
+    let calls = command_calls(&server);
+    assert_eq!(
+        calls.get("evalsha"),
+        Some(&2),
+        "a fair lock/unlock must be two EVALSHA round trips: {calls:?}"
+    );
+    let scripts_only =
+        ["evalsha", "get", "set", "del", "time", "publish", "exists", "zrangebyscore", "zrange"];
+    assert!(
+        calls.keys().all(|k| scripts_only.contains(&k.as_str())),
+        "only the scripts' own commands may run: {calls:?}"
+    );
+    let left = text(server.cmd(&["EXISTS", "lock:{fair-trips}:queue", "lock:{fair-trips}:waiters"]).unwrap());
+    assert_eq!(left.trim(), "0", "an uncontended fair lock leaves no queue behind");
 }
 
 /// Without fencing, a lock on a single node is still one script round trip: the acquire
@@ -502,10 +544,11 @@ pub async fn unfenced_lock_is_one_script_that_checks_the_marker<D: RedisDriver>(
     server.cmd(&["CONFIG", "RESETSTAT"]).unwrap();
     mutex.lock().await.unwrap().release().await.unwrap();
     let calls = command_calls(&server);
-    let expected: HashMap<String, u64> = [("set", 1), ("evalsha", 2), ("get", 3), ("del", 1), ("publish", 1)]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
+    let expected: HashMap<String, u64> =
+        [("set", 1), ("evalsha", 2), ("get", 3), ("del", 1), ("publish", 1), ("exists", 1)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
     assert_eq!(calls, expected, "an unfenced cycle is one acquire script and one release script");
 
     // The same token again (a retry whose reply was lost): granted again.
@@ -842,6 +885,7 @@ macro_rules! redis_suite {
             acl_user_with_the_documented_rules_can_lock,
             two_hundred_waiters_each_get_the_lock_once,
             lock_unlock_is_two_round_trips,
+            fair_lock_unlock_is_two_round_trips,
             unfenced_lock_is_one_script_that_checks_the_marker,
             flushall_starts_a_quarantine_every_client_sees,
             lost_fence_counter_keeps_tokens_rising,

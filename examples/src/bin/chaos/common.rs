@@ -127,4 +127,7 @@ pub(crate) struct WorkerSpec {
     pub(crate) stubborn: bool,
     pub(crate) hold_ms: (u64, u64),
     pub(crate) seed: u64,
+    /// Take the fair lock instead of the mutex.
+    #[serde(default)]
+    pub(crate) fair: bool,
 }

@@ -50,6 +50,10 @@ struct Args {
     /// The lock TTL (pauses and delays are sized from it).
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     ttl: Duration,
+    /// The lock the workers take: `mutex`, or `fair` (the fair lock; single node only, as
+    /// RedLock has none).
+    #[arg(long, default_value = "mutex", value_parser = ["mutex", "fair"])]
+    primitive: String,
     /// Also write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -145,12 +149,20 @@ async fn run(args: &Args) -> Result<bool, DynError> {
         workers: args.workers,
         duration: args.duration,
         ttl: args.ttl,
+        fair: args.primitive == "fair",
     };
+    if p.fair && p.nodes != 1 {
+        return Err(
+            "--primitive fair runs on one node (--nodes 1): RedLock has no fair lock (see the RedLock docs)"
+                .into(),
+        );
+    }
     if p.ttl < Duration::from_millis(200) || p.ttl > Duration::from_secs(10) {
         return Err("--ttl must be from 200ms to 10s".into());
     }
     println!(
-        "chaos: driver {}, {} node(s), {} workers, {:?} per scenario, ttl {:?}",
+        "chaos: {}, driver {}, {} node(s), {} workers, {:?} per scenario, ttl {:?}",
+        if p.fair { "fair lock" } else { "mutex" },
         p.driver.name(),
         p.nodes,
         p.workers,

@@ -91,6 +91,8 @@ pub(crate) struct Params {
     pub(crate) workers: u32,
     pub(crate) duration: Duration,
     pub(crate) ttl: Duration,
+    /// Workers take the fair lock (`--primitive fair`).
+    pub(crate) fair: bool,
 }
 
 impl Params {
@@ -291,6 +293,7 @@ async fn must_pass(name: &str, p: &Params) -> Result<Outcome, DynError> {
             stubborn,
             hold_ms,
             seed: seed.wrapping_add(u64::from(i)),
+            fair: p.fair,
         };
         env.spawn_worker(spec).await?;
     }

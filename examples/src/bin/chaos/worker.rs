@@ -15,6 +15,25 @@ use crate::common::{DynError, WorkerSpec, connect_backend};
 /// Hard bound on the iterations of one worker, whatever its duration.
 const MAX_ROUNDS: u64 = 200_000;
 
+/// The lock a worker takes: the mutex, or the fair lock (`--primitive fair`).
+enum Handle {
+    Mutex(lock_core::Mutex),
+    Fair(lock_core::FairMutex),
+}
+
+impl Handle {
+    fn new(client: &LockClient<Arc<dyn LockBackend>>, key: &str, fair: bool) -> Result<Self, LockError> {
+        Ok(if fair { Handle::Fair(client.fair_mutex(key)?) } else { Handle::Mutex(client.mutex(key)?) })
+    }
+
+    async fn lock(&self) -> Result<lock_core::Guard, LockError> {
+        match self {
+            Handle::Mutex(m) => m.lock().await,
+            Handle::Fair(m) => m.lock().await,
+        }
+    }
+}
+
 pub(crate) async fn run(spec: WorkerSpec) -> Result<(), DynError> {
     // If the runner dies, so do its workers (they are bounded in time anyway).
     let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
@@ -44,7 +63,7 @@ pub(crate) async fn run(spec: WorkerSpec) -> Result<(), DynError> {
     while Instant::now() < deadline && round < MAX_ROUNDS {
         round += 1;
         let key = spec.keys[rng.random_range(0..spec.keys.len())].clone();
-        let mutex = client.mutex(&key)?;
+        let mutex = Handle::new(&client, &key, spec.fair)?;
         let attempt = if spec.storm && rng.random_bool(0.3) {
             let within = Duration::from_micros(rng.random_range(0..5_000));
             match tokio::time::timeout(within, mutex.lock()).await {
