@@ -77,7 +77,7 @@ pub struct LuaScript {
 }
 
 /// `acquire.lua`: SET NX PX, or refresh for the same owner, with an optional fence.
-/// KEYS: lock, fence, [marker]. ARGV: token, ttl ms, `"1"` to fence, guard. Returns `{1, fence}`,
+/// KEYS: lock, fence, \[marker\]. ARGV: token, ttl ms, `"1"` to fence, guard. Returns `{1, fence}`,
 /// `{0, pttl}` or `{2, quarantine ms left}`.
 pub const ACQUIRE: LuaScript = LuaScript {
     name: "acquire",
@@ -112,7 +112,7 @@ pub const FENCE: LuaScript = LuaScript {
 
 /// `fair.lua`: the fair lock's acquire: granted only at the head of the queue, else queued
 /// (with a waiter deadline) or, for a try, refused without queueing.
-/// KEYS: lock, fence, queue, waiters, [marker]. ARGV: token, `ttl:fence:wait:guard`.
+/// KEYS: lock, fence, queue, waiters, \[marker\]. ARGV: token, `ttl:fence:wait:guard`.
 /// Returns `{1, fence}`, `{0, wait ms, ahead}` or `{2, quarantine ms left}`.
 pub const FAIR: LuaScript = LuaScript {
     name: "fair",

@@ -11,6 +11,7 @@
 //! | C6 | a lease that outlived its validity was noticed lost within 50 ms of its deadline (or of the end of its worker's pause), before anyone else acquired |
 //! | C7 | no renewal sent after its section ended |
 //! | C8 | faults were injected and counted, so a pass is not vacuous |
+//! | C9 | the fair lock grants in queue order: nobody is granted while a waiter that queued before it is still, for certain, in the queue |
 //!
 //! ```
 //! use lock_testkit::checker::{check, Check, Observations};
@@ -32,7 +33,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::history::{Ending, History, Section};
+use crate::history::{Ending, FairAnswer, FairCall, History, Section};
 
 /// 50 ms, in nanoseconds: how late a lost lease may be noticed (C6).
 pub const LOSS_NOTICE_SLACK_NS: u64 = 50_000_000;
@@ -56,12 +57,14 @@ pub enum Check {
     C7,
     /// Faults really happened.
     C8,
+    /// Fair-lock grants follow the order of the queue.
+    C9,
 }
 
 impl Check {
     /// Every check, in order.
-    pub const ALL: [Check; 8] =
-        [Check::C1, Check::C2, Check::C3, Check::C4, Check::C5, Check::C6, Check::C7, Check::C8];
+    pub const ALL: [Check; 9] =
+        [Check::C1, Check::C2, Check::C3, Check::C4, Check::C5, Check::C6, Check::C7, Check::C8, Check::C9];
 }
 
 impl fmt::Display for Check {
@@ -203,6 +206,7 @@ pub fn check(history: &History, obs: &Observations) -> Report {
         });
     }
     c7_renewals(history, &mut r);
+    c9_fair_order(history, &mut r);
     if obs.faults_injected == Some(0) {
         r.violations.push(Violation {
             check: Check::C8,
@@ -211,6 +215,120 @@ pub fn check(history: &History, obs: &Observations) -> Report {
         });
     }
     r
+}
+
+/// How much earlier than the client's estimate a waiter's deadline may fall on the server:
+/// Redis keeps it in whole milliseconds.
+const WAITER_DEADLINE_SLACK_NS: u64 = 2_000_000;
+
+/// A span in which a fair waiter was, for certain, in its key's queue.
+#[derive(Debug, Clone, Copy)]
+struct Queued {
+    waiter: u64,
+    /// Its place was taken by then: the reply of the call that queued it.
+    from: u64,
+    /// It was still there until then: its deadline as last renewed by a call that was answered,
+    /// cut short by anything that may have taken it out (a grant, a failed call, a leave).
+    to: u64,
+}
+
+/// One waiter's calls on one key, folded into the spans it was certainly queued for and the
+/// window in which its grant (if any) happened on the server.
+fn fold_waiter(calls: &[&FairCall], left_at: Option<u64>) -> (Vec<Queued>, Option<(u64, u64)>, u64) {
+    let mut spans = Vec::new();
+    let mut open: Option<Queued> = None;
+    let mut grant = None;
+    // The first call this waiter may have been granted by: its first call, or the first call
+    // after its last answered `Waiting` (a failed call may have been a grant whose answer was
+    // lost).
+    let mut grant_from = calls.first().map_or(0, |c| c.t_sent);
+    let first_sent = grant_from;
+    for c in calls {
+        match (c.answer, c.wait_ms) {
+            (FairAnswer::Waiting, Some(wait_ms)) => {
+                let deadline = c
+                    .t_sent
+                    .saturating_add(wait_ms.saturating_mul(1_000_000))
+                    .saturating_sub(WAITER_DEADLINE_SLACK_NS);
+                open = match open {
+                    // Still queued when this call ran: the same place, renewed.
+                    Some(q) if c.t_reply <= q.to => Some(Queued { to: q.to.max(deadline), ..q }),
+                    other => {
+                        spans.extend(other);
+                        Some(Queued { waiter: 0, from: c.t_reply, to: deadline })
+                    }
+                };
+                grant_from = c.t_reply;
+            }
+            (FairAnswer::Waiting, None) => grant_from = c.t_reply,
+            (FairAnswer::Acquired, _) => {
+                if let Some(mut q) = open.take() {
+                    q.to = q.to.min(c.t_sent);
+                    spans.push(q);
+                }
+                grant = Some((grant_from.min(c.t_sent), c.t_reply));
+                break;
+            }
+            (FairAnswer::Failed, _) => {
+                if let Some(mut q) = open.take() {
+                    q.to = q.to.min(c.t_sent);
+                    spans.push(q);
+                }
+            }
+        }
+    }
+    spans.extend(open);
+    if let Some(t) = left_at {
+        for q in &mut spans {
+            q.to = q.to.min(t);
+        }
+    }
+    spans.retain(|q| q.from < q.to);
+    (spans, grant, first_sent)
+}
+
+/// C9: for every fair grant, no waiter that was queued before the grantee's first call was
+/// still, for certain, in the queue when the grant happened. Conservative on purpose: a waiter
+/// counts as queued only between the answer that queued it and the earliest moment anything
+/// could have taken it out; so faults (lost replies, resets, cancellations, kills) can hide a
+/// violation but never invent one. Assumes the queue is not lost with a node's data.
+fn c9_fair_order(history: &History, r: &mut Report) {
+    let mut by_key: BTreeMap<&str, BTreeMap<u64, Vec<&FairCall>>> = BTreeMap::new();
+    for c in &history.fair_calls {
+        by_key.entry(c.key.as_str()).or_default().entry(c.waiter).or_default().push(c);
+    }
+    let mut leaves: HashMap<(&str, u64), u64> = HashMap::new();
+    for l in &history.fair_leaves {
+        let at = leaves.entry((l.key.as_str(), l.waiter)).or_insert(l.t);
+        *at = (*at).min(l.t);
+    }
+    for (key, waiters) in by_key {
+        let mut queued: Vec<Queued> = Vec::new();
+        let mut grants: Vec<(u64, u64, u64, u64, &str)> = Vec::new(); // (waiter, lo, hi, first sent, worker)
+        for (waiter, mut calls) in waiters {
+            calls.sort_by_key(|c| c.t_sent);
+            let (spans, grant, first_sent) = fold_waiter(&calls, leaves.get(&(key, waiter)).copied());
+            queued.extend(spans.into_iter().map(|q| Queued { waiter, ..q }));
+            if let Some((lo, hi)) = grant {
+                grants.push((waiter, lo, hi, first_sent, calls[0].worker.as_str()));
+            }
+        }
+        for (grantee, lo, hi, first_sent, worker) in grants {
+            if let Some(q) = queued
+                .iter()
+                .find(|q| q.waiter != grantee && q.from < first_sent && q.from <= lo && q.to >= hi)
+            {
+                r.violations.push(Violation {
+                    check: Check::C9,
+                    what: format!(
+                        "{worker} was granted {key} while a waiter queued {} us before its first call was still at its place ahead of it",
+                        (first_sent - q.from) / 1000
+                    ),
+                    sections: Vec::new(),
+                });
+            }
+        }
+    }
 }
 
 fn c1_overlaps(sections: &[&Section], r: &mut Report) {
@@ -435,6 +553,101 @@ mod tests {
 
     fn fenced() -> Observations {
         Observations { fencing: true, faults_injected: Some(1), ..Observations::default() }
+    }
+
+    /// One fair call of waiter `w`, sent at `sent` ms and answered at `reply` ms.
+    fn fair(w: u64, sent: u64, reply: u64, wait_ms: Option<u64>, answer: FairAnswer) -> Event {
+        Event::FairCall(crate::history::FairCall {
+            worker: format!("w{w}"),
+            key: "k".into(),
+            waiter: w,
+            t_sent: sent * MS,
+            t_reply: reply * MS,
+            wait_ms,
+            answer,
+        })
+    }
+
+    fn c9(events: Vec<Event>) -> usize {
+        check(&History::from_events(events), &Observations::default()).of(Check::C9)
+    }
+
+    #[test]
+    fn c9_passes_grants_in_queue_order() {
+        assert_eq!(
+            c9(vec![
+                fair(1, 0, 1, Some(1000), FairAnswer::Waiting),
+                fair(2, 5, 6, Some(1000), FairAnswer::Waiting),
+                fair(1, 50, 51, Some(1000), FairAnswer::Acquired),
+                fair(2, 60, 61, Some(1000), FairAnswer::Acquired),
+                // A newcomer that found nobody queued any more.
+                fair(3, 70, 71, Some(1000), FairAnswer::Acquired),
+            ]),
+            0
+        );
+    }
+
+    #[test]
+    fn c9_catches_a_newcomer_served_before_a_queued_waiter() {
+        assert_eq!(
+            c9(vec![
+                fair(1, 0, 1, Some(1000), FairAnswer::Waiting),
+                fair(2, 5, 6, Some(1000), FairAnswer::Acquired),
+            ]),
+            1
+        );
+        // And a later waiter served before an earlier one.
+        assert_eq!(
+            c9(vec![
+                fair(1, 0, 1, Some(1000), FairAnswer::Waiting),
+                fair(2, 5, 6, Some(1000), FairAnswer::Waiting),
+                fair(2, 50, 51, Some(1000), FairAnswer::Acquired),
+                fair(1, 60, 61, Some(1000), FairAnswer::Acquired),
+            ]),
+            1
+        );
+    }
+
+    #[test]
+    fn c9_excuses_waiters_that_left_expired_or_failed() {
+        // Left before the grant.
+        let mut events = vec![
+            fair(1, 0, 1, Some(1000), FairAnswer::Waiting),
+            fair(2, 5, 6, Some(1000), FairAnswer::Acquired),
+        ];
+        events.push(Event::FairLeave(crate::history::FairLeave {
+            worker: "w1".into(),
+            key: "k".into(),
+            waiter: 1,
+            t: 4 * MS,
+        }));
+        assert_eq!(c9(events), 0);
+        // Its deadline passed without a renewal (a crashed waiter).
+        assert_eq!(
+            c9(vec![
+                fair(1, 0, 1, Some(10), FairAnswer::Waiting),
+                fair(2, 20, 21, Some(1000), FairAnswer::Acquired)
+            ]),
+            0
+        );
+        // Its last call failed: it may have been granted and lost the lock since.
+        assert_eq!(
+            c9(vec![
+                fair(1, 0, 1, Some(1000), FairAnswer::Waiting),
+                fair(1, 3, 4, Some(1000), FairAnswer::Failed),
+                fair(2, 5, 6, Some(1000), FairAnswer::Acquired),
+            ]),
+            0
+        );
+        // Not before the grantee: queued after the grantee's first call.
+        assert_eq!(
+            c9(vec![
+                fair(2, 0, 1, Some(1000), FairAnswer::Waiting),
+                fair(1, 2, 3, Some(1000), FairAnswer::Waiting),
+                fair(2, 50, 51, Some(1000), FairAnswer::Acquired),
+            ]),
+            0
+        );
     }
 
     #[test]

@@ -197,6 +197,65 @@ pub enum Event {
         /// When.
         t: u64,
     },
+    /// One call of the fair lock's acquire script (see [`FairCall`]).
+    FairCall(FairCall),
+    /// A fair waiter left the queue: the leave was sent (see [`FairLeave`]).
+    FairLeave(FairLeave),
+}
+
+/// What one fair acquire call answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FairAnswer {
+    /// The lock was granted (or was already this waiter's).
+    Acquired,
+    /// Not this waiter's turn: it is queued (or, for a try, was not).
+    Waiting,
+    /// The call failed or was cancelled: whether it reached the server is unknown.
+    Failed,
+}
+
+/// One call of the fair lock's acquire, as [`Recording`] logs it: what C9 (grants follow
+/// the queue's order) is judged from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FairCall {
+    /// The worker.
+    pub worker: String,
+    /// The key.
+    pub key: String,
+    /// The waiter: a digest of its owner token (never the token itself), the same for every
+    /// call of one acquisition.
+    pub waiter: u64,
+    /// When the call was sent.
+    pub t_sent: u64,
+    /// When its answer arrived (or it failed).
+    pub t_reply: u64,
+    /// The waiter deadline it asked for, in ms; `None` for a try (never queued).
+    pub wait_ms: Option<u64>,
+    /// What it answered.
+    pub answer: FairAnswer,
+}
+
+/// A fair waiter's leave, as [`Recording`] logs it when it is sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FairLeave {
+    /// The worker.
+    pub worker: String,
+    /// The key.
+    pub key: String,
+    /// The waiter (see [`FairCall::waiter`]).
+    pub waiter: u64,
+    /// When it was sent.
+    pub t: u64,
+}
+
+/// The digest of an owner token that logs name a waiter by: stable within a run, and it
+/// does not give the token away.
+pub fn waiter_id(token: &Token) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    token.hash(&mut h);
+    h.finish()
 }
 
 /// A write to the fenced resource, inside a section.
@@ -268,6 +327,12 @@ pub struct History {
     pub acquire_failures: u64,
     /// `lock()` calls cancelled on purpose.
     pub acquire_aborts: u64,
+    /// Every fair acquire call, in order of sending (empty unless the fair lock ran).
+    #[serde(default)]
+    pub fair_calls: Vec<FairCall>,
+    /// Every fair waiter's leave.
+    #[serde(default)]
+    pub fair_leaves: Vec<FairLeave>,
 }
 
 impl History {
@@ -298,6 +363,8 @@ impl History {
                 Event::ExtendSent { worker, key, t } => h.extends.push(ExtendSent { worker, key, t }),
                 Event::AcquireFailed { .. } => h.acquire_failures += 1,
                 Event::AcquireAborted { .. } => h.acquire_aborts += 1,
+                Event::FairCall(call) => h.fair_calls.push(call),
+                Event::FairLeave(leave) => h.fair_leaves.push(leave),
                 other => pending.push(other),
             }
         }
@@ -344,6 +411,8 @@ impl History {
             }
         }
         h.sections.sort_by_key(|s| s.t_acquired);
+        h.fair_calls.sort_by_key(|c| c.t_sent);
+        h.fair_leaves.sort_by_key(|l| l.t);
         h
     }
 
@@ -512,21 +581,67 @@ impl<B: LockBackend> LockBackend for Recording<B> {
     }
 }
 
-/// The fair lock through the recording: forwarded as is (a fair lock is renewed by
-/// [`LockBackend::extend`], which is logged).
+/// Logs a fair call when its answer arrives, or as failed when the call is dropped (cancelled)
+/// before that.
+struct FairCallLog<'a> {
+    recorder: &'a Recorder,
+    call: Option<FairCall>,
+}
+
+impl FairCallLog<'_> {
+    fn answered(mut self, answer: FairAnswer) {
+        if let Some(mut call) = self.call.take() {
+            call.t_reply = self.recorder.now();
+            call.answer = answer;
+            self.recorder.record(Event::FairCall(call));
+        }
+    }
+}
+
+impl Drop for FairCallLog<'_> {
+    fn drop(&mut self) {
+        if let Some(mut call) = self.call.take() {
+            call.t_reply = self.recorder.now();
+            self.recorder.record(Event::FairCall(call));
+        }
+    }
+}
+
+/// The fair lock through the recording: every acquire call and every leave is logged (for
+/// C9); a fair lock is renewed by [`LockBackend::extend`], which is logged too.
 #[async_trait]
 impl<B: LockBackend> FairBackend for Recording<B> {
     async fn fair_acquire(&self, req: &FairRequest) -> Result<FairOutcome, BackendError> {
-        match self.inner.fair() {
-            Some(fair) => fair.fair_acquire(req).await,
-            None => Err(no_fair(self.inner.name())),
-        }
+        let Some(fair) = self.inner.fair() else { return Err(no_fair(self.inner.name())) };
+        let log = FairCallLog {
+            recorder: &self.recorder,
+            call: Some(FairCall {
+                worker: self.worker.clone(),
+                key: req.key.as_str().to_string(),
+                waiter: waiter_id(&req.token),
+                t_sent: self.recorder.now(),
+                t_reply: 0,
+                wait_ms: req.wait.map(|w| u64::try_from(w.as_millis()).unwrap_or(u64::MAX)),
+                answer: FairAnswer::Failed,
+            }),
+        };
+        let out = fair.fair_acquire(req).await;
+        log.answered(match &out {
+            Ok(FairOutcome::Acquired(_)) => FairAnswer::Acquired,
+            Ok(FairOutcome::Waiting { .. }) => FairAnswer::Waiting,
+            Err(_) => FairAnswer::Failed,
+        });
+        out
     }
     async fn leave_queue(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError> {
-        match self.inner.fair() {
-            Some(fair) => fair.leave_queue(key, token).await,
-            None => Err(no_fair(self.inner.name())),
-        }
+        let Some(fair) = self.inner.fair() else { return Err(no_fair(self.inner.name())) };
+        self.recorder.record(Event::FairLeave(FairLeave {
+            worker: self.worker.clone(),
+            key: key.as_str().to_string(),
+            waiter: waiter_id(token),
+            t: self.recorder.now(),
+        }));
+        fair.leave_queue(key, token).await
     }
     async fn watch_turn(&self, key: &LockKey, token: &Token) -> Result<Option<ReleaseWatch>, BackendError> {
         match self.inner.fair() {

@@ -96,15 +96,26 @@ pub(crate) async fn connect_backend(
     node_timeout: Duration,
     quarantine: Duration,
 ) -> Result<Arc<dyn LockBackend>, DynError> {
+    let mut nodes = connect_nodes(driver, urls, node_timeout, quarantine).await?;
+    if nodes.len() == 1 {
+        return Ok(nodes.remove(0));
+    }
+    Ok(Arc::new(RedLock::with_options(nodes, RedLockOptions::new().node_timeout(node_timeout))?))
+}
+
+/// One backend per node URL.
+pub(crate) async fn connect_nodes(
+    driver: Driver,
+    urls: &[String],
+    node_timeout: Duration,
+    quarantine: Duration,
+) -> Result<Vec<Arc<dyn LockBackend>>, DynError> {
     let command_timeout = (node_timeout * 2).max(Duration::from_millis(200));
     let mut nodes = Vec::with_capacity(urls.len());
     for url in urls {
         nodes.push(connect_node(driver, url, command_timeout, quarantine).await?);
     }
-    if nodes.len() == 1 {
-        return Ok(nodes.remove(0));
-    }
-    Ok(Arc::new(RedLock::with_options(nodes, RedLockOptions::new().node_timeout(node_timeout))?))
+    Ok(nodes)
 }
 
 /// What a worker process does, passed as JSON on its command line.
@@ -127,7 +138,10 @@ pub(crate) struct WorkerSpec {
     pub(crate) stubborn: bool,
     pub(crate) hold_ms: (u64, u64),
     pub(crate) seed: u64,
-    /// Take the fair lock instead of the mutex.
+    /// Take the fair lock instead of the mutex (on several nodes: each key on one node).
     #[serde(default)]
     pub(crate) fair: bool,
+    /// Run a mutant of the backend (`fair-barging`), for the checker to catch.
+    #[serde(default)]
+    pub(crate) mutant: Option<String>,
 }

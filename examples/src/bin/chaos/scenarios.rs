@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use lock_testkit::ProxyMode;
 use lock_testkit::checker::{Check, Observations, Pause, Report, check};
-use lock_testkit::history::{Ending, Event, History, mono_now_ns};
+use lock_testkit::history::{Ending, Event, FairAnswer, History, mono_now_ns};
 use rand::Rng;
 use serde::Serialize;
 use tokio::time::Instant;
@@ -33,7 +33,7 @@ impl Kind {
     }
 }
 
-pub(crate) const ALL: [(&str, Kind, &str); 24] = [
+pub(crate) const ALL: [(&str, Kind, &str); 26] = [
     ("none", Kind::MustPass, "no fault"),
     ("minority-kill", Kind::MustPass, "a minority node killed, restarted empty after more than the TTL"),
     ("minority-pause", Kind::MustPass, "a minority node SIGSTOPped past the TTL, then resumed"),
@@ -48,6 +48,11 @@ pub(crate) const ALL: [(&str, Kind, &str); 24] = [
     ("blackhole-holder", Kind::MustPass, "the holder cut off from a majority (asymmetric partition)"),
     ("client-pause", Kind::MustPass, "the holding client SIGSTOPped for 1.5x TTL; it writes late anyway"),
     ("client-kill", Kind::MustPass, "the holding client killed"),
+    (
+        "client-kill-waiter",
+        Kind::MustPass,
+        "a client killed while it waits in the fair lock's queue (fair lock only)",
+    ),
     ("cancel-storm", Kind::MustPass, "acquires aborted within 0-5 ms, guards dropped mid-renewal"),
     ("conn-resets", Kind::MustPass, "connections reset mid-command"),
     ("conn-kill-loop", Kind::MustPass, "CLIENT KILL of every client connection on a node, in a loop"),
@@ -82,7 +87,39 @@ pub(crate) const ALL: [(&str, Kind, &str); 24] = [
     ("mutant-plain-del", Kind::KnownUnsafe, "mutant backend: release by plain DEL"),
     ("mutant-unchecked-extend", Kind::KnownUnsafe, "mutant backend: extend without an owner check"),
     ("mutant-reply-validity", Kind::KnownUnsafe, "mutant backend: validity measured from the reply"),
+    (
+        "mutant-fair-barging",
+        Kind::KnownUnsafe,
+        "mutant fair lock: a free lock goes to whoever asks, queued or not (fair lock only)",
+    ),
 ];
+
+/// The scenarios of the fair lock (`--primitive fair`): those whose faults keep the queue (a
+/// node that loses its data loses the queue, and C9 would judge an order nobody kept).
+pub(crate) const FAIR: [&str; 11] = [
+    "none",
+    "minority-pause",
+    "latency",
+    "lost-replies",
+    "client-pause",
+    "client-kill",
+    "client-kill-waiter",
+    "cancel-storm",
+    "conn-resets",
+    "conn-kill-loop",
+    "mutant-fair-barging",
+];
+
+/// Scenarios that only the fair lock runs.
+pub(crate) const FAIR_ONLY: [&str; 2] = ["client-kill-waiter", "mutant-fair-barging"];
+
+/// The scenarios of a primitive, in table order.
+pub(crate) fn of_primitive(fair: bool) -> Vec<(&'static str, Kind, &'static str)> {
+    ALL.iter()
+        .filter(|(name, _, _)| if fair { FAIR.contains(name) } else { !FAIR_ONLY.contains(name) })
+        .copied()
+        .collect()
+}
 
 #[derive(Clone)]
 pub(crate) struct Params {
@@ -194,7 +231,7 @@ impl Outcome {
 
 pub(crate) fn print_header() {
     println!(
-        "\n{:<24} {:<12} {:>6} {:>7}  {:>3} {:>3} {:>3} {:>3} {:>3} {:>3} {:>3} {:>3}  {:>5} {:>6}  verdict",
+        "\n{:<24} {:<12} {:>6} {:>7}  {:>3} {:>3} {:>3} {:>3} {:>3} {:>3} {:>3} {:>3} {:>3}  {:>5} {:>6}  verdict",
         "scenario",
         "kind",
         "acqs",
@@ -207,6 +244,7 @@ pub(crate) fn print_header() {
         "C6",
         "C7",
         "C8",
+        "C9",
         "lost",
         "fenced"
     );
@@ -215,7 +253,7 @@ pub(crate) fn print_header() {
 pub(crate) fn print_row(o: &Outcome) {
     let v = |c: &str| o.violations.get(c).copied().unwrap_or(0);
     println!(
-        "{:<24} {:<12} {:>6} {:>7}  {:>3} {:>3} {:>3} {:>3} {:>3} {:>3} {:>3} {:>3}  {:>5} {:>6}  {}",
+        "{:<24} {:<12} {:>6} {:>7}  {:>3} {:>3} {:>3} {:>3} {:>3} {:>3} {:>3} {:>3} {:>3}  {:>5} {:>6}  {}",
         o.scenario,
         o.kind.label(),
         o.acquisitions,
@@ -228,6 +266,7 @@ pub(crate) fn print_row(o: &Outcome) {
         v("C6"),
         v("C7"),
         v("C8"),
+        v("C9"),
         o.lost_noticed,
         o.fenced_rejected,
         o.verdict
@@ -240,7 +279,10 @@ pub(crate) async fn run(name: &str, kind: Kind, p: &Params) -> Result<Outcome, D
     }
     match kind {
         Kind::MustPass if unsafe_runs::PINNED.contains(&name) => unsafe_runs::run(name, kind, p).await,
-        Kind::MustPass => must_pass(name, p).await,
+        Kind::MustPass => with_workers(name, kind, p, None, &[]).await,
+        Kind::KnownUnsafe if name == "mutant-fair-barging" => {
+            with_workers(name, kind, p, Some("fair-barging"), &[Check::C9]).await
+        }
         Kind::KnownUnsafe => unsafe_runs::run(name, kind, p).await,
     }
 }
@@ -263,7 +305,15 @@ impl Injected {
     }
 }
 
-async fn must_pass(name: &str, p: &Params) -> Result<Outcome, DynError> {
+/// A run of worker processes under a fault schedule (or a mutant of the backend), judged by
+/// the checker.
+async fn with_workers(
+    name: &str,
+    kind: Kind,
+    p: &Params,
+    mutant: Option<&str>,
+    expected: &[Check],
+) -> Result<Outcome, DynError> {
     let mut env = Env::start(p.nodes).await?;
     let ttl_ms = u64::try_from(p.ttl.as_millis())?;
     let long = (30, 80);
@@ -294,6 +344,7 @@ async fn must_pass(name: &str, p: &Params) -> Result<Outcome, DynError> {
             hold_ms,
             seed: seed.wrapping_add(u64::from(i)),
             fair: p.fair,
+            mutant: mutant.map(str::to_string),
         };
         env.spawn_worker(spec).await?;
     }
@@ -327,7 +378,8 @@ async fn must_pass(name: &str, p: &Params) -> Result<Outcome, DynError> {
         injected.count += history.acquire_aborts
             + history.sections.iter().filter(|s| s.ended == Ending::Dropped).count() as u64;
     }
-    let faults = (name != "none").then(|| injected.count + env.proxy_faults() - proxy_before);
+    let faults =
+        (name != "none" && mutant.is_none()).then(|| injected.count + env.proxy_faults() - proxy_before);
     let judge_counter = name != "client-pause";
     let obs = Observations {
         fencing: true,
@@ -339,15 +391,16 @@ async fn must_pass(name: &str, p: &Params) -> Result<Outcome, DynError> {
     };
     let report = check(&history, &obs);
     env.keep_logs();
-    expectations(name, &history, &report, &injected, &mut problems);
+    expectations(name, p, &history, &report, &injected, &mut problems);
     let spans = std::mem::take(&mut injected.spans);
-    Ok(Outcome::judge(name, Kind::MustPass, p, &report, faults, &[], problems)
+    Ok(Outcome::judge(name, kind, p, &report, faults, expected, problems)
         .with_timeline(history, spans, &report))
 }
 
 /// What a scenario must show besides the absence of violations, so that it tested what it says.
 fn expectations(
     name: &str,
+    p: &Params,
     history: &History,
     report: &Report,
     injected: &Injected,
@@ -382,6 +435,21 @@ fn expectations(
             if !history.sections.iter().any(|s| s.ended == Ending::Crashed && s.t_released.is_none()) =>
         {
             problems.push("no section was cut short by the kill".into());
+        }
+        "client-kill-waiter" => {
+            let kills: Vec<u64> = injected.spans.iter().filter(|s| s.kind == "kill").map(|s| s.to).collect();
+            match kills.iter().max() {
+                None => problems.push("no waiter was killed in the queue".into()),
+                Some(&last) => {
+                    // The killed waiter's place expires with its waiter deadline (one TTL here):
+                    // the queue must move on after that.
+                    let by = last + u64::try_from(p.ttl.as_nanos()).unwrap_or(u64::MAX);
+                    if !history.sections.iter().any(|s| s.t_acquired > by) {
+                        problems
+                            .push("no grant after the killed waiter's deadline: the queue stalled".into());
+                    }
+                }
+            }
         }
         _ => {}
     }
@@ -579,7 +647,25 @@ async fn schedule(
                 }
             }
         }
-        "cancel-storm" => {} // the workers make the storm; counted from their logs
+        "client-kill-waiter" => {
+            let mut tail = Tail::default();
+            // Kill up to two waiters queued in the fair lock, keeping at least two workers alive.
+            let kills = (env.workers.len().saturating_sub(2)).clamp(1, 2);
+            for _ in 0..kills {
+                if let Some(w) = tail.waiter(env, Duration::from_secs(2)).await {
+                    let from = mono_now_ns();
+                    env.workers[w].kill().await;
+                    inj.count += 1;
+                    inj.span("kill", Some(env.workers[w].id.clone()), from);
+                }
+                tokio::time::sleep(ttl).await;
+                if !left(end, ttl * 2) {
+                    break;
+                }
+            }
+        }
+        "mutant-fair-barging" => {} // the mutant is in the workers' backend
+        "cancel-storm" => {}        // the workers make the storm; counted from their logs
         "conn-resets" => {
             for _ in 0..MAX_ROUNDS {
                 let v = rng.random_range(0..n);
@@ -605,6 +691,8 @@ struct Tail {
     offsets: HashMap<usize, u64>,
     partial: HashMap<usize, String>,
     open: HashMap<usize, HashSet<String>>,
+    /// Workers whose last fair call queued them, and that have not been granted since.
+    queued: HashSet<usize>,
 }
 
 impl Tail {
@@ -630,11 +718,41 @@ impl Tail {
                     Ok(Event::Releasing { acq, .. } | Event::Ended { acq, .. } | Event::Lost { acq, .. }) => {
                         open.remove(&acq);
                     }
+                    Ok(Event::FairCall(call)) => {
+                        if call.answer == FairAnswer::Waiting && call.wait_ms.is_some() {
+                            self.queued.insert(i);
+                        } else {
+                            self.queued.remove(&i);
+                        }
+                    }
                     _ => {}
                 }
             }
             self.partial.insert(i, rest);
         }
+    }
+
+    /// A running worker waiting in a fair lock's queue, waiting up to `within` for one.
+    async fn waiter(&mut self, env: &Env, within: Duration) -> Option<usize> {
+        let until = Instant::now() + within;
+        while Instant::now() < until {
+            self.poll(env);
+            let found = self
+                .queued
+                .iter()
+                .copied()
+                .filter(|i| {
+                    self.open.get(i).is_none_or(HashSet::is_empty)
+                        && !env.workers[*i].killed
+                        && !env.workers[*i].stopped
+                })
+                .min();
+            if found.is_some() {
+                return found;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        None
     }
 
     /// A running worker holding a lock, waiting up to `within` for one.

@@ -10,7 +10,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 
-use crate::common::{DynError, WorkerSpec, connect_backend};
+use crate::common::{DynError, WorkerSpec, connect_backend, connect_nodes};
+use crate::fair::{Barging, Sharded};
 
 /// Hard bound on the iterations of one worker, whatever its duration.
 const MAX_ROUNDS: u64 = 200_000;
@@ -40,13 +41,19 @@ pub(crate) async fn run(spec: WorkerSpec) -> Result<(), DynError> {
     let rec = Recorder::to_file(&spec.out)?;
     let clock = rec.clock();
     let ttl = Duration::from_millis(spec.ttl_ms);
-    let backend = connect_backend(
-        spec.driver,
-        &spec.nodes,
-        Duration::from_millis(spec.node_timeout_ms),
-        Duration::from_millis(spec.ttl_ms),
-    )
-    .await?;
+    let (node_timeout, quarantine) = (Duration::from_millis(spec.node_timeout_ms), ttl);
+    let mut backend: Arc<dyn LockBackend> = if spec.fair && spec.nodes.len() > 1 {
+        // The fair lock has no RedLock form: each key lives on one of the nodes.
+        let nodes = connect_nodes(spec.driver, &spec.nodes, node_timeout, quarantine).await?;
+        Arc::new(Sharded::new(nodes, spec.keys.clone()))
+    } else {
+        connect_backend(spec.driver, &spec.nodes, node_timeout, quarantine).await?
+    };
+    match spec.mutant.as_deref() {
+        None => {}
+        Some("fair-barging") => backend = Arc::new(Barging::new(backend)),
+        Some(other) => return Err(format!("no mutant {other:?}").into()),
+    }
     let backend: Arc<dyn LockBackend> = Arc::new(Recording::new(backend, spec.id.clone(), rec.clone()));
     let config = LockConfig::builder()
         .ttl(ttl)
@@ -54,6 +61,8 @@ pub(crate) async fn run(spec: WorkerSpec) -> Result<(), DynError> {
         .acquire_timeout(ttl * 2)
         .retry_backoff(Duration::from_millis(2), Duration::from_millis(50))
         .fencing(true)
+        // A killed waiter of the fair lock keeps its place for one TTL, not the default 5 s.
+        .waiter_timeout(ttl.max(Duration::from_millis(100)))
         .build()?;
     let client = LockClient::with_config(backend, config)?;
     let oracle = Oracle::connect(&spec.oracle).await?;
