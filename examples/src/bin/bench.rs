@@ -9,7 +9,7 @@
 //! Contenders: raw commands (the physical limit), our redis-rs and fred backends, RedLock over 3
 //! and 5 nodes, and rslock over 1, 3 and 5 nodes. Measured: sequential lock+unlock cycles
 //! (cycles/s, p50, p99), 64 tasks on distinct keys (total cycles/s), contended hand-off of one
-//! key among 8 tasks in the no-barging mode (acquisitions/s, hand-off gap, wait, fairness), the
+//! key among 8 tasks in 2 processes, in the no-barging mode (acquisitions/s, hand-off gap, wait, fairness), the
 //! watchdog holding 10,000 leases (renewal traffic, CPU, memory, lateness), and round trips per
 //! cycle from `INFO commandstats`. It ends with every target of the benchmark and whether this
 //! run met it.
@@ -28,6 +28,7 @@ use lock_fred::FredBackend;
 use lock_redis_rs::RedisBackend;
 use lock_redis_rs::redis::aio::MultiplexedConnection;
 use lock_redlock::RedLock;
+use lock_testkit::history::mono_now_ns;
 use lock_testkit::{RedisServer, start_nodes};
 use tokio::time::Instant;
 
@@ -40,6 +41,9 @@ struct Args {
     /// Also write the results as JSON to this path.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+    /// Internal: run one process of the contended hand-off (spawned by the bench itself).
+    #[arg(long, hide = true)]
+    handoff_child: Option<String>,
 }
 
 type BoxFut<'a> = Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
@@ -370,45 +374,172 @@ fn our_handoff<B: LockBackend + Clone>(backend: &B) -> Option<lock_core::Mutex> 
     LockClient::with_config(backend.clone(), config).ok()?.mutex("contended").ok()
 }
 
-/// 8 tasks on one key: hold 1 ms, release, 1 ms of other work, ask again (no barging).
-async fn contended<H: Handoff>(name: &str, lockers: Vec<H>, run: Duration) -> serde_json::Value {
-    #[derive(Default)]
-    struct Log {
-        events: Vec<(Instant, Instant, usize, Instant)>, // (asked, acquired, task, released)
+/// One acquisition of the contended hand-off, in host monotonic nanoseconds (comparable
+/// across processes): asked, acquired, the task (numbered across processes), released.
+type HandoffEvent = (u64, u64, usize, u64);
+
+/// Tasks of one process on one key: hold 1 ms, release, 1 ms of other work, ask again (no
+/// barging). They start together at `start_ns` and stop asking `run` later.
+async fn handoff_tasks<H: Handoff>(
+    lockers: Vec<H>,
+    first_task: usize,
+    start_ns: u64,
+    run: Duration,
+) -> Vec<HandoffEvent> {
+    let now = mono_now_ns();
+    if start_ns > now {
+        tokio::time::sleep(Duration::from_nanos(start_ns - now)).await;
     }
-    let log = Arc::new(std::sync::Mutex::new(Log::default()));
     let stop = Instant::now() + run;
     let tasks = lockers.into_iter().enumerate().map(|(t, locker)| {
-        let log = Arc::clone(&log);
         tokio::spawn(async move {
+            let mut events = Vec::new();
             while Instant::now() < stop {
-                let asked = Instant::now();
+                let asked = mono_now_ns();
                 let Some(held) = locker.take().await else { continue };
-                let acquired = Instant::now();
+                let acquired = mono_now_ns();
                 tokio::time::sleep(Duration::from_millis(1)).await;
-                let released = Instant::now();
+                let released = mono_now_ns();
                 locker.give(held).await;
-                if let Ok(mut l) = log.lock() {
-                    l.events.push((asked, acquired, t, released));
-                }
+                events.push((asked, acquired, first_task + t, released));
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
+            events
         })
     });
-    join_all(tasks).await;
-    let mut events = log.lock().map(|l| l.events.clone()).unwrap_or_default();
+    join_all(tasks).await.into_iter().flat_map(Result::unwrap_or_default).collect()
+}
+
+/// What one process of the contended hand-off runs (`--handoff-child`, as JSON).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct HandoffChild {
+    contender: String,
+    urls: Vec<String>,
+    tasks: usize,
+    first_task: usize,
+    start_ns: u64,
+    run_ms: u64,
+}
+
+/// The contended hand-off's processes: 8 tasks split over this many.
+const HANDOFF_PROCS: usize = 2;
+const HANDOFF_TASKS: usize = 8;
+
+/// A child process of the hand-off: builds its contender, runs its tasks, prints the events
+/// as JSON on stdout.
+async fn handoff_child(spec: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let spec: HandoffChild = serde_json::from_str(spec)?;
+    let run = Duration::from_millis(spec.run_ms);
+    let (n, first, start) = (spec.tasks, spec.first_task, spec.start_ns);
+    let url = spec.urls.first().ok_or("no node")?.clone();
+    let events = match spec.contender.as_str() {
+        "redis-rs" => {
+            let b = RedisBackend::connect(&url).await?;
+            handoff_tasks((0..n).filter_map(|_| our_handoff(&b)).collect(), first, start, run).await
+        }
+        "fred" => {
+            let b = FredBackend::connect(&url).await?;
+            handoff_tasks((0..n).filter_map(|_| our_handoff(&b)).collect(), first, start, run).await
+        }
+        "redis-rs fair" => {
+            let b = RedisBackend::connect(&url).await?;
+            handoff_tasks((0..n).filter_map(|_| our_fair_handoff(&b)).collect(), first, start, run).await
+        }
+        "fred fair" => {
+            let b = FredBackend::connect(&url).await?;
+            handoff_tasks((0..n).filter_map(|_| our_fair_handoff(&b)).collect(), first, start, run).await
+        }
+        "rslock-1" => {
+            let lockers =
+                (0..n).map(|_| RslockHandoff(rslock::LockManager::new(vec![url.clone()]))).collect();
+            handoff_tasks(lockers, first, start, run).await
+        }
+        "redlock-3" | "redlock-5" => {
+            let mut nodes = Vec::new();
+            for u in &spec.urls {
+                nodes.push(RedisBackend::connect(u).await?);
+            }
+            let rl = RedLock::new(nodes)?;
+            handoff_tasks((0..n).filter_map(|_| our_handoff(&rl)).collect(), first, start, run).await
+        }
+        other => return Err(format!("no hand-off contender {other:?}").into()),
+    };
+    println!("{}", serde_json::to_string(&events)?);
+    Ok(())
+}
+
+/// 8 tasks on one key, split over [`HANDOFF_PROCS`] processes of this binary (so waiters in
+/// different processes compete, as in production): hold 1 ms, release, 1 ms of other work, ask
+/// again (no barging).
+async fn contended(name: &str, urls: &[String], run: Duration) -> serde_json::Value {
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            println!("   {name:<16} failed: no executable path: {e}");
+            return serde_json::json!({"contender": name, "error": e.to_string()});
+        }
+    };
+    // Time for every process to start and connect before the common start.
+    let start_ns = mono_now_ns() + 1_500_000_000;
+    let per = HANDOFF_TASKS / HANDOFF_PROCS;
+    let mut children = Vec::new();
+    for i in 0..HANDOFF_PROCS {
+        let spec = HandoffChild {
+            contender: name.to_string(),
+            urls: urls.to_vec(),
+            tasks: per,
+            first_task: i * per,
+            start_ns,
+            run_ms: u64::try_from(run.as_millis()).unwrap_or(u64::MAX),
+        };
+        let spec = serde_json::to_string(&spec).unwrap_or_default();
+        children.push(
+            tokio::process::Command::new(&exe)
+                .arg("--handoff-child")
+                .arg(spec)
+                .stdout(std::process::Stdio::piped())
+                .kill_on_drop(true)
+                .output(),
+        );
+    }
+    let bound = run + Duration::from_secs(30);
+    let mut events: Vec<HandoffEvent> = Vec::new();
+    let mut failed = None;
+    for out in join_all(children.into_iter().map(|c| tokio::time::timeout(bound, c))).await {
+        match out {
+            Ok(Ok(out)) if out.status.success() => {
+                match serde_json::from_slice::<Vec<HandoffEvent>>(&out.stdout) {
+                    Ok(e) => events.extend(e),
+                    Err(e) => failed = Some(format!("unreadable events: {e}")),
+                }
+            }
+            Ok(Ok(out)) => failed = Some(format!("a process failed: {}", out.status)),
+            Ok(Err(e)) => failed = Some(format!("a process did not start: {e}")),
+            Err(_) => failed = Some(format!("a process ran past {bound:?}")),
+        }
+    }
+    if let Some(why) = failed {
+        println!("   {name:<16} failed: {why}");
+        return serde_json::json!({"contender": name, "error": why});
+    }
+    handoff_stats(name, events, run)
+}
+
+/// The hand-off's figures from every process's events: acquisitions/s, the gap between a
+/// release and the next holder's grant, the wait, and fairness (min/max acquisitions per task).
+fn handoff_stats(name: &str, mut events: Vec<HandoffEvent>, run: Duration) -> serde_json::Value {
+    let ns = Duration::from_nanos;
     events.sort_by_key(|e| e.1);
-    let mut gaps: Vec<Duration> = events
-        .windows(2)
-        .filter(|w| w[0].2 != w[1].2)
-        .map(|w| w[1].1.saturating_duration_since(w[0].3))
-        .collect();
+    let mut gaps: Vec<Duration> =
+        events.windows(2).filter(|w| w[0].2 != w[1].2).map(|w| ns(w[1].1.saturating_sub(w[0].3))).collect();
     gaps.sort();
-    let mut waits: Vec<Duration> = events.iter().map(|e| e.1 - e.0).collect();
+    let mut waits: Vec<Duration> = events.iter().map(|e| ns(e.1.saturating_sub(e.0))).collect();
     waits.sort();
-    let mut per_task = vec![0u64; tasks_len(&events)];
+    let mut per_task = vec![0u64; HANDOFF_TASKS];
     for e in &events {
-        per_task[e.2] += 1;
+        if let Some(n) = per_task.get_mut(e.2) {
+            *n += 1;
+        }
     }
     let (min, max) =
         (per_task.iter().min().copied().unwrap_or(0), per_task.iter().max().copied().unwrap_or(0));
@@ -431,7 +562,7 @@ async fn contended<H: Handoff>(name: &str, lockers: Vec<H>, run: Duration) -> se
     serde_json::json!({
         "contender": name, "acquisitions_per_s": rate, "gap_p50_ms": us(g50) / 1000.0, "gap_p99_ms": us(g99) / 1000.0,
         "wait_p50_ms": us(w50) / 1000.0, "wait_p99_ms": us(w99) / 1000.0, "wait_max_ms": us(wmax) / 1000.0, "fairness": fairness,
-        "wait_quantiles_us": quantiles_us(&waits)
+        "processes": HANDOFF_PROCS, "per_task": per_task, "wait_quantiles_us": quantiles_us(&waits)
     })
 }
 
@@ -535,10 +666,6 @@ async fn watchdog_at_scale<B: LockBackend + Clone>(
     }))
 }
 
-fn tasks_len(events: &[(Instant, Instant, usize, Instant)]) -> usize {
-    events.iter().map(|e| e.2 + 1).max().unwrap_or(0).max(8)
-}
-
 /// Client round trips of one cycle, from the servers' `INFO commandstats`: the calls of the
 /// commands the contender sends itself, summed over its nodes, per cycle.
 async fn round_trips(c: &dyn Contender, servers: &[&RedisServer]) -> f64 {
@@ -569,6 +696,9 @@ async fn round_trips(c: &dyn Contender, servers: &[&RedisServer]) -> f64 {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
+    if let Some(spec) = &args.handoff_child {
+        return handoff_child(spec).await;
+    }
     let (rounds, slice, par_slices, par_slice, contended_run, leases) = if args.quick {
         (5, 40, 2, Duration::from_millis(250), Duration::from_secs(1), 1_000)
     } else {
@@ -643,7 +773,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let par = parallel(&contenders, par_slices, par_slice).await;
 
     println!(
-        "\n3. contended hand-off: 8 tasks, one key, hold 1 ms, 1 ms between asks ({contended_run:?} each)"
+        "\n3. contended hand-off: 8 tasks in {HANDOFF_PROCS} processes, one key, hold 1 ms, 1 ms between asks ({contended_run:?} each)"
     );
     println!(
         "   {:<16} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8}",
@@ -653,23 +783,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "   {:<16} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8}",
         "", "", "ms", "ms", "ms", "ms", "ms", "min/max"
     );
-    let ours = |b: &dyn Fn() -> Option<lock_core::Mutex>| (0..8).filter_map(|_| b()).collect::<Vec<_>>();
-    let cont = vec![
-        contended("redis-rs", ours(&|| our_handoff(&redis1)), contended_run).await,
-        contended("fred", ours(&|| our_handoff(&fred1)), contended_run).await,
-        contended("redis-rs fair", (0..8).filter_map(|_| our_fair_handoff(&redis1)).collect(), contended_run)
-            .await,
-        contended("fred fair", (0..8).filter_map(|_| our_fair_handoff(&fred1)).collect(), contended_run)
-            .await,
-        contended(
-            "rslock-1",
-            (0..8).map(|_| RslockHandoff(rslock::LockManager::new(vec![servers[0].url()]))).collect(),
-            contended_run,
-        )
-        .await,
-        contended("redlock-3", ours(&|| our_handoff(&rl3)), contended_run).await,
-        contended("redlock-5", ours(&|| our_handoff(&rl5)), contended_run).await,
-    ];
+    let urls = |nodes: &[&RedisServer]| nodes.iter().map(|s| s.url()).collect::<Vec<_>>();
+    let mut cont = Vec::new();
+    for (name, nodes) in [
+        ("redis-rs", &one),
+        ("fred", &one),
+        ("redis-rs fair", &one),
+        ("fred fair", &one),
+        ("rslock-1", &one),
+        ("redlock-3", &three),
+        ("redlock-5", &five),
+    ] {
+        cont.push(contended(name, &urls(nodes), contended_run).await);
+    }
 
     println!(
         "\n4. watchdog at scale: {leases} leases held at once, ttl 3 s, renewal every 1 s, 3 periods (one node)"
@@ -777,7 +903,7 @@ fn targets(doc: &serde_json::Value) {
         let c = get("watchdog", who, "renewal_commands_per_lease_per_period");
         add(format!("watchdog {who} < 1 renewal command/lease/period (batched)"), format!("{c:.2}"), c < 0.9);
     }
-    // The fair lock (issue 12), 8 tasks in one process here.
+    // The fair lock (issue 12): 8 waiters in 2 processes.
     for who in ["redis-rs", "fred"] {
         let fair = format!("{who} fair");
         let w = get("contended", &fair, "wait_p99_ms");
