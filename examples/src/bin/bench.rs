@@ -398,16 +398,25 @@ async fn handoff_tasks<H: Handoff>(
                 let asked = mono_now_ns();
                 let Some(held) = locker.take().await else { continue };
                 let acquired = mono_now_ns();
-                tokio::time::sleep(Duration::from_millis(1)).await;
+                precise_sleep(Duration::from_millis(1)).await;
                 let released = mono_now_ns();
                 locker.give(held).await;
                 events.push((asked, acquired, first_task + t, released));
-                tokio::time::sleep(Duration::from_millis(1)).await;
+                precise_sleep(Duration::from_millis(1)).await;
             }
             events
         })
     });
     join_all(tasks).await.into_iter().flat_map(Result::unwrap_or_default).collect()
+}
+
+/// Sleeps for `d` to within tens of microseconds: tokio's timer has millisecond ticks, so its
+/// `sleep(1 ms)` takes about 2 ms, which would make every hold and pause of the hand-off twice
+/// what it says. A blocking thread's `nanosleep` keeps them at 1 ms.
+async fn precise_sleep(d: Duration) {
+    if tokio::task::spawn_blocking(move || std::thread::sleep(d)).await.is_err() {
+        tokio::time::sleep(d).await;
+    }
 }
 
 /// What one process of the contended hand-off runs (`--handoff-child`, as JSON).

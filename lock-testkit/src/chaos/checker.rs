@@ -1,4 +1,4 @@
-//! The history checker: judges a run's [`History`] against the checks C1-C8 of DESIGN.md and
+//! The history checker: judges a run's [`History`] against the checks C1-C9 (C9: the fair lock) and
 //! returns every violation with the records involved.
 //!
 //! | check | what it proves |

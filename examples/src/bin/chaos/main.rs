@@ -1,10 +1,16 @@
 //! The chaos runner: real `redis-server` nodes behind fault proxies, worker processes taking
-//! locks, faults injected on a schedule, and the history checker's verdict (C1-C8, DESIGN.md).
+//! locks, faults injected on a schedule, and the history checker's verdict (C1-C8, DESIGN.md;
+//! C9 for the fair lock).
 //!
 //! ```text
 //! cargo run --release -p lock-examples --bin chaos -- \
 //!   --scenario all --driver redis-rs --nodes 3 --workers 4 --duration 20s [--json PATH]
+//! cargo run --release -p lock-examples --bin chaos -- --primitive fair \
+//!   --scenario all --driver fred --nodes 3 --workers 4 --duration 20s
 //! ```
+//! With `--primitive fair` the workers take the fair lock and only its scenarios run (none of
+//! them loses a node's data: the queue would go with it); on 3 or 5 nodes each key lives on one
+//! node, as in a Cluster, since the fair lock has no RedLock form.
 //!
 //! Must-pass scenarios must show no violation; known-unsafe ones (a deployment the design
 //! forbids, or a mutant of the backend) must be caught. The exit status is non-zero otherwise.
