@@ -652,7 +652,9 @@ async fn schedule(
             // Kill up to two waiters queued in the fair lock, keeping at least two workers alive.
             let kills = (env.workers.len().saturating_sub(2)).clamp(1, 2);
             for _ in 0..kills {
-                if let Some(w) = tail.waiter(env, Duration::from_secs(2)).await {
+                // Leave two TTLs after the kill, so the queue is seen moving on past its deadline.
+                let Some(within) = end.checked_duration_since(Instant::now() + ttl * 2) else { break };
+                if let Some(w) = tail.waiter(env, within.min(Duration::from_secs(2))).await {
                     let from = mono_now_ns();
                     env.workers[w].kill().await;
                     inj.count += 1;
