@@ -75,7 +75,13 @@ struct Inner<B> {
     options: RedLockOptions,
     endpoint: String,
     capabilities: Capabilities,
+    /// The fencing token of each lease this client handed out, while it is valid: a
+    /// re-acquire by the same owner shows it again (see [`RedLock::fence_of`]).
+    handed: std::sync::Mutex<std::collections::HashMap<(LockKey, Token), (FencingToken, Instant)>>,
 }
+
+/// Above this many remembered leases, expired ones are dropped at the next grant.
+const HANDED_SWEEP: usize = 1024;
 
 /// A RedLock quorum over N backends; itself a [`LockBackend`]. Cheap to clone.
 ///
@@ -181,7 +187,18 @@ impl<B: LockBackend> RedLock<B> {
         let quorum = nodes.len() / 2 + 1;
         let ids = nodes.iter().map(|_| std::sync::Mutex::new(Identity::Unknown)).collect();
         let nodes = nodes.into_iter().map(Arc::new).collect();
-        Ok(Self { inner: Arc::new(Inner { nodes, ids, endpoints, quorum, options, endpoint, capabilities }) })
+        Ok(Self {
+            inner: Arc::new(Inner {
+                nodes,
+                ids,
+                endpoints,
+                quorum,
+                options,
+                endpoint,
+                capabilities,
+                handed: std::sync::Mutex::default(),
+            }),
+        })
     }
 
     /// How many nodes must agree: `N / 2 + 1`.
@@ -459,15 +476,23 @@ impl<B: LockBackend> LockBackend for RedLock<B> {
                         "fencing was asked for, but no granting node minted a token",
                     ));
                 };
-                if let Err(e) = self.write_back(req, top, deadline).await {
+                // A re-acquire of a lease that is still valid shows the token it was handed out
+                // with: a node that granted late minted its own (higher) token, and until the
+                // write-back reaches it, it reports that one instead. Mutual exclusion means
+                // nobody else acquired in between, so the old token is still the newest.
+                let fence = self.fence_of(&req.key, &req.token).unwrap_or(top);
+                if let Err(e) = self.write_back(req, fence, deadline).await {
                     self.fail_round(req, answers, deadline, clean).await;
                     return Err(e);
                 }
-                Some(top)
+                Some(fence)
             } else {
                 None
             };
             if Instant::now() < valid_until {
+                if let Some(f) = fence {
+                    self.remember(&req.key, &req.token, f, valid_until);
+                }
                 // Nodes that grant after the decision are part of this lease, not orphans: its
                 // extensions and its release reach all N nodes. Keeping them lets the lease
                 // survive more node failures.
@@ -554,7 +579,13 @@ impl<B: LockBackend> LockBackend for RedLock<B> {
     ) -> Result<(), BackendError> {
         let req =
             AcquireRequest { key: key.clone(), token: *token, ttl: Duration::from_secs(2), fencing: true };
-        self.write_back(&req, fence, self.node_timeout(req.ttl)).await
+        self.write_back(&req, fence, self.node_timeout(req.ttl)).await?;
+        // The lease now shows the raised token (never a lower one).
+        let mut handed = self.inner.handed.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((shown, _)) = handed.get_mut(&(key.clone(), *token)) {
+            *shown = (*shown).max(fence);
+        }
+        Ok(())
     }
 
     async fn watch_releases(&self, key: &LockKey) -> Result<Option<ReleaseWatch>, BackendError> {
@@ -607,12 +638,33 @@ impl<B: LockBackend> LockBackend for RedLock<B> {
 }
 
 impl<B: LockBackend> RedLock<B> {
+    /// The fencing token this client handed out with the lease `(key, token)`, while that
+    /// lease's first validity lasts.
+    fn fence_of(&self, key: &LockKey, token: &Token) -> Option<FencingToken> {
+        let handed = self.inner.handed.lock().unwrap_or_else(|p| p.into_inner());
+        handed.get(&(key.clone(), *token)).filter(|(_, until)| Instant::now() < *until).map(|(f, _)| *f)
+    }
+
+    fn remember(&self, key: &LockKey, token: &Token, fence: FencingToken, valid_until: Instant) {
+        let mut handed = self.inner.handed.lock().unwrap_or_else(|p| p.into_inner());
+        if handed.len() >= HANDED_SWEEP {
+            let now = Instant::now();
+            handed.retain(|_, (_, until)| *until > now);
+        }
+        handed.insert((key.clone(), *token), (fence, valid_until));
+    }
+
+    fn forget(&self, key: &LockKey, token: &Token) {
+        self.inner.handed.lock().unwrap_or_else(|p| p.into_inner()).remove(&(key.clone(), *token));
+    }
+
     async fn release_quorum(
         &self,
         key: &LockKey,
         token: &Token,
         announce: bool,
     ) -> Result<ReleaseOutcome, BackendError> {
+        self.forget(key, token);
         let deadline = self.node_timeout(Duration::from_secs(2));
         let answers = self.release_all(key, token, deadline, announce, &[]).await;
         let released = answers.iter().filter(|(_, a)| matches!(a, Ok(ReleaseOutcome::Released))).count();
