@@ -552,7 +552,10 @@ impl<B: LockBackend> LockBackend for RedLock<B> {
                 self.repair(req, answers, not_held);
             }
             return Ok(match validity_deadline(started, req.ttl, default_drift(req.ttl)) {
-                Some(valid_until) => ExtendOutcome::Extended { valid_until },
+                Some(valid_until) => {
+                    self.renewed(&req.key, &req.token, valid_until);
+                    ExtendOutcome::Extended { valid_until }
+                }
                 None => ExtendOutcome::NotHeld,
             });
         }
@@ -639,7 +642,7 @@ impl<B: LockBackend> LockBackend for RedLock<B> {
 
 impl<B: LockBackend> RedLock<B> {
     /// The fencing token this client handed out with the lease `(key, token)`, while that
-    /// lease's first validity lasts.
+    /// lease is valid (as far as this client's grants and extensions go).
     fn fence_of(&self, key: &LockKey, token: &Token) -> Option<FencingToken> {
         let handed = self.inner.handed.lock().unwrap_or_else(|p| p.into_inner());
         handed.get(&(key.clone(), *token)).filter(|(_, until)| Instant::now() < *until).map(|(f, _)| *f)
@@ -652,6 +655,14 @@ impl<B: LockBackend> RedLock<B> {
             handed.retain(|_, (_, until)| *until > now);
         }
         handed.insert((key.clone(), *token), (fence, valid_until));
+    }
+
+    /// An extension moved the lease's validity: its token stays remembered that long.
+    fn renewed(&self, key: &LockKey, token: &Token, valid_until: Instant) {
+        let mut handed = self.inner.handed.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, until)) = handed.get_mut(&(key.clone(), *token)) {
+            *until = (*until).max(valid_until);
+        }
     }
 
     fn forget(&self, key: &LockKey, token: &Token) {

@@ -344,12 +344,7 @@ impl Handoff for lock_core::FairMutex {
 }
 
 fn our_fair_handoff<B: LockBackend + Clone>(backend: &B) -> Option<lock_core::FairMutex> {
-    let config = LockConfig::builder()
-        .watchdog(false)
-        .acquire_timeout(Duration::from_secs(30))
-        .build()
-        .unwrap_or_default();
-    LockClient::with_config(backend.clone(), config).ok()?.fair_mutex("contended-fair").ok()
+    handoff_client(backend)?.fair_mutex("contended-fair").ok()
 }
 
 /// rslock's own waiting: `acquire` loops over `lock`, which retries with a random sleep.
@@ -366,12 +361,17 @@ impl Handoff for RslockHandoff {
 }
 
 fn our_handoff<B: LockBackend + Clone>(backend: &B) -> Option<lock_core::Mutex> {
+    handoff_client(backend)?.mutex("contended").ok()
+}
+
+/// The hand-off's client: no watchdog (holds are 1 ms), waits of up to 30 s.
+fn handoff_client<B: LockBackend + Clone>(backend: &B) -> Option<LockClient<B>> {
     let config = LockConfig::builder()
         .watchdog(false)
         .acquire_timeout(Duration::from_secs(30))
         .build()
         .unwrap_or_default();
-    LockClient::with_config(backend.clone(), config).ok()?.mutex("contended").ok()
+    LockClient::with_config(backend.clone(), config).ok()
 }
 
 /// One acquisition of the contended hand-off, in host monotonic nanoseconds (comparable

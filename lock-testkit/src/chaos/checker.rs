@@ -234,7 +234,11 @@ struct Queued {
 
 /// One waiter's calls on one key, folded into the spans it was certainly queued for and the
 /// window in which its grant (if any) happened on the server.
-fn fold_waiter(calls: &[&FairCall], left_at: Option<u64>) -> (Vec<Queued>, Option<(u64, u64)>, u64) {
+fn fold_waiter(
+    waiter: u64,
+    calls: &[&FairCall],
+    left_at: Option<u64>,
+) -> (Vec<Queued>, Option<(u64, u64)>, u64) {
     let mut spans = Vec::new();
     let mut open: Option<Queued> = None;
     let mut grant = None;
@@ -255,7 +259,7 @@ fn fold_waiter(calls: &[&FairCall], left_at: Option<u64>) -> (Vec<Queued>, Optio
                     Some(q) if c.t_reply <= q.to => Some(Queued { to: q.to.max(deadline), ..q }),
                     other => {
                         spans.extend(other);
-                        Some(Queued { waiter: 0, from: c.t_reply, to: deadline })
+                        Some(Queued { waiter, from: c.t_reply, to: deadline })
                     }
                 };
                 grant_from = c.t_reply;
@@ -307,8 +311,8 @@ fn c9_fair_order(history: &History, r: &mut Report) {
         let mut grants: Vec<(u64, u64, u64, u64, &str)> = Vec::new(); // (waiter, lo, hi, first sent, worker)
         for (waiter, mut calls) in waiters {
             calls.sort_by_key(|c| c.t_sent);
-            let (spans, grant, first_sent) = fold_waiter(&calls, leaves.get(&(key, waiter)).copied());
-            queued.extend(spans.into_iter().map(|q| Queued { waiter, ..q }));
+            let (spans, grant, first_sent) = fold_waiter(waiter, &calls, leaves.get(&(key, waiter)).copied());
+            queued.extend(spans);
             if let Some((lo, hi)) = grant {
                 grants.push((waiter, lo, hi, first_sent, calls[0].worker.as_str()));
             }

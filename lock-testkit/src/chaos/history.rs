@@ -581,29 +581,17 @@ impl<B: LockBackend> LockBackend for Recording<B> {
     }
 }
 
-/// Logs a fair call when its answer arrives, or as failed when the call is dropped (cancelled)
-/// before that.
+/// Logs a fair call when it is over: with its answer, or as failed when the call is dropped
+/// (cancelled) before one arrived.
 struct FairCallLog<'a> {
     recorder: &'a Recorder,
-    call: Option<FairCall>,
-}
-
-impl FairCallLog<'_> {
-    fn answered(mut self, answer: FairAnswer) {
-        if let Some(mut call) = self.call.take() {
-            call.t_reply = self.recorder.now();
-            call.answer = answer;
-            self.recorder.record(Event::FairCall(call));
-        }
-    }
+    call: FairCall,
 }
 
 impl Drop for FairCallLog<'_> {
     fn drop(&mut self) {
-        if let Some(mut call) = self.call.take() {
-            call.t_reply = self.recorder.now();
-            self.recorder.record(Event::FairCall(call));
-        }
+        self.call.t_reply = self.recorder.now();
+        self.recorder.record(Event::FairCall(self.call.clone()));
     }
 }
 
@@ -613,9 +601,9 @@ impl Drop for FairCallLog<'_> {
 impl<B: LockBackend> FairBackend for Recording<B> {
     async fn fair_acquire(&self, req: &FairRequest) -> Result<FairOutcome, BackendError> {
         let Some(fair) = self.inner.fair() else { return Err(no_fair(self.inner.name())) };
-        let log = FairCallLog {
+        let mut log = FairCallLog {
             recorder: &self.recorder,
-            call: Some(FairCall {
+            call: FairCall {
                 worker: self.worker.clone(),
                 key: req.key.as_str().to_string(),
                 waiter: waiter_id(&req.token),
@@ -623,14 +611,14 @@ impl<B: LockBackend> FairBackend for Recording<B> {
                 t_reply: 0,
                 wait_ms: req.wait.map(|w| u64::try_from(w.as_millis()).unwrap_or(u64::MAX)),
                 answer: FairAnswer::Failed,
-            }),
+            },
         };
         let out = fair.fair_acquire(req).await;
-        log.answered(match &out {
+        log.call.answer = match &out {
             Ok(FairOutcome::Acquired(_)) => FairAnswer::Acquired,
             Ok(FairOutcome::Waiting { .. }) => FairAnswer::Waiting,
             Err(_) => FairAnswer::Failed,
-        });
+        };
         out
     }
     async fn leave_queue(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError> {

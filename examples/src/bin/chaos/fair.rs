@@ -1,5 +1,5 @@
-//! The fair lock in the chaos runner: keys spread over several nodes (the fair lock has no
-//! RedLock form), and the mutant C9 must catch.
+//! The fair lock on several nodes in the chaos runner: each key on one node (the fair lock has
+//! no RedLock form). Its mutant, which C9 must catch, is `Bug::FairBarging` in `unsafe_runs`.
 
 use std::sync::Arc;
 
@@ -88,73 +88,5 @@ impl FairBackend for Sharded {
     }
     async fn watch_turn(&self, key: &LockKey, token: &Token) -> Result<Option<ReleaseWatch>, BackendError> {
         self.node(key).fair().ok_or_else(no_fair)?.watch_turn(key, token).await
-    }
-}
-
-/// The mutant C9 must catch: a fair lock whose grant goes to whoever asks while the lock is
-/// free, queue or not, and whose release wakes every waiter (any of them may win).
-pub(crate) struct Barging {
-    inner: Arc<dyn LockBackend>,
-}
-
-impl Barging {
-    pub(crate) fn new(inner: Arc<dyn LockBackend>) -> Self {
-        Self { inner }
-    }
-}
-
-#[async_trait]
-impl LockBackend for Barging {
-    fn name(&self) -> &str {
-        "mutant"
-    }
-    fn endpoint(&self) -> String {
-        self.inner.endpoint()
-    }
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-    async fn acquire(&self, req: &AcquireRequest) -> Result<AcquireOutcome, BackendError> {
-        self.inner.acquire(req).await
-    }
-    async fn extend(&self, req: &ExtendRequest) -> Result<ExtendOutcome, BackendError> {
-        self.inner.extend(req).await
-    }
-    async fn release(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError> {
-        self.inner.release(key, token).await
-    }
-    async fn raise_fence(
-        &self,
-        key: &LockKey,
-        token: &Token,
-        fence: FencingToken,
-    ) -> Result<(), BackendError> {
-        self.inner.raise_fence(key, token, fence).await
-    }
-    async fn watch_releases(&self, key: &LockKey) -> Result<Option<ReleaseWatch>, BackendError> {
-        self.inner.watch_releases(key).await
-    }
-    fn fair(&self) -> Option<&dyn FairBackend> {
-        Some(self)
-    }
-}
-
-#[async_trait]
-impl FairBackend for Barging {
-    async fn fair_acquire(&self, req: &FairRequest) -> Result<FairOutcome, BackendError> {
-        // The bug: a free lock goes to the caller, whoever is queued.
-        let plain =
-            AcquireRequest { key: req.key.clone(), token: req.token, ttl: req.ttl, fencing: req.fencing };
-        if let AcquireOutcome::Acquired(grant) = self.inner.acquire(&plain).await? {
-            return Ok(FairOutcome::Acquired(grant));
-        }
-        self.inner.fair().ok_or_else(no_fair)?.fair_acquire(req).await
-    }
-    async fn leave_queue(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError> {
-        self.inner.fair().ok_or_else(no_fair)?.leave_queue(key, token).await
-    }
-    async fn watch_turn(&self, key: &LockKey, _token: &Token) -> Result<Option<ReleaseWatch>, BackendError> {
-        // Every release wakes every waiter.
-        self.inner.watch_releases(key).await
     }
 }

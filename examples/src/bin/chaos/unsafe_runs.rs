@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use lock_core::scripts::{MARKER_KEY, RedisKeys};
 use lock_core::{
     AcquireOutcome, AcquireRequest, BackendError, BackendErrorKind, Capabilities, ExtendOutcome,
-    ExtendRequest, FencingToken, Grant, LockBackend, LockKey, ReleaseOutcome, ReleaseWatch, Token,
-    default_drift, validity_deadline,
+    ExtendRequest, FairBackend, FairOutcome, FairRequest, FencingToken, Grant, LockBackend, LockKey,
+    ReleaseOutcome, ReleaseWatch, Token, default_drift, validity_deadline,
 };
 use lock_redis_rs::redis;
 use lock_testkit::ProxyMode;
@@ -35,6 +35,9 @@ enum Bug {
     /// Fencing tokens from a bare counter (`INCR`, no clock floor): the design replaced
     /// because a counter rolled back by an old snapshot hands tokens out again.
     CounterFence,
+    /// A fair lock whose grant goes to whoever asks while the lock is free, queued or not, and
+    /// whose release wakes every waiter (any of them may win): C9 must catch it.
+    FairBarging,
 }
 
 /// The mutant's own bare counter for `key`, on the first node.
@@ -42,10 +45,17 @@ fn mutant_counter(key: &LockKey) -> String {
     format!("{}:mutant-counter", RedisKeys::for_key(key).fence)
 }
 
-struct Mutant {
+pub(crate) struct Mutant {
     inner: Arc<dyn LockBackend>,
     bug: Bug,
     raw: Vec<redis::aio::MultiplexedConnection>,
+}
+
+impl Mutant {
+    /// The fair-lock mutant around a worker's backend (it needs no raw connection).
+    pub(crate) fn fair_barging(inner: Arc<dyn LockBackend>) -> Self {
+        Self { inner, bug: Bug::FairBarging, raw: Vec::new() }
+    }
 }
 
 fn raw_err_msg(what: &str) -> BackendError {
@@ -135,6 +145,38 @@ impl LockBackend for Mutant {
     }
     async fn node_identity(&self) -> Result<Option<u64>, BackendError> {
         self.inner.node_identity().await
+    }
+    fn fair(&self) -> Option<&dyn FairBackend> {
+        self.inner.fair().map(|_| self as &dyn FairBackend)
+    }
+}
+
+fn no_fair() -> BackendError {
+    raw_err_msg("the backend has no fair lock")
+}
+
+#[async_trait]
+impl FairBackend for Mutant {
+    async fn fair_acquire(&self, req: &FairRequest) -> Result<FairOutcome, BackendError> {
+        if self.bug == Bug::FairBarging {
+            // The bug: a free lock goes to the caller, whoever is queued.
+            let plain =
+                AcquireRequest { key: req.key.clone(), token: req.token, ttl: req.ttl, fencing: req.fencing };
+            if let AcquireOutcome::Acquired(grant) = self.inner.acquire(&plain).await? {
+                return Ok(FairOutcome::Acquired(grant));
+            }
+        }
+        self.inner.fair().ok_or_else(no_fair)?.fair_acquire(req).await
+    }
+    async fn leave_queue(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError> {
+        self.inner.fair().ok_or_else(no_fair)?.leave_queue(key, token).await
+    }
+    async fn watch_turn(&self, key: &LockKey, token: &Token) -> Result<Option<ReleaseWatch>, BackendError> {
+        if self.bug == Bug::FairBarging {
+            // Every release wakes every waiter.
+            return self.inner.watch_releases(key).await;
+        }
+        self.inner.fair().ok_or_else(no_fair)?.watch_turn(key, token).await
     }
 }
 

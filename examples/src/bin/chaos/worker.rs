@@ -11,7 +11,8 @@ use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 
 use crate::common::{DynError, WorkerSpec, connect_backend, connect_nodes};
-use crate::fair::{Barging, Sharded};
+use crate::fair::Sharded;
+use crate::unsafe_runs::Mutant;
 
 /// Hard bound on the iterations of one worker, whatever its duration.
 const MAX_ROUNDS: u64 = 200_000;
@@ -51,7 +52,7 @@ pub(crate) async fn run(spec: WorkerSpec) -> Result<(), DynError> {
     };
     match spec.mutant.as_deref() {
         None => {}
-        Some("fair-barging") => backend = Arc::new(Barging::new(backend)),
+        Some("fair-barging") => backend = Arc::new(Mutant::fair_barging(backend)),
         Some(other) => return Err(format!("no mutant {other:?}").into()),
     }
     let backend: Arc<dyn LockBackend> = Arc::new(Recording::new(backend, spec.id.clone(), rec.clone()));
