@@ -75,16 +75,33 @@ local function live_head(queue, waiters)
   end
 end
 
--- The lock is free: tell the waiter at the head of the queue (only that one) it is its turn,
--- on its own channel `<lock key>:turn:<owner token>`. Returns the head's token, or nil.
-local function wake_head(lock_key, queue, waiters)
+-- The lock is free: hand it to the waiter at the head of the queue, if any, and tell that
+-- waiter alone, on its own channel `<lock key>:turn:<owner token>`, with the message
+-- 'g:<fence>'. So the head holds the lock from this instant, without a call of its own. The
+-- grant expires at the head's waiter deadline (its lease starts from its last call, the one
+-- that set that deadline, so its own validity is counted from before the grant): a head that
+-- died blocks the queue no longer than it would have as a waiter, and a live head's first
+-- renewal sets its own TTL. A fence is minted when the lock has a fencing counter (a fencing
+-- waiter creates it when it queues); 0 otherwise. Returns the head's token, or nil.
+local function hand_over(lock_key, fence_key, queue, waiters)
   if redis.call('EXISTS', queue) == 0 then
     return nil
   end
-  drop_expired(queue, waiters, now_ms())
+  local now = now_ms()
+  drop_expired(queue, waiters, now)
   local head = live_head(queue, waiters)
-  if head then
-    redis.call('PUBLISH', lock_key .. ':turn:' .. head, '1')
+  if not head then
+    return nil
   end
+  local deadline = tonumber(redis.call('ZSCORE', waiters, head)) or now
+  redis.call('ZREM', queue, head)
+  redis.call('ZREM', waiters, head)
+  local fence = 0
+  if redis.call('EXISTS', fence_key) == 1 then
+    fence = mint_fence(fence_key)
+  end
+  local shown = string.format('%.0f', fence)
+  redis.call('SET', lock_key, head .. ':' .. shown, 'PX', math.max(deadline - now, 1))
+  redis.call('PUBLISH', lock_key .. ':turn:' .. head, 'g:' .. shown)
   return head
 end

@@ -22,13 +22,21 @@ if abstain then
 end
 local token = ARGV[1]
 local now = now_ms()
-local dropped = drop_expired(KEYS[3], KEYS[4], now)
+drop_expired(KEYS[3], KEYS[4], now)
 local current = redis.call('GET', KEYS[1])
 if current and string.sub(current, 1, 32) == token then
-  redis.call('PEXPIRE', KEYS[1], ttl)
+  -- Ours: granted by an earlier call whose reply was lost, or handed over by a release.
+  local fence = tonumber(string.sub(current, 34)) or 0
+  if fencing == '1' and fence == 0 then
+    -- Handed over while the fencing counter was missing (deleted after this waiter queued).
+    fence = mint_fence(KEYS[2])
+    redis.call('SET', KEYS[1], token .. ':' .. string.format('%.0f', fence), 'PX', ttl)
+  else
+    redis.call('PEXPIRE', KEYS[1], ttl)
+  end
   redis.call('ZREM', KEYS[3], token)
   redis.call('ZREM', KEYS[4], token)
-  return {1, tonumber(string.sub(current, 34)) or 0}
+  return {1, fence}
 end
 local head = live_head(KEYS[3], KEYS[4])
 if not current and (not head or head == token) then
@@ -41,10 +49,11 @@ if not current and (not head or head == token) then
   redis.call('SET', KEYS[1], token .. ':' .. string.format('%.0f', fence), 'NX', 'PX', ttl)
   return {1, fence}
 end
-if dropped > 0 and not current and head ~= token then
-  -- Waiters whose deadline passed were dropped here, so the lock is free with a new head that
-  -- no release will wake: this call is the only one that can.
-  redis.call('PUBLISH', KEYS[1] .. ':turn:' .. head, '1')
+if not current and head then
+  -- Free, but another waiter is at the head: no release handed it over (the holder's TTL ran
+  -- out, or the head before it was dropped at its deadline just now). Hand it over here.
+  hand_over(KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+  current = redis.call('GET', KEYS[1])
 end
 local function wait_hint()
   if current then
@@ -57,6 +66,10 @@ if wait_ms == 0 then
   return {0, wait_hint(), redis.call('ZCARD', KEYS[3])}
 end
 local ahead = redis.call('ZRANK', KEYS[3], token)
+if fencing == '1' then
+  -- A release that hands the lock over mints a fence only if the counter exists.
+  redis.call('SET', KEYS[2], '0', 'NX')
+end
 if not ahead then
   local last = redis.call('ZRANGE', KEYS[3], -1, -1, 'WITHSCORES')
   redis.call('ZADD', KEYS[3], (tonumber(last[2]) or 0) + 1, token)

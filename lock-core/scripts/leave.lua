@@ -1,9 +1,9 @@
 -- A fair lock's waiter leaves: cancelled, timed out, or failed (after common.lua).
--- KEYS[1] lock key, KEYS[2] queue, KEYS[3] waiters (as in fair.lua)
+-- KEYS[1] lock key, KEYS[2] queue, KEYS[3] waiters (as in fair.lua), KEYS[4] fencing counter
 -- ARGV[1] owner token, ARGV[2] release notice channel
--- Removes the token from the queue; if the lock holds it (a grant whose reply never arrived),
--- releases it. Then, if the lock is free, wakes the head of the queue: the leaver may have
--- been the head that was told it was its turn. Returns 1 when it released the lock, else 0.
+-- Removes the token from the queue; if the lock holds it (a grant whose reply or hand-over
+-- notice never arrived), releases it. Then, if the lock is free, hands it to the head of the
+-- queue (see hand_over). Returns 1 when it released the lock, else 0.
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
 local current = redis.call('GET', KEYS[1])
@@ -13,8 +13,9 @@ if current then
     return 0
   end
   redis.call('DEL', KEYS[1])
-  redis.call('PUBLISH', ARGV[2], '1')
   released = 1
 end
-wake_head(KEYS[1], KEYS[2], KEYS[3])
+if not hand_over(KEYS[1], KEYS[4], KEYS[2], KEYS[3]) and released == 1 then
+  redis.call('PUBLISH', ARGV[2], '1')
+end
 return released

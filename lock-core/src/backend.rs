@@ -182,6 +182,7 @@ pub struct ReleaseWatch {
     rx: watch::Receiver<u64>,
     _keep: Option<Box<dyn Any + Send + Sync>>,
     rank: Option<Box<dyn Fn() -> usize + Send + Sync>>,
+    handover: Option<Box<dyn Fn() -> Option<u64> + Send + Sync>>,
 }
 
 impl std::fmt::Debug for ReleaseWatch {
@@ -193,12 +194,12 @@ impl std::fmt::Debug for ReleaseWatch {
 impl ReleaseWatch {
     /// A subscription on a receiver; the backend bumps the sender's value on every release.
     pub fn new(rx: watch::Receiver<u64>) -> Self {
-        Self { rx, _keep: None, rank: None }
+        Self { rx, _keep: None, rank: None, handover: None }
     }
 
     /// Like [`ReleaseWatch::new`], keeping `keep` alive (e.g. a subscriber count guard).
     pub fn with_keep(rx: watch::Receiver<u64>, keep: impl Any + Send + Sync) -> Self {
-        Self { rx, _keep: Some(Box::new(keep)), rank: None }
+        Self { rx, _keep: Some(Box::new(keep)), rank: None, handover: None }
     }
 
     /// Waits, without bound, for a release notice newer than the last one seen. Returns
@@ -272,6 +273,58 @@ impl ReleaseWatch {
     /// in the order the runtime happens to wake them.
     pub fn rank(&self) -> usize {
         self.rank.as_ref().map_or(0, |r| r())
+    }
+
+    /// Tells this watch how to read whether a notice handed the lock over to its waiter (the
+    /// fair lock: a release grants the head of the queue and says so on the head's own
+    /// channel; see [`ReleaseWatch::handed_over`]).
+    ///
+    /// ```
+    /// let (tx, rx) = tokio::sync::watch::channel(0u64);
+    /// let watch = lock_core::ReleaseWatch::new(rx).with_handover(|| Some(7));
+    /// assert_eq!(watch.handed_over(), Some(7));
+    /// # drop(tx);
+    /// ```
+    #[must_use]
+    pub fn with_handover(mut self, read: impl Fn() -> Option<u64> + Send + Sync + 'static) -> Self {
+        self.handover = Some(Box::new(read));
+        self
+    }
+
+    /// Calls `seen` with the fence whenever [`ReleaseWatch::handed_over`] reports a hand-over
+    /// (a wrapper that logs grants, such as the chaos runner's recording backend).
+    ///
+    /// ```
+    /// use std::sync::{Arc, atomic::{AtomicU64, Ordering}};
+    /// let (_tx, rx) = tokio::sync::watch::channel(0u64);
+    /// let seen = Arc::new(AtomicU64::new(0));
+    /// let log = Arc::clone(&seen);
+    /// let watch = lock_core::ReleaseWatch::new(rx)
+    ///     .with_handover(|| Some(9))
+    ///     .on_handover(move |fence| log.store(fence, Ordering::SeqCst));
+    /// assert_eq!(watch.handed_over(), Some(9));
+    /// assert_eq!(seen.load(Ordering::SeqCst), 9);
+    /// ```
+    #[must_use]
+    pub fn on_handover(mut self, seen: impl Fn(u64) + Send + Sync + 'static) -> Self {
+        if let Some(read) = self.handover.take() {
+            self.handover = Some(Box::new(move || {
+                let handed = read();
+                if let Some(fence) = handed {
+                    seen(fence);
+                }
+                handed
+            }));
+        }
+        self
+    }
+
+    /// `Some(fence)` when a notice on this watch handed the lock over to its waiter: the
+    /// backend already holds it for the waiter's token, with this fencing token (0 when the
+    /// lock has no fencing counter). `None` when no notice did, or the backend does not hand
+    /// over.
+    pub fn handed_over(&self) -> Option<u64> {
+        self.handover.as_ref().and_then(|read| read())
     }
 
     /// Whether the backend closed this subscription (no notice can come any more).

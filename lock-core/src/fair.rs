@@ -75,6 +75,9 @@ pub(crate) async fn acquire(
     // A live waiter renews its place well before its deadline.
     let renew_every = waiter_timeout / 3;
     let mut calls = 0u32;
+    // When the last call that queued us (and set our waiter deadline) was sent: a lock handed
+    // over to us by a release is ours from no earlier than that.
+    let mut queued_at: Option<Instant> = None;
 
     loop {
         let started = Instant::now();
@@ -110,7 +113,7 @@ pub(crate) async fn acquire(
                         grant.fence,
                         started,
                         valid_until,
-                        watchdog.unwrap_or(config.watchdog()),
+                        watchdog.unwrap_or(config.watchdog()).then(|| started + config.renew_interval()),
                     );
                     return Ok(Some(Guard { inner }));
                 }
@@ -123,6 +126,9 @@ pub(crate) async fn acquire(
                     crate::telemetry::contended(backend.name());
                 }
                 debug!(ahead, "queued (fair)");
+                if timeout.is_some() {
+                    queued_at = Some(started);
+                }
                 waiting = Some(retry_in);
             }
             Ok(Err(e)) if e.is_retryable() => {
@@ -177,11 +183,60 @@ pub(crate) async fn acquire(
         }
         match &mut watch {
             Some(w) => {
-                if !w.wait(wait).await && w.is_closed() {
+                if w.wait(wait).await {
+                    if let (Some(fence), Some(from)) = (w.handed_over(), queued_at)
+                        && let Some(guard) = handed(ctx, key, token, fence, from, watchdog)
+                    {
+                        pending.armed = false;
+                        let now = Instant::now();
+                        crate::telemetry::acquired(backend.name(), now - from, now - start);
+                        return Ok(Some(guard));
+                    }
+                } else if w.is_closed() {
                     watch = None;
                 }
             }
             None => tokio::time::sleep(wait).await,
         }
     }
+}
+
+/// The lease of a lock a release handed over to this waiter (see `hand_over` in the scripts),
+/// or `None` when the waiter must call once more to take it (the call finds the lock its own
+/// and refreshes it to the full TTL).
+///
+/// The backend set the grant to expire at the waiter's deadline, which the call sent at
+/// `from` set to at least `waiter_timeout` after `from`; so the lease is valid until
+/// `from + min(ttl, waiter_timeout) - drift`, and its watchdog renews it (to the full TTL) a
+/// third of the way there. Without a watchdog, a grant shorter than the TTL is not taken as it
+/// is: the caller asked for a TTL's validity.
+fn handed(
+    ctx: &LeaseCtx,
+    key: &LockKey,
+    token: Token,
+    fence: u64,
+    from: Instant,
+    watchdog: Option<bool>,
+) -> Option<Guard> {
+    let config = &ctx.config;
+    let watchdog = watchdog.unwrap_or(config.watchdog());
+    let span = config.ttl().min(config.waiter_timeout());
+    if span < config.ttl() && !watchdog {
+        return None;
+    }
+    let fence = match (config.fencing(), fence) {
+        // Handed over while the fencing counter was missing: the call mints a fence.
+        (true, 0) => return None,
+        (true, f) => Some(crate::types::FencingToken(f)),
+        (false, _) => None,
+    };
+    let valid_until = validity_deadline(from, span, config.drift())?;
+    if Instant::now() >= valid_until {
+        // Never hand out a grant whose validity has passed (S2); the call re-acquires.
+        return None;
+    }
+    debug!(?fence, "handed over (fair)");
+    let first_renewal = watchdog.then(|| from + span / 3);
+    let inner = LeaseInner::start(ctx.clone(), key.clone(), token, fence, from, valid_until, first_renewal);
+    Some(Guard { inner })
 }

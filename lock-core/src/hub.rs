@@ -22,6 +22,9 @@ struct Channel {
     /// The tickets of the waiters, in arrival order (the oldest first).
     queue: std::collections::BTreeSet<u64>,
     next_ticket: u64,
+    /// The fence of the hand-over a message on this channel announced (a fair waiter's turn
+    /// channel; see [`crate::scripts::handed_fence`]).
+    handed: Arc<Mutex<Option<u64>>>,
 }
 
 struct Inner {
@@ -136,7 +139,7 @@ impl ReleaseHub {
     /// # }
     /// ```
     pub async fn watch(&self, channel: &str, confirm_within: Duration) -> ReleaseWatch {
-        let (notices, mut ready, ticket) = {
+        let (notices, mut ready, ticket, handed) = {
             let mut channels = self.inner.channels();
             let ch = channels.entry(channel.to_string()).or_insert_with(|| {
                 let _ = self.inner.commands.send(HubCommand::Subscribe(channel.to_string()));
@@ -146,13 +149,14 @@ impl ReleaseHub {
                     count: 0,
                     queue: std::collections::BTreeSet::new(),
                     next_ticket: 0,
+                    handed: Arc::default(),
                 }
             });
             ch.count += 1;
             let ticket = ch.next_ticket;
             ch.next_ticket += 1;
             ch.queue.insert(ticket);
-            (ch.notices.subscribe(), ch.ready.subscribe(), ticket)
+            (ch.notices.subscribe(), ch.ready.subscribe(), ticket, Arc::clone(&ch.handed))
         };
         let keep = Counted { inner: Arc::downgrade(&self.inner), channel: channel.to_string(), ticket };
         let (weak, name) = (Arc::downgrade(&self.inner), channel.to_string());
@@ -164,7 +168,9 @@ impl ReleaseHub {
         if tokio::time::timeout(confirm_within, ready.wait_for(|r| *r)).await.is_err() {
             debug!(channel, "release subscription not confirmed in time");
         }
-        ReleaseWatch::with_keep(notices, keep).with_rank(rank)
+        ReleaseWatch::with_keep(notices, keep)
+            .with_rank(rank)
+            .with_handover(move || *handed.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Whether any waiter wants `channel` now.
@@ -187,6 +193,35 @@ impl ReleaseHub {
     /// A release notice arrived on `channel`: wake its waiters.
     pub fn notify(&self, channel: &str) {
         if let Some(ch) = self.inner.channels().get(channel) {
+            ch.notices.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+
+    /// A message arrived on `channel`: wake its waiters, and remember a hand-over it announces
+    /// (see [`crate::scripts::handed_fence`] and [`ReleaseWatch::handed_over`]).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+    /// use std::time::Duration;
+    /// use lock_core::hub::{HubCommand, ReleaseHub};
+    /// let (hub, mut commands) = ReleaseHub::new();
+    /// let serve = hub.clone();
+    /// tokio::spawn(async move {
+    ///     while let Some(HubCommand::Subscribe(ch)) = commands.recv().await {
+    ///         serve.confirm(&ch);
+    ///     }
+    /// });
+    /// let mut watch = hub.watch("lock:{k}:turn:ab", Duration::from_secs(1)).await;
+    /// hub.deliver("lock:{k}:turn:ab", b"g:42");
+    /// assert!(watch.wait(Duration::from_secs(1)).await);
+    /// assert_eq!(watch.handed_over(), Some(42));
+    /// # }
+    /// ```
+    pub fn deliver(&self, channel: &str, message: &[u8]) {
+        if let Some(ch) = self.inner.channels().get(channel) {
+            if let Some(fence) = crate::scripts::handed_fence(message) {
+                *ch.handed.lock().unwrap_or_else(|p| p.into_inner()) = Some(fence);
+            }
             ch.notices.send_modify(|n| *n = n.wrapping_add(1));
         }
     }

@@ -183,7 +183,8 @@ impl LeaseInner {
         fence: Option<FencingToken>,
         acquired_at: Instant,
         valid_until: Instant,
-        watchdog: bool,
+        // `Some(first renewal)` to renew in the background.
+        watchdog: Option<Instant>,
     ) -> Arc<Self> {
         let max_hold_until = ctx.config.max_hold().and_then(|d| acquired_at.checked_add(d));
         let (state, _) = watch::channel(State { valid_until, status: Status::Held, capped: false });
@@ -200,8 +201,8 @@ impl LeaseInner {
         });
         let runtime = Handle::try_current().ok();
         let watchdog = match (&runtime, watchdog) {
-            (Some(rt), true) => {
-                Some(rt.spawn(run_watchdog(Arc::downgrade(&shared), ctx.clone(), acquired_at)).abort_handle())
+            (Some(rt), Some(first)) => {
+                Some(rt.spawn(run_watchdog(Arc::downgrade(&shared), ctx.clone(), first)).abort_handle())
             }
             _ => None,
         };
@@ -281,9 +282,9 @@ impl Drop for LeaseInner {
 }
 
 /// Renews the lease until it is released, dropped, lost, or capped by the maximum hold time.
-async fn run_watchdog(shared: Weak<Shared>, ctx: LeaseCtx, acquired_at: Instant) {
+async fn run_watchdog(shared: Weak<Shared>, ctx: LeaseCtx, first: Instant) {
     let config = &ctx.config;
-    let mut next = acquired_at + config.renew_interval();
+    let mut next = first;
     loop {
         tokio::time::sleep_until(next).await;
         let Some(shared) = shared.upgrade() else { return };

@@ -82,7 +82,7 @@ pub struct LuaScript {
 pub const ACQUIRE: LuaScript = LuaScript {
     name: "acquire",
     source: concat!(include_str!("../scripts/common.lua"), include_str!("../scripts/acquire.lua")),
-    sha1: "c836a1201defd0a91de7f49f309e97b6f25bbcfa",
+    sha1: "b3d6e0cee38903de00dfe11a00e905f3cff2c079",
 };
 
 /// `extend.lua`: owner-checked PEXPIRE. KEYS: lock. ARGV: token, ttl ms. Returns 1 or 0.
@@ -92,13 +92,14 @@ pub const EXTEND: LuaScript = LuaScript {
     sha1: "c8bfd565593adf19adc8dfcc96e6ebf97a22c1c4",
 };
 
-/// `release.lua`: owner-checked DEL, then PUBLISH to the broadcast channel and to the head of
-/// the fair queue, if any (both skipped for an empty channel: a discard).
-/// KEYS: lock, queue, waiters. ARGV: token, channel. Returns 1 or 0.
+/// `release.lua`: owner-checked DEL; then, unless the channel is empty (a discard), the lock is
+/// handed to the head of the fair queue (with a notice to it alone), or, with nobody queued,
+/// a notice goes to the broadcast channel. KEYS: lock, queue, waiters, fence. ARGV: token,
+/// channel. Returns 1 or 0.
 pub const RELEASE: LuaScript = LuaScript {
     name: "release",
     source: concat!(include_str!("../scripts/common.lua"), include_str!("../scripts/release.lua")),
-    sha1: "1f96b4b451069babee44faee0dc92d978e6c8422",
+    sha1: "946355573539792d9d8a771d3cbec5d2a9a10c06",
 };
 
 /// `fence.lua`: raise the fencing counter to at least a token (RedLock's write-back) and
@@ -117,16 +118,17 @@ pub const FENCE: LuaScript = LuaScript {
 pub const FAIR: LuaScript = LuaScript {
     name: "fair",
     source: concat!(include_str!("../scripts/common.lua"), include_str!("../scripts/fair.lua")),
-    sha1: "b841e931dc447be939e25d0a28b49118dbe66fb1",
+    sha1: "98bdc38b30a2e0342cb5454fd7db60465defeaa1",
 };
 
-/// `leave.lua`: a fair waiter leaves the queue (releasing the lock if a lost reply gave it to
-/// it), and the head is woken if the lock is free. KEYS: lock, queue, waiters. ARGV: token,
-/// channel. Returns 1 when it released the lock, else 0.
+/// `leave.lua`: a fair waiter leaves the queue (releasing the lock if a lost reply or a lost
+/// hand-over notice gave it to it), and the lock is handed to the head if it is free.
+/// KEYS: lock, queue, waiters, fence. ARGV: token, channel. Returns 1 when it released the
+/// lock, else 0.
 pub const LEAVE: LuaScript = LuaScript {
     name: "leave",
     source: concat!(include_str!("../scripts/common.lua"), include_str!("../scripts/leave.lua")),
-    sha1: "aa9b9c2523babb9149040ef370f5451ef4158a92",
+    sha1: "a2d8162b2942f3c6e7e392ad6775206e46d70cec",
 };
 
 /// `node.lua`: read the node marker, or declare a server fresh. KEYS: marker. ARGV: `read`,
@@ -371,6 +373,21 @@ impl RedisKeys {
 
     /// The channel-name prefix common to every lock's release notices.
     pub const CHANNEL_PREFIX: &'static str = "lock:{";
+}
+
+/// Reads a message on a fair waiter's turn channel (see [`RedisKeys::turn_channel`]): `Some(fence)`
+/// when a release handed the lock to that waiter (`'g:<fence>'`, fence 0 when none was minted),
+/// `None` for anything else.
+///
+/// ```
+/// use lock_core::scripts::handed_fence;
+/// assert_eq!(handed_fence(b"g:1733300000000001"), Some(1_733_300_000_000_001));
+/// assert_eq!(handed_fence(b"g:0"), Some(0));
+/// assert_eq!(handed_fence(b"1"), None);
+/// assert_eq!(handed_fence(b"g:x"), None);
+/// ```
+pub fn handed_fence(message: &[u8]) -> Option<u64> {
+    std::str::from_utf8(message.strip_prefix(b"g:")?).ok()?.parse().ok()
 }
 
 /// The ARGV of [`ACQUIRE`]. The quarantine used is never below the request's TTL.
@@ -648,7 +665,8 @@ pub async fn release<R: ScriptRunner + ?Sized>(
 ) -> Result<crate::ReleaseOutcome, BackendError> {
     let keys = RedisKeys::for_key(key);
     let args = if announce { release_args(token, &keys) } else { discard_args(token) };
-    let reply = runner.run_int(&RELEASE, &[&keys.lock, &keys.queue, &keys.waiters], &args).await?;
+    let reply =
+        runner.run_int(&RELEASE, &[&keys.lock, &keys.queue, &keys.waiters, &keys.fence], &args).await?;
     Ok(if reply == 1 { crate::ReleaseOutcome::Released } else { crate::ReleaseOutcome::NotHeld })
 }
 
@@ -720,7 +738,7 @@ pub async fn leave_queue<R: ScriptRunner + ?Sized>(
 ) -> Result<crate::ReleaseOutcome, BackendError> {
     let keys = RedisKeys::for_key(key);
     let args = release_args(token, &keys);
-    let reply = runner.run_int(&LEAVE, &[&keys.lock, &keys.queue, &keys.waiters], &args).await?;
+    let reply = runner.run_int(&LEAVE, &[&keys.lock, &keys.queue, &keys.waiters, &keys.fence], &args).await?;
     Ok(if reply == 1 { crate::ReleaseOutcome::Released } else { crate::ReleaseOutcome::NotHeld })
 }
 

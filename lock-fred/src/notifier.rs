@@ -43,7 +43,7 @@ async fn run(sub: SubscriberClient, hub: ReleaseHub, mut commands: mpsc::Unbound
                 }
             },
             msg = messages.recv() => match msg {
-                Ok(m) => hub.notify(&m.channel),
+                Ok(m) => hub.deliver(&m.channel, m.value.as_bytes().unwrap_or_default()),
                 // Notices were dropped: wake everyone to retry.
                 Err(broadcast::error::RecvError::Lagged(_)) => hub.reconnected(&[]),
                 Err(broadcast::error::RecvError::Closed) => return,

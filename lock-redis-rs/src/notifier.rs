@@ -92,7 +92,7 @@ async fn run(
                         debug!("pub/sub connection closed; reconnecting");
                         break;
                     };
-                    hub.notify(msg.get_channel_name());
+                    hub.deliver(msg.get_channel_name(), msg.get_payload_bytes());
                 }
             }
         }

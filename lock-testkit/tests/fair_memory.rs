@@ -1,5 +1,8 @@
 //! The fair lock's contracts on the in-memory backend, on paused time.
 
+use std::time::Duration;
+
+use lock_core::{Instant, LockClient, LockConfig, LockOptions};
 use lock_testkit::{MemoryBackend, fair};
 
 lock_testkit::fair_suite!(paused, async { (MemoryBackend::new(), ()) });
@@ -12,4 +15,66 @@ async fn crashed_waiter_is_skipped() {
         move |key| async move { fair::abandoned_waiter(&store, &key).await }
     };
     fair::crashed_waiter_is_skipped(store, crash).await;
+}
+
+/// A waiter whose lock was handed over holds it from its last call, capped by its waiter
+/// deadline on the server; the watchdog renews it to the full TTL a third of the way there.
+#[tokio::test(start_paused = true)]
+async fn a_handed_over_lease_is_renewed_to_the_full_ttl() {
+    let store = MemoryBackend::new();
+    let config = LockConfig::builder()
+        .ttl(Duration::from_secs(30))
+        .waiter_timeout(Duration::from_secs(2))
+        .acquire_timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let client = LockClient::with_config(store.clone(), config).unwrap();
+    let first = client.fair_mutex("handed").unwrap().lock().await.unwrap();
+    let waiter = {
+        let client = client.clone();
+        tokio::spawn(async move { client.fair_mutex("handed").unwrap().lock().await })
+    };
+    while fair::queue_len(&store, &lock_core::LockKey::new("handed").unwrap()).await == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let calls = store.op_counts().fair_acquire;
+    first.release().await.unwrap();
+    let guard = waiter.await.unwrap().unwrap();
+    assert_eq!(store.op_counts().fair_acquire, calls, "handed over without another call");
+    let left = guard.valid_until() - Instant::now();
+    assert!(left <= Duration::from_secs(2), "capped by the waiter deadline: {left:?}");
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert!(guard.is_held(), "renewed before the waiter deadline");
+    assert!(guard.valid_until() - Instant::now() > Duration::from_secs(15), "renewed to the full TTL");
+    guard.release().await.unwrap();
+}
+
+/// Without a watchdog nothing would renew a grant capped by the waiter deadline, so the waiter
+/// takes the handed-over lock with one more call, which sets its full TTL.
+#[tokio::test(start_paused = true)]
+async fn without_a_watchdog_a_handed_over_lock_is_taken_by_a_call() {
+    let store = MemoryBackend::new();
+    let config = LockConfig::builder()
+        .ttl(Duration::from_secs(30))
+        .waiter_timeout(Duration::from_secs(2))
+        .acquire_timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let client = LockClient::with_config(store.clone(), config).unwrap();
+    let first = client.fair_mutex("handed").unwrap().lock().await.unwrap();
+    let waiter = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            client.fair_mutex("handed").unwrap().lock_with(LockOptions::default().watchdog(false)).await
+        })
+    };
+    while fair::queue_len(&store, &lock_core::LockKey::new("handed").unwrap()).await == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let calls = store.op_counts().fair_acquire;
+    first.release().await.unwrap();
+    let guard = waiter.await.unwrap().unwrap();
+    assert_eq!(store.op_counts().fair_acquire, calls + 1, "one call takes the handed-over lock");
+    assert!(guard.valid_until() - Instant::now() > Duration::from_secs(25), "the full TTL");
+    guard.release().await.unwrap();
 }

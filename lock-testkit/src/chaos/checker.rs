@@ -244,7 +244,13 @@ fn fold_waiter(
     let mut grant = None;
     // The first call this waiter may have been granted by: its first call, or the first call
     // after its last answered `Waiting` (a failed call may have been a grant whose answer was
-    // lost).
+    // lost). A hand-over by a release may come earlier, right after the server ran the last
+    // `Waiting` call; the grant's window then starts late, which is still sound: an older
+    // waiter's certain span is one interval that began before the grantee's first call, so
+    // if it covers the window's end it covers the grant. Nor does a hand-over make a span
+    // claim too much: until the waiter it went to learns of it (its `Acquired` or `Handed`
+    // cuts the span), leaves, or reaches its deadline, the lock is that waiter's, so nobody
+    // else can be granted while the span still runs.
     let mut grant_from = calls.first().map_or(0, |c| c.t_sent);
     let first_sent = grant_from;
     for c in calls {
@@ -265,7 +271,7 @@ fn fold_waiter(
                 grant_from = c.t_reply;
             }
             (FairAnswer::Waiting, None) => grant_from = c.t_reply,
-            (FairAnswer::Acquired, _) => {
+            (FairAnswer::Acquired | FairAnswer::Handed, _) => {
                 if let Some(mut q) = open.take() {
                     q.to = q.to.min(c.t_sent);
                     spans.push(q);
@@ -607,6 +613,31 @@ mod tests {
                 fair(2, 5, 6, Some(1000), FairAnswer::Waiting),
                 fair(2, 50, 51, Some(1000), FairAnswer::Acquired),
                 fair(1, 60, 61, Some(1000), FairAnswer::Acquired),
+            ]),
+            1
+        );
+    }
+
+    #[test]
+    fn c9_judges_hand_overs_like_grants() {
+        // Handed to the head in order: fine.
+        assert_eq!(
+            c9(vec![
+                fair(1, 0, 1, Some(1000), FairAnswer::Waiting),
+                fair(2, 5, 6, Some(1000), FairAnswer::Waiting),
+                fair(1, 30, 30, None, FairAnswer::Handed),
+                fair(2, 60, 60, None, FairAnswer::Handed),
+            ]),
+            0
+        );
+        // Handed to a later waiter while the earlier one still renews its place: caught.
+        assert_eq!(
+            c9(vec![
+                fair(1, 0, 1, Some(1000), FairAnswer::Waiting),
+                fair(2, 5, 6, Some(1000), FairAnswer::Waiting),
+                fair(2, 30, 30, None, FairAnswer::Handed),
+                fair(1, 40, 41, Some(1000), FairAnswer::Waiting),
+                fair(1, 60, 60, None, FairAnswer::Handed),
             ]),
             1
         );

@@ -213,6 +213,9 @@ pub enum FairAnswer {
     Waiting,
     /// The call failed or was cancelled: whether it reached the server is unknown.
     Failed,
+    /// Not a call: a release handed the lock to this waiter, and the waiter read the notice
+    /// that said so (`t_sent` and `t_reply` are when it read it).
+    Handed,
 }
 
 /// One call of the fair lock's acquire, as [`Recording`] logs it: what C9 (grants follow
@@ -632,10 +635,25 @@ impl<B: LockBackend> FairBackend for Recording<B> {
         fair.leave_queue(key, token).await
     }
     async fn watch_turn(&self, key: &LockKey, token: &Token) -> Result<Option<ReleaseWatch>, BackendError> {
-        match self.inner.fair() {
-            Some(fair) => fair.watch_turn(key, token).await,
-            None => Err(no_fair(self.inner.name())),
-        }
+        let Some(fair) = self.inner.fair() else { return Err(no_fair(self.inner.name())) };
+        let watch = fair.watch_turn(key, token).await?;
+        // A hand-over is a grant no call answered: log it when the waiter reads it.
+        let (recorder, worker, key, waiter) =
+            (self.recorder.clone(), self.worker.clone(), key.as_str().to_string(), waiter_id(token));
+        Ok(watch.map(|w| {
+            w.on_handover(move |_fence| {
+                let t = recorder.now();
+                recorder.record(Event::FairCall(FairCall {
+                    worker: worker.clone(),
+                    key: key.clone(),
+                    waiter,
+                    t_sent: t,
+                    t_reply: t,
+                    wait_ms: None,
+                    answer: FairAnswer::Handed,
+                }));
+            })
+        }))
     }
 }
 

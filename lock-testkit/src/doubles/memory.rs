@@ -29,10 +29,18 @@ struct State {
     notices: HashMap<LockKey, watch::Sender<u64>>,
     /// Fair locks' queues, as `lock:{k}:queue` and `lock:{k}:waiters` on a server.
     queues: HashMap<LockKey, Queue>,
-    /// Fair waiters' turn notices, as `lock:{k}:turn:<token>`.
-    turns: HashMap<(LockKey, Token), watch::Sender<u64>>,
+    /// Fair waiters' turn notices, as `lock:{k}:turn:<token>`, with the fence of the hand-over
+    /// the last one announced.
+    turns: HashMap<(LockKey, Token), Turn>,
     /// The node marker (see [`lock_core::scripts`]): `None` after data loss.
     marker: Option<Marker>,
+}
+
+/// One fair waiter's turn channel.
+#[derive(Debug)]
+struct Turn {
+    notices: watch::Sender<u64>,
+    handed: Arc<Mutex<Option<u64>>>,
 }
 
 /// One fair lock's waiters: arrival order, and each one's deadline.
@@ -292,16 +300,16 @@ impl MemoryBackend {
         match live(&mut state, key, now) {
             Some(entry) if entry.token == *token => {
                 state.locks.remove(key);
+                // As release.lua: the head of a fair queue gets the lock at once; with nobody
+                // queued, the broadcast notice goes out.
+                let handed = notify && self.hand_over(&mut state, key, now);
                 if let Some(tx) = state.notices.get(key) {
-                    if notify {
+                    if notify && !handed {
                         tx.send_modify(|n| *n += 1);
                     }
                     if tx.receiver_count() == 0 {
                         state.notices.remove(key);
                     }
-                }
-                if notify {
-                    self.wake_head(&mut state, key, now);
                 }
                 ReleaseOutcome::Released
             }
@@ -309,29 +317,36 @@ impl MemoryBackend {
         }
     }
 
-    /// The lock is free: tell the head of the fair queue (alone) that it is its turn, as
-    /// release.lua does.
-    fn wake_head(&self, state: &mut State, key: &LockKey, now: Instant) {
-        let Some(queue) = state.queues.get_mut(key) else { return };
+    /// The lock is free: hand it to the head of the fair queue, if any, and tell that waiter
+    /// alone, as `hand_over` in the scripts does: the grant expires at the head's waiter
+    /// deadline, with a fence minted if the lock has a fencing counter. Returns whether it did.
+    fn hand_over(&self, state: &mut State, key: &LockKey, now: Instant) -> bool {
+        let Some(queue) = state.queues.get_mut(key) else { return false };
         queue.drop_expired(now);
-        let head = queue.head();
+        let head = queue.head().and_then(|h| queue.members.get(&h).map(|(_, deadline)| (h, *deadline)));
+        if let Some((h, _)) = head {
+            queue.remove(&h);
+        }
         if queue.members.is_empty() {
             state.queues.remove(key);
         }
-        if let Some(head) = head {
-            self.notify_turn(state, key, head);
-        }
-    }
-
-    fn notify_turn(&self, state: &mut State, key: &LockKey, token: Token) {
+        let Some((head, deadline)) = head else { return false };
+        let clock = if self.inner.counter_only { 0 } else { self.clock_us() };
+        let fence = state.fences.get_mut(key).map(|counter| {
+            *counter = (*counter + 1).max(clock);
+            FencingToken(*counter)
+        });
+        state.locks.insert(key.clone(), Entry { token: head, expires_at: deadline, fence });
         self.count(|c| c.turn_notices += 1);
-        let slot = (key.clone(), token);
-        if let Some(tx) = state.turns.get(&slot) {
-            tx.send_modify(|n| *n += 1);
-            if tx.receiver_count() == 0 {
+        let slot = (key.clone(), head);
+        if let Some(turn) = state.turns.get(&slot) {
+            *turn.handed.lock().unwrap_or_else(|p| p.into_inner()) = Some(fence.map_or(0, |f| f.0));
+            turn.notices.send_modify(|n| *n += 1);
+            if turn.notices.receiver_count() == 0 {
                 state.turns.remove(&slot);
             }
         }
+        true
     }
 
     /// The fair waiters queued on `key` now, oldest first (expired ones excluded).
@@ -371,13 +386,25 @@ impl FairBackend for MemoryBackend {
             Ok(Grant::from_start(started, req.ttl, fence)
                 .map_or(FairOutcome::Waiting { ahead: 0, retry_in: None }, FairOutcome::Acquired))
         };
-        let dropped = state.queues.get_mut(&req.key).map_or(0, |q| q.drop_expired(started));
+        if let Some(q) = state.queues.get_mut(&req.key) {
+            q.drop_expired(started);
+        }
         let holder = live(&mut state, &req.key, started).map(|e| (e.token, e.fence, e.expires_at));
         if let Some((token, fence, _)) = holder
             && token == req.token
         {
+            // Ours: granted by a call whose reply was lost, or handed over by a release.
+            let mut fence = fence;
+            if req.fencing && fence.is_none() {
+                // Handed over while the fencing counter was missing: mint one now.
+                let clock = if self.inner.counter_only { 0 } else { self.clock_us() };
+                let counter = state.fences.entry(req.key.clone()).or_insert(0);
+                *counter = (*counter + 1).max(clock);
+                fence = Some(FencingToken(*counter));
+            }
             if let Some(e) = live(&mut state, &req.key, started) {
                 e.expires_at = started + req.ttl;
+                e.fence = fence;
             }
             if let Some(q) = state.queues.get_mut(&req.key) {
                 q.remove(&req.token);
@@ -399,12 +426,13 @@ impl FairBackend for MemoryBackend {
             state.locks.insert(req.key.clone(), Entry { token: req.token, expires_at, fence });
             return granted(fence);
         }
-        if dropped > 0
-            && holder.is_none()
-            && let Some(head) = head
-        {
-            self.notify_turn(&mut state, &req.key, head);
-        }
+        // Free, but another waiter is at the head: hand it over here (as fair.lua).
+        let holder = if holder.is_none() && head.is_some() && self.hand_over(&mut state, &req.key, started) {
+            live(&mut state, &req.key, started).map(|e| (e.token, e.fence, e.expires_at))
+        } else {
+            holder
+        };
+        let head = state.queues.get(&req.key).and_then(Queue::head);
         let retry_in = match (holder, head) {
             (Some((_, _, expires_at)), _) => Some(expires_at - started),
             (None, Some(h)) => state
@@ -418,6 +446,10 @@ impl FairBackend for MemoryBackend {
             let ahead = state.queues.get(&req.key).map_or(0, |q| q.members.len() as u64);
             return Ok(FairOutcome::Waiting { ahead, retry_in });
         };
+        if req.fencing {
+            // A hand-over mints a fence only if the counter exists (as fair.lua).
+            state.fences.entry(req.key.clone()).or_insert(0);
+        }
         let queue = state.queues.entry(req.key.clone()).or_default();
         let seq = match queue.members.get(&req.token) {
             Some((seq, _)) => *seq,
@@ -444,7 +476,7 @@ impl FairBackend for MemoryBackend {
                 Some(holder) if holder != *token => return Ok(ReleaseOutcome::NotHeld),
                 Some(_) => ReleaseOutcome::Released,
                 None => {
-                    self.wake_head(&mut state, key, now);
+                    self.hand_over(&mut state, key, now);
                     ReleaseOutcome::NotHeld
                 }
             }
@@ -458,9 +490,16 @@ impl FairBackend for MemoryBackend {
 
     async fn watch_turn(&self, key: &LockKey, token: &Token) -> Result<Option<ReleaseWatch>, BackendError> {
         let mut state = self.state();
-        state.turns.retain(|_, tx| tx.receiver_count() > 0);
-        let tx = state.turns.entry((key.clone(), *token)).or_insert_with(|| watch::channel(0).0);
-        Ok(Some(ReleaseWatch::new(tx.subscribe())))
+        state.turns.retain(|_, turn| turn.notices.receiver_count() > 0);
+        let turn = state
+            .turns
+            .entry((key.clone(), *token))
+            .or_insert_with(|| Turn { notices: watch::channel(0).0, handed: Arc::default() });
+        let handed = Arc::clone(&turn.handed);
+        Ok(Some(
+            ReleaseWatch::new(turn.notices.subscribe())
+                .with_handover(move || *handed.lock().unwrap_or_else(|p| p.into_inner())),
+        ))
     }
 }
 

@@ -371,6 +371,64 @@ pub async fn release_wakes_only_the_head<B: LockBackend>(b: B) {
     assert_eq!(b.release(&key, &waiters[0]).await.unwrap(), ReleaseOutcome::Released);
 }
 
+/// A release hands the lock to the head of the queue at once: before the head calls again, the
+/// lock is already its own (a plain mutex on the name cannot slip in), its turn notice says so
+/// with a fencing token above the last holder's, and its next call finds the lock its own with
+/// that same token.
+///
+/// # Errors
+/// None: a backend that breaks the contract fails the test (this panics).
+///
+/// # Cancel safety
+/// Test code: cancelling abandons the check, nothing else.
+///
+/// # Examples
+/// ```
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+/// lock_testkit::fair::release_hands_the_lock_to_the_head(lock_testkit::MemoryBackend::new()).await;
+/// # }
+/// ```
+pub async fn release_hands_the_lock_to_the_head<B: LockBackend>(b: B) {
+    let key = unique_key("fair-hand-over");
+    let fair = fair_ops(&b);
+    let fencing = b.capabilities().fencing;
+    let req =
+        |token| FairRequest { key: key.clone(), token, ttl: 10_000 * MS, fencing, wait: Some(5_000 * MS) };
+    let holder = Token::random();
+    let FairOutcome::Acquired(first) = fair.fair_acquire(&req(holder)).await.unwrap() else {
+        panic!("{}: a free lock must be granted", b.name())
+    };
+    let head = Token::random();
+    let mut watch = if b.capabilities().wake_up { fair.watch_turn(&key, &head).await.unwrap() } else { None };
+    assert!(matches!(fair.fair_acquire(&req(head)).await.unwrap(), FairOutcome::Waiting { ahead: 0, .. }));
+    assert_eq!(b.release(&key, &holder).await.unwrap(), ReleaseOutcome::Released);
+    let plain =
+        lock_core::AcquireRequest { key: key.clone(), token: Token::random(), ttl: 10_000 * MS, fencing };
+    assert!(
+        matches!(b.acquire(&plain).await.unwrap(), lock_core::AcquireOutcome::Held { .. }),
+        "{}: the released lock must already be the head's",
+        b.name()
+    );
+    if let Some(w) = &mut watch {
+        assert!(w.wait(2_000 * MS).await, "{}: the head must be told", b.name());
+        let handed = w.handed_over();
+        assert!(handed.is_some(), "{}: the notice must say the lock was handed over", b.name());
+        if let (Some(before), Some(fence)) = (first.fence, handed) {
+            assert!(fence > before.0, "{}: handed over with fence {fence} after {}", b.name(), before.0);
+        }
+    }
+    let FairOutcome::Acquired(grant) = fair.fair_acquire(&req(head)).await.unwrap() else {
+        panic!("{}: the head's next call must find the lock its own", b.name())
+    };
+    if let (Some(w), Some(fence)) = (&watch, grant.fence) {
+        assert_eq!(w.handed_over(), Some(fence.0), "{}: the same token as the notice", b.name());
+    }
+    if let (Some(before), Some(after)) = (first.fence, grant.fence) {
+        assert!(after > before, "{}: fence {after:?} after {before:?}", b.name());
+    }
+    assert_eq!(b.release(&key, &head).await.unwrap(), ReleaseOutcome::Released);
+}
+
 /// Through one handle, a fair lock is reentrant (the same lease, no queueing behind itself);
 /// fencing tokens rise across fair acquisitions; a fair lock and a plain mutex on one name
 /// exclude each other.
@@ -446,6 +504,7 @@ macro_rules! fair_suite {
             try_lock_refuses_while_waiters_queue,
             cancelled_waiter_is_skipped,
             release_wakes_only_the_head,
+            release_hands_the_lock_to_the_head,
             reentrant_fenced_and_exclusive_with_the_mutex
         );
     };

@@ -35,7 +35,8 @@ enum Bug {
     /// Fencing tokens from a bare counter (`INCR`, no clock floor): the design replaced
     /// because a counter rolled back by an old snapshot hands tokens out again.
     CounterFence,
-    /// A fair lock whose grant goes to whoever asks while the lock is free, queued or not, and
+    /// A fair lock whose release hands nothing over and whose grant goes to whoever asks while
+    /// the lock is free, queued or not, and
     /// whose release wakes every waiter (any of them may win): C9 must catch it.
     FairBarging,
 }
@@ -123,6 +124,10 @@ impl LockBackend for Mutant {
         }
     }
     async fn release(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError> {
+        if self.bug == Bug::FairBarging {
+            // No hand-over to the head of the queue: the lock is left free for whoever asks.
+            return self.inner.discard(key, token).await;
+        }
         if self.bug != Bug::PlainDel {
             return self.inner.release(key, token).await;
         }
