@@ -75,9 +75,9 @@ local function live_head(queue, waiters)
   end
 end
 
--- The lock is free: hand it to the waiter at the head of the queue, if any, and tell that
--- waiter alone, on its own channel `<lock key>:turn:<owner token>`, with the message
--- 'g:<fence>'. So the head holds the lock from this instant, without a call of its own. The
+-- The lock is free: hand it to the waiter at the head of the queue, if any, and say so on the
+-- lock's turn channel `<lock key>:turn` with the message 'g:<owner token>:<fence>' (only that
+-- waiter wakes; its process subscribes once per lock, not per waiter). So the head holds the lock from this instant, without a call of its own. The
 -- grant expires at the head's waiter deadline (its lease starts from its last call, the one
 -- that set that deadline, so its own validity is counted from before the grant): a head that
 -- died blocks the queue no longer than it would have as a waiter, and a live head's first
@@ -102,6 +102,6 @@ local function hand_over(lock_key, fence_key, queue, waiters)
   end
   local shown = string.format('%.0f', fence)
   redis.call('SET', lock_key, head .. ':' .. shown, 'PX', math.max(deadline - now, 1))
-  redis.call('PUBLISH', lock_key .. ':turn:' .. head, 'g:' .. shown)
+  redis.call('PUBLISH', lock_key .. ':turn', 'g:' .. head .. ':' .. shown)
   return head
 end

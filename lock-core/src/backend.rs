@@ -73,21 +73,29 @@ pub enum FairOutcome {
 ///
 /// Reached through [`LockBackend::fair`], so a backend that only offers the mutex implements
 /// nothing of it. The fair lock shares the mutex's key: [`LockBackend::extend`] renews it and
-/// [`LockBackend::release`] frees it, and must then tell the head of the queue (alone) that it
-/// is its turn. A plain mutex and a fair lock on one name exclude each other; only fair
-/// waiters queue.
+/// [`LockBackend::release`] frees it, and must then **hand it over** to the head of the queue.
+/// A plain mutex and a fair lock on one name exclude each other; only fair waiters queue.
 ///
 /// # Contract
-/// - **fair_acquire** grants when the lock is free (or already this token's) and this token is
-///   at the head of the queue (or the queue is empty); removes it from the queue when granted.
-///   Otherwise, with `wait`, it queues the token once (at the back, on its first call) and
-///   renews its waiter deadline; without, it changes nothing. Waiters whose deadline passed
-///   are dropped from the queue before anything is decided, and the new head is told it is its
-///   turn when the lock is free.
+/// - **Hand-over.** Whenever the lock is free and a waiter is at the head of the queue (after
+///   a release, a leave, or a call that finds it so), the backend grants it to that waiter at
+///   once, in the same atomic step: the head leaves the queue and holds the lock until its
+///   waiter deadline (never longer: a dead head blocks the queue no longer than a dead waiter
+///   would), with a fencing token minted if the lock has a fencing counter (a fencing waiter
+///   creates it when it queues). It then tells that waiter alone, through its
+///   [`FairBackend::watch_turn`] subscription, with [`ReleaseWatch::handed_over`] reporting
+///   the token. The waiter's lease counts from the call that last set its deadline.
+/// - **fair_acquire** grants when the lock is free and this token is at the head of the queue
+///   (or the queue is empty), and finds the lock its own when a hand-over (or an earlier call
+///   whose reply was lost) already granted it: then it refreshes the expiry to `ttl` and
+///   returns the same fencing token (minting one if the hand-over could not). It removes the
+///   token from the queue when granted. Otherwise, with `wait`, it queues the token once (at
+///   the back, on its first call) and renews its waiter deadline; without, it changes nothing.
+///   Waiters whose deadline passed are dropped from the queue before anything is decided.
 /// - **leave_queue** removes the token from the queue, releases the lock if the token holds it,
-///   and tells the head it is its turn when the lock is free. Idempotent.
-/// - **watch_turn** subscribes to the notices for one waiter: they come when it reaches the
-///   head of a free lock. Subscribe before the call that could miss the notice, as with
+///   and hands the lock over when it is free. Idempotent.
+/// - **watch_turn** subscribes to the notices for one waiter: one comes when the lock is handed
+///   over to it. Subscribe before the call that could miss the notice, as with
 ///   [`LockBackend::watch_releases`].
 #[async_trait]
 pub trait FairBackend: Send + Sync {

@@ -1,4 +1,5 @@
-//! The fair lock's acquisition: queue on the server, wait for this waiter's own turn notice.
+//! The fair lock's acquisition: queue on the server, and wait for the release that hands the
+//! lock over to this waiter (its own turn notice says so).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -174,8 +175,8 @@ pub(crate) async fn acquire(
                 continue;
             }
         }
-        // Our turn notice wakes us at once; otherwise call again when the state can change by
-        // itself (the holder's TTL, the head's deadline), and in any case in time to renew our
+        // The notice of a hand-over wakes us holding the lock; otherwise call again when the
+        // state can change by itself (the holder's TTL, the head's deadline), and in any case in time to renew our
         // place in the queue.
         let mut wait = renew_every.min(deadline - now);
         if let Some(r) = retry_in {

@@ -22,8 +22,15 @@ struct Channel {
     /// The tickets of the waiters, in arrival order (the oldest first).
     queue: std::collections::BTreeSet<u64>,
     next_ticket: u64,
-    /// The fence of the hand-over a message on this channel announced (a fair waiter's turn
-    /// channel; see [`crate::scripts::handed_fence`]).
+    /// The fair waiters on this channel (a lock's turn channel), by owner token: each one is
+    /// woken only by the hand-over addressed to it.
+    members: HashMap<String, Member>,
+}
+
+/// One fair waiter on a turn channel.
+struct Member {
+    notices: watch::Sender<u64>,
+    /// The fence of the hand-over a message announced to it.
     handed: Arc<Mutex<Option<u64>>>,
 }
 
@@ -87,6 +94,7 @@ struct Counted {
     inner: Weak<Inner>,
     channel: String,
     ticket: u64,
+    member: Option<String>,
 }
 
 impl Drop for Counted {
@@ -94,6 +102,9 @@ impl Drop for Counted {
         let Some(inner) = self.inner.upgrade() else { return };
         let mut channels = inner.channels();
         if let Some(ch) = channels.get_mut(&self.channel) {
+            if let Some(m) = &self.member {
+                ch.members.remove(m);
+            }
             ch.queue.remove(&self.ticket);
             ch.count = ch.count.saturating_sub(1);
             if ch.count == 0 {
@@ -139,38 +150,103 @@ impl ReleaseHub {
     /// # }
     /// ```
     pub async fn watch(&self, channel: &str, confirm_within: Duration) -> ReleaseWatch {
-        let (notices, mut ready, ticket, handed) = {
-            let mut channels = self.inner.channels();
-            let ch = channels.entry(channel.to_string()).or_insert_with(|| {
-                let _ = self.inner.commands.send(HubCommand::Subscribe(channel.to_string()));
-                Channel {
-                    notices: watch::channel(0).0,
-                    ready: watch::channel(false).0,
-                    count: 0,
-                    queue: std::collections::BTreeSet::new(),
-                    next_ticket: 0,
-                    handed: Arc::default(),
-                }
-            });
-            ch.count += 1;
-            let ticket = ch.next_ticket;
-            ch.next_ticket += 1;
-            ch.queue.insert(ticket);
-            (ch.notices.subscribe(), ch.ready.subscribe(), ticket, Arc::clone(&ch.handed))
-        };
-        let keep = Counted { inner: Arc::downgrade(&self.inner), channel: channel.to_string(), ticket };
-        let (weak, name) = (Arc::downgrade(&self.inner), channel.to_string());
+        let (notices, ready, keep) = self.register(channel, None);
+        let (weak, name, ticket) = (Arc::downgrade(&self.inner), channel.to_string(), keep.ticket);
         let rank = move || {
             weak.upgrade()
                 .and_then(|inner| inner.channels().get(&name).map(|ch| ch.queue.range(..ticket).count()))
                 .unwrap_or(0)
         };
-        if tokio::time::timeout(confirm_within, ready.wait_for(|r| *r)).await.is_err() {
-            debug!(channel, "release subscription not confirmed in time");
-        }
+        confirmed(channel, ready, confirm_within).await;
+        ReleaseWatch::with_keep(notices, keep).with_rank(rank)
+    }
+
+    /// Subscribes the fair waiter `member` (its owner token) to a lock's turn `channel`, which
+    /// it shares with the other waiters of this process on that lock (one subscription per
+    /// lock, not per waiter: no SUBSCRIBE per acquisition). Only a hand-over addressed to
+    /// `member` wakes it (see [`crate::scripts::parse_hand_over`]), and the watch's
+    /// [`ReleaseWatch::handed_over`] then reports the fence. Confirmation as in
+    /// [`ReleaseHub::watch`].
+    ///
+    /// # Errors
+    /// None: an unconfirmed subscription still returns a working watch.
+    ///
+    /// # Cancel safety
+    /// As [`ReleaseHub::watch`].
+    ///
+    /// # Examples
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+    /// use std::time::Duration;
+    /// use lock_core::hub::{HubCommand, ReleaseHub};
+    /// let (hub, mut commands) = ReleaseHub::new();
+    /// let serve = hub.clone();
+    /// tokio::spawn(async move {
+    ///     while let Some(HubCommand::Subscribe(ch)) = commands.recv().await {
+    ///         serve.confirm(&ch);
+    ///     }
+    /// });
+    /// let mut a = hub.watch_member("lock:{k}:turn", "aa", Duration::from_secs(1)).await;
+    /// let mut b = hub.watch_member("lock:{k}:turn", "bb", Duration::from_secs(1)).await;
+    /// assert_eq!(hub.active_channels(), 1);
+    /// hub.deliver("lock:{k}:turn", b"g:bb:42");
+    /// assert!(b.wait(Duration::from_secs(1)).await);
+    /// assert_eq!(b.handed_over(), Some(42));
+    /// assert!(!a.wait(Duration::from_millis(10)).await, "not addressed to a");
+    /// # }
+    /// ```
+    pub async fn watch_member(&self, channel: &str, member: &str, confirm_within: Duration) -> ReleaseWatch {
+        let (_, ready, keep) = self.register(channel, Some(member));
+        let slot = self
+            .inner
+            .channels()
+            .get(channel)
+            .and_then(|ch| ch.members.get(member))
+            .map(|m| (m.notices.subscribe(), Arc::clone(&m.handed)));
+        let Some((notices, handed)) = slot else {
+            // Unreachable: registered just above, under the same lock's keep.
+            return ReleaseWatch::with_keep(watch::channel(0).1, keep);
+        };
+        confirmed(channel, ready, confirm_within).await;
         ReleaseWatch::with_keep(notices, keep)
-            .with_rank(rank)
             .with_handover(move || *handed.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Counts one more waiter on `channel` (asking the driver to SUBSCRIBE for the first one),
+    /// with its own slot when it is a fair waiter `member`.
+    fn register(
+        &self,
+        channel: &str,
+        member: Option<&str>,
+    ) -> (watch::Receiver<u64>, watch::Receiver<bool>, Counted) {
+        let mut channels = self.inner.channels();
+        let ch = channels.entry(channel.to_string()).or_insert_with(|| {
+            let _ = self.inner.commands.send(HubCommand::Subscribe(channel.to_string()));
+            Channel {
+                notices: watch::channel(0).0,
+                ready: watch::channel(false).0,
+                count: 0,
+                queue: std::collections::BTreeSet::new(),
+                next_ticket: 0,
+                members: HashMap::new(),
+            }
+        });
+        ch.count += 1;
+        let ticket = ch.next_ticket;
+        ch.next_ticket += 1;
+        ch.queue.insert(ticket);
+        if let Some(m) = member {
+            ch.members
+                .entry(m.to_string())
+                .or_insert_with(|| Member { notices: watch::channel(0).0, handed: Arc::default() });
+        }
+        let keep = Counted {
+            inner: Arc::downgrade(&self.inner),
+            channel: channel.to_string(),
+            ticket,
+            member: member.map(str::to_string),
+        };
+        (ch.notices.subscribe(), ch.ready.subscribe(), keep)
     }
 
     /// Whether any waiter wants `channel` now.
@@ -197,8 +273,9 @@ impl ReleaseHub {
         }
     }
 
-    /// A message arrived on `channel`: wake its waiters, and remember a hand-over it announces
-    /// (see [`crate::scripts::handed_fence`] and [`ReleaseWatch::handed_over`]).
+    /// A message arrived on `channel`: a hand-over (see [`crate::scripts::parse_hand_over`])
+    /// wakes the fair waiter it names, if it is one of this hub's, and nobody else; any other
+    /// message wakes the channel's plain waiters (as [`ReleaseHub::notify`]).
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
@@ -211,18 +288,23 @@ impl ReleaseHub {
     ///         serve.confirm(&ch);
     ///     }
     /// });
-    /// let mut watch = hub.watch("lock:{k}:turn:ab", Duration::from_secs(1)).await;
-    /// hub.deliver("lock:{k}:turn:ab", b"g:42");
+    /// let mut watch = hub.watch("lock:{k}:released", Duration::from_secs(1)).await;
+    /// hub.deliver("lock:{k}:released", b"1");
     /// assert!(watch.wait(Duration::from_secs(1)).await);
-    /// assert_eq!(watch.handed_over(), Some(42));
+    /// assert_eq!(watch.handed_over(), None);
     /// # }
     /// ```
     pub fn deliver(&self, channel: &str, message: &[u8]) {
-        if let Some(ch) = self.inner.channels().get(channel) {
-            if let Some(fence) = crate::scripts::handed_fence(message) {
-                *ch.handed.lock().unwrap_or_else(|p| p.into_inner()) = Some(fence);
+        let channels = self.inner.channels();
+        let Some(ch) = channels.get(channel) else { return };
+        match crate::scripts::parse_hand_over(message) {
+            Some((token, fence)) => {
+                if let Some(m) = ch.members.get(token) {
+                    *m.handed.lock().unwrap_or_else(|p| p.into_inner()) = Some(fence);
+                    m.notices.send_modify(|n| *n = n.wrapping_add(1));
+                }
             }
-            ch.notices.send_modify(|n| *n = n.wrapping_add(1));
+            None => ch.notices.send_modify(|n| *n = n.wrapping_add(1)),
         }
     }
 
@@ -241,12 +323,22 @@ impl ReleaseHub {
                 ch.ready.send_replace(true);
             }
             ch.notices.send_modify(|n| *n = n.wrapping_add(1));
+            for m in ch.members.values() {
+                m.notices.send_modify(|n| *n = n.wrapping_add(1));
+            }
         }
     }
 
     /// How many channels have at least one waiter.
     pub fn active_channels(&self) -> usize {
         self.inner.channels().len()
+    }
+}
+
+/// Waits, at most `within`, until the driver confirmed the subscription of `channel`.
+async fn confirmed(channel: &str, mut ready: watch::Receiver<bool>, within: Duration) {
+    if tokio::time::timeout(within, ready.wait_for(|r| *r)).await.is_err() {
+        debug!(channel, "release subscription not confirmed in time");
     }
 }
 
@@ -301,6 +393,33 @@ impl HubTask {
     /// ```
     pub async fn watch(&self, channel: &str) -> ReleaseWatch {
         self.hub.watch(channel, self.confirm_within).await
+    }
+
+    /// Subscribes a fair waiter (see [`ReleaseHub::watch_member`]).
+    ///
+    /// # Errors
+    /// None, as [`ReleaseHub::watch_member`].
+    ///
+    /// # Cancel safety
+    /// As [`ReleaseHub::watch`].
+    ///
+    /// # Examples
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+    /// use std::time::Duration;
+    /// use lock_core::hub::{HubCommand, HubTask};
+    /// let task = HubTask::spawn(Duration::from_millis(100), |hub, mut commands| async move {
+    ///     while let Some(HubCommand::Subscribe(ch)) = commands.recv().await {
+    ///         hub.confirm(&ch);
+    ///     }
+    /// });
+    /// let _a = task.watch_member("lock:{k}:turn", "aa").await;
+    /// let _b = task.watch_member("lock:{k}:turn", "bb").await;
+    /// assert_eq!(task.active_channels(), 1);
+    /// # }
+    /// ```
+    pub async fn watch_member(&self, channel: &str, member: &str) -> ReleaseWatch {
+        self.hub.watch_member(channel, member, self.confirm_within).await
     }
 
     /// How many channels have at least one waiter.

@@ -82,7 +82,7 @@ pub struct LuaScript {
 pub const ACQUIRE: LuaScript = LuaScript {
     name: "acquire",
     source: concat!(include_str!("../scripts/common.lua"), include_str!("../scripts/acquire.lua")),
-    sha1: "b3d6e0cee38903de00dfe11a00e905f3cff2c079",
+    sha1: "7e73ef8a1252da516acbe438451e297878d8b6af",
 };
 
 /// `extend.lua`: owner-checked PEXPIRE. KEYS: lock. ARGV: token, ttl ms. Returns 1 or 0.
@@ -99,7 +99,7 @@ pub const EXTEND: LuaScript = LuaScript {
 pub const RELEASE: LuaScript = LuaScript {
     name: "release",
     source: concat!(include_str!("../scripts/common.lua"), include_str!("../scripts/release.lua")),
-    sha1: "946355573539792d9d8a771d3cbec5d2a9a10c06",
+    sha1: "df9de67146ddbf0b743a949e587c3568a36e5989",
 };
 
 /// `fence.lua`: raise the fencing counter to at least a token (RedLock's write-back) and
@@ -118,7 +118,7 @@ pub const FENCE: LuaScript = LuaScript {
 pub const FAIR: LuaScript = LuaScript {
     name: "fair",
     source: concat!(include_str!("../scripts/common.lua"), include_str!("../scripts/fair.lua")),
-    sha1: "98bdc38b30a2e0342cb5454fd7db60465defeaa1",
+    sha1: "00f74c2ce934635b710857d4f67894dc25e3220a",
 };
 
 /// `leave.lua`: a fair waiter leaves the queue (releasing the lock if a lost reply or a lost
@@ -128,7 +128,7 @@ pub const FAIR: LuaScript = LuaScript {
 pub const LEAVE: LuaScript = LuaScript {
     name: "leave",
     source: concat!(include_str!("../scripts/common.lua"), include_str!("../scripts/leave.lua")),
-    sha1: "a2d8162b2942f3c6e7e392ad6775206e46d70cec",
+    sha1: "035c72261f655e86c42f27428597b70ec7d4e153",
 };
 
 /// `node.lua`: read the node marker, or declare a server fresh. KEYS: marker. ARGV: `read`,
@@ -333,6 +333,9 @@ pub struct RedisKeys {
     pub queue: String,
     /// The fair lock's waiter deadlines: owner tokens by deadline (server ms).
     pub waiters: String,
+    /// The fair lock's turn channel: a release that hands the lock to a waiter says so here,
+    /// naming the waiter's owner token (see [`parse_hand_over`]).
+    pub turn: String,
 }
 
 impl RedisKeys {
@@ -344,6 +347,7 @@ impl RedisKeys {
     /// assert_eq!(k.lock, "lock:{orders:42}");
     /// assert_eq!(k.fence, "lock:{orders:42}:fence");
     /// assert_eq!(k.channel, "lock:{orders:42}:released");
+    /// assert_eq!(k.turn, "lock:{orders:42}:turn");
     /// # Ok::<(), lock_core::LockError>(())
     /// ```
     pub fn for_key(key: &LockKey) -> Self {
@@ -355,39 +359,30 @@ impl RedisKeys {
             channel: format!("{lock}:released"),
             queue: format!("{lock}:queue"),
             waiters: format!("{lock}:waiters"),
+            turn: format!("{lock}:turn"),
             lock,
         }
-    }
-
-    /// The channel on which the fair waiter with owner `token` is told it is its turn.
-    ///
-    /// ```
-    /// use lock_core::{LockKey, Token, scripts::RedisKeys};
-    /// let k = RedisKeys::for_key(&LockKey::new("jobs")?);
-    /// assert!(k.turn_channel(&Token::random()).starts_with("lock:{jobs}:turn:"));
-    /// # Ok::<(), lock_core::LockError>(())
-    /// ```
-    pub fn turn_channel(&self, token: &Token) -> String {
-        format!("{}:turn:{}", self.lock, token.to_redis_value())
     }
 
     /// The channel-name prefix common to every lock's release notices.
     pub const CHANNEL_PREFIX: &'static str = "lock:{";
 }
 
-/// Reads a message on a fair waiter's turn channel (see [`RedisKeys::turn_channel`]): `Some(fence)`
-/// when a release handed the lock to that waiter (`'g:<fence>'`, fence 0 when none was minted),
-/// `None` for anything else.
+/// Reads a message on a lock's turn channel ([`RedisKeys::turn`]): `Some((owner token,
+/// fence))` when a release handed the lock to the fair waiter with that token
+/// (`'g:<token>:<fence>'`, fence 0 when none was minted), `None` for anything else.
 ///
 /// ```
-/// use lock_core::scripts::handed_fence;
-/// assert_eq!(handed_fence(b"g:1733300000000001"), Some(1_733_300_000_000_001));
-/// assert_eq!(handed_fence(b"g:0"), Some(0));
-/// assert_eq!(handed_fence(b"1"), None);
-/// assert_eq!(handed_fence(b"g:x"), None);
+/// use lock_core::scripts::parse_hand_over;
+/// assert_eq!(parse_hand_over(b"g:0af3:1733300000000001"), Some(("0af3", 1_733_300_000_000_001)));
+/// assert_eq!(parse_hand_over(b"g:0af3:0"), Some(("0af3", 0)));
+/// assert_eq!(parse_hand_over(b"1"), None);
+/// assert_eq!(parse_hand_over(b"g:0af3:x"), None);
 /// ```
-pub fn handed_fence(message: &[u8]) -> Option<u64> {
-    std::str::from_utf8(message.strip_prefix(b"g:")?).ok()?.parse().ok()
+pub fn parse_hand_over(message: &[u8]) -> Option<(&str, u64)> {
+    let rest = std::str::from_utf8(message.strip_prefix(b"g:")?).ok()?;
+    let (token, fence) = rest.rsplit_once(':')?;
+    Some((token, fence.parse().ok()?))
 }
 
 /// The ARGV of [`ACQUIRE`]. The quarantine used is never below the request's TTL.

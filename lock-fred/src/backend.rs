@@ -713,7 +713,7 @@ where
     }
 
     async fn watch_releases(&self, key: &LockKey) -> Result<Option<ReleaseWatch>, BackendError> {
-        self.watch_channel(&RedisKeys::for_key(key).channel).await
+        self.watch_channel(&RedisKeys::for_key(key).channel, None).await
     }
 
     fn fair(&self) -> Option<&dyn FairBackend> {
@@ -735,7 +735,7 @@ where
     }
 
     async fn watch_turn(&self, key: &LockKey, token: &Token) -> Result<Option<ReleaseWatch>, BackendError> {
-        self.watch_channel(&RedisKeys::for_key(key).turn_channel(token)).await
+        self.watch_channel(&RedisKeys::for_key(key).turn, Some(&token.to_redis_value())).await
     }
 }
 
@@ -743,8 +743,13 @@ impl<C> FredBackend<C>
 where
     C: LuaInterface + KeysInterface + Clone + Send + Sync + 'static,
 {
-    /// Subscribes to one notice channel through the shared subscriber (started on first use).
-    async fn watch_channel(&self, channel: &str) -> Result<Option<ReleaseWatch>, BackendError> {
+    /// Subscribes to one notice channel through the shared subscriber (started on first use),
+    /// as the fair waiter `member` when given (see [`lock_core::hub::ReleaseHub::watch_member`]).
+    async fn watch_channel(
+        &self,
+        channel: &str,
+        member: Option<&str>,
+    ) -> Result<Option<ReleaseWatch>, BackendError> {
         let Some(subscriber) = &self.shared.subscriber else { return Ok(None) };
         let timeout = self.shared.command_timeout;
         let notifier = self
@@ -760,6 +765,9 @@ where
                 }
             })
             .await?;
-        Ok(Some(notifier.watch(channel).await))
+        Ok(Some(match member {
+            Some(m) => notifier.watch_member(channel, m).await,
+            None => notifier.watch(channel).await,
+        }))
     }
 }

@@ -704,7 +704,7 @@ where
     }
 
     async fn watch_releases(&self, key: &LockKey) -> Result<Option<ReleaseWatch>, BackendError> {
-        Ok(self.watch_channel(&RedisKeys::for_key(key).channel).await)
+        Ok(self.watch_channel(&RedisKeys::for_key(key).channel, None).await)
     }
 
     fn fair(&self) -> Option<&dyn FairBackend> {
@@ -726,16 +726,20 @@ where
     }
 
     async fn watch_turn(&self, key: &LockKey, token: &Token) -> Result<Option<ReleaseWatch>, BackendError> {
-        Ok(self.watch_channel(&RedisKeys::for_key(key).turn_channel(token)).await)
+        Ok(self.watch_channel(&RedisKeys::for_key(key).turn, Some(&token.to_redis_value())).await)
     }
 }
 
 impl<C> RedisBackend<C> {
-    /// Subscribes to one notice channel through the shared subscriber (started on first use).
-    async fn watch_channel(&self, channel: &str) -> Option<ReleaseWatch> {
+    /// Subscribes to one notice channel through the shared subscriber (started on first use),
+    /// as the fair waiter `member` when given (see [`lock_core::hub::ReleaseHub::watch_member`]).
+    async fn watch_channel(&self, channel: &str, member: Option<&str>) -> Option<ReleaseWatch> {
         let client = self.shared.pubsub_client.as_ref()?;
         let notifier =
             self.shared.notifier.get_or_init(|| notifier::start(client.clone(), self.shared.command_timeout));
-        Some(notifier.watch(channel).await)
+        Some(match member {
+            Some(m) => notifier.watch_member(channel, m).await,
+            None => notifier.watch(channel).await,
+        })
     }
 }

@@ -29,8 +29,8 @@ struct State {
     notices: HashMap<LockKey, watch::Sender<u64>>,
     /// Fair locks' queues, as `lock:{k}:queue` and `lock:{k}:waiters` on a server.
     queues: HashMap<LockKey, Queue>,
-    /// Fair waiters' turn notices, as `lock:{k}:turn:<token>`, with the fence of the hand-over
-    /// the last one announced.
+    /// Fair waiters' turn notices (the hand-overs on `lock:{k}:turn` addressed to each), with
+    /// the fence of the hand-over the last one announced.
     turns: HashMap<(LockKey, Token), Turn>,
     /// The node marker (see [`lock_core::scripts`]): `None` after data loss.
     marker: Option<Marker>,
