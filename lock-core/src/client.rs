@@ -478,7 +478,7 @@ async fn acquire_inner(
                         grant.fence,
                         started,
                         valid_until,
-                        watchdog.unwrap_or(config.watchdog()).then(|| started + config.renew_interval()),
+                        crate::lease::Renew::watchdog(watchdog.unwrap_or(config.watchdog()), started, config),
                     );
                     return Ok(Some(Guard { inner }));
                 }

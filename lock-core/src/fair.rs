@@ -11,7 +11,7 @@ use tracing::debug;
 use crate::backend::{FairOutcome, FairRequest, LockBackend, ReleaseWatch};
 use crate::backoff::Backoff;
 use crate::error::{BackendError, LockError};
-use crate::lease::{Guard, LeaseCtx, LeaseInner, deadline_error};
+use crate::lease::{Guard, LeaseCtx, LeaseInner, Renew, deadline_error};
 use crate::types::{LockKey, Token, validity_deadline};
 
 /// Takes the waiter out of the queue, in the background, unless disarmed: a cancelled, timed
@@ -114,7 +114,7 @@ pub(crate) async fn acquire(
                         grant.fence,
                         started,
                         valid_until,
-                        watchdog.unwrap_or(config.watchdog()).then(|| started + config.renew_interval()),
+                        Renew::watchdog(watchdog.unwrap_or(config.watchdog()), started, config),
                     );
                     return Ok(Some(Guard { inner }));
                 }
@@ -204,13 +204,15 @@ pub(crate) async fn acquire(
 
 /// The lease of a lock a release handed over to this waiter (see `hand_over` in the scripts),
 /// or `None` when the waiter must call once more to take it (the call finds the lock its own
-/// and refreshes it to the full TTL).
+/// and refreshes it to the full TTL): when the validity is already over, or the hand-over
+/// could not mint the fencing token asked for.
 ///
 /// The backend set the grant to expire at the waiter's deadline, which the call sent at
 /// `from` set to at least `waiter_timeout` after `from`; so the lease is valid until
 /// `from + min(ttl, waiter_timeout) - drift`, and its watchdog renews it (to the full TTL) a
-/// third of the way there. Without a watchdog, a grant shorter than the TTL is not taken as it
-/// is: the caller asked for a TTL's validity.
+/// third of the way there. Without a watchdog, a grant shorter than the TTL is renewed once,
+/// at once, to the full TTL (the caller asked for a TTL's validity); until that renewal
+/// answers, [`crate::Lease::valid_until`] shows the shorter validity.
 fn handed(
     ctx: &LeaseCtx,
     key: &LockKey,
@@ -222,9 +224,6 @@ fn handed(
     let config = &ctx.config;
     let watchdog = watchdog.unwrap_or(config.watchdog());
     let span = config.ttl().min(config.waiter_timeout());
-    if span < config.ttl() && !watchdog {
-        return None;
-    }
     let fence = match (config.fencing(), fence) {
         // Handed over while the fencing counter was missing: the call mints a fence.
         (true, 0) => return None,
@@ -237,7 +236,11 @@ fn handed(
         return None;
     }
     debug!(?fence, "handed over (fair)");
-    let first_renewal = watchdog.then(|| from + span / 3);
-    let inner = LeaseInner::start(ctx.clone(), key.clone(), token, fence, from, valid_until, first_renewal);
+    let renew = match (watchdog, span < config.ttl()) {
+        (true, _) => Renew::From(from + span / 3),
+        (false, true) => Renew::Once(Instant::now()),
+        (false, false) => Renew::Off,
+    };
+    let inner = LeaseInner::start(ctx.clone(), key.clone(), token, fence, from, valid_until, renew);
     Some(Guard { inner })
 }

@@ -159,6 +159,25 @@ impl Shared {
     }
 }
 
+/// How a new lease is renewed.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Renew {
+    /// Not at all: it ends at its validity deadline.
+    Off,
+    /// By the watchdog, from this instant on.
+    From(Instant),
+    /// Once, at this instant, then no more: a lease granted for less than its TTL (a fair
+    /// lock handed over, capped by its waiter deadline) without a watchdog.
+    Once(Instant),
+}
+
+impl Renew {
+    /// The usual choice: the watchdog from a renewal interval after `started`, or none.
+    pub(crate) fn watchdog(on: bool, started: Instant, config: &LockConfig) -> Self {
+        if on { Renew::From(started + config.renew_interval()) } else { Renew::Off }
+    }
+}
+
 /// The parts of the client a lease needs.
 #[derive(Clone)]
 pub(crate) struct LeaseCtx {
@@ -183,8 +202,7 @@ impl LeaseInner {
         fence: Option<FencingToken>,
         acquired_at: Instant,
         valid_until: Instant,
-        // `Some(first renewal)` to renew in the background.
-        watchdog: Option<Instant>,
+        renew: Renew,
     ) -> Arc<Self> {
         let max_hold_until = ctx.config.max_hold().and_then(|d| acquired_at.checked_add(d));
         let (state, _) = watch::channel(State { valid_until, status: Status::Held, capped: false });
@@ -200,9 +218,12 @@ impl LeaseInner {
             state,
         });
         let runtime = Handle::try_current().ok();
-        let watchdog = match (&runtime, watchdog) {
-            (Some(rt), Some(first)) => {
-                Some(rt.spawn(run_watchdog(Arc::downgrade(&shared), ctx.clone(), first)).abort_handle())
+        let watchdog = match (&runtime, renew) {
+            (Some(rt), Renew::From(first)) => Some(
+                rt.spawn(run_watchdog(Arc::downgrade(&shared), ctx.clone(), first, false)).abort_handle(),
+            ),
+            (Some(rt), Renew::Once(at)) => {
+                Some(rt.spawn(run_watchdog(Arc::downgrade(&shared), ctx.clone(), at, true)).abort_handle())
             }
             _ => None,
         };
@@ -282,7 +303,7 @@ impl Drop for LeaseInner {
 }
 
 /// Renews the lease until it is released, dropped, lost, or capped by the maximum hold time.
-async fn run_watchdog(shared: Weak<Shared>, ctx: LeaseCtx, first: Instant) {
+async fn run_watchdog(shared: Weak<Shared>, ctx: LeaseCtx, first: Instant, once: bool) {
     let config = &ctx.config;
     let mut next = first;
     loop {
@@ -341,6 +362,9 @@ async fn run_watchdog(shared: Weak<Shared>, ctx: LeaseCtx, first: Instant) {
                     }
                     debug!(key = %shared.key, "renewed");
                     crate::telemetry::renewal(shared.backend_name(), true);
+                    if once {
+                        return;
+                    }
                     next = started + config.renew_interval();
                     break;
                 }
