@@ -127,6 +127,16 @@ pub trait FairBackend: Send + Sync {
     /// # Cancel safety
     /// Cancelling drops the subscription being made.
     async fn watch_turn(&self, key: &LockKey, token: &Token) -> Result<Option<ReleaseWatch>, BackendError>;
+
+    /// Like [`FairBackend::watch_turn`], but only when it costs nothing: the notices of `key`
+    /// already reach this process (another waiter here subscribed them, and the server
+    /// confirmed it). Otherwise `None` (the default), and the waiter subscribes after its
+    /// first call, then calls again. A watch taken before the first call saves that second
+    /// call: no notice for this waiter can be sent before its first call queues it.
+    fn watch_turn_now(&self, key: &LockKey, token: &Token) -> Option<ReleaseWatch> {
+        let _ = (key, token);
+        None
+    }
 }
 
 /// A request to reset a held lock's expiry.

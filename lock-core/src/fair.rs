@@ -70,7 +70,9 @@ pub(crate) async fn acquire(
     };
     let mut pending = PendingLeave { backend: Arc::clone(backend), key: key.clone(), token, armed: false };
     let mut backoff = Backoff::new(config.backoff_min(), config.backoff_max());
-    let mut watch: Option<ReleaseWatch> = None;
+    // Waiting for a lock this process already waits on: the turn notices are subscribed, so
+    // watch before the first call and save the call after subscribing.
+    let mut watch: Option<ReleaseWatch> = timeout.and_then(|_| fair.watch_turn_now(key, &token));
     let mut last_error: Option<BackendError> = None;
     let mut contended = false;
     // A live waiter renews its place well before its deadline.

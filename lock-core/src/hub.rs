@@ -204,12 +204,53 @@ impl ReleaseHub {
             .and_then(|ch| ch.members.get(member))
             .map(|m| (m.notices.subscribe(), Arc::clone(&m.handed)));
         let Some((notices, handed)) = slot else {
-            // Unreachable: registered just above, under the same lock's keep.
+            // Unreachable: registered just above, and only `keep` removes it.
             return ReleaseWatch::with_keep(watch::channel(0).1, keep);
         };
         confirmed(channel, ready, confirm_within).await;
         ReleaseWatch::with_keep(notices, keep)
             .with_handover(move || *handed.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// [`ReleaseHub::watch_member`] when `channel` is already subscribed and confirmed (no
+    /// command to send, nothing to wait for); else `None`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+    /// use std::time::Duration;
+    /// use lock_core::hub::{HubCommand, ReleaseHub};
+    /// let (hub, mut commands) = ReleaseHub::new();
+    /// let serve = hub.clone();
+    /// tokio::spawn(async move {
+    ///     while let Some(HubCommand::Subscribe(ch)) = commands.recv().await {
+    ///         serve.confirm(&ch);
+    ///     }
+    /// });
+    /// assert!(hub.watch_member_now("lock:{k}:turn", "aa").is_none(), "not subscribed yet");
+    /// let _a = hub.watch_member("lock:{k}:turn", "aa", Duration::from_secs(1)).await;
+    /// let mut b = hub.watch_member_now("lock:{k}:turn", "bb").expect("already subscribed");
+    /// hub.deliver("lock:{k}:turn", b"g:bb:7");
+    /// assert!(b.wait(Duration::from_secs(1)).await);
+    /// # }
+    /// ```
+    pub fn watch_member_now(&self, channel: &str, member: &str) -> Option<ReleaseWatch> {
+        let mut channels = self.inner.channels();
+        if !channels.get(channel).is_some_and(|ch| *ch.ready.borrow()) {
+            return None;
+        }
+        // Under the same lock: the subscription cannot go away between the check and the count.
+        let (_, _, keep) = self.register_in(&mut channels, channel, Some(member));
+        let slot = channels
+            .get(channel)
+            .and_then(|ch| ch.members.get(member))
+            .map(|m| (m.notices.subscribe(), Arc::clone(&m.handed)));
+        // Unlock before `keep` can drop (its drop takes the lock).
+        drop(channels);
+        let (notices, handed) = slot?;
+        Some(
+            ReleaseWatch::with_keep(notices, keep)
+                .with_handover(move || *handed.lock().unwrap_or_else(|p| p.into_inner())),
+        )
     }
 
     /// Counts one more waiter on `channel` (asking the driver to SUBSCRIBE for the first one),
@@ -219,7 +260,15 @@ impl ReleaseHub {
         channel: &str,
         member: Option<&str>,
     ) -> (watch::Receiver<u64>, watch::Receiver<bool>, Counted) {
-        let mut channels = self.inner.channels();
+        self.register_in(&mut self.inner.channels(), channel, member)
+    }
+
+    fn register_in(
+        &self,
+        channels: &mut HashMap<String, Channel>,
+        channel: &str,
+        member: Option<&str>,
+    ) -> (watch::Receiver<u64>, watch::Receiver<bool>, Counted) {
         let ch = channels.entry(channel.to_string()).or_insert_with(|| {
             let _ = self.inner.commands.send(HubCommand::Subscribe(channel.to_string()));
             Channel {
@@ -393,6 +442,11 @@ impl HubTask {
     /// ```
     pub async fn watch(&self, channel: &str) -> ReleaseWatch {
         self.hub.watch(channel, self.confirm_within).await
+    }
+
+    /// [`ReleaseHub::watch_member_now`] on this task's hub.
+    pub fn watch_member_now(&self, channel: &str, member: &str) -> Option<ReleaseWatch> {
+        self.hub.watch_member_now(channel, member)
     }
 
     /// Subscribes a fair waiter (see [`ReleaseHub::watch_member`]).

@@ -737,6 +737,10 @@ where
     async fn watch_turn(&self, key: &LockKey, token: &Token) -> Result<Option<ReleaseWatch>, BackendError> {
         self.watch_channel(&RedisKeys::for_key(key).turn, Some(&token.to_redis_value())).await
     }
+    fn watch_turn_now(&self, key: &LockKey, token: &Token) -> Option<ReleaseWatch> {
+        let notifier = self.shared.notifier.get()?;
+        notifier.watch_member_now(&RedisKeys::for_key(key).turn, &token.to_redis_value())
+    }
 }
 
 impl<C> FredBackend<C>

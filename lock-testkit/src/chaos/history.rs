@@ -637,23 +637,31 @@ impl<B: LockBackend> FairBackend for Recording<B> {
     async fn watch_turn(&self, key: &LockKey, token: &Token) -> Result<Option<ReleaseWatch>, BackendError> {
         let Some(fair) = self.inner.fair() else { return Err(no_fair(self.inner.name())) };
         let watch = fair.watch_turn(key, token).await?;
-        // A hand-over is a grant no call answered: log it when the waiter reads it.
+        Ok(watch.map(|w| self.log_hand_overs(w, key, token)))
+    }
+    fn watch_turn_now(&self, key: &LockKey, token: &Token) -> Option<ReleaseWatch> {
+        let watch = self.inner.fair()?.watch_turn_now(key, token)?;
+        Some(self.log_hand_overs(watch, key, token))
+    }
+}
+
+impl<B> Recording<B> {
+    /// A hand-over is a grant no call answered: log it when the waiter reads it.
+    fn log_hand_overs(&self, watch: ReleaseWatch, key: &LockKey, token: &Token) -> ReleaseWatch {
         let (recorder, worker, key, waiter) =
             (self.recorder.clone(), self.worker.clone(), key.as_str().to_string(), waiter_id(token));
-        Ok(watch.map(|w| {
-            w.on_handover(move |_fence| {
-                let t = recorder.now();
-                recorder.record(Event::FairCall(FairCall {
-                    worker: worker.clone(),
-                    key: key.clone(),
-                    waiter,
-                    t_sent: t,
-                    t_reply: t,
-                    wait_ms: None,
-                    answer: FairAnswer::Handed,
-                }));
-            })
-        }))
+        watch.on_handover(move |_fence| {
+            let t = recorder.now();
+            recorder.record(Event::FairCall(FairCall {
+                worker: worker.clone(),
+                key: key.clone(),
+                waiter,
+                t_sent: t,
+                t_reply: t,
+                wait_ms: None,
+                answer: FairAnswer::Handed,
+            }));
+        })
     }
 }
 

@@ -260,6 +260,9 @@ impl<B: LockBackend> FairBackend for Faulty<B> {
         let Some(fair) = self.inner.fair() else { return Err(no_fair(self.inner.name())) };
         self.run(Op::Watch, fair.watch_turn(key, token)).await
     }
+    fn watch_turn_now(&self, key: &LockKey, token: &Token) -> Option<ReleaseWatch> {
+        self.inner.fair()?.watch_turn_now(key, token)
+    }
 }
 
 fn no_fair(backend: &str) -> BackendError {

@@ -489,6 +489,11 @@ impl FairBackend for MemoryBackend {
     }
 
     async fn watch_turn(&self, key: &LockKey, token: &Token) -> Result<Option<ReleaseWatch>, BackendError> {
+        Ok(self.watch_turn_now(key, token))
+    }
+
+    /// Always: in memory a subscription costs nothing.
+    fn watch_turn_now(&self, key: &LockKey, token: &Token) -> Option<ReleaseWatch> {
         let mut state = self.state();
         state.turns.retain(|_, turn| turn.notices.receiver_count() > 0);
         let turn = state
@@ -496,10 +501,10 @@ impl FairBackend for MemoryBackend {
             .entry((key.clone(), *token))
             .or_insert_with(|| Turn { notices: watch::channel(0).0, handed: Arc::default() });
         let handed = Arc::clone(&turn.handed);
-        Ok(Some(
+        Some(
             ReleaseWatch::new(turn.notices.subscribe())
                 .with_handover(move || *handed.lock().unwrap_or_else(|p| p.into_inner())),
-        ))
+        )
     }
 }
 

@@ -183,6 +183,12 @@ impl FairBackend for Mutant {
         }
         self.inner.fair().ok_or_else(no_fair)?.watch_turn(key, token).await
     }
+    fn watch_turn_now(&self, key: &LockKey, token: &Token) -> Option<ReleaseWatch> {
+        if self.bug == Bug::FairBarging {
+            return None;
+        }
+        self.inner.fair()?.watch_turn_now(key, token)
+    }
 }
 
 /// A client of the bare backend API, logging its sections like a worker does.
