@@ -212,9 +212,10 @@ pub(crate) async fn acquire(
 /// The backend set the grant to expire at the waiter's deadline, which the call sent at
 /// `from` set to at least `waiter_timeout` after `from`; so the lease is valid until
 /// `from + min(ttl, waiter_timeout) - drift`, and its watchdog renews it (to the full TTL) a
-/// third of the way there. Without a watchdog, a grant shorter than the TTL is renewed once,
-/// at once, to the full TTL (the caller asked for a TTL's validity); until that renewal
-/// answers, [`crate::Lease::valid_until`] shows the shorter validity.
+/// third of the way there. Without a watchdog, a grant shorter than the TTL is renewed once, at
+/// that same point, to the full TTL (the caller asked for a TTL's validity); until then
+/// [`crate::Lease::valid_until`] shows the shorter validity, and a hold that ends sooner (the
+/// common case) sends no renewal at all.
 fn handed(
     ctx: &LeaseCtx,
     key: &LockKey,
@@ -240,7 +241,8 @@ fn handed(
     debug!(?fence, "handed over (fair)");
     let renew = match (watchdog, span < config.ttl()) {
         (true, _) => Renew::From(from + span / 3),
-        (false, true) => Renew::Once(Instant::now()),
+        // Short holds (the common case) release before it is due and never send it.
+        (false, true) => Renew::Once(from + span / 3),
         (false, false) => Renew::Off,
     };
     let inner = LeaseInner::start(ctx.clone(), key.clone(), token, fence, from, valid_until, renew);

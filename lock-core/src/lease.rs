@@ -167,7 +167,7 @@ pub(crate) enum Renew {
     /// By the watchdog, from this instant on.
     From(Instant),
     /// Once, at this instant, then no more: a lease granted for less than its TTL (a fair
-    /// lock handed over, capped by its waiter deadline) without a watchdog.
+    /// lock handed over, capped by its waiter deadline) without a watchdog, renewed to its TTL.
     Once(Instant),
 }
 

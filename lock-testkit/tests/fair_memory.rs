@@ -50,8 +50,9 @@ async fn a_handed_over_lease_is_renewed_to_the_full_ttl() {
 }
 
 /// Without a watchdog nothing would renew a grant capped by the waiter deadline, so a
-/// handed-over lease is renewed once, at once, to the full TTL: the caller asked for a TTL's
-/// validity, and gets it without a call on the hand-off's path.
+/// handed-over lease is renewed once, a third of the way to its capped validity, to the full
+/// TTL: the caller asked for a TTL's validity, and gets it without a call on the hand-off's
+/// path (and a short hold sends no renewal at all).
 #[tokio::test(start_paused = true)]
 async fn without_a_watchdog_a_handed_over_lease_is_renewed_once_to_the_full_ttl() {
     let store = MemoryBackend::new();
@@ -76,9 +77,12 @@ async fn without_a_watchdog_a_handed_over_lease_is_renewed_once_to_the_full_ttl(
     first.release().await.unwrap();
     let guard = waiter.await.unwrap().unwrap();
     tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(store.op_counts().extend, before.extend, "nothing sent for a short hold");
+    assert!(guard.valid_until() - Instant::now() <= Duration::from_secs(2), "capped at first");
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let after = store.op_counts();
     assert_eq!(after.fair_acquire, before.fair_acquire, "handed over without another call");
-    assert_eq!(after.extend, before.extend + 1, "one renewal");
+    assert_eq!(after.extend, before.extend + 1, "one renewal, a third of the way");
     assert!(guard.valid_until() - Instant::now() > Duration::from_secs(25), "the full TTL");
     tokio::time::sleep(Duration::from_secs(20)).await;
     assert_eq!(store.op_counts().extend, after.extend, "and no more: there is no watchdog");

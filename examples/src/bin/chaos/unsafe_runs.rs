@@ -35,9 +35,9 @@ enum Bug {
     /// Fencing tokens from a bare counter (`INCR`, no clock floor): the design replaced
     /// because a counter rolled back by an old snapshot hands tokens out again.
     CounterFence,
-    /// A fair lock whose release hands nothing over and whose grant goes to whoever asks while
-    /// the lock is free, queued or not, and
-    /// whose release wakes every waiter (any of them may win): C9 must catch it.
+    /// A fair lock whose release hands nothing over (it leaves the lock free, with no notice)
+    /// and whose grant goes to whoever asks while the lock is free, queued or not (any waiter
+    /// whose next call comes first may win): C9 must catch it.
     FairBarging,
 }
 
@@ -178,8 +178,8 @@ impl FairBackend for Mutant {
     }
     async fn watch_turn(&self, key: &LockKey, token: &Token) -> Result<Option<ReleaseWatch>, BackendError> {
         if self.bug == Bug::FairBarging {
-            // Every release wakes every waiter.
-            return self.inner.watch_releases(key).await;
+            // No notices: the waiters call again at their own pace, and whoever comes first wins.
+            return Ok(None);
         }
         self.inner.fair().ok_or_else(no_fair)?.watch_turn(key, token).await
     }
