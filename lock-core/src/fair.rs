@@ -239,10 +239,13 @@ fn handed(
         return None;
     }
     debug!(?fence, "handed over (fair)");
+    // A third of the way to the end of the validity (which drift may have made much shorter
+    // than `span`), so the renewal is always due before it.
+    let due = from + (valid_until - from) / 3;
     let renew = match (watchdog, span < config.ttl()) {
-        (true, _) => Renew::From(from + span / 3),
+        (true, _) => Renew::From(due),
         // Short holds (the common case) release before it is due and never send it.
-        (false, true) => Renew::Once(from + span / 3),
+        (false, true) => Renew::Once(due),
         (false, false) => Renew::Off,
     };
     let inner = LeaseInner::start(ctx.clone(), key.clone(), token, fence, from, valid_until, renew);

@@ -89,3 +89,33 @@ async fn without_a_watchdog_a_handed_over_lease_is_renewed_once_to_the_full_ttl(
     assert!(guard.is_held());
     guard.release().await.unwrap();
 }
+
+/// The first renewal of a handed-over lease is due a third of the way to the end of its
+/// validity, not of its waiter timeout: with a drift that eats most of a short waiter timeout,
+/// a renewal due a third of the timeout after the last call would come after the lease ended.
+#[tokio::test(start_paused = true)]
+async fn a_handed_over_lease_with_little_validity_is_renewed_in_time() {
+    let store = MemoryBackend::new();
+    let config = LockConfig::builder()
+        .ttl(Duration::from_secs(30))
+        .drift(Duration::from_millis(300))
+        .waiter_timeout(Duration::from_millis(400))
+        .acquire_timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let client = LockClient::with_config(store.clone(), config).unwrap();
+    let first = client.fair_mutex("handed").unwrap().lock().await.unwrap();
+    let waiter = {
+        let client = client.clone();
+        tokio::spawn(async move { client.fair_mutex("handed").unwrap().lock().await })
+    };
+    while fair::queue_len(&store, &lock_core::LockKey::new("handed").unwrap()).await == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    first.release().await.unwrap();
+    let guard = waiter.await.unwrap().unwrap();
+    assert!(guard.valid_until() - Instant::now() <= Duration::from_millis(100), "little validity");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(guard.is_held(), "renewed before its validity ended");
+    guard.release().await.unwrap();
+}
