@@ -445,6 +445,21 @@ impl HubTask {
     }
 
     /// [`ReleaseHub::watch_member_now`] on this task's hub.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+    /// use std::time::Duration;
+    /// use lock_core::hub::{HubCommand, HubTask};
+    /// let task = HubTask::spawn(Duration::from_millis(100), |hub, mut commands| async move {
+    ///     while let Some(HubCommand::Subscribe(ch)) = commands.recv().await {
+    ///         hub.confirm(&ch);
+    ///     }
+    /// });
+    /// assert!(task.watch_member_now("lock:{k}:turn", "aa").is_none());
+    /// let _a = task.watch_member("lock:{k}:turn", "aa").await;
+    /// assert!(task.watch_member_now("lock:{k}:turn", "bb").is_some());
+    /// # }
+    /// ```
     pub fn watch_member_now(&self, channel: &str, member: &str) -> Option<ReleaseWatch> {
         self.hub.watch_member_now(channel, member)
     }
