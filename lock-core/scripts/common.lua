@@ -63,37 +63,32 @@ local function drop_expired(queue, waiters, now)
   return #dead
 end
 
--- The head of the queue (its owner token), or nil; an entry without a deadline (left behind
--- by a queue whose other key was deleted) is dropped on the way.
+-- The head of the queue: its owner token and its deadline (server ms), or nil; an entry
+-- without a deadline (left behind by a queue whose other key was deleted) is dropped on the way.
 local function live_head(queue, waiters)
   while true do
     local head = redis.call('ZRANGE', queue, 0, 0)[1]
-    if not head or redis.call('ZSCORE', waiters, head) then
-      return head
+    if not head then
+      return nil
+    end
+    local deadline = redis.call('ZSCORE', waiters, head)
+    if deadline then
+      return head, tonumber(deadline)
     end
     redis.call('ZREM', queue, head)
   end
 end
 
--- The lock is free: hand it to the waiter at the head of the queue, if any, and say so on the
--- lock's turn channel `<lock key>:turn` with the message 'g:<owner token>:<fence>' (only that
--- waiter wakes; its process subscribes once per lock, not per waiter). So the head holds the lock from this instant, without a call of its own. The
+-- The lock is free: give it to `head`, the waiter at the head of the queue (with its
+-- `deadline`), and say so on the lock's turn channel `<lock key>:turn` with the message
+-- 'g:<owner token>:<fence>' (only that waiter wakes; its process subscribes once per lock, not
+-- per waiter). So the head holds the lock from this instant, without a call of its own. The
 -- grant expires at the head's waiter deadline (its lease starts from its last call, the one
 -- that set that deadline, so its own validity is counted from before the grant): a head that
 -- died blocks the queue no longer than it would have as a waiter, and a live head's first
 -- renewal sets its own TTL. A fence is minted when the lock has a fencing counter (a fencing
--- waiter creates it when it queues); 0 otherwise. Returns the head's token, or nil.
-local function hand_over(lock_key, fence_key, queue, waiters)
-  if redis.call('EXISTS', queue) == 0 then
-    return nil
-  end
-  local now = now_ms()
-  drop_expired(queue, waiters, now)
-  local head = live_head(queue, waiters)
-  if not head then
-    return nil
-  end
-  local deadline = tonumber(redis.call('ZSCORE', waiters, head)) or now
+-- waiter creates it when it queues); 0 otherwise.
+local function grant_head(lock_key, fence_key, queue, waiters, head, deadline, now)
   redis.call('ZREM', queue, head)
   redis.call('ZREM', waiters, head)
   local fence = 0
@@ -103,5 +98,19 @@ local function hand_over(lock_key, fence_key, queue, waiters)
   local shown = string.format('%.0f', fence)
   redis.call('SET', lock_key, head .. ':' .. shown, 'PX', math.max(deadline - now, 1))
   redis.call('PUBLISH', lock_key .. ':turn', 'g:' .. head .. ':' .. shown)
+end
+
+-- The lock was just freed: hand it over to the live head of the queue, if any (see
+-- grant_head). Returns the head's token, or nil.
+local function hand_over(lock_key, fence_key, queue, waiters)
+  if redis.call('EXISTS', queue) == 0 then
+    return nil
+  end
+  local now = now_ms()
+  drop_expired(queue, waiters, now)
+  local head, deadline = live_head(queue, waiters)
+  if head then
+    grant_head(lock_key, fence_key, queue, waiters, head, deadline, now)
+  end
   return head
 end

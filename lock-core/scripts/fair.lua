@@ -9,9 +9,8 @@
 -- Returns {1, fence}        the lock is ours (granted, or already ours: the expiry refreshed),
 --         {0, wait, ahead}  not ours yet: `ahead` waiters are before this one (queued, its
 --                           deadline renewed) or in the queue (a try); `wait` is how long,
---                           in ms, until the state can change by itself (the holder's PTTL, or
---                           the head's deadline when the lock is free but not our turn; -1
---                           when unknown),
+--                           in ms, until the state can change by itself (the holder's PTTL;
+--                           -1 when unknown),
 --         {2, left}         the node lost its data, as in acquire.lua.
 -- Idempotent for the same token: a resent call finds itself queued, or holding the lock.
 local ttl, fencing, wait_ms, guard = string.match(ARGV[2], '^(%d+):([01]):(%d+):(.*)$')
@@ -38,7 +37,7 @@ if current and string.sub(current, 1, 32) == token then
   redis.call('ZREM', KEYS[4], token)
   return {1, fence}
 end
-local head = live_head(KEYS[3], KEYS[4])
+local head, head_deadline = live_head(KEYS[3], KEYS[4])
 if not current and (not head or head == token) then
   redis.call('ZREM', KEYS[3], token)
   redis.call('ZREM', KEYS[4], token)
@@ -49,21 +48,15 @@ if not current and (not head or head == token) then
   redis.call('SET', KEYS[1], token .. ':' .. string.format('%.0f', fence), 'NX', 'PX', ttl)
   return {1, fence}
 end
-if not current and head then
+if not current then
   -- Free, but another waiter is at the head: no release handed it over (the holder's TTL ran
   -- out, or the head before it was dropped at its deadline just now). Hand it over here.
-  hand_over(KEYS[1], KEYS[2], KEYS[3], KEYS[4])
-  current = redis.call('GET', KEYS[1])
+  grant_head(KEYS[1], KEYS[2], KEYS[3], KEYS[4], head, head_deadline, now)
 end
-local function wait_hint()
-  if current then
-    return redis.call('PTTL', KEYS[1])
-  end
-  local deadline = tonumber(redis.call('ZSCORE', KEYS[4], head) or '0') or 0
-  return math.max(deadline - now, 1)
-end
+-- Held now, by another: the state changes by itself when its TTL runs out.
+local wait = redis.call('PTTL', KEYS[1])
 if wait_ms == 0 then
-  return {0, wait_hint(), redis.call('ZCARD', KEYS[3])}
+  return {0, wait, redis.call('ZCARD', KEYS[3])}
 end
 local ahead = redis.call('ZRANK', KEYS[3], token)
 if fencing == '1' then
@@ -81,4 +74,4 @@ redis.call('ZADD', KEYS[4], deadline, token)
 local latest = tonumber(redis.call('ZRANGE', KEYS[4], -1, -1, 'WITHSCORES')[2]) or deadline
 redis.call('PEXPIREAT', KEYS[3], latest)
 redis.call('PEXPIREAT', KEYS[4], latest)
-return {0, wait_hint(), ahead}
+return {0, wait, ahead}

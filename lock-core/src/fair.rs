@@ -178,8 +178,8 @@ pub(crate) async fn acquire(
             }
         }
         // The notice of a hand-over wakes us holding the lock; otherwise call again when the
-        // state can change by itself (the holder's TTL, the head's deadline), and in any case in time to renew our
-        // place in the queue.
+        // state can change by itself (the holder's TTL, the head's deadline), and in any case
+        // in time to renew our place in the queue.
         let mut wait = renew_every.min(deadline - now);
         if let Some(r) = retry_in {
             wait = wait.min(r.max(Duration::from_millis(1)));

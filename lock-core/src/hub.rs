@@ -150,15 +150,15 @@ impl ReleaseHub {
     /// # }
     /// ```
     pub async fn watch(&self, channel: &str, confirm_within: Duration) -> ReleaseWatch {
-        let (notices, ready, keep) = self.register(channel, None);
-        let (weak, name, ticket) = (Arc::downgrade(&self.inner), channel.to_string(), keep.ticket);
+        let (slot, ready) = self.register(channel, None);
+        let (weak, name, ticket) = (Arc::downgrade(&self.inner), channel.to_string(), slot.keep.ticket);
         let rank = move || {
             weak.upgrade()
                 .and_then(|inner| inner.channels().get(&name).map(|ch| ch.queue.range(..ticket).count()))
                 .unwrap_or(0)
         };
         confirmed(channel, ready, confirm_within).await;
-        ReleaseWatch::with_keep(notices, keep).with_rank(rank)
+        slot.into_watch().with_rank(rank)
     }
 
     /// Subscribes the fair waiter `member` (its owner token) to a lock's turn `channel`, which
@@ -196,20 +196,9 @@ impl ReleaseHub {
     /// # }
     /// ```
     pub async fn watch_member(&self, channel: &str, member: &str, confirm_within: Duration) -> ReleaseWatch {
-        let (_, ready, keep) = self.register(channel, Some(member));
-        let slot = self
-            .inner
-            .channels()
-            .get(channel)
-            .and_then(|ch| ch.members.get(member))
-            .map(|m| (m.notices.subscribe(), Arc::clone(&m.handed)));
-        let Some((notices, handed)) = slot else {
-            // Unreachable: registered just above, and only `keep` removes it.
-            return ReleaseWatch::with_keep(watch::channel(0).1, keep);
-        };
+        let (slot, ready) = self.register(channel, Some(member));
         confirmed(channel, ready, confirm_within).await;
-        ReleaseWatch::with_keep(notices, keep)
-            .with_handover(move || *handed.lock().unwrap_or_else(|p| p.into_inner()))
+        slot.into_watch()
     }
 
     /// [`ReleaseHub::watch_member`] when `channel` is already subscribed and confirmed (no
@@ -239,27 +228,14 @@ impl ReleaseHub {
             return None;
         }
         // Under the same lock: the subscription cannot go away between the check and the count.
-        let (_, _, keep) = self.register_in(&mut channels, channel, Some(member));
-        let slot = channels
-            .get(channel)
-            .and_then(|ch| ch.members.get(member))
-            .map(|m| (m.notices.subscribe(), Arc::clone(&m.handed)));
-        // Unlock before `keep` can drop (its drop takes the lock).
+        let (slot, _) = self.register_in(&mut channels, channel, Some(member));
         drop(channels);
-        let (notices, handed) = slot?;
-        Some(
-            ReleaseWatch::with_keep(notices, keep)
-                .with_handover(move || *handed.lock().unwrap_or_else(|p| p.into_inner())),
-        )
+        Some(slot.into_watch())
     }
 
     /// Counts one more waiter on `channel` (asking the driver to SUBSCRIBE for the first one),
     /// with its own slot when it is a fair waiter `member`.
-    fn register(
-        &self,
-        channel: &str,
-        member: Option<&str>,
-    ) -> (watch::Receiver<u64>, watch::Receiver<bool>, Counted) {
+    fn register(&self, channel: &str, member: Option<&str>) -> (Slot, watch::Receiver<bool>) {
         self.register_in(&mut self.inner.channels(), channel, member)
     }
 
@@ -268,7 +244,7 @@ impl ReleaseHub {
         channels: &mut HashMap<String, Channel>,
         channel: &str,
         member: Option<&str>,
-    ) -> (watch::Receiver<u64>, watch::Receiver<bool>, Counted) {
+    ) -> (Slot, watch::Receiver<bool>) {
         let ch = channels.entry(channel.to_string()).or_insert_with(|| {
             let _ = self.inner.commands.send(HubCommand::Subscribe(channel.to_string()));
             Channel {
@@ -284,18 +260,23 @@ impl ReleaseHub {
         let ticket = ch.next_ticket;
         ch.next_ticket += 1;
         ch.queue.insert(ticket);
-        if let Some(m) = member {
-            ch.members
-                .entry(m.to_string())
-                .or_insert_with(|| Member { notices: watch::channel(0).0, handed: Arc::default() });
-        }
+        let (notices, handed) = match member {
+            Some(m) => {
+                let m = ch
+                    .members
+                    .entry(m.to_string())
+                    .or_insert_with(|| Member { notices: watch::channel(0).0, handed: Arc::default() });
+                (m.notices.subscribe(), Some(Arc::clone(&m.handed)))
+            }
+            None => (ch.notices.subscribe(), None),
+        };
         let keep = Counted {
             inner: Arc::downgrade(&self.inner),
             channel: channel.to_string(),
             ticket,
             member: member.map(str::to_string),
         };
-        (ch.notices.subscribe(), ch.ready.subscribe(), keep)
+        (Slot { notices, handed, keep }, ch.ready.subscribe())
     }
 
     /// Whether any waiter wants `channel` now.
@@ -317,9 +298,7 @@ impl ReleaseHub {
 
     /// A release notice arrived on `channel`: wake its waiters.
     pub fn notify(&self, channel: &str) {
-        if let Some(ch) = self.inner.channels().get(channel) {
-            ch.notices.send_modify(|n| *n = n.wrapping_add(1));
-        }
+        self.deliver(channel, b"");
     }
 
     /// A message arrived on `channel`: a hand-over (see [`crate::scripts::parse_hand_over`])
@@ -381,6 +360,24 @@ impl ReleaseHub {
     /// How many channels have at least one waiter.
     pub fn active_channels(&self) -> usize {
         self.inner.channels().len()
+    }
+}
+
+/// One registered waiter: its notices (the channel's, or its own as a fair waiter) and the
+/// count that keeps the subscription.
+struct Slot {
+    notices: watch::Receiver<u64>,
+    handed: Option<Arc<Mutex<Option<u64>>>>,
+    keep: Counted,
+}
+
+impl Slot {
+    fn into_watch(self) -> ReleaseWatch {
+        let watch = ReleaseWatch::with_keep(self.notices, self.keep);
+        match self.handed {
+            Some(handed) => watch.with_handover(move || *handed.lock().unwrap_or_else(|p| p.into_inner())),
+            None => watch,
+        }
     }
 }
 

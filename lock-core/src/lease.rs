@@ -219,11 +219,9 @@ impl LeaseInner {
         });
         let runtime = Handle::try_current().ok();
         let watchdog = match (&runtime, renew) {
-            (Some(rt), Renew::From(first)) => Some(
-                rt.spawn(run_watchdog(Arc::downgrade(&shared), ctx.clone(), first, false)).abort_handle(),
-            ),
-            (Some(rt), Renew::Once(at)) => {
-                Some(rt.spawn(run_watchdog(Arc::downgrade(&shared), ctx.clone(), at, true)).abort_handle())
+            (Some(rt), Renew::From(first) | Renew::Once(first)) => {
+                let once = matches!(renew, Renew::Once(_));
+                Some(rt.spawn(run_watchdog(Arc::downgrade(&shared), ctx.clone(), first, once)).abort_handle())
             }
             _ => None,
         };

@@ -82,7 +82,7 @@ pub struct LuaScript {
 pub const ACQUIRE: LuaScript = LuaScript {
     name: "acquire",
     source: concat!(include_str!("../scripts/common.lua"), include_str!("../scripts/acquire.lua")),
-    sha1: "7e73ef8a1252da516acbe438451e297878d8b6af",
+    sha1: "d75ed29ba4877e62a2b38c4276b3d9bad2108e0b",
 };
 
 /// `extend.lua`: owner-checked PEXPIRE. KEYS: lock. ARGV: token, ttl ms. Returns 1 or 0.
@@ -99,7 +99,7 @@ pub const EXTEND: LuaScript = LuaScript {
 pub const RELEASE: LuaScript = LuaScript {
     name: "release",
     source: concat!(include_str!("../scripts/common.lua"), include_str!("../scripts/release.lua")),
-    sha1: "df9de67146ddbf0b743a949e587c3568a36e5989",
+    sha1: "4dbc30ac8abbbd8f68e84c5d95fa70002a2f3263",
 };
 
 /// `fence.lua`: raise the fencing counter to at least a token (RedLock's write-back) and
@@ -118,7 +118,7 @@ pub const FENCE: LuaScript = LuaScript {
 pub const FAIR: LuaScript = LuaScript {
     name: "fair",
     source: concat!(include_str!("../scripts/common.lua"), include_str!("../scripts/fair.lua")),
-    sha1: "00f74c2ce934635b710857d4f67894dc25e3220a",
+    sha1: "0404bdf226c5583cdf22ceff9af530dee24aa95c",
 };
 
 /// `leave.lua`: a fair waiter leaves the queue (releasing the lock if a lost reply or a lost
@@ -128,7 +128,7 @@ pub const FAIR: LuaScript = LuaScript {
 pub const LEAVE: LuaScript = LuaScript {
     name: "leave",
     source: concat!(include_str!("../scripts/common.lua"), include_str!("../scripts/leave.lua")),
-    sha1: "035c72261f655e86c42f27428597b70ec7d4e153",
+    sha1: "8dfd5ec2aa6c9b7227c527f30902064d5eb409ca",
 };
 
 /// `node.lua`: read the node marker, or declare a server fresh. KEYS: marker. ARGV: `read`,

@@ -347,6 +347,22 @@ fn our_fair_handoff<B: LockBackend + Clone>(backend: &B) -> Option<lock_core::Fa
     handoff_client(backend)?.fair_mutex("contended-fair").ok()
 }
 
+/// `n` tasks of the hand-off on our mutex, or on our fair lock.
+async fn our_handoff_tasks<B: LockBackend + Clone>(
+    backend: &B,
+    fair: bool,
+    n: usize,
+    first: usize,
+    start_ns: u64,
+    run: Duration,
+) -> Vec<HandoffEvent> {
+    if fair {
+        handoff_tasks((0..n).filter_map(|_| our_fair_handoff(backend)).collect(), first, start_ns, run).await
+    } else {
+        handoff_tasks((0..n).filter_map(|_| our_handoff(backend)).collect(), first, start_ns, run).await
+    }
+}
+
 /// rslock's own waiting: `acquire` loops over `lock`, which retries with a random sleep.
 struct RslockHandoff(rslock::LockManager);
 
@@ -442,21 +458,13 @@ async fn handoff_child(spec: &str) -> Result<(), Box<dyn std::error::Error>> {
     let (n, first, start) = (spec.tasks, spec.first_task, spec.start_ns);
     let url = spec.urls.first().ok_or("no node")?.clone();
     let events = match spec.contender.as_str() {
-        "redis-rs" => {
+        "redis-rs" | "redis-rs fair" => {
             let b = RedisBackend::connect(&url).await?;
-            handoff_tasks((0..n).filter_map(|_| our_handoff(&b)).collect(), first, start, run).await
+            our_handoff_tasks(&b, spec.contender.ends_with(" fair"), n, first, start, run).await
         }
-        "fred" => {
+        "fred" | "fred fair" => {
             let b = FredBackend::connect(&url).await?;
-            handoff_tasks((0..n).filter_map(|_| our_handoff(&b)).collect(), first, start, run).await
-        }
-        "redis-rs fair" => {
-            let b = RedisBackend::connect(&url).await?;
-            handoff_tasks((0..n).filter_map(|_| our_fair_handoff(&b)).collect(), first, start, run).await
-        }
-        "fred fair" => {
-            let b = FredBackend::connect(&url).await?;
-            handoff_tasks((0..n).filter_map(|_| our_fair_handoff(&b)).collect(), first, start, run).await
+            our_handoff_tasks(&b, spec.contender.ends_with(" fair"), n, first, start, run).await
         }
         "rslock-1" => {
             let lockers =

@@ -185,6 +185,16 @@ impl MemoryBackend {
         }
     }
 
+    /// The next fencing token of `key`, as `mint_fence` in the scripts: the counter plus one, or
+    /// the clock if that is higher (a bare counter for the controls built with
+    /// `counter_only_fences`).
+    fn mint_fence(&self, state: &mut State, key: &LockKey) -> FencingToken {
+        let clock = if self.inner.counter_only { 0 } else { self.clock_us() };
+        let counter = state.fences.entry(key.clone()).or_insert(0);
+        *counter = (*counter + 1).max(clock);
+        FencingToken(*counter)
+    }
+
     /// The store's clock in microseconds (wall clock at creation, then tokio's clock).
     fn clock_us(&self) -> u64 {
         let elapsed = Instant::now().saturating_duration_since(self.inner.created);
@@ -331,11 +341,7 @@ impl MemoryBackend {
             state.queues.remove(key);
         }
         let Some((head, deadline)) = head else { return false };
-        let clock = if self.inner.counter_only { 0 } else { self.clock_us() };
-        let fence = state.fences.get_mut(key).map(|counter| {
-            *counter = (*counter + 1).max(clock);
-            FencingToken(*counter)
-        });
+        let fence = state.fences.contains_key(key).then(|| self.mint_fence(state, key));
         state.locks.insert(key.clone(), Entry { token: head, expires_at: deadline, fence });
         self.count(|c| c.turn_notices += 1);
         let slot = (key.clone(), head);
@@ -394,14 +400,11 @@ impl FairBackend for MemoryBackend {
             && token == req.token
         {
             // Ours: granted by a call whose reply was lost, or handed over by a release.
-            let mut fence = fence;
-            if req.fencing && fence.is_none() {
-                // Handed over while the fencing counter was missing: mint one now.
-                let clock = if self.inner.counter_only { 0 } else { self.clock_us() };
-                let counter = state.fences.entry(req.key.clone()).or_insert(0);
-                *counter = (*counter + 1).max(clock);
-                fence = Some(FencingToken(*counter));
-            }
+            // Handed over while the fencing counter was missing: mint one now.
+            let fence = match fence {
+                None if req.fencing => Some(self.mint_fence(&mut state, &req.key)),
+                fence => fence,
+            };
             if let Some(e) = live(&mut state, &req.key, started) {
                 e.expires_at = started + req.ttl;
                 e.fence = fence;
@@ -416,32 +419,17 @@ impl FairBackend for MemoryBackend {
             if let Some(q) = state.queues.get_mut(&req.key) {
                 q.remove(&req.token);
             }
-            let clock = if self.inner.counter_only { 0 } else { self.clock_us() };
-            let fence = req.fencing.then(|| {
-                let counter = state.fences.entry(req.key.clone()).or_insert(0);
-                *counter = (*counter + 1).max(clock);
-                FencingToken(*counter)
-            });
+            let fence = req.fencing.then(|| self.mint_fence(&mut state, &req.key));
             let expires_at = started + req.ttl;
             state.locks.insert(req.key.clone(), Entry { token: req.token, expires_at, fence });
             return granted(fence);
         }
-        // Free, but another waiter is at the head: hand it over here (as fair.lua).
-        let holder = if holder.is_none() && head.is_some() && self.hand_over(&mut state, &req.key, started) {
-            live(&mut state, &req.key, started).map(|e| (e.token, e.fence, e.expires_at))
-        } else {
-            holder
-        };
-        let head = state.queues.get(&req.key).and_then(Queue::head);
-        let retry_in = match (holder, head) {
-            (Some((_, _, expires_at)), _) => Some(expires_at - started),
-            (None, Some(h)) => state
-                .queues
-                .get(&req.key)
-                .and_then(|q| q.members.get(&h))
-                .map(|(_, d)| d.saturating_duration_since(started).max(Duration::from_millis(1))),
-            (None, None) => None,
-        };
+        if holder.is_none() {
+            // Free, but another waiter is at the head: hand it over here (as fair.lua).
+            self.hand_over(&mut state, &req.key, started);
+        }
+        // Held now, by another: the state changes by itself when its TTL runs out.
+        let retry_in = live(&mut state, &req.key, started).map(|e| e.expires_at - started);
         let Some(wait) = req.wait else {
             let ahead = state.queues.get(&req.key).map_or(0, |q| q.members.len() as u64);
             return Ok(FairOutcome::Waiting { ahead, retry_in });
@@ -546,14 +534,8 @@ impl LockBackend for MemoryBackend {
             return Ok(Grant::from_start(started, req.ttl, fence)
                 .map_or(AcquireOutcome::Held { remaining: None }, AcquireOutcome::Acquired));
         }
-        // As acquire.lua: the counter plus one, or the clock if that is higher (a bare counter
-        // for the controls built with `counter_only_fences`).
-        let clock = if self.inner.counter_only { 0 } else { self.clock_us() };
-        let fence = req.fencing.then(|| {
-            let counter = state.fences.entry(req.key.clone()).or_insert(0);
-            *counter = (*counter + 1).max(clock);
-            FencingToken(*counter)
-        });
+        // As acquire.lua.
+        let fence = req.fencing.then(|| self.mint_fence(&mut state, &req.key));
         state.locks.insert(req.key.clone(), Entry { token: req.token, expires_at, fence });
         Ok(Grant::from_start(started, req.ttl, fence)
             .map_or(AcquireOutcome::Held { remaining: None }, AcquireOutcome::Acquired))
