@@ -65,6 +65,9 @@ enum Identity {
 }
 
 /// How long a node without an identity is not asked again.
+/// How many node timeouts a release that answered late may go on in the background: with the
+/// default node timeout (ttl/20) that is the TTL, after which the key has expired anyway.
+const BACKGROUND_RELEASE_LIMIT: u32 = DEFAULT_NODE_TIMEOUT_DIVISOR;
 const IDENTITY_RECHECK: Duration = Duration::from_secs(10);
 
 struct Inner<B> {
@@ -301,8 +304,13 @@ impl<B: LockBackend> RedLock<B> {
         rx
     }
 
-    /// Releases `key` on every node, concurrently, each bounded by `deadline`; waits for all.
+    /// Releases `key` on every node, concurrently; waits for each answer up to `deadline`.
     /// With `announce` false it discards silently (partial grants of a failed round).
+    ///
+    /// A node that answers later is not cancelled: its call finishes in the background (as the
+    /// acquire's fan-out does), so a slow node frees the key when its answer lands instead of
+    /// keeping it until its TTL. The call is bounded by [`BACKGROUND_RELEASE_LIMIT`] node
+    /// timeouts: past that the key has long expired.
     async fn release_all(
         &self,
         key: &LockKey,
@@ -311,29 +319,33 @@ impl<B: LockBackend> RedLock<B> {
         announce: bool,
         skip: &[bool],
     ) -> Vec<Answer<ReleaseOutcome>> {
-        let calls =
-            self.inner.nodes.iter().enumerate().filter(|(i, _)| !skip.get(*i).copied().unwrap_or(false)).map(
-                |(i, node)| {
-                    let (key, token) = (key.clone(), *token);
-                    async move {
-                        let call = async {
-                            if announce {
-                                node.release(&key, &token).await
-                            } else {
-                                node.discard(&key, &token).await
-                            }
-                        };
-                        let answer = match tokio::time::timeout(deadline, call).await {
-                            Ok(r) => r,
-                            Err(_) => Err(BackendError::retryable(
-                                BackendErrorKind::Timeout,
-                                "release did not answer in time",
-                            )),
-                        };
-                        (i, answer)
-                    }
-                },
-            );
+        let limit = deadline.saturating_mul(BACKGROUND_RELEASE_LIMIT);
+        let calls = self
+            .inner
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !skip.get(*i).copied().unwrap_or(false))
+            .map(|(i, node)| {
+                let (key, token, node) = (key.clone(), *token, Arc::clone(node));
+                let call = tokio::spawn(tokio::time::timeout(limit, async move {
+                    if announce { node.release(&key, &token).await } else { node.discard(&key, &token).await }
+                }));
+                async move {
+                    let answer = match tokio::time::timeout(deadline, call).await {
+                        Ok(Ok(Ok(r))) => r,
+                        Ok(Err(e)) => Err(BackendError::permanent(
+                            BackendErrorKind::Other,
+                            format!("the release task failed: {e}"),
+                        )),
+                        Ok(Ok(Err(_))) | Err(_) => Err(BackendError::retryable(
+                            BackendErrorKind::Timeout,
+                            "release did not answer in time (it goes on in the background)",
+                        )),
+                    };
+                    (i, answer)
+                }
+            });
         join_all(calls).await
     }
 

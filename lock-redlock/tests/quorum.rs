@@ -319,6 +319,25 @@ async fn late_answers_after_a_decided_round_are_released() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_release_answering_after_the_node_timeout_still_frees_that_node() {
+    let nodes = nodes(3);
+    let r = req("slow-release", 10 * SEC); // node timeout: ttl / 20 = 500 ms
+    let redlock = quorum(&nodes);
+    assert!(matches!(redlock.acquire(&r).await.unwrap(), AcquireOutcome::Acquired(_)));
+    // Node 0's release reaches the server only after 2 s, long past its node timeout.
+    nodes[0].inject(Op::Release, Fault::Delay(2 * SEC));
+    let started = Instant::now();
+    let outcome = redlock.release(&r.key, &r.token).await.unwrap();
+    assert_eq!(outcome, ReleaseOutcome::Released, "the two prompt nodes form a majority");
+    assert!(started.elapsed() < SEC, "the release waited for the slow node: {:?}", started.elapsed());
+    assert_eq!(nodes[0].inner().holder("slow-release"), Some(r.token), "not applied yet");
+    tokio::time::sleep(2 * SEC).await;
+    settle().await;
+    // The slow call was not cancelled at the node timeout: the key is gone 8 s before its TTL.
+    assert!(nodes.iter().all(|n| n.inner().holder("slow-release").is_none()));
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_partial_extend_failure_keeps_the_lease() {
     let nodes = nodes(3);
     let locks = LockClient::with_config(quorum(&nodes), config()).unwrap();
