@@ -139,6 +139,152 @@ pub trait FairBackend: Send + Sync {
     }
 }
 
+/// What a [`HoldRequest`] asks for: a read or write lock of a read-write lock, or a permit of
+/// a semaphore (see [`SharedBackend`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// A read lock: shared with other readers, excluded by a writer and by waiting writers.
+    Read {
+        /// The owner token of the write lock the same handle holds, if any: a downgrade,
+        /// granted beside that write lock (and ahead of waiting writers).
+        downgrade: Option<Token>,
+    },
+    /// The write lock: excludes readers and other writers. It is the mutex key of the same
+    /// name, so [`LockBackend::extend`] renews it and [`LockBackend::release`] frees it.
+    Write {
+        /// `Some(t)`: if kept waiting, record this writer among the waiting writers for `t`
+        /// from now (each call renews it), so new readers queue behind it. `None`: a try.
+        wait: Option<Duration>,
+    },
+    /// One permit of a semaphore of `permits`.
+    Permit {
+        /// The semaphore's size. A live semaphore keeps its size: a request with another size
+        /// gets [`HoldOutcome::SizeMismatch`].
+        permits: u32,
+    },
+}
+
+impl Hold {
+    /// The set this hold's owner token lives in once granted, if any: `None` for the write
+    /// lock, which is the mutex key.
+    pub fn members(&self) -> Option<Members> {
+        match self {
+            Hold::Read { .. } => Some(Members::Readers),
+            Hold::Write { .. } => None,
+            Hold::Permit { .. } => Some(Members::Permits),
+        }
+    }
+}
+
+/// A request for a [`Hold`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HoldRequest {
+    /// The read-write lock or semaphore.
+    pub key: LockKey,
+    /// The owner token of this acquisition.
+    pub token: Token,
+    /// How long the backend keeps the hold without renewal.
+    pub ttl: Duration,
+    /// Whether to mint a fencing token (writers) or report the last writer's (readers).
+    pub fencing: bool,
+    /// What is asked for.
+    pub hold: Hold,
+}
+
+/// The answer to a [`HoldRequest`]. Contention is a value, not an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HoldOutcome {
+    /// Granted (newly, or again for the same token). A reader's fence is the last fenced
+    /// writer's token ([`FencingToken`] 0 when no writer ever fenced).
+    Acquired(Grant),
+    /// Not now: a writer holds or waits (readers), readers or a writer hold (writers), or every
+    /// permit is taken.
+    Held {
+        /// How long until the state can change by itself, when known.
+        remaining: Option<Duration>,
+    },
+    /// The semaphore is live with another size; nothing changed.
+    SizeMismatch {
+        /// The size it has.
+        permits: u32,
+    },
+}
+
+/// The sets of owner tokens a [`SharedBackend`] keeps per key, each token with its own expiry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Members {
+    /// A read-write lock's readers. The last one out announces a release.
+    Readers,
+    /// A read-write lock's waiting writers (a writer leaves when it gives up). The last one
+    /// out announces a release (readers queued behind it may enter).
+    Writers,
+    /// A semaphore's permits. Every release is announced.
+    Permits,
+}
+
+/// A lock store that can keep shared holds: the read-write lock and the semaphore.
+///
+/// Reached through [`LockBackend::shared`], so a backend that only offers the mutex implements
+/// nothing of it. Three calls cover both primitives, because both keep one set of owner tokens
+/// per key, each with its own expiry (a reader's or a permit's lease), on the server's clock.
+///
+/// # Contract
+/// - **acquire_hold** decides in one atomic step:
+///   - [`Hold::Write`] takes the mutex key of the same name (as [`LockBackend::acquire`], with
+///     a fencing token minted the same way) only when it is free **and** no live reader is
+///     left; otherwise, with `wait`, it records the token among the waiting writers until
+///     `now + wait`. A grant removes the token from the waiting writers.
+///   - [`Hold::Read`] adds the token to the readers (expiring `ttl` from now) unless a writer
+///     holds the lock or a live writer waits (so readers cannot starve writers); a downgrade
+///     whose write lock is held by that token enters beside it. The grant's fence is the fencing
+///     counter's value: the last fenced writer's token.
+///   - [`Hold::Permit`] adds the token to the permits when fewer than `permits` live tokens hold
+///     one. A semaphore with live permits keeps its size: another size is refused.
+///
+///   Expired members are dropped before anything is decided. Re-sending a request for a token
+///   that already holds refreshes its expiry (a retry after a lost reply).
+/// - **extend_member** renews a live member's expiry to `ttl` from now (owner-checked: an
+///   absent or expired member is [`ExtendOutcome::NotHeld`]).
+/// - **release_member** removes the member; [`Members::Permits`] announce every release on the
+///   key's release notices, [`Members::Readers`] and [`Members::Writers`] when the set is left
+///   empty. Idempotent.
+#[async_trait]
+pub trait SharedBackend: Send + Sync {
+    /// Acquires a read lock, the write lock or a permit (see the trait docs).
+    ///
+    /// # Errors
+    /// Infrastructure failures only; contention is [`HoldOutcome::Held`].
+    ///
+    /// # Cancel safety
+    /// A cancelled call may have granted the hold, or recorded a waiting writer: callers undo
+    /// it with [`SharedBackend::release_member`] (and [`LockBackend::release`] for a writer).
+    async fn acquire_hold(&self, req: &HoldRequest) -> Result<HoldOutcome, BackendError>;
+
+    /// Renews a reader's or a permit's expiry.
+    ///
+    /// # Errors
+    /// Infrastructure failures only.
+    ///
+    /// # Cancel safety
+    /// Idempotent: a cancelled call can be sent again.
+    async fn extend_member(&self, set: Members, req: &ExtendRequest) -> Result<ExtendOutcome, BackendError>;
+
+    /// Removes `token` from `set` of `key`: a reader or a permit released, or a waiting
+    /// writer that gave up. [`ReleaseOutcome::NotHeld`] when it was absent or had expired.
+    ///
+    /// # Errors
+    /// Infrastructure failures only.
+    ///
+    /// # Cancel safety
+    /// Idempotent: a cancelled call can be sent again.
+    async fn release_member(
+        &self,
+        set: Members,
+        key: &LockKey,
+        token: &Token,
+    ) -> Result<ReleaseOutcome, BackendError>;
+}
+
 /// A request to reset a held lock's expiry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExtendRequest {
@@ -593,6 +739,28 @@ pub trait LockBackend: Send + Sync + 'static {
         None
     }
 
+    /// The read-write lock and semaphore of this backend, when it has them (see
+    /// [`SharedBackend`]); `None` (the default) makes [`crate::LockClient::rw_lock`] and
+    /// [`crate::LockClient::semaphore`] return [`crate::LockError::Unsupported`].
+    ///
+    /// # Examples
+    /// ```
+    /// use lock_core::LockBackend;
+    /// assert!(lock_testkit::MemoryBackend::new().shared().is_some());
+    /// ```
+    fn shared(&self) -> Option<&dyn SharedBackend> {
+        None
+    }
+
+    /// Why this backend refuses semaphores although it has a [`SharedBackend`]: `Some(reason)`
+    /// for one that keeps read-write locks safely but cannot bound a semaphore's holders (a
+    /// RedLock quorum; [`crate::LockClient::semaphore`] then returns
+    /// [`crate::LockError::Unsupported`] naming the reason). `None` (the default): semaphores
+    /// work wherever [`LockBackend::shared`] does.
+    fn semaphore_refused(&self) -> Option<&'static str> {
+        None
+    }
+
     /// The identity of the server's data, when the backend can read one: the node id from the
     /// marker that guards against data loss ([`crate::scripts::NodeGuard`]). Two backends that
     /// reach the same server under different names return the same id, so a RedLock counts one
@@ -713,6 +881,12 @@ macro_rules! forward_backend {
             }
             fn fair(&self) -> Option<&dyn FairBackend> {
                 (**self).fair()
+            }
+            fn shared(&self) -> Option<&dyn SharedBackend> {
+                (**self).shared()
+            }
+            fn semaphore_refused(&self) -> Option<&'static str> {
+                (**self).semaphore_refused()
             }
             async fn deployment_facts(&self) -> Result<Vec<NodeFacts>, BackendError> {
                 (**self).deployment_facts().await

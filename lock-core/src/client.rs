@@ -8,11 +8,14 @@ use tokio::runtime::Handle;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, debug_span};
 
-use crate::backend::{AcquireOutcome, AcquireRequest, LockBackend, ReleaseWatch};
+use crate::backend::{
+    AcquireOutcome, AcquireRequest, Hold, HoldOutcome, HoldRequest, LockBackend, Members, ReleaseWatch,
+};
 use crate::backoff::Backoff;
 use crate::config::LockConfig;
 use crate::error::{BackendError, LockError};
-use crate::lease::{Guard, LeaseCtx, LeaseInner, deadline_error};
+use crate::lease::{Guard, LeaseCtx, LeaseInner, deadline_error, release_on};
+use crate::rw::{RwLock, Semaphore};
 use crate::types::{LockKey, Token, validity_deadline};
 
 /// The entry point: a backend plus a validated [`LockConfig`]. Cheap to clone.
@@ -129,16 +132,90 @@ impl<B: LockBackend> LockClient<B> {
         Ok(FairMutex { mutex: self.handle(key.as_ref(), true)? })
     }
 
-    fn handle(&self, key: &str, fair: bool) -> Result<Mutex, LockError> {
+    /// A handle on the read-write lock named `key`: many readers or one writer, every reader
+    /// a lease of its own (see [`RwLock`]).
+    ///
+    /// # Errors
+    /// [`LockError::InvalidKey`] for a bad key; [`LockError::Unsupported`] when the backend
+    /// keeps no shared holds ([`LockBackend::shared`]).
+    ///
+    /// # Examples
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lock_core::LockError> {
+    /// let client = lock_core::LockClient::new(lock_testkit::MemoryBackend::new());
+    /// let (a, b, c) = (client.rw_lock("config")?, client.rw_lock("config")?, client.rw_lock("config")?);
+    /// let r1 = a.read().await?;
+    /// let r2 = b.read().await?; // readers share
+    /// assert!(c.try_write().await?.is_none()); // a writer waits for them
+    /// r1.release().await?;
+    /// r2.release().await?;
+    /// assert!(c.try_write().await?.is_some());
+    /// # Ok(()) }
+    /// ```
+    pub fn rw_lock(&self, key: impl AsRef<str>) -> Result<RwLock, LockError> {
+        if self.backend.shared().is_none() {
+            return Err(LockError::Unsupported {
+                backend: self.backend.name().to_string(),
+                feature: "read-write locks",
+            });
+        }
+        Ok(RwLock::new(self.ctx.clone(), self.full_key(key.as_ref())?))
+    }
+
+    /// A handle on the semaphore named `key` with `permits` permits: at most that many valid
+    /// holders at any instant, each permit a lease of its own that expires if its holder dies
+    /// (see [`Semaphore`]).
+    ///
+    /// # Errors
+    /// [`LockError::InvalidKey`] for a bad key; [`LockError::Config`] for zero permits;
+    /// [`LockError::Unsupported`] when the backend keeps no shared holds, or cannot bound a
+    /// semaphore's holders (a RedLock quorum: the error names why).
+    ///
+    /// # Examples
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lock_core::LockError> {
+    /// let client = lock_core::LockClient::new(lock_testkit::MemoryBackend::new());
+    /// let pool = client.semaphore("db-connections", 2)?;
+    /// let p1 = pool.acquire().await?;
+    /// let p2 = pool.acquire().await?;
+    /// assert!(pool.try_acquire().await?.is_none()); // both permits are taken
+    /// p1.release().await?;
+    /// assert!(pool.try_acquire().await?.is_some());
+    /// # drop(p2);
+    /// # Ok(()) }
+    /// ```
+    pub fn semaphore(&self, key: impl AsRef<str>, permits: u32) -> Result<Semaphore, LockError> {
+        if permits == 0 {
+            return Err(LockError::Config { field: "permits", reason: "must be at least 1".into() });
+        }
+        let unsupported =
+            |feature| LockError::Unsupported { backend: self.backend.name().to_string(), feature };
+        if self.backend.shared().is_none() {
+            return Err(unsupported("semaphores"));
+        }
+        if let Some(reason) = self.backend.semaphore_refused() {
+            return Err(unsupported(reason));
+        }
+        Ok(Semaphore::new(self.ctx.clone(), self.full_key(key.as_ref())?, permits))
+    }
+
+    /// The full key of `key`: the configured prefix, then `key`.
+    fn full_key(&self, key: &str) -> Result<LockKey, LockError> {
         let prefix = self.ctx.config.key_prefix();
-        let key = if prefix.is_empty() {
-            LockKey::new(key)?
+        if prefix.is_empty() {
+            LockKey::new(key)
         } else {
             if key.is_empty() {
                 return Err(LockError::InvalidKey { reason: "the key is empty".into() });
             }
-            LockKey::new(format!("{prefix}{key}"))?
-        };
+            LockKey::new(format!("{prefix}{key}"))
+        }
+    }
+
+    fn handle(&self, key: &str, fair: bool) -> Result<Mutex, LockError> {
+        let key = self.full_key(key)?;
         Ok(Mutex {
             inner: Arc::new(MutexInner {
                 ctx: self.ctx.clone(),
@@ -208,8 +285,8 @@ impl<B: LockBackend> LockClient<B> {
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LockOptions {
-    timeout: Option<Duration>,
-    watchdog: Option<bool>,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) watchdog: Option<bool>,
 }
 
 impl LockOptions {
@@ -392,12 +469,38 @@ impl Mutex {
 /// How long a younger waiter lets the oldest waiter of its process try first after a release.
 const YIELD_TO_OLDER: Duration = Duration::from_millis(1);
 
-/// Releases, in the background, an acquisition that may have been applied on the backend but
-/// was never handed out (cancelled future, error, timeout). Owner-checked, so harmless if not.
+/// What one acquisition asks the backend for.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Ask {
+    /// The mutex: [`LockBackend::acquire`].
+    Lock,
+    /// A read lock, the write lock or a permit: [`crate::SharedBackend::acquire_hold`].
+    Hold(Hold),
+}
+
+impl Ask {
+    /// Where a granted owner token lives (see [`Hold::members`]).
+    fn members(self) -> Option<Members> {
+        match self {
+            Ask::Lock => None,
+            Ask::Hold(hold) => hold.members(),
+        }
+    }
+
+    /// Whether a refused call still left something behind: a writer recorded as waiting.
+    fn queues(self) -> bool {
+        matches!(self, Ask::Hold(Hold::Write { wait: Some(_) }))
+    }
+}
+
+/// Undoes an acquisition that may have been granted (a lost reply, a cancelled call) or left a
+/// waiting writer behind, in the background, unless disarmed. Owner-checked, so harmless if
+/// nothing was granted.
 struct PendingAcquire {
     backend: Arc<dyn LockBackend>,
     key: LockKey,
     token: Token,
+    ask: Ask,
     armed: bool,
 }
 
@@ -407,16 +510,21 @@ impl Drop for PendingAcquire {
             return;
         }
         if let Ok(rt) = Handle::try_current() {
-            let (backend, key, token) = (Arc::clone(&self.backend), self.key.clone(), self.token);
+            let (backend, key, token, ask) =
+                (Arc::clone(&self.backend), self.key.clone(), self.token, self.ask);
             rt.spawn(async move {
-                let outcome = backend.release(&key, &token).await;
+                let outcome = release_on(backend.as_ref(), ask.members(), &key, &token).await;
                 debug!(%key, ?outcome, "released an acquisition that was never handed out");
+                if let (true, Some(shared)) = (ask.queues(), backend.shared()) {
+                    let left = shared.release_member(Members::Writers, &key, &token).await;
+                    debug!(%key, outcome = ?left, "a waiting writer gave up");
+                }
             });
         }
     }
 }
 
-/// One acquisition: a single attempt when `timeout` is `None`, else waiting up to it.
+/// One acquisition of `mutex` (a single try when `timeout` is `None`).
 async fn acquire(
     mutex: &MutexInner,
     timeout: Option<Duration>,
@@ -427,25 +535,59 @@ async fn acquire(
     if mutex.fair {
         crate::fair::acquire(&mutex.ctx, &mutex.key, timeout, watchdog).instrument(span).await
     } else {
-        acquire_inner(mutex, timeout, watchdog).instrument(span).await
+        acquire_inner(&mutex.ctx, &mutex.key, Ask::Lock, timeout, watchdog).instrument(span).await
     }
 }
 
-async fn acquire_inner(
-    mutex: &MutexInner,
+/// One call for `ask`.
+async fn ask_once(
+    backend: &dyn LockBackend,
+    ask: Ask,
+    req: &AcquireRequest,
+) -> Result<HoldOutcome, BackendError> {
+    match ask {
+        Ask::Lock => Ok(match backend.acquire(req).await? {
+            AcquireOutcome::Acquired(grant) => HoldOutcome::Acquired(grant),
+            AcquireOutcome::Held { remaining } => HoldOutcome::Held { remaining },
+        }),
+        Ask::Hold(hold) => {
+            let Some(shared) = backend.shared() else {
+                return Err(BackendError::permanent(
+                    crate::BackendErrorKind::Other,
+                    format!("backend `{}` keeps no read locks or permits", backend.name()),
+                ));
+            };
+            let req = HoldRequest {
+                key: req.key.clone(),
+                token: req.token,
+                ttl: req.ttl,
+                fencing: req.fencing,
+                hold,
+            };
+            shared.acquire_hold(&req).await
+        }
+    }
+}
+
+/// The acquisition loop of the mutex and of the read-write lock and semaphore: one call, and
+/// while refused (with a timeout), wait for a release notice or the holder's expiry and call
+/// again with the same token.
+pub(crate) async fn acquire_inner(
+    ctx: &LeaseCtx,
+    key: &LockKey,
+    ask: Ask,
     timeout: Option<Duration>,
     watchdog: Option<bool>,
 ) -> Result<Option<Guard>, LockError> {
-    let ctx = &mutex.ctx;
     let config = &ctx.config;
-    let key = &mutex.key;
     let backend = &ctx.backend;
     let start = Instant::now();
     let deadline = timeout.map(|t| start.checked_add(t).unwrap_or(start + Duration::from_secs(86_400 * 365)));
     // One token for the whole call: a retry after a lost reply re-acquires idempotently.
     let token = Token::random();
     let req = AcquireRequest { key: key.clone(), token, ttl: config.ttl(), fencing: config.fencing() };
-    let mut pending = PendingAcquire { backend: Arc::clone(backend), key: key.clone(), token, armed: false };
+    let mut pending =
+        PendingAcquire { backend: Arc::clone(backend), key: key.clone(), token, ask, armed: false };
     let mut errored = false;
     let mut backoff = Backoff::new(config.backoff_min(), config.backoff_max());
     let mut watch: Option<ReleaseWatch> = None;
@@ -463,8 +605,8 @@ async fn acquire_inner(
         pending.armed = true;
         let mut remaining = None;
         let mut held = false;
-        match tokio::time::timeout_at(call_deadline, backend.acquire(&req)).await {
-            Ok(Ok(AcquireOutcome::Acquired(grant))) => {
+        match tokio::time::timeout_at(call_deadline, ask_once(backend.as_ref(), ask, &req)).await {
+            Ok(Ok(HoldOutcome::Acquired(grant))) => {
                 let valid_until = grant.valid_until.min(validity_end);
                 let now = Instant::now();
                 if now < valid_until {
@@ -475,6 +617,7 @@ async fn acquire_inner(
                         ctx.clone(),
                         key.clone(),
                         token,
+                        ask.members(),
                         grant.fence,
                         started,
                         valid_until,
@@ -486,8 +629,8 @@ async fn acquire_inner(
                 errored = true;
                 last_error = Some(deadline_error("grant arrived after its validity deadline"));
             }
-            Ok(Ok(AcquireOutcome::Held { remaining: r })) => {
-                if !errored {
+            Ok(Ok(HoldOutcome::Held { remaining: r })) => {
+                if !errored && !ask.queues() {
                     pending.armed = false;
                 }
                 held = true;
@@ -496,6 +639,17 @@ async fn acquire_inner(
                     crate::telemetry::contended(backend.name());
                 }
                 remaining = r;
+            }
+            Ok(Ok(HoldOutcome::SizeMismatch { permits })) => {
+                // Nothing was changed on the server; an earlier call may have been granted.
+                if !errored {
+                    pending.armed = false;
+                }
+                let asked = match ask {
+                    Ask::Hold(Hold::Permit { permits }) => permits,
+                    _ => 0,
+                };
+                return Err(LockError::PermitsMismatch { key: key.clone(), live: permits, asked });
             }
             Ok(Err(e)) if e.is_retryable() => {
                 debug!(error = %e, "acquire failed, will retry");
@@ -539,6 +693,10 @@ async fn acquire_inner(
         let mut wait = backoff.next_delay();
         if let Some(r) = remaining {
             wait = wait.min(r.max(Duration::from_millis(1)));
+        }
+        if let Ask::Hold(Hold::Write { wait: Some(kept) }) = ask {
+            // Call again well before this writer's place among the waiting writers lapses.
+            wait = wait.min(kept / 3);
         }
         wait = wait.min(deadline - now);
         match (&mut watch, held) {

@@ -70,6 +70,31 @@ pub enum LockError {
         source: BackendError,
     },
 
+    /// A write lock was asked for through a read-write lock handle that holds a read lock.
+    /// Refused rather than waited for: two handles upgrading at once would each wait for the
+    /// other's read lock forever. Release the read guard, then take the write lock.
+    #[error(
+        "cannot upgrade the read lock on \"{key}\" to a write lock: release the read guard first \
+         (two holders upgrading at once would deadlock)"
+    )]
+    Upgrade {
+        /// The read-write lock.
+        key: LockKey,
+    },
+
+    /// A semaphore handle's size differs from the live semaphore's: its permits are held by
+    /// holders who were promised `live` permits in all. The size can change only while no
+    /// permit is held.
+    #[error("semaphore \"{key}\" has {live} permits while held; this handle asked for {asked}")]
+    PermitsMismatch {
+        /// The semaphore.
+        key: LockKey,
+        /// The size its holders use.
+        live: u32,
+        /// The size this handle was made with.
+        asked: u32,
+    },
+
     /// The configuration asks for a feature the backend does not have.
     #[error("backend `{backend}` does not support {feature}")]
     Unsupported {

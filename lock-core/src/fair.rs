@@ -113,6 +113,7 @@ pub(crate) async fn acquire(
                         ctx.clone(),
                         key.clone(),
                         token,
+                        None,
                         grant.fence,
                         started,
                         valid_until,
@@ -248,6 +249,6 @@ fn handed(
         (false, true) => Renew::Once(due),
         (false, false) => Renew::Off,
     };
-    let inner = LeaseInner::start(ctx.clone(), key.clone(), token, fence, from, valid_until, renew);
+    let inner = LeaseInner::start(ctx.clone(), key.clone(), token, None, fence, from, valid_until, renew);
     Some(Guard { inner })
 }

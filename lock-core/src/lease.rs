@@ -12,10 +12,10 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use crate::backend::{ExtendOutcome, ExtendRequest, LockBackend, ReleaseOutcome};
+use crate::backend::{ExtendOutcome, ExtendRequest, LockBackend, Members, ReleaseOutcome};
 use crate::backoff::Backoff;
 use crate::config::{LockConfig, MAX_TTL, MIN_TTL};
-use crate::error::{BackendErrorKind, LockError, LostReason};
+use crate::error::{BackendError, BackendErrorKind, LockError, LostReason};
 use crate::types::{FencingToken, LockKey, Token, default_drift, validity_deadline};
 
 /// How many times an explicit release retries a transient backend error before giving up
@@ -47,6 +47,9 @@ pub(crate) struct Shared {
     #[cfg(feature = "metrics")]
     acquired_at: Instant,
     token: Token,
+    /// Where the owner token lives: `None` for the lock key itself (a mutex, a fair lock, a
+    /// write lock), else a set of holders (a reader, a permit).
+    members: Option<Members>,
     fence: Option<FencingToken>,
     max_hold_until: Option<Instant>,
     state: watch::Sender<State>,
@@ -195,10 +198,12 @@ pub(crate) struct LeaseInner {
 }
 
 impl LeaseInner {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn start(
         ctx: LeaseCtx,
         key: LockKey,
         token: Token,
+        members: Option<Members>,
         fence: Option<FencingToken>,
         acquired_at: Instant,
         valid_until: Instant,
@@ -213,6 +218,7 @@ impl LeaseInner {
             #[cfg(feature = "metrics")]
             acquired_at,
             token,
+            members,
             fence,
             max_hold_until,
             state,
@@ -232,6 +238,11 @@ impl LeaseInner {
         self.shared.is_held()
     }
 
+    /// The owner token of this acquisition.
+    pub(crate) fn token(&self) -> Token {
+        self.shared.token
+    }
+
     fn stop_watchdog(&self) {
         if let Some(w) = &self.watchdog {
             w.abort();
@@ -247,7 +258,7 @@ impl LeaseInner {
         let mut attempt = 0;
         let result = loop {
             attempt += 1;
-            match self.ctx.backend.release(key, &self.shared.token).await {
+            match release_on(self.ctx.backend.as_ref(), self.shared.members, key, &self.shared.token).await {
                 Err(e) if e.is_retryable() && attempt < RELEASE_ATTEMPTS => {
                     debug!(%key, error = %e, "release failed, retrying");
                     tokio::time::sleep(backoff.next_delay()).await;
@@ -282,12 +293,13 @@ impl Drop for LeaseInner {
         let backend = Arc::clone(&self.ctx.backend);
         let key = self.shared.key.clone();
         let token = self.shared.token;
+        let members = self.shared.members;
         let runtime = self.runtime.clone().or_else(|| Handle::try_current().ok());
         match runtime {
             // Never block in Drop: hand the release to the runtime (S8).
             Some(rt) => {
                 rt.spawn(async move {
-                    match backend.release(&key, &token).await {
+                    match release_on(backend.as_ref(), members, &key, &token).await {
                         Ok(outcome) => debug!(%key, ?outcome, "background release"),
                         Err(e) => {
                             warn!(%key, error = %e, "background release failed; the key expires by its ttl")
@@ -297,6 +309,40 @@ impl Drop for LeaseInner {
             }
             None => warn!(%key, "guard dropped outside a tokio runtime; the key expires by its ttl"),
         }
+    }
+}
+
+fn no_shared_holds(backend: &dyn LockBackend) -> BackendError {
+    BackendError::permanent(
+        BackendErrorKind::Other,
+        format!("backend `{}` keeps no read locks or permits", backend.name()),
+    )
+}
+
+/// Renews a lease wherever its owner token lives: the lock key, or a set of holders.
+async fn extend_on(
+    backend: &dyn LockBackend,
+    members: Option<Members>,
+    req: &ExtendRequest,
+) -> Result<ExtendOutcome, BackendError> {
+    match (members, backend.shared()) {
+        (None, _) => backend.extend(req).await,
+        (Some(set), Some(shared)) => shared.extend_member(set, req).await,
+        (Some(_), None) => Err(no_shared_holds(backend)),
+    }
+}
+
+/// Releases a lease (announced) wherever its owner token lives.
+pub(crate) async fn release_on(
+    backend: &dyn LockBackend,
+    members: Option<Members>,
+    key: &LockKey,
+    token: &Token,
+) -> Result<ReleaseOutcome, BackendError> {
+    match (members, backend.shared()) {
+        (None, _) => backend.release(key, token).await,
+        (Some(set), Some(shared)) => shared.release_member(set, key, token).await,
+        (Some(_), None) => Err(no_shared_holds(backend)),
     }
 }
 
@@ -335,7 +381,9 @@ async fn run_watchdog(shared: Weak<Shared>, ctx: LeaseCtx, first: Instant, once:
             }
             // A renewal that has not answered by the deadline is a lost lease, even if the call
             // would hang forever.
-            let outcome = tokio::time::timeout_at(deadline, ctx.backend.extend(&req)).await;
+            let outcome =
+                tokio::time::timeout_at(deadline, extend_on(ctx.backend.as_ref(), shared.members, &req))
+                    .await;
             if !matches!(outcome, Ok(Ok(ExtendOutcome::Extended { .. }))) {
                 crate::telemetry::renewal(shared.backend_name(), false);
             }
@@ -503,7 +551,7 @@ impl Guard {
         let drift = config.drift().max(default_drift(ttl));
         let started = Instant::now();
         let req = ExtendRequest { key: key.clone(), token: shared.token, ttl };
-        match self.inner.ctx.backend.extend(&req).await {
+        match extend_on(self.inner.ctx.backend.as_ref(), shared.members, &req).await {
             Ok(ExtendOutcome::Extended { valid_until }) => {
                 match validity_deadline(started, ttl, drift) {
                     Some(mine) => shared.set_valid_until(mine.min(valid_until)),

@@ -131,6 +131,44 @@ pub const LEAVE: LuaScript = LuaScript {
     sha1: "8dfd5ec2aa6c9b7227c527f30902064d5eb409ca",
 };
 
+/// `read.lua`: a read lock of a read-write lock: granted unless a writer holds the lock or a
+/// live writer waits (a downgrade enters beside its own write lock).
+/// KEYS: lock, readers, writers, fence. ARGV: token, ttl ms, the downgraded writer's token or
+/// `""`. Returns `{1, fence}` (the fencing counter's value) or `{0, wait ms}`.
+pub const READ: LuaScript = LuaScript {
+    name: "read",
+    source: concat!(include_str!("../scripts/common.lua"), include_str!("../scripts/read.lua")),
+    sha1: "f2a50388aadcd8eabc8d3983a8e77a672f3ad591",
+};
+
+/// `write.lua`: the write lock of a read-write lock: the mutex key, granted only when no live
+/// reader is left; a writer kept waiting is recorded among the waiting writers.
+/// KEYS: lock, fence, readers, writers, \[marker\]. ARGV: token, ttl ms, `"1"` to fence, guard,
+/// waiting ms. Returns as [`ACQUIRE`].
+pub const WRITE: LuaScript = LuaScript {
+    name: "write",
+    source: concat!(include_str!("../scripts/common.lua"), include_str!("../scripts/write.lua")),
+    sha1: "70c374bf320959ceccb0e2d55eaac6679d1b5cca",
+};
+
+/// `permit.lua`: one permit of a semaphore, each permit a lease of its own.
+/// KEYS: permits, size. ARGV: token, ttl ms, size. Returns `{1, 0}`, `{0, wait ms}` or
+/// `{3, the live size}`.
+pub const PERMIT: LuaScript = LuaScript {
+    name: "permit",
+    source: concat!(include_str!("../scripts/common.lua"), include_str!("../scripts/permit.lua")),
+    sha1: "02493e061c3a2ad9f1f11d37a205cc8af82ced6d",
+};
+
+/// `member.lua`: renew or release one member of a set of holders (readers, waiting writers,
+/// permits). KEYS: set, \[size\]. ARGV: token, ttl ms (`"0"` to release), channel,
+/// `"1"` to announce only when the set is left empty. Returns 1 or 0.
+pub const MEMBER: LuaScript = LuaScript {
+    name: "member",
+    source: concat!(include_str!("../scripts/common.lua"), include_str!("../scripts/member.lua")),
+    sha1: "30a61781a91e5ed10401d0f8509e2e7d4a367eea",
+};
+
 /// `node.lua`: read the node marker, or declare a server fresh. KEYS: marker. ARGV: `read`,
 /// `init` or `force`, a fresh node id. Returns `{node id, quarantine ms left}` (`{0, -1}`: no
 /// marker).
@@ -336,6 +374,14 @@ pub struct RedisKeys {
     /// The fair lock's turn channel: a release that hands the lock to a waiter says so here,
     /// naming the waiter's owner token (see [`parse_hand_over`]).
     pub turn: String,
+    /// A read-write lock's readers: owner tokens by expiry (server ms).
+    pub readers: String,
+    /// A read-write lock's waiting writers: owner tokens by deadline (server ms).
+    pub writers: String,
+    /// A semaphore's permits: owner tokens by expiry (server ms).
+    pub permits: String,
+    /// A semaphore's size, kept as long as it has live permits.
+    pub size: String,
 }
 
 impl RedisKeys {
@@ -360,6 +406,10 @@ impl RedisKeys {
             queue: format!("{lock}:queue"),
             waiters: format!("{lock}:waiters"),
             turn: format!("{lock}:turn"),
+            readers: format!("{lock}:readers"),
+            writers: format!("{lock}:writers"),
+            permits: format!("{lock}:permits"),
+            size: format!("{lock}:size"),
             lock,
         }
     }
@@ -772,6 +822,138 @@ pub async fn raise_fence<R: ScriptRunner + ?Sized>(
     runner.run_int(&FENCE, &[&keys.lock, &keys.fence], &fence_args(token, fence)).await.map(|_counter| ())
 }
 
+/// Interprets the reply of [`READ`], [`WRITE`] or [`PERMIT`]: `started` is the instant
+/// sampled before sending it; `fencing` whether the caller asked for a fence.
+///
+/// # Errors
+/// [`BackendErrorKind::Protocol`] when the reply is not one the script can give.
+pub fn hold_outcome(
+    started: Instant,
+    req: &crate::HoldRequest,
+    reply: &[i64],
+) -> Result<crate::HoldOutcome, BackendError> {
+    use crate::{Hold, HoldOutcome};
+    let fence = |f: i64| u64::try_from(f).ok().map(FencingToken);
+    let grant = |fence: Option<FencingToken>| {
+        Ok(Grant::from_start(started, req.ttl, fence)
+            .map_or(HoldOutcome::Held { remaining: None }, HoldOutcome::Acquired))
+    };
+    match (req.hold, reply) {
+        (Hold::Write { .. }, [1, _] | [0, _] | [2, _]) => {
+            Ok(match acquire_outcome(started, req.ttl, req.fencing, reply)? {
+                AcquireOutcome::Acquired(g) => HoldOutcome::Acquired(g),
+                AcquireOutcome::Held { remaining } => HoldOutcome::Held { remaining },
+            })
+        }
+        (Hold::Read { .. }, [1, f]) => grant(if req.fencing { fence(*f) } else { None }),
+        (Hold::Permit { .. }, [1, _]) => grant(None),
+        (Hold::Read { .. } | Hold::Permit { .. }, [0, wait]) => Ok(HoldOutcome::Held {
+            remaining: u64::try_from(*wait).ok().filter(|ms| *ms > 0).map(Duration::from_millis),
+        }),
+        (Hold::Permit { .. }, [3, size]) => {
+            Ok(HoldOutcome::SizeMismatch { permits: u32::try_from(*size).unwrap_or(u32::MAX) })
+        }
+        _ => Err(BackendError::permanent(
+            BackendErrorKind::Protocol,
+            format!("unexpected reply {reply:?} to a {:?} request", req.hold),
+        )),
+    }
+}
+
+/// [`crate::SharedBackend::acquire_hold`] through the shared [`READ`], [`WRITE`] and
+/// [`PERMIT`] scripts: one round trip.
+///
+/// # Errors
+/// The runner's errors, or a protocol error for an impossible reply.
+///
+/// # Cancel safety
+/// As [`crate::SharedBackend::acquire_hold`].
+pub async fn acquire_hold<R: ScriptRunner + ?Sized>(
+    runner: &R,
+    req: &crate::HoldRequest,
+) -> Result<crate::HoldOutcome, BackendError> {
+    use crate::Hold;
+    let keys = RedisKeys::for_key(&req.key);
+    let (token, ttl) = (req.token.to_redis_value(), ttl_millis(req.ttl).to_string());
+    let started = Instant::now();
+    let reply = match req.hold {
+        Hold::Read { downgrade } => {
+            let writer = downgrade.map_or_else(String::new, |t| t.to_redis_value());
+            let keys = [keys.lock.as_str(), &keys.readers, &keys.writers, &keys.fence];
+            runner.run_ints(&READ, &keys, &[token, ttl, writer]).await?
+        }
+        Hold::Write { wait } => {
+            let guard = runner.node_guard();
+            let [token, ttl, fence, guard_arg] = acquire_args(&req.token, req.ttl, req.fencing, guard);
+            let args = [token, ttl, fence, guard_arg, wait.map_or(0, ttl_millis).to_string()];
+            let mut names = vec![keys.lock.as_str(), &keys.fence, &keys.readers, &keys.writers];
+            if guard.is_some() {
+                names.push(MARKER_KEY);
+            }
+            runner.run_ints(&WRITE, &names, &args).await?
+        }
+        Hold::Permit { permits } => {
+            runner.run_ints(&PERMIT, &[&keys.permits, &keys.size], &[token, ttl, permits.to_string()]).await?
+        }
+    };
+    hold_outcome(started, req, &reply)
+}
+
+fn member_keys(set: crate::Members, keys: &RedisKeys) -> (Vec<&str>, &'static str) {
+    use crate::Members;
+    match set {
+        Members::Readers => (vec![&keys.readers], "1"),
+        Members::Writers => (vec![&keys.writers], "1"),
+        Members::Permits => (vec![&keys.permits, &keys.size], "0"),
+    }
+}
+
+/// [`crate::SharedBackend::extend_member`] through the shared [`MEMBER`] script: one round
+/// trip.
+///
+/// # Errors
+/// The runner's errors.
+///
+/// # Cancel safety
+/// Idempotent.
+pub async fn extend_member<R: ScriptRunner + ?Sized>(
+    runner: &R,
+    set: crate::Members,
+    req: &crate::ExtendRequest,
+) -> Result<crate::ExtendOutcome, BackendError> {
+    let keys = RedisKeys::for_key(&req.key);
+    let (names, when_empty) = member_keys(set, &keys);
+    let args =
+        [req.token.to_redis_value(), ttl_millis(req.ttl).to_string(), String::new(), when_empty.into()];
+    let started = Instant::now();
+    let reply = runner.run_int(&MEMBER, &names, &args).await?;
+    Ok(match (reply, Grant::from_start(started, req.ttl, None)) {
+        (1, Some(g)) => crate::ExtendOutcome::Extended { valid_until: g.valid_until },
+        _ => crate::ExtendOutcome::NotHeld,
+    })
+}
+
+/// [`crate::SharedBackend::release_member`] through the shared [`MEMBER`] script: one round
+/// trip; announced on the key's release channel.
+///
+/// # Errors
+/// The runner's errors.
+///
+/// # Cancel safety
+/// Idempotent.
+pub async fn release_member<R: ScriptRunner + ?Sized>(
+    runner: &R,
+    set: crate::Members,
+    key: &LockKey,
+    token: &Token,
+) -> Result<crate::ReleaseOutcome, BackendError> {
+    let keys = RedisKeys::for_key(key);
+    let (names, when_empty) = member_keys(set, &keys);
+    let args = [token.to_redis_value(), "0".into(), keys.channel.clone(), when_empty.into()];
+    let reply = runner.run_int(&MEMBER, &names, &args).await?;
+    Ok(if reply == 1 { crate::ReleaseOutcome::Released } else { crate::ReleaseOutcome::NotHeld })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -782,7 +964,7 @@ mod tests {
 
     #[test]
     fn script_digests_are_pinned() {
-        for script in [ACQUIRE, EXTEND, RELEASE, FENCE, NODE, FAIR, LEAVE] {
+        for script in [ACQUIRE, EXTEND, RELEASE, FENCE, NODE, FAIR, LEAVE, READ, WRITE, PERMIT, MEMBER] {
             assert_eq!(sha1_hex(script.source), script.sha1, "{} changed: update its sha1", script.name);
         }
     }
@@ -798,7 +980,9 @@ mod tests {
             };
             let t = tag(&keys.lock);
             assert!(!t.is_empty(), "empty hash tag for {k:?}: {}", keys.lock);
-            assert_eq!(t, tag(&keys.fence), "{k:?}");
+            for name in [&keys.fence, &keys.queue, &keys.readers, &keys.writers, &keys.permits, &keys.size] {
+                assert_eq!(t, tag(name), "{k:?}");
+            }
         }
     }
 

@@ -8,8 +8,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use lock_core::{
     AcquireOutcome, AcquireRequest, BackendError, Capabilities, ExtendOutcome, ExtendRequest, FairBackend,
-    FairOutcome, FairRequest, FencingToken, Grant, Instant, LockBackend, LockKey, ReleaseOutcome,
-    ReleaseWatch, Token,
+    FairOutcome, FairRequest, FencingToken, Grant, Hold, HoldOutcome, HoldRequest, Instant, LockBackend,
+    LockKey, Members, ReleaseOutcome, ReleaseWatch, SharedBackend, Token,
 };
 use tokio::sync::watch;
 
@@ -34,6 +34,30 @@ struct State {
     turns: HashMap<(LockKey, Token), Turn>,
     /// The node marker (see [`lock_core::scripts`]): `None` after data loss.
     marker: Option<Marker>,
+    /// Read-write locks' readers and waiting writers, semaphores' permits: each owner token
+    /// with its expiry, as `lock:{k}:readers`, `:writers` and `:permits` on a server.
+    members: HashMap<(LockKey, Members), HashMap<Token, Instant>>,
+    /// Semaphores' sizes, kept while they have permits (`lock:{k}:size`).
+    sizes: HashMap<LockKey, u32>,
+}
+
+impl State {
+    /// The live members of one set (expired ones dropped, as `ZREMRANGEBYSCORE -inf now`).
+    fn live_members(&mut self, key: &LockKey, set: Members, now: Instant) -> &mut HashMap<Token, Instant> {
+        let members = self.members.entry((key.clone(), set)).or_default();
+        members.retain(|_, expires| *expires > now);
+        members
+    }
+
+    /// Sends a release notice on `key`'s broadcast channel.
+    fn announce(&mut self, key: &LockKey) {
+        if let Some(tx) = self.notices.get(key) {
+            tx.send_modify(|n| *n += 1);
+            if tx.receiver_count() == 0 {
+                self.notices.remove(key);
+            }
+        }
+    }
 }
 
 /// One fair waiter's turn channel.
@@ -95,6 +119,10 @@ pub struct OpCounts {
     pub leave: u64,
     /// "Your turn" notices sent to fair waiters (one per hand-off, never one per waiter).
     pub turn_notices: u64,
+    /// Read, write and permit acquire calls.
+    pub hold: u64,
+    /// Renewals and releases of readers, waiting writers and permits.
+    pub member: u64,
 }
 
 #[derive(Debug)]
@@ -275,6 +303,8 @@ impl MemoryBackend {
         state.locks.clear();
         state.fences.clear();
         state.queues.clear();
+        state.members.clear();
+        state.sizes.clear();
         state.marker = None;
     }
 
@@ -286,6 +316,8 @@ impl MemoryBackend {
     pub fn restore_old_snapshot(&self) {
         let mut state = self.state();
         state.locks.clear();
+        state.members.clear();
+        state.sizes.clear();
         for counter in state.fences.values_mut() {
             *counter = 0;
         }
@@ -496,6 +528,146 @@ impl FairBackend for MemoryBackend {
     }
 }
 
+impl MemoryBackend {
+    /// The live members of `set` of `key` now (readers, waiting writers or permits).
+    pub fn members(&self, key: &str, set: Members) -> Vec<Token> {
+        let now = Instant::now();
+        let state = self.state();
+        state
+            .members
+            .iter()
+            .filter(|((k, s), _)| k.as_str() == key && *s == set)
+            .flat_map(|(_, m)| m.iter().filter(|(_, e)| **e > now).map(|(t, _)| *t))
+            .collect()
+    }
+
+    /// As write.lua: the mutex key, granted only when no live reader is left.
+    fn write(
+        &self,
+        state: &mut State,
+        req: &HoldRequest,
+        wait: Option<Duration>,
+        now: Instant,
+    ) -> HoldOutcome {
+        let granted = |fence| {
+            Grant::from_start(now, req.ttl, fence)
+                .map_or(HoldOutcome::Held { remaining: None }, HoldOutcome::Acquired)
+        };
+        let blocked = match live(state, &req.key, now) {
+            Some(entry) if entry.token == req.token => {
+                entry.expires_at = now + req.ttl;
+                return granted(entry.fence);
+            }
+            Some(entry) => Some(entry.expires_at - now),
+            None => state.live_members(&req.key, Members::Readers, now).values().max().map(|e| *e - now),
+        };
+        if let Some(remaining) = blocked {
+            if let Some(wait) = wait {
+                state.live_members(&req.key, Members::Writers, now).insert(req.token, now + wait);
+            }
+            return HoldOutcome::Held { remaining: Some(remaining) };
+        }
+        state.live_members(&req.key, Members::Writers, now).remove(&req.token);
+        let fence = req.fencing.then(|| self.mint_fence(state, &req.key));
+        state.locks.insert(req.key.clone(), Entry { token: req.token, expires_at: now + req.ttl, fence });
+        granted(fence)
+    }
+}
+
+#[async_trait]
+impl SharedBackend for MemoryBackend {
+    async fn acquire_hold(&self, req: &HoldRequest) -> Result<HoldOutcome, BackendError> {
+        self.count(|c| c.hold += 1);
+        let now = Instant::now();
+        let mut state = self.state();
+        let grant = |fence| {
+            Grant::from_start(now, req.ttl, fence)
+                .map_or(HoldOutcome::Held { remaining: None }, HoldOutcome::Acquired)
+        };
+        match req.hold {
+            Hold::Write { wait } => {
+                if let Some(left) = self.quarantine_left(&mut state, req.ttl, now) {
+                    return Err(lock_core::scripts::quarantine_error(left));
+                }
+                Ok(self.write(&mut state, req, wait, now))
+            }
+            Hold::Read { downgrade } => {
+                // As read.lua.
+                let mine = state.live_members(&req.key, Members::Readers, now).contains_key(&req.token);
+                if !mine {
+                    let writer = live(&mut state, &req.key, now).map(|e| (e.token, e.expires_at));
+                    let downgraded = writer.is_some_and(|(t, _)| Some(t) == downgrade);
+                    if let (Some((_, expires)), false) = (writer, downgraded) {
+                        return Ok(HoldOutcome::Held { remaining: Some(expires - now) });
+                    }
+                    if !downgraded
+                        && let Some(first) =
+                            state.live_members(&req.key, Members::Writers, now).values().min()
+                    {
+                        return Ok(HoldOutcome::Held { remaining: Some(*first - now) });
+                    }
+                }
+                state.live_members(&req.key, Members::Readers, now).insert(req.token, now + req.ttl);
+                let last_writer = state.fences.get(&req.key).copied().unwrap_or(0);
+                Ok(grant(req.fencing.then_some(FencingToken(last_writer))))
+            }
+            Hold::Permit { permits } => {
+                // As permit.lua.
+                let size = state.sizes.get(&req.key).copied();
+                let taken = state.live_members(&req.key, Members::Permits, now);
+                if let (false, Some(live)) = (taken.is_empty(), size)
+                    && live != permits
+                {
+                    return Ok(HoldOutcome::SizeMismatch { permits: live });
+                }
+                if taken.len() >= permits as usize && !taken.contains_key(&req.token) {
+                    let first = taken.values().min().map(|e| *e - now);
+                    return Ok(HoldOutcome::Held { remaining: first });
+                }
+                taken.insert(req.token, now + req.ttl);
+                state.sizes.insert(req.key.clone(), permits);
+                Ok(grant(None))
+            }
+        }
+    }
+
+    async fn extend_member(&self, set: Members, req: &ExtendRequest) -> Result<ExtendOutcome, BackendError> {
+        self.count(|c| c.member += 1);
+        let now = Instant::now();
+        let mut state = self.state();
+        let members = state.live_members(&req.key, set, now);
+        Ok(match (members.get_mut(&req.token), Grant::from_start(now, req.ttl, None)) {
+            (Some(expires), Some(g)) => {
+                *expires = now + req.ttl;
+                ExtendOutcome::Extended { valid_until: g.valid_until }
+            }
+            _ => ExtendOutcome::NotHeld,
+        })
+    }
+
+    async fn release_member(
+        &self,
+        set: Members,
+        key: &LockKey,
+        token: &Token,
+    ) -> Result<ReleaseOutcome, BackendError> {
+        self.count(|c| c.member += 1);
+        let now = Instant::now();
+        let mut state = self.state();
+        // As member.lua: an expired member is removed too, but was not held.
+        let removed = state.members.get_mut(&(key.clone(), set)).and_then(|m| m.remove(token));
+        let Some(expires) = removed else { return Ok(ReleaseOutcome::NotHeld) };
+        let empty = state.live_members(key, set, now).is_empty();
+        if empty && set == Members::Permits {
+            state.sizes.remove(key);
+        }
+        if set == Members::Permits || empty {
+            state.announce(key);
+        }
+        Ok(if expires > now { ReleaseOutcome::Released } else { ReleaseOutcome::NotHeld })
+    }
+}
+
 fn live<'a>(state: &'a mut State, key: &LockKey, now: Instant) -> Option<&'a mut Entry> {
     if state.locks.get(key).is_some_and(|e| e.expires_at <= now) {
         state.locks.remove(key);
@@ -592,6 +764,10 @@ impl LockBackend for MemoryBackend {
     }
 
     fn fair(&self) -> Option<&dyn FairBackend> {
+        Some(self)
+    }
+
+    fn shared(&self) -> Option<&dyn SharedBackend> {
         Some(self)
     }
 

@@ -1,0 +1,48 @@
+-- Take the write lock of a read-write lock (after common.lua). The write lock is the mutex key
+-- of the same name (extend.lua renews it, release.lua frees it); it is granted only when no
+-- live reader is left.
+-- KEYS[1] lock key, KEYS[2] fence counter, KEYS[3] the readers (owner token -> expiry, server
+-- ms), KEYS[4] the waiting writers (owner token -> deadline, server ms), KEYS[5] (optional) the
+-- node marker, as in acquire.lua
+-- ARGV[1] owner token, ARGV[2] ttl in milliseconds, ARGV[3] '1' to mint a fencing token,
+-- ARGV[4] the marker guard (as in acquire.lua), ARGV[5] how long (ms) to record this writer
+-- among the waiting writers if it is kept waiting ('0' for a try: nothing is recorded)
+-- Returns {1, fence}, {0, wait ms} (a writer's PTTL, or until the last reader expires) or
+--         {2, left} (quarantine), as acquire.lua. Idempotent for the same token.
+local abstain = check_marker(KEYS[5], ARGV[4])
+if abstain then
+  return abstain
+end
+local now = now_ms()
+local wait
+local current = redis.call('GET', KEYS[1])
+if current then
+  if string.sub(current, 1, 32) == ARGV[1] then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    return {1, tonumber(string.sub(current, 34)) or 0}
+  end
+  wait = redis.call('PTTL', KEYS[1])
+else
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+  local last = redis.call('ZRANGE', KEYS[3], -1, -1, 'WITHSCORES')
+  if last[1] then
+    wait = tonumber(last[2]) - now
+  end
+end
+if wait then
+  local ms = tonumber(ARGV[5])
+  if ms > 0 then
+    redis.call('ZADD', KEYS[4], now + ms, ARGV[1])
+    if redis.call('PTTL', KEYS[4]) < ms then
+      redis.call('PEXPIRE', KEYS[4], ms)
+    end
+  end
+  return {0, wait}
+end
+redis.call('ZREM', KEYS[4], ARGV[1])
+local fence = 0
+if ARGV[3] == '1' then
+  fence = mint_fence(KEYS[2])
+end
+redis.call('SET', KEYS[1], ARGV[1] .. ':' .. string.format('%.0f', fence), 'PX', ARGV[2])
+return {1, fence}
