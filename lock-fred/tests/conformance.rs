@@ -32,6 +32,10 @@ mod single {
     mod fair {
         lock_testkit::fair_suite!(super::super::single_node());
     }
+    mod shared {
+        lock_testkit::rw_suite!(super::super::single_node());
+        lock_testkit::semaphore_suite!(super::super::single_node());
+    }
 }
 
 mod pooled {
@@ -39,11 +43,19 @@ mod pooled {
     mod fair {
         lock_testkit::fair_suite!(super::super::pool());
     }
+    mod shared {
+        lock_testkit::rw_suite!(super::super::pool());
+        lock_testkit::semaphore_suite!(super::super::pool());
+    }
 }
 
 mod redis_cluster {
     lock_testkit::conformance_suite!(super::cluster());
     mod fair {
         lock_testkit::fair_suite!(super::super::cluster());
+    }
+    mod shared {
+        lock_testkit::rw_suite!(super::super::cluster());
+        lock_testkit::semaphore_suite!(super::super::cluster());
     }
 }

@@ -710,6 +710,41 @@ where
     fn fair(&self) -> Option<&dyn FairBackend> {
         Some(self)
     }
+
+    fn shared(&self) -> Option<&dyn lock_core::SharedBackend> {
+        Some(self)
+    }
+}
+
+/// The read-write lock and semaphore: the shared scripts, nothing driver-specific.
+#[async_trait]
+impl<C> lock_core::SharedBackend for RedisBackend<C>
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    async fn acquire_hold(
+        &self,
+        req: &lock_core::HoldRequest,
+    ) -> Result<lock_core::HoldOutcome, BackendError> {
+        scripts::acquire_hold(self, req).await
+    }
+
+    async fn extend_member(
+        &self,
+        set: lock_core::Members,
+        req: &ExtendRequest,
+    ) -> Result<ExtendOutcome, BackendError> {
+        scripts::extend_member(self, set, req).await
+    }
+
+    async fn release_member(
+        &self,
+        set: lock_core::Members,
+        key: &LockKey,
+        token: &Token,
+    ) -> Result<ReleaseOutcome, BackendError> {
+        scripts::release_member(self, set, key, token).await
+    }
 }
 
 #[async_trait]

@@ -41,6 +41,10 @@ mod single {
     mod fair {
         lock_testkit::fair_suite!(super::super::single_node());
     }
+    mod shared {
+        lock_testkit::rw_suite!(super::super::single_node());
+        lock_testkit::semaphore_suite!(super::super::single_node());
+    }
 }
 
 mod builder {
@@ -61,5 +65,9 @@ mod redis_cluster {
     lock_testkit::conformance_suite!(super::cluster());
     mod fair {
         lock_testkit::fair_suite!(super::super::cluster());
+    }
+    mod shared {
+        lock_testkit::rw_suite!(super::super::cluster());
+        lock_testkit::semaphore_suite!(super::super::cluster());
     }
 }

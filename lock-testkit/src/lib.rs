@@ -16,7 +16,7 @@ mod suites;
 
 pub use chaos::{checker, history};
 pub use servers::resp;
-pub use suites::{conformance, failover, fair, recovery, redis_suite};
+pub use suites::{conformance, failover, fair, recovery, redis_suite, shared};
 
 pub(crate) use servers::redis_server;
 
@@ -24,7 +24,7 @@ pub use chaos::oracle::Oracle;
 pub use chaos::proxy::{FaultProxy, ProxyMode, ProxyStats};
 pub use doubles::faulty::{Fault, Faulty, Op};
 pub use doubles::memory::{MemoryBackend, OpCounts};
-pub use doubles::mock::{MockBackend, MockFair, MockFairOps};
+pub use doubles::mock::{MockBackend, MockFair, MockFairOps, MockShared, MockSharedOps};
 #[cfg(feature = "tls")]
 pub use servers::redis_server::TestTls;
 pub use servers::redis_server::{

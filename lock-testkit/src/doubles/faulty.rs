@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use lock_core::FencingToken;
 use lock_core::{
     AcquireOutcome, AcquireRequest, BackendError, BackendErrorKind, Capabilities, ExtendOutcome,
-    ExtendRequest, FairBackend, FairOutcome, FairRequest, LockBackend, LockKey, ReleaseOutcome, ReleaseWatch,
-    Token,
+    ExtendRequest, FairBackend, FairOutcome, FairRequest, HoldOutcome, HoldRequest, LockBackend, LockKey,
+    Members, ReleaseOutcome, ReleaseWatch, SharedBackend, Token,
 };
 
 /// A backend operation that faults can target.
@@ -242,6 +242,40 @@ impl<B: LockBackend> LockBackend for Faulty<B> {
     fn fair(&self) -> Option<&dyn FairBackend> {
         self.inner.fair().map(|_| self as &dyn FairBackend)
     }
+    fn shared(&self) -> Option<&dyn SharedBackend> {
+        self.inner.shared().map(|_| self as &dyn SharedBackend)
+    }
+    fn semaphore_refused(&self) -> Option<&'static str> {
+        self.inner.semaphore_refused()
+    }
+}
+
+/// The read-write lock and semaphore through the same faults: a read, write or permit acquire
+/// counts as [`Op::Acquire`], a member's renewal as [`Op::Extend`], its release as
+/// [`Op::Release`].
+#[async_trait]
+impl<B: LockBackend> SharedBackend for Faulty<B> {
+    async fn acquire_hold(&self, req: &HoldRequest) -> Result<HoldOutcome, BackendError> {
+        let Some(shared) = self.inner.shared() else { return Err(no_shared(self.inner.name())) };
+        self.run(Op::Acquire, shared.acquire_hold(req)).await
+    }
+    async fn extend_member(&self, set: Members, req: &ExtendRequest) -> Result<ExtendOutcome, BackendError> {
+        let Some(shared) = self.inner.shared() else { return Err(no_shared(self.inner.name())) };
+        self.run(Op::Extend, shared.extend_member(set, req)).await
+    }
+    async fn release_member(
+        &self,
+        set: Members,
+        key: &LockKey,
+        token: &Token,
+    ) -> Result<ReleaseOutcome, BackendError> {
+        let Some(shared) = self.inner.shared() else { return Err(no_shared(self.inner.name())) };
+        self.run(Op::Release, shared.release_member(set, key, token)).await
+    }
+}
+
+fn no_shared(backend: &str) -> BackendError {
+    BackendError::permanent(BackendErrorKind::Other, format!("backend `{backend}` keeps no shared holds"))
 }
 
 /// The fair lock through the same faults: a fair acquire counts as [`Op::Acquire`], leaving

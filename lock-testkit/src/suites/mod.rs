@@ -6,3 +6,4 @@ pub mod failover;
 pub mod fair;
 pub mod recovery;
 pub mod redis_suite;
+pub mod shared;
