@@ -148,6 +148,110 @@ pub async fn wrongtype_key_gives_a_clear_error<D: RedisDriver>(driver: D) {
     assert!(msg.contains("jobs:list") && msg.contains("WRONGTYPE"), "{msg}");
 }
 
+/// The read-write lock's and the semaphore's keys of the wrong type give the same permanent
+/// WRONGTYPE error naming the key, for readers, writers and permits.
+///
+/// # Errors
+/// None: a driver that misbehaves fails the test (this panics).
+///
+/// # Cancel safety
+/// Test code: cancelling abandons the check; the servers it spawned are killed on drop.
+///
+/// # Examples
+/// A driver crate runs the whole suite with [`crate::redis_suite!`]; one test alone:
+/// ```no_run
+/// # async fn demo<D: lock_testkit::redis_suite::RedisDriver>(my_driver: D) {
+/// lock_testkit::redis_suite::rw_and_semaphore_wrongtype_keys_give_a_clear_error(my_driver).await;
+/// # }
+/// ```
+pub async fn rw_and_semaphore_wrongtype_keys_give_a_clear_error<D: RedisDriver>(driver: D) {
+    let server = server();
+    server.cmd(&["SET", "lock:{cfg}:readers", "x"]).unwrap();
+    server.cmd(&["LPUSH", "lock:{pool}:permits", "x"]).unwrap();
+    let locks = LockClient::with_config(connect(&driver, &server).await, config(10_000 * MS)).unwrap();
+    let rw = locks.rw_lock("cfg").unwrap();
+    let sem = locks.semaphore("pool", 2).unwrap();
+    let start = Instant::now();
+    let errors =
+        [rw.read().await.unwrap_err(), rw.write().await.unwrap_err(), sem.acquire().await.unwrap_err()];
+    assert!(start.elapsed() < 1_000 * MS, "a permanent error must not be retried until the timeout");
+    for (err, name) in errors.iter().zip(["cfg", "cfg", "pool"]) {
+        match err {
+            LockError::Backend { source, .. } => {
+                assert_eq!(source.kind(), BackendErrorKind::WrongType, "{err}");
+            }
+            other => panic!("expected a backend error, got {other}"),
+        }
+        let msg = err.to_string();
+        assert!(msg.contains(name) && msg.contains("WRONGTYPE"), "{msg}");
+    }
+}
+
+/// An uncontended read lock/unlock and write lock/unlock are two round trips each (one script
+/// each way), and leave only the fencing counter behind.
+///
+/// # Errors
+/// None: a driver that misbehaves fails the test (this panics).
+///
+/// # Cancel safety
+/// Test code: cancelling abandons the check; the servers it spawned are killed on drop.
+///
+/// # Examples
+/// A driver crate runs the whole suite with [`crate::redis_suite!`]; one test alone:
+/// ```no_run
+/// # async fn demo<D: lock_testkit::redis_suite::RedisDriver>(my_driver: D) {
+/// lock_testkit::redis_suite::rw_lock_unlock_is_two_round_trips(my_driver).await;
+/// # }
+/// ```
+pub async fn rw_lock_unlock_is_two_round_trips<D: RedisDriver>(driver: D) {
+    let server = server();
+    let config = LockConfig::builder().watchdog(false).fencing(true).build().unwrap();
+    let locks = LockClient::with_config(connect(&driver, &server).await, config).unwrap();
+    let rw = locks.rw_lock("rw-trips").unwrap();
+    // Warm the script cache first (its loads are not part of the steady state).
+    rw.write().await.unwrap().release().await.unwrap();
+    rw.read().await.unwrap().release().await.unwrap();
+    for side in ["read", "write"] {
+        server.cmd(&["CONFIG", "RESETSTAT"]).unwrap();
+        let guard = if side == "read" { rw.read().await.unwrap() } else { rw.write().await.unwrap() };
+        guard.release().await.unwrap();
+        let calls = command_calls(&server);
+        assert_eq!(
+            calls.get("evalsha"),
+            Some(&2),
+            "a {side} lock/unlock must be two EVALSHA round trips: {calls:?}"
+        );
+        let scripts_only = [
+            "evalsha",
+            "get",
+            "set",
+            "del",
+            "time",
+            "publish",
+            "exists",
+            "zadd",
+            "zscore",
+            "zrem",
+            "zcard",
+            "zrange",
+            "zrangebyscore",
+            "zremrangebyscore",
+            "pttl",
+            "pexpire",
+        ];
+        assert!(
+            calls.keys().all(|k| scripts_only.contains(&k.as_str())),
+            "only the scripts' own commands: {calls:?}"
+        );
+    }
+    let left = text(
+        server
+            .cmd(&["EXISTS", "lock:{rw-trips}", "lock:{rw-trips}:readers", "lock:{rw-trips}:writers"])
+            .unwrap(),
+    );
+    assert_eq!(left.trim(), "0", "an uncontended rw lock leaves nothing behind but its fencing counter");
+}
+
 /// A server killed while a lock is held: `lost()` fires by the local deadline.
 ///
 /// # Errors
@@ -886,6 +990,8 @@ macro_rules! redis_suite {
             two_hundred_waiters_each_get_the_lock_once,
             lock_unlock_is_two_round_trips,
             fair_lock_unlock_is_two_round_trips,
+            rw_lock_unlock_is_two_round_trips,
+            rw_and_semaphore_wrongtype_keys_give_a_clear_error,
             unfenced_lock_is_one_script_that_checks_the_marker,
             flushall_starts_a_quarantine_every_client_sees,
             lost_fence_counter_keeps_tokens_rising,
