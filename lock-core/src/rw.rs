@@ -27,10 +27,12 @@ use crate::types::LockKey;
 ///   readers at its waiter deadline.
 /// - **Fencing** (with [`crate::LockConfigBuilder::fencing`]): a write lock gets a token
 ///   greater than every earlier writer's (the same counter as the mutex of the same name); a
-///   read lock gets the token of the **last fenced writer** (0 if none). A resource that stores
-///   the token of the last write it accepted can refuse a read whose token is lower: that
-///   reader took its lock before a write the resource has since seen, so what it read may be
-///   older than data the resource already holds.
+///   read lock gets the token of the **last fenced writer** (0 if none; over a RedLock quorum,
+///   the highest counter among the nodes that granted it: at least the last writer's token and
+///   below every later writer's). A resource that stores the token of the last write it
+///   accepted can refuse a read whose token is lower: that reader took its lock before a write
+///   the resource has since seen, so what it read may be older than data the resource already
+///   holds.
 /// - **Reentrancy**, per handle (and its clones), as for [`crate::Mutex`]: a second `read()`
 ///   while a read guard is held clones it; a second `write()` clones the write guard. A
 ///   `read()` while this handle holds the write lock is granted at once, as a reader of its own

@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use futures::future::join_all;
 use lock_core::{
     AcquireOutcome, AcquireRequest, BackendError, BackendErrorKind, Capabilities, ExtendOutcome,
-    ExtendRequest, FencingToken, Grant, Instant, LockBackend, LockError, LockKey, ReleaseOutcome,
-    ReleaseWatch, Token, default_drift, validity_deadline,
+    ExtendRequest, FencingToken, Grant, Hold, HoldOutcome, HoldRequest, Instant, LockBackend, LockError,
+    LockKey, Members, ReleaseOutcome, ReleaseWatch, SharedBackend, Token, default_drift, validity_deadline,
 };
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
@@ -318,34 +318,37 @@ impl<B: LockBackend> RedLock<B> {
         deadline: Duration,
         announce: bool,
         skip: &[bool],
+        members: Option<Members>,
     ) -> Vec<Answer<ReleaseOutcome>> {
         let limit = deadline.saturating_mul(BACKGROUND_RELEASE_LIMIT);
-        let calls = self
-            .inner
-            .nodes
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| !skip.get(*i).copied().unwrap_or(false))
-            .map(|(i, node)| {
-                let (key, token, node) = (key.clone(), *token, Arc::clone(node));
-                let call = tokio::spawn(tokio::time::timeout(limit, async move {
-                    if announce { node.release(&key, &token).await } else { node.discard(&key, &token).await }
-                }));
-                async move {
-                    let answer = match tokio::time::timeout(deadline, call).await {
-                        Ok(Ok(Ok(r))) => r,
-                        Ok(Err(e)) => Err(BackendError::permanent(
-                            BackendErrorKind::Other,
-                            format!("the release task failed: {e}"),
-                        )),
-                        Ok(Ok(Err(_))) | Err(_) => Err(BackendError::retryable(
-                            BackendErrorKind::Timeout,
-                            "release did not answer in time (it goes on in the background)",
-                        )),
-                    };
-                    (i, answer)
-                }
-            });
+        let calls =
+            self.inner.nodes.iter().enumerate().filter(|(i, _)| !skip.get(*i).copied().unwrap_or(false)).map(
+                |(i, node)| {
+                    let (key, token, node) = (key.clone(), *token, Arc::clone(node));
+                    let call = tokio::spawn(tokio::time::timeout(limit, async move {
+                        match (members, node.shared()) {
+                            (None, _) if announce => node.release(&key, &token).await,
+                            (None, _) => node.discard(&key, &token).await,
+                            (Some(set), Some(shared)) => shared.release_member(set, &key, &token).await,
+                            (Some(_), None) => Err(no_shared(&node)),
+                        }
+                    }));
+                    async move {
+                        let answer = match tokio::time::timeout(deadline, call).await {
+                            Ok(Ok(Ok(r))) => r,
+                            Ok(Err(e)) => Err(BackendError::permanent(
+                                BackendErrorKind::Other,
+                                format!("the release task failed: {e}"),
+                            )),
+                            Ok(Ok(Err(_))) | Err(_) => Err(BackendError::retryable(
+                                BackendErrorKind::Timeout,
+                                "release did not answer in time (it goes on in the background)",
+                            )),
+                        };
+                        (i, answer)
+                    }
+                },
+            );
         join_all(calls).await
     }
 
@@ -384,12 +387,13 @@ impl<B: LockBackend> RedLock<B> {
     async fn fail_round(
         &self,
         req: &AcquireRequest,
-        mut answers: mpsc::UnboundedReceiver<Answer<AcquireOutcome>>,
+        members: Option<Members>,
+        mut answers: mpsc::UnboundedReceiver<Answer<HoldOutcome>>,
         deadline: Duration,
         mut clean: Vec<bool>,
     ) {
         while let Some((i, answer)) = answers.recv().await {
-            if matches!(answer, Ok(AcquireOutcome::Held { .. }))
+            if matches!(answer, Ok(HoldOutcome::Held { .. }))
                 && let Some(c) = clean.get_mut(i)
             {
                 *c = true;
@@ -397,8 +401,181 @@ impl<B: LockBackend> RedLock<B> {
         }
         // Silently: these partial grants never formed a lock, so no waiter should wake for them
         // (announcing them would wake every waiter, whose failed rounds announce again: a storm).
-        let released = self.release_all(&req.key, &req.token, deadline, false, &clean).await;
+        let released = self.release_all(&req.key, &req.token, deadline, false, &clean, members).await;
         debug!(key = %req.key, ?released, "failed round cleaned up");
+    }
+
+    /// One quorum round for the mutex (`hold` `None`) or a read or write lock: every node asked
+    /// at once, decided at a majority of grants or once a majority can no longer grant.
+    async fn round(&self, req: &AcquireRequest, hold: Option<Hold>) -> Result<HoldOutcome, BackendError> {
+        let started = Instant::now();
+        let n = self.inner.nodes.len();
+        let quorum = self.inner.quorum;
+        let deadline = self.node_timeout(req.ttl);
+        let Some(valid_until) = validity_deadline(started, req.ttl, default_drift(req.ttl)) else {
+            return Err(BackendError::permanent(
+                BackendErrorKind::Other,
+                "the ttl leaves no validity after drift",
+            ));
+        };
+        let request = req.clone();
+        let this = self.clone();
+        let answers = self.fan_out(deadline, move |i, node| {
+            let request = request.clone();
+            let this = this.clone();
+            async move {
+                this.learn_identity(i, &node).await;
+                node_acquire(node.as_ref(), &request, hold).await
+            }
+        });
+        // If this future is dropped before the round is decided, the guard cleans up.
+        let mut round = Round {
+            this: self.clone(),
+            req: req.clone(),
+            members: hold.and_then(|h| h.members()),
+            deadline,
+            answers: Some(answers),
+            clean: vec![false; n],
+        };
+        let (mut granted, mut held, mut failures) = (Vec::new(), Vec::new(), Vec::new());
+        while let Some((i, answer)) = round.recv().await {
+            match answer {
+                Ok(HoldOutcome::Acquired(grant)) => granted.push((i, grant)),
+                Ok(HoldOutcome::Held { remaining }) => {
+                    held.push(remaining);
+                    round.clean[i] = true;
+                }
+                Ok(HoldOutcome::SizeMismatch { .. }) => {
+                    failures.push((self.inner.endpoints[i].clone(), size_mismatch()))
+                }
+                Err(e) => failures.push((self.inner.endpoints[i].clone(), e)),
+            }
+            if self.votes(granted.iter().map(|(i, _)| *i)) >= quorum
+                || n - held.len() - failures.len() < quorum
+            {
+                break;
+            }
+        }
+
+        let answers = round.take();
+        let clean = std::mem::take(&mut round.clean);
+        let in_time = Instant::now() < valid_until;
+        let votes = self.votes(granted.iter().map(|(i, _)| *i));
+        if votes >= quorum && in_time {
+            let reader = matches!(hold, Some(Hold::Read { .. }));
+            let fence = if req.fencing && reader {
+                // A reader's token is the last fenced writer's: written back to a majority, so
+                // any majority of readers' grants includes a node that has it; none is minted.
+                granted.iter().filter_map(|(_, g)| g.fence).max()
+            } else if req.fencing {
+                let top = granted.iter().filter_map(|(_, g)| g.fence).max();
+                let Some(top) = top else {
+                    self.fail_round(req, round.members, answers, deadline, clean).await;
+                    return Err(BackendError::permanent(
+                        BackendErrorKind::Protocol,
+                        "fencing was asked for, but no granting node minted a token",
+                    ));
+                };
+                // A re-acquire of a lease that is still valid shows the token it was handed out
+                // with: a node that granted late minted its own (higher) token, and until the
+                // write-back reaches it, it reports that one instead. Mutual exclusion means
+                // nobody else acquired in between, so the old token is still the newest.
+                let fence = self.fence_of(&req.key, &req.token).unwrap_or(top);
+                if let Err(e) = self.write_back(req, fence, deadline).await {
+                    self.fail_round(req, round.members, answers, deadline, clean).await;
+                    return Err(e);
+                }
+                Some(fence)
+            } else {
+                None
+            };
+            if Instant::now() < valid_until {
+                if let (Some(f), false) = (fence, reader) {
+                    self.remember(&req.key, &req.token, f, valid_until);
+                }
+                // Nodes that grant after the decision are part of this lease, not orphans: its
+                // extensions and its release reach all N nodes. Keeping them lets the lease
+                // survive more node failures.
+                drop(answers);
+                return Ok(HoldOutcome::Acquired(Grant { valid_until, fence }));
+            }
+        }
+
+        self.fail_round(req, round.members, answers, deadline, clean).await;
+        if votes >= quorum {
+            return Err(BackendError::retryable(
+                BackendErrorKind::Timeout,
+                format!("a majority granted {}, but only after the validity had passed", req.key),
+            ));
+        }
+        if !held.is_empty() {
+            return Ok(HoldOutcome::Held { remaining: self.blocking_ttl(&mut held) });
+        }
+        Err(quorum_error(
+            &format!(
+                "no majority ({quorum} of {n}) granted {}: {} granted ({votes} distinct server(s))",
+                req.key,
+                granted.len()
+            ),
+            &failures,
+        ))
+    }
+
+    /// Extends a lease on every node, decided at a majority either way: the lock key
+    /// (`members` `None`) or a member of a set (a reader).
+    async fn extend_quorum(
+        &self,
+        req: &ExtendRequest,
+        members: Option<Members>,
+    ) -> Result<ExtendOutcome, BackendError> {
+        let started = Instant::now();
+        let n = self.inner.nodes.len();
+        let quorum = self.inner.quorum;
+        let request = req.clone();
+        let mut answers = self.fan_out(self.node_timeout(req.ttl), move |_, node| {
+            let request = request.clone();
+            async move {
+                match (members, node.shared()) {
+                    (None, _) => node.extend(&request).await,
+                    (Some(set), Some(shared)) => shared.extend_member(set, &request).await,
+                    (Some(_), None) => Err(no_shared(node.as_ref())),
+                }
+            }
+        });
+        let (mut extended_at, mut not_held, mut failures) = (Vec::new(), Vec::new(), Vec::new());
+        let mut extended = 0;
+        while let Some((i, answer)) = answers.recv().await {
+            match answer {
+                Ok(ExtendOutcome::Extended { .. }) => {
+                    extended_at.push(i);
+                    extended = self.votes(extended_at.iter().copied());
+                }
+                Ok(ExtendOutcome::NotHeld) => not_held.push(i),
+                Err(e) => failures.push((self.inner.endpoints[i].clone(), e)),
+            }
+            // Decide at a majority either way; an unreachable majority with too few owner
+            // mismatches waits for every answer (each is bounded by the node deadline).
+            if extended >= quorum || not_held.len() > n - quorum {
+                break;
+            }
+        }
+        if extended >= quorum {
+            if self.inner.options.repair && members.is_none() {
+                self.repair(req, answers, not_held);
+            }
+            return Ok(match validity_deadline(started, req.ttl, default_drift(req.ttl)) {
+                Some(valid_until) => {
+                    self.renewed(&req.key, &req.token, valid_until);
+                    ExtendOutcome::Extended { valid_until }
+                }
+                None => ExtendOutcome::NotHeld,
+            });
+        }
+        if not_held.len() > n - quorum {
+            return Ok(ExtendOutcome::NotHeld);
+        }
+        // Unknown: leave the lease as it is and let the caller retry until its deadline.
+        Err(quorum_error(&format!("no majority extended {}", req.key), &failures))
     }
 
     /// The time until enough holders expire for a majority to be free: among the nodes held
@@ -429,161 +606,23 @@ impl<B: LockBackend> LockBackend for RedLock<B> {
     }
 
     async fn acquire(&self, req: &AcquireRequest) -> Result<AcquireOutcome, BackendError> {
-        let started = Instant::now();
-        let n = self.inner.nodes.len();
-        let quorum = self.inner.quorum;
-        let deadline = self.node_timeout(req.ttl);
-        let Some(valid_until) = validity_deadline(started, req.ttl, default_drift(req.ttl)) else {
-            return Err(BackendError::permanent(
-                BackendErrorKind::Other,
-                "the ttl leaves no validity after drift",
-            ));
-        };
-        let request = req.clone();
-        let this = self.clone();
-        let answers = self.fan_out(deadline, move |i, node| {
-            let request = request.clone();
-            let this = this.clone();
-            async move {
-                this.learn_identity(i, &node).await;
-                node.acquire(&request).await
-            }
-        });
-        // If this future is dropped before the round is decided, the guard cleans up.
-        let mut round = Round {
-            this: self.clone(),
-            req: req.clone(),
-            deadline,
-            answers: Some(answers),
-            clean: vec![false; n],
-        };
-        let (mut granted, mut held, mut failures) = (Vec::new(), Vec::new(), Vec::new());
-        while let Some((i, answer)) = round.recv().await {
-            match answer {
-                Ok(AcquireOutcome::Acquired(grant)) => granted.push((i, grant)),
-                Ok(AcquireOutcome::Held { remaining }) => {
-                    held.push(remaining);
-                    round.clean[i] = true;
-                }
-                Err(e) => failures.push((self.inner.endpoints[i].clone(), e)),
-            }
-            if self.votes(granted.iter().map(|(i, _)| *i)) >= quorum
-                || n - held.len() - failures.len() < quorum
-            {
-                break;
-            }
-        }
-
-        let answers = round.take();
-        let clean = std::mem::take(&mut round.clean);
-        let in_time = Instant::now() < valid_until;
-        let votes = self.votes(granted.iter().map(|(i, _)| *i));
-        if votes >= quorum && in_time {
-            let fence = if req.fencing {
-                let top = granted.iter().filter_map(|(_, g)| g.fence).max();
-                let Some(top) = top else {
-                    self.fail_round(req, answers, deadline, clean).await;
-                    return Err(BackendError::permanent(
-                        BackendErrorKind::Protocol,
-                        "fencing was asked for, but no granting node minted a token",
-                    ));
-                };
-                // A re-acquire of a lease that is still valid shows the token it was handed out
-                // with: a node that granted late minted its own (higher) token, and until the
-                // write-back reaches it, it reports that one instead. Mutual exclusion means
-                // nobody else acquired in between, so the old token is still the newest.
-                let fence = self.fence_of(&req.key, &req.token).unwrap_or(top);
-                if let Err(e) = self.write_back(req, fence, deadline).await {
-                    self.fail_round(req, answers, deadline, clean).await;
-                    return Err(e);
-                }
-                Some(fence)
-            } else {
-                None
-            };
-            if Instant::now() < valid_until {
-                if let Some(f) = fence {
-                    self.remember(&req.key, &req.token, f, valid_until);
-                }
-                // Nodes that grant after the decision are part of this lease, not orphans: its
-                // extensions and its release reach all N nodes. Keeping them lets the lease
-                // survive more node failures.
-                drop(answers);
-                return Ok(AcquireOutcome::Acquired(Grant { valid_until, fence }));
-            }
-        }
-
-        self.fail_round(req, answers, deadline, clean).await;
-        if votes >= quorum {
-            return Err(BackendError::retryable(
-                BackendErrorKind::Timeout,
-                format!("a majority granted {}, but only after the validity had passed", req.key),
-            ));
-        }
-        if !held.is_empty() {
-            return Ok(AcquireOutcome::Held { remaining: self.blocking_ttl(&mut held) });
-        }
-        Err(quorum_error(
-            &format!(
-                "no majority ({quorum} of {n}) granted {}: {} granted ({votes} distinct server(s))",
-                req.key,
-                granted.len()
-            ),
-            &failures,
-        ))
+        Ok(match self.round(req, None).await? {
+            HoldOutcome::Acquired(grant) => AcquireOutcome::Acquired(grant),
+            HoldOutcome::Held { remaining } => AcquireOutcome::Held { remaining },
+            HoldOutcome::SizeMismatch { .. } => return Err(size_mismatch()),
+        })
     }
 
     async fn extend(&self, req: &ExtendRequest) -> Result<ExtendOutcome, BackendError> {
-        let started = Instant::now();
-        let n = self.inner.nodes.len();
-        let quorum = self.inner.quorum;
-        let request = req.clone();
-        let mut answers = self.fan_out(self.node_timeout(req.ttl), move |_, node| {
-            let request = request.clone();
-            async move { node.extend(&request).await }
-        });
-        let (mut extended_at, mut not_held, mut failures) = (Vec::new(), Vec::new(), Vec::new());
-        let mut extended = 0;
-        while let Some((i, answer)) = answers.recv().await {
-            match answer {
-                Ok(ExtendOutcome::Extended { .. }) => {
-                    extended_at.push(i);
-                    extended = self.votes(extended_at.iter().copied());
-                }
-                Ok(ExtendOutcome::NotHeld) => not_held.push(i),
-                Err(e) => failures.push((self.inner.endpoints[i].clone(), e)),
-            }
-            // Decide at a majority either way; an unreachable majority with too few owner
-            // mismatches waits for every answer (each is bounded by the node deadline).
-            if extended >= quorum || not_held.len() > n - quorum {
-                break;
-            }
-        }
-        if extended >= quorum {
-            if self.inner.options.repair {
-                self.repair(req, answers, not_held);
-            }
-            return Ok(match validity_deadline(started, req.ttl, default_drift(req.ttl)) {
-                Some(valid_until) => {
-                    self.renewed(&req.key, &req.token, valid_until);
-                    ExtendOutcome::Extended { valid_until }
-                }
-                None => ExtendOutcome::NotHeld,
-            });
-        }
-        if not_held.len() > n - quorum {
-            return Ok(ExtendOutcome::NotHeld);
-        }
-        // Unknown: leave the lease as it is and let the caller retry until its deadline.
-        Err(quorum_error(&format!("no majority extended {}", req.key), &failures))
+        self.extend_quorum(req, None).await
     }
 
     async fn release(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError> {
-        self.release_quorum(key, token, true).await
+        self.release_quorum(key, token, true, None).await
     }
 
     async fn discard(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError> {
-        self.release_quorum(key, token, false).await
+        self.release_quorum(key, token, false, None).await
     }
 
     async fn raise_fence(
@@ -601,6 +640,15 @@ impl<B: LockBackend> LockBackend for RedLock<B> {
             *shown = (*shown).max(fence);
         }
         Ok(())
+    }
+
+    /// Read-write locks, when every node keeps them (see [`SharedBackend`] on `RedLock`).
+    fn shared(&self) -> Option<&dyn SharedBackend> {
+        self.inner.nodes.iter().all(|n| n.shared().is_some()).then_some(self as &dyn SharedBackend)
+    }
+
+    fn semaphore_refused(&self) -> Option<&'static str> {
+        Some(SEMAPHORE_REFUSED)
     }
 
     async fn watch_releases(&self, key: &LockKey) -> Result<Option<ReleaseWatch>, BackendError> {
@@ -686,10 +734,11 @@ impl<B: LockBackend> RedLock<B> {
         key: &LockKey,
         token: &Token,
         announce: bool,
+        members: Option<Members>,
     ) -> Result<ReleaseOutcome, BackendError> {
         self.forget(key, token);
         let deadline = self.node_timeout(Duration::from_secs(2));
-        let answers = self.release_all(key, token, deadline, announce, &[]).await;
+        let answers = self.release_all(key, token, deadline, announce, &[], members).await;
         let released = answers.iter().filter(|(_, a)| matches!(a, Ok(ReleaseOutcome::Released))).count();
         let failures: Vec<(String, BackendError)> = answers
             .into_iter()
@@ -738,21 +787,23 @@ impl<B: LockBackend> RedLock<B> {
 struct Round<B: LockBackend> {
     this: RedLock<B>,
     req: AcquireRequest,
+    /// Where a grant's owner token lives on each node (`None`: the lock key).
+    members: Option<Members>,
     deadline: Duration,
-    answers: Option<mpsc::UnboundedReceiver<Answer<AcquireOutcome>>>,
+    answers: Option<mpsc::UnboundedReceiver<Answer<HoldOutcome>>>,
     /// Nodes known not to hold our key (they answered `Held`).
     clean: Vec<bool>,
 }
 
 impl<B: LockBackend> Round<B> {
-    async fn recv(&mut self) -> Option<Answer<AcquireOutcome>> {
+    async fn recv(&mut self) -> Option<Answer<HoldOutcome>> {
         match &mut self.answers {
             Some(rx) => rx.recv().await,
             None => None,
         }
     }
 
-    fn take(&mut self) -> mpsc::UnboundedReceiver<Answer<AcquireOutcome>> {
+    fn take(&mut self) -> mpsc::UnboundedReceiver<Answer<HoldOutcome>> {
         match self.answers.take() {
             Some(rx) => rx,
             // Already taken: an empty, closed channel.
@@ -764,12 +815,83 @@ impl<B: LockBackend> Round<B> {
 impl<B: LockBackend> Drop for Round<B> {
     fn drop(&mut self) {
         let Some(rx) = self.answers.take() else { return };
-        let (this, req, deadline) = (self.this.clone(), self.req.clone(), self.deadline);
+        let (this, req, deadline, members) =
+            (self.this.clone(), self.req.clone(), self.deadline, self.members);
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             let clean = std::mem::take(&mut self.clean);
-            rt.spawn(async move { this.fail_round(&req, rx, deadline, clean).await });
+            rt.spawn(async move { this.fail_round(&req, members, rx, deadline, clean).await });
         }
     }
+}
+
+/// Why a quorum refuses semaphores (see [`LockBackend::semaphore_refused`]).
+pub const SEMAPHORE_REFUSED: &str = "semaphores over a RedLock quorum: a majority of grants does not bound \
+the holders (with 3 nodes and 2 permits, 3 holders can each hold grants on 2 nodes); use a semaphore on \
+one Redis deployment";
+
+/// The read-write lock over a quorum: safe because every node enforces the read/write
+/// exclusion on its own, and a reader and a writer both need a majority of grants: any two
+/// majorities share a node, and that node never grants both at once. So a write lock held
+/// (valid) excludes every valid read lock and every other valid write lock, as for the mutex.
+/// The write lock is the mutex key on each node (renewed and released by the mutex's
+/// operations, fenced by the quorum's maximum written back); a reader's token is the highest
+/// fencing counter among the nodes that granted it, which is at least the last writer's token
+/// (written back to a majority). Semaphores are refused ([`SEMAPHORE_REFUSED`]).
+#[async_trait]
+impl<B: LockBackend> SharedBackend for RedLock<B> {
+    async fn acquire_hold(&self, req: &HoldRequest) -> Result<HoldOutcome, BackendError> {
+        if let Hold::Permit { .. } = req.hold {
+            return Err(BackendError::permanent(BackendErrorKind::Other, SEMAPHORE_REFUSED));
+        }
+        let lock =
+            AcquireRequest { key: req.key.clone(), token: req.token, ttl: req.ttl, fencing: req.fencing };
+        self.round(&lock, Some(req.hold)).await
+    }
+
+    async fn extend_member(&self, set: Members, req: &ExtendRequest) -> Result<ExtendOutcome, BackendError> {
+        self.extend_quorum(req, Some(set)).await
+    }
+
+    async fn release_member(
+        &self,
+        set: Members,
+        key: &LockKey,
+        token: &Token,
+    ) -> Result<ReleaseOutcome, BackendError> {
+        self.release_quorum(key, token, true, Some(set)).await
+    }
+}
+
+/// One node's answer to a round's request: the mutex, or a read or write lock.
+async fn node_acquire<B: LockBackend>(
+    node: &B,
+    req: &AcquireRequest,
+    hold: Option<Hold>,
+) -> Result<HoldOutcome, BackendError> {
+    let Some(hold) = hold else {
+        return Ok(match node.acquire(req).await? {
+            AcquireOutcome::Acquired(grant) => HoldOutcome::Acquired(grant),
+            AcquireOutcome::Held { remaining } => HoldOutcome::Held { remaining },
+        });
+    };
+    let Some(shared) = node.shared() else { return Err(no_shared(node)) };
+    let req =
+        HoldRequest { key: req.key.clone(), token: req.token, ttl: req.ttl, fencing: req.fencing, hold };
+    shared.acquire_hold(&req).await
+}
+
+fn no_shared<B: LockBackend + ?Sized>(node: &B) -> BackendError {
+    BackendError::permanent(
+        BackendErrorKind::Other,
+        format!("node {} keeps no read-write locks", node.endpoint()),
+    )
+}
+
+fn size_mismatch() -> BackendError {
+    BackendError::permanent(
+        BackendErrorKind::Protocol,
+        "a node answered a lock request with a semaphore size",
+    )
 }
 
 struct AbortOnDrop(Vec<tokio::task::AbortHandle>);

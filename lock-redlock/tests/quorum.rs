@@ -49,6 +49,51 @@ mod conformance_over_memory_nodes {
     });
 }
 
+mod rw_over_memory_nodes {
+    lock_testkit::rw_suite!(paused, async {
+        let nodes: Vec<_> = (0..3).map(|_| lock_testkit::MemoryBackend::new()).collect();
+        (lock_redlock::RedLock::new(nodes).unwrap(), ())
+    });
+}
+
+#[tokio::test(start_paused = true)]
+async fn semaphores_are_refused_naming_the_reason() {
+    let locks = LockClient::new(quorum(&nodes(3)));
+    assert!(locks.rw_lock("rw").is_ok(), "read-write locks are safe over a quorum");
+    match locks.semaphore("pool", 2) {
+        Err(LockError::Unsupported { backend, feature }) => {
+            assert_eq!(backend, "redlock");
+            assert!(feature.contains("majority") && feature.contains("3 holders"), "{feature}");
+        }
+        other => panic!("a quorum semaphore must be refused: {other:?}"),
+    }
+    let raw = lock_core::HoldRequest {
+        key: LockKey::new("pool").unwrap(),
+        token: Token::random(),
+        ttl: 10 * SEC,
+        fencing: false,
+        hold: lock_core::Hold::Permit { permits: 2 },
+    };
+    let err = lock_core::SharedBackend::acquire_hold(&quorum(&nodes(3)), &raw).await.unwrap_err();
+    assert!(!err.is_retryable() && err.message().contains("semaphores"), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reader_and_a_writer_never_both_hold_a_majority() {
+    // Node 0 has a writer that the quorum does not know of; a reader then needs nodes 1 and 2.
+    let nodes = nodes(3);
+    nodes[0].inner().force_hold("split", Token::random(), 10 * SEC).unwrap();
+    let locks = LockClient::with_config(quorum(&nodes), config()).unwrap();
+    let read = locks.rw_lock("split").unwrap().try_read().await.unwrap().expect("2 of 3 nodes grant");
+    // No writer can reach a majority now: nodes 1 and 2 hold our reader, node 0 another writer.
+    assert!(locks.rw_lock("split").unwrap().try_write().await.unwrap().is_none());
+    let readers =
+        nodes.iter().filter(|n| !n.inner().members("split", lock_core::Members::Readers).is_empty());
+    assert_eq!(readers.count(), 2, "the reader holds a majority");
+    read.release().await.unwrap();
+    assert!(nodes.iter().all(|n| n.inner().members("split", lock_core::Members::Readers).is_empty()));
+}
+
 mod conformance_with_a_minority_down {
     use lock_testkit::{Fault, Faulty, MemoryBackend, Op};
     lock_testkit::conformance_suite!(paused, async {

@@ -40,10 +40,16 @@ async fn mixed_quorum() -> (RedLock<Arc<dyn LockBackend>>, Vec<RedisServer>) {
 
 mod three_redis_rs_nodes {
     lock_testkit::conformance_suite!(super::redis_rs_quorum(3));
+    mod rw {
+        lock_testkit::rw_suite!(super::super::redis_rs_quorum(3));
+    }
 }
 
 mod two_redis_rs_and_three_fred_nodes {
     lock_testkit::conformance_suite!(super::mixed_quorum());
+    mod rw {
+        lock_testkit::rw_suite!(super::super::mixed_quorum());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
