@@ -1,12 +1,19 @@
 -- Take one permit of a semaphore (after common.lua). Every permit is a lease of its own: an
 -- owner token with an expiry (server ms), so a dead holder's permit comes back at its TTL.
 -- KEYS[1] the permits (owner token -> expiry), KEYS[2] the semaphore's size (lives as long as
--- the permits)
--- ARGV[1] owner token, ARGV[2] ttl in milliseconds, ARGV[3] the size asked for
+-- the permits), KEYS[3] (optional) the node marker, as in acquire.lua
+-- ARGV[1] owner token, ARGV[2] ttl in milliseconds, ARGV[3] the size asked for, ARGV[4] the
+-- marker guard (as in acquire.lua)
 -- Returns {1, 0}:    a permit is ours,
 --         {0, wait}: every permit is taken (wait: until the first one expires),
---         {3, size}: the semaphore has live permits and another size; nothing changed.
+--         {3, size}: the semaphore has live permits and another size; nothing changed,
+--         {2, left}: the node lost its data (and the permits it had granted) and abstains, as
+--                    acquire.lua.
 -- Idempotent: re-running it for a live holder refreshes its expiry.
+local abstain = check_marker(KEYS[3], ARGV[4])
+if abstain then
+  return abstain
+end
 local now = now_ms()
 local ttl = tonumber(ARGV[2])
 local size = tonumber(ARGV[3])

@@ -1,14 +1,22 @@
 -- Take a read lock of a read-write lock (after common.lua).
 -- KEYS[1] the lock key (the write side: a writer holds it as a mutex, see write.lua)
 -- KEYS[2] the readers (owner token -> expiry, server ms), KEYS[3] the waiting writers (owner
--- token -> deadline, server ms), KEYS[4] the fencing counter (same slot; only read)
+-- token -> deadline, server ms), KEYS[4] the fencing counter (same slot; only read),
+-- KEYS[5] (optional) the node marker, as in acquire.lua
 -- ARGV[1] owner token, ARGV[2] ttl in milliseconds, ARGV[3] the owner token of the write lock
--- the same handle holds ('' if none): a downgrade, granted beside that write lock
+-- the same handle holds ('' if none): a downgrade, granted beside that write lock,
+-- ARGV[4] the marker guard (as in acquire.lua)
 -- Returns {1, fence}: granted (fence: the counter, i.e. the last fenced writer's token; 0 if
 --                     no writer ever fenced),
 --         {0, wait}:  a writer holds the lock (wait: its PTTL) or waits for it (wait: until the
---                     first waiting writer's deadline), so readers do not starve writers.
+--                     first waiting writer's deadline), so readers do not starve writers,
+--         {2, left}:  the node lost its data and abstains (as acquire.lua): a reader it granted
+--                     before may still rely on it, unknown to a writer.
 -- Idempotent: re-running it for a live reader refreshes its expiry.
+local abstain = check_marker(KEYS[5], ARGV[4])
+if abstain then
+  return abstain
+end
 local now = now_ms()
 local ttl = tonumber(ARGV[2])
 local mine = redis.call('ZSCORE', KEYS[2], ARGV[1])

@@ -133,12 +133,13 @@ pub const LEAVE: LuaScript = LuaScript {
 
 /// `read.lua`: a read lock of a read-write lock: granted unless a writer holds the lock or a
 /// live writer waits (a downgrade enters beside its own write lock).
-/// KEYS: lock, readers, writers, fence. ARGV: token, ttl ms, the downgraded writer's token or
-/// `""`. Returns `{1, fence}` (the fencing counter's value) or `{0, wait ms}`.
+/// KEYS: lock, readers, writers, fence, \[marker\]. ARGV: token, ttl ms, the downgraded writer's
+/// token or `""`, guard. Returns `{1, fence}` (the fencing counter's value), `{0, wait ms}` or
+/// `{2, quarantine ms left}`.
 pub const READ: LuaScript = LuaScript {
     name: "read",
     source: concat!(include_str!("../scripts/common.lua"), include_str!("../scripts/read.lua")),
-    sha1: "f2a50388aadcd8eabc8d3983a8e77a672f3ad591",
+    sha1: "6e87ef08a42efab257c84f292dd98a6a7e7f7094",
 };
 
 /// `write.lua`: the write lock of a read-write lock: the mutex key, granted only when no live
@@ -152,12 +153,12 @@ pub const WRITE: LuaScript = LuaScript {
 };
 
 /// `permit.lua`: one permit of a semaphore, each permit a lease of its own.
-/// KEYS: permits, size. ARGV: token, ttl ms, size. Returns `{1, 0}`, `{0, wait ms}` or
-/// `{3, the live size}`.
+/// KEYS: permits, size, \[marker\]. ARGV: token, ttl ms, size, guard. Returns `{1, 0}`,
+/// `{0, wait ms}`, `{2, quarantine ms left}` or `{3, the live size}`.
 pub const PERMIT: LuaScript = LuaScript {
     name: "permit",
     source: concat!(include_str!("../scripts/common.lua"), include_str!("../scripts/permit.lua")),
-    sha1: "02493e061c3a2ad9f1f11d37a205cc8af82ced6d",
+    sha1: "23099962b9f7b158a5ebf56be163167d572cece6",
 };
 
 /// `member.lua`: renew or release one member of a set of holders (readers, waiting writers,
@@ -850,6 +851,9 @@ pub fn hold_outcome(
         (Hold::Read { .. } | Hold::Permit { .. }, [0, wait]) => Ok(HoldOutcome::Held {
             remaining: u64::try_from(*wait).ok().filter(|ms| *ms > 0).map(Duration::from_millis),
         }),
+        (Hold::Read { .. } | Hold::Permit { .. }, [2, left]) => {
+            Err(quarantine_error(Duration::from_millis(left.unsigned_abs())))
+        }
         (Hold::Permit { .. }, [3, size]) => {
             Ok(HoldOutcome::SizeMismatch { permits: u32::try_from(*size).unwrap_or(u32::MAX) })
         }
@@ -876,27 +880,34 @@ pub async fn acquire_hold<R: ScriptRunner + ?Sized>(
     let keys = RedisKeys::for_key(&req.key);
     let (token, ttl) = (req.token.to_redis_value(), ttl_millis(req.ttl).to_string());
     let started = Instant::now();
+    let guard = runner.node_guard();
+    let guard_arg = acquire_args(&req.token, req.ttl, req.fencing, guard)[3].clone();
     let reply = match req.hold {
         Hold::Read { downgrade } => {
             let writer = downgrade.map_or_else(String::new, |t| t.to_redis_value());
-            let keys = [keys.lock.as_str(), &keys.readers, &keys.writers, &keys.fence];
-            runner.run_ints(&READ, &keys, &[token, ttl, writer]).await?
+            let names = with_marker(guard, vec![&keys.lock, &keys.readers, &keys.writers, &keys.fence]);
+            runner.run_ints(&READ, &names, &[token, ttl, writer, guard_arg]).await?
         }
         Hold::Write { wait } => {
-            let guard = runner.node_guard();
-            let [token, ttl, fence, guard_arg] = acquire_args(&req.token, req.ttl, req.fencing, guard);
+            let fence = if req.fencing { "1" } else { "0" }.to_string();
             let args = [token, ttl, fence, guard_arg, wait.map_or(0, ttl_millis).to_string()];
-            let mut names = vec![keys.lock.as_str(), &keys.fence, &keys.readers, &keys.writers];
-            if guard.is_some() {
-                names.push(MARKER_KEY);
-            }
+            let names = with_marker(guard, vec![&keys.lock, &keys.fence, &keys.readers, &keys.writers]);
             runner.run_ints(&WRITE, &names, &args).await?
         }
         Hold::Permit { permits } => {
-            runner.run_ints(&PERMIT, &[&keys.permits, &keys.size], &[token, ttl, permits.to_string()]).await?
+            let names = with_marker(guard, vec![&keys.permits, &keys.size]);
+            runner.run_ints(&PERMIT, &names, &[token, ttl, permits.to_string(), guard_arg]).await?
         }
     };
     hold_outcome(started, req, &reply)
+}
+
+/// `names`, then the node marker when the runner checks it.
+fn with_marker<'a>(guard: Option<&NodeGuard>, mut names: Vec<&'a str>) -> Vec<&'a str> {
+    if guard.is_some() {
+        names.push(MARKER_KEY);
+    }
+    names
 }
 
 fn member_keys(set: crate::Members, keys: &RedisKeys) -> (Vec<&str>, &'static str) {

@@ -3,7 +3,7 @@
 //!
 //! | check | what it proves |
 //! |---|---|
-//! | C1 | no two critical sections of different acquisitions overlap within their validity, and no grant is handed out already expired |
+//! | C1 | no two critical sections of different acquisitions overlap within their validity (readers may overlap readers; a semaphore's permit holders may overlap, never more of them than its permits), and no grant is handed out already expired |
 //! | C2 | the fenced resource on the oracle never accepted a token below one it had stored, and never refused a holder that was still valid |
 //! | C3 | the unfenced read-sleep-write counter lost no update (judged only when no client paused) |
 //! | C4 | fencing tokens unique and increasing per key in acquisition order, the same on re-entry |
@@ -33,7 +33,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::history::{Ending, FairAnswer, FairCall, History, Section};
+use crate::history::{Ending, FairAnswer, FairCall, History, Section, Share};
 
 /// 50 ms, in nanoseconds: how late a lost lease may be noticed (C6).
 pub const LOSS_NOTICE_SLACK_NS: u64 = 50_000_000;
@@ -173,7 +173,10 @@ pub fn check(history: &History, obs: &Observations) -> Report {
         sections.sort_by_key(|s| s.t_acquired);
         c1_overlaps(sections, &mut r);
         if obs.fencing {
-            c4_tokens(sections, &mut r);
+            // Writers' tokens rise; a reader shows the last writer's, a permit none.
+            let exclusive: Vec<&Section> =
+                sections.iter().copied().filter(|s| s.share == Share::Exclusive).collect();
+            c4_tokens(&exclusive, &mut r);
         }
         c6_loss_noticed(sections, obs, &mut r);
     }
@@ -342,8 +345,8 @@ fn c9_fair_order(history: &History, r: &mut Report) {
 }
 
 fn c1_overlaps(sections: &[&Section], r: &mut Report) {
-    // Sweep in acquisition order, keeping the section that reaches furthest.
-    let mut reach: Option<&Section> = None;
+    // Sweep in acquisition order, keeping the sections still valid at each new grant.
+    let mut active: Vec<&Section> = Vec::new();
     for s in sections {
         if s.t_acquired > s.valid_until {
             r.violations.push(Violation {
@@ -357,27 +360,55 @@ fn c1_overlaps(sections: &[&Section], r: &mut Report) {
                 sections: vec![(*s).clone()],
             });
         }
-        if let Some(prev) = reach
-            && prev.acquisition != s.acquisition
-            && s.t_acquired < prev.effective_end()
+        active.retain(|a| a.effective_end() > s.t_acquired && a.acquisition != s.acquisition);
+        // Exclusion: the conflicting holder that reaches furthest (one report per grant).
+        if let Some(prev) =
+            active.iter().filter(|a| a.share.conflicts(s.share)).max_by_key(|a| a.effective_end())
         {
             r.violations.push(Violation {
                 check: Check::C1,
                 what: format!(
-                    "{} ({}) acquired {} while {} ({}) still held it for {} us",
+                    "{} ({}{}) acquired {} while {} ({}{}) still held it for {} us",
                     s.acquisition,
                     s.worker,
+                    mode(s.share),
                     s.key,
                     prev.acquisition,
                     prev.worker,
+                    mode(prev.share),
                     (prev.effective_end() - s.t_acquired) / 1000
                 ),
-                sections: vec![prev.clone(), (*s).clone()],
+                sections: vec![(*prev).clone(), (*s).clone()],
             });
         }
-        if reach.is_none_or(|p| s.effective_end() > p.effective_end()) {
-            reach = Some(s);
+        // Counting: never more valid permit holders than permits.
+        if let Share::Permit(n) = s.share {
+            let holders: Vec<&Section> =
+                active.iter().copied().filter(|a| matches!(a.share, Share::Permit(_))).collect();
+            if holders.len() >= n as usize {
+                r.violations.push(Violation {
+                    check: Check::C1,
+                    what: format!(
+                        "{} ({}) took a permit of {} while {} of its {n} permits were held: {}",
+                        s.acquisition,
+                        s.worker,
+                        s.key,
+                        holders.len(),
+                        holders.iter().map(|h| h.acquisition.as_str()).collect::<Vec<_>>().join(", ")
+                    ),
+                    sections: holders.iter().map(|h| (*h).clone()).chain([(*s).clone()]).collect(),
+                });
+            }
         }
+        active.push(s);
+    }
+}
+
+fn mode(share: Share) -> &'static str {
+    match share {
+        Share::Exclusive => "",
+        Share::Read => ", reading",
+        Share::Permit(_) => ", a permit",
     }
 }
 
@@ -476,7 +507,9 @@ fn c6_loss_noticed(sections: &[&Section], obs: &Observations, r: &mut Report) {
         match s.t_lost {
             Some(t) if t <= deadline + LOSS_NOTICE_SLACK_NS => {
                 if resumed.is_none()
-                    && let Some(next) = sections[i + 1..].iter().find(|n| n.t_acquired > s.t_acquired)
+                    && let Some(next) = sections[i + 1..]
+                        .iter()
+                        .find(|n| n.t_acquired > s.t_acquired && n.share.conflicts(s.share))
                     && next.t_acquired < t
                 {
                     r.violations.push(Violation {
@@ -705,6 +738,46 @@ mod tests {
         assert!(r.violations.is_empty(), "{:#?}", r.violations);
         assert_eq!(r.acquisitions, 2);
         assert_eq!(r.counts().values().sum::<usize>(), 0);
+    }
+
+    fn mode(acq: &str, share: Share) -> Event {
+        Event::Mode { acq: acq.into(), share }
+    }
+
+    #[test]
+    fn readers_may_overlap_each_other_but_not_a_writer() {
+        let h = History::from_events(vec![
+            acquired("r1", 1, 0, 100),
+            mode("r1", Share::Read),
+            released("r1", 60, 100),
+            acquired("r2", 1, 10, 110),
+            mode("r2", Share::Read),
+            released("r2", 70, 110),
+            acquired("w", 2, 65, 165),
+            released("w", 90, 165),
+            acquired("r3", 2, 95, 195),
+            mode("r3", Share::Read),
+            released("r3", 99, 195),
+        ]);
+        let r = check(&h, &fenced());
+        assert_eq!(r.of(Check::C1), 1, "{:#?}", r.violations);
+        let names: Vec<_> = r.violations[0].sections.iter().map(|s| s.acquisition.as_str()).collect();
+        assert_eq!(names, ["r2", "w"], "the writer entered while r2 still read");
+        assert_eq!(r.of(Check::C4), 0, "readers show the last writer's token: {:#?}", r.violations);
+    }
+
+    #[test]
+    fn more_permit_holders_than_permits_are_reported() {
+        let permit = |acq: &str, t: u64, end: u64| {
+            vec![acquired(acq, 0, t, end + 50), mode(acq, Share::Permit(2)), released(acq, end, end + 50)]
+        };
+        let within: Vec<Event> = [permit("a", 0, 50), permit("b", 10, 60), permit("c", 55, 90)].concat();
+        let h = History::from_events(within);
+        assert_eq!(check(&h, &Observations::default()).of(Check::C1), 0);
+        let over: Vec<Event> = [permit("a", 0, 50), permit("b", 10, 60), permit("c", 20, 90)].concat();
+        let r = check(&History::from_events(over), &Observations::default());
+        assert_eq!(r.of(Check::C1), 1, "{:#?}", r.violations);
+        assert!(r.violations[0].what.contains("2 of its 2 permits"), "{}", r.violations[0].what);
     }
 
     #[test]

@@ -96,10 +96,44 @@ pub enum Ending {
     Crashed,
 }
 
+/// How a critical section holds its key: alone (a mutex, a fair lock, a write lock), shared
+/// with other readers (a read lock), or as one of a semaphore's permits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Share {
+    /// No other valid holder at any instant.
+    #[default]
+    Exclusive,
+    /// Other readers may hold at once; no exclusive holder.
+    Read,
+    /// At most this many permit holders at once.
+    Permit(u32),
+}
+
+impl Share {
+    /// Whether two sections of one key may not both be valid at one instant (permits are judged
+    /// by count instead).
+    pub fn conflicts(self, other: Share) -> bool {
+        match (self, other) {
+            (Share::Exclusive, _) | (_, Share::Exclusive) => true,
+            (Share::Read, Share::Read) | (Share::Permit(_), Share::Permit(_)) => false,
+            (Share::Read, Share::Permit(_)) | (Share::Permit(_), Share::Read) => true,
+        }
+    }
+}
+
 /// One line of a worker's log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "ev", rename_all = "snake_case")]
 pub enum Event {
+    /// How the acquisition just granted holds its key, when not [`Share::Exclusive`]: logged
+    /// right after its [`Event::Acquired`].
+    Mode {
+        /// The acquisition.
+        acq: String,
+        /// Its mode.
+        share: Share,
+    },
     /// A lock was granted.
     Acquired {
         /// The worker (process) name.
@@ -299,6 +333,8 @@ pub struct Section {
     pub writes: Vec<FencedWrite>,
     /// Completed increments of the unfenced counter.
     pub increments: u32,
+    /// How it holds the key.
+    pub share: Share,
 }
 
 impl Section {
@@ -361,6 +397,7 @@ impl History {
                         t_lost: None,
                         writes: Vec::new(),
                         increments: 0,
+                        share: Share::Exclusive,
                     });
                 }
                 Event::ExtendSent { worker, key, t } => h.extends.push(ExtendSent { worker, key, t }),
@@ -374,6 +411,11 @@ impl History {
         for ev in pending {
             let section = |acq: &str, _: &mut History| open.get(acq).copied();
             match ev {
+                Event::Mode { acq, share } => {
+                    if let Some(i) = section(&acq, &mut h) {
+                        h.sections[i].share = share;
+                    }
+                }
                 Event::Reentered { acq, fence, .. } => {
                     if let Some(i) = section(&acq, &mut h) {
                         h.sections[i].reentry_fences.push(fence);

@@ -584,13 +584,12 @@ impl SharedBackend for MemoryBackend {
             Grant::from_start(now, req.ttl, fence)
                 .map_or(HoldOutcome::Held { remaining: None }, HoldOutcome::Acquired)
         };
+        // As the scripts: a store that lost its data abstains from every kind of grant.
+        if let Some(left) = self.quarantine_left(&mut state, req.ttl, now) {
+            return Err(lock_core::scripts::quarantine_error(left));
+        }
         match req.hold {
-            Hold::Write { wait } => {
-                if let Some(left) = self.quarantine_left(&mut state, req.ttl, now) {
-                    return Err(lock_core::scripts::quarantine_error(left));
-                }
-                Ok(self.write(&mut state, req, wait, now))
-            }
+            Hold::Write { wait } => Ok(self.write(&mut state, req, wait, now)),
             Hold::Read { downgrade } => {
                 // As read.lua.
                 let mine = state.live_members(&req.key, Members::Readers, now).contains_key(&req.token);

@@ -737,6 +737,17 @@ pub async fn flushall_starts_a_quarantine_every_client_sees<D: RedisDriver>(driv
     let locks_b = LockClient::with_config(b, quarantine_config(ttl)).unwrap();
     let err = locks_b.mutex("flushed").unwrap().try_lock().await.unwrap_err();
     assert!(is_quarantined(&err), "a new client must see the quarantine too, got {err}");
+    // Readers, writers and permits abstain too: the node may have granted any of them.
+    let rw = locks_b.rw_lock("flushed-rw").unwrap();
+    let sem = locks_b.semaphore("flushed-sem", 2).unwrap();
+    let refused = [
+        rw.try_read().await.unwrap_err(),
+        rw.try_write().await.unwrap_err(),
+        sem.try_acquire().await.unwrap_err(),
+    ];
+    for err in refused {
+        assert!(is_quarantined(&err), "every primitive abstains in quarantine, got {err}");
+    }
     // A waiter whose timeout ends inside the quarantine times out on time, naming it.
     let waited = Instant::now();
     let err =
