@@ -497,6 +497,17 @@ impl<B: LockBackend> RedLock<B> {
                 // extensions and its release reach all N nodes. Keeping them lets the lease
                 // survive more node failures.
                 drop(answers);
+                if let Some(Hold::Write { wait: Some(_) }) = hold {
+                    // A node that refused this writer may still list it among its waiting
+                    // writers, holding new readers back there until the record's deadline.
+                    let granted_at: Vec<bool> = (0..n).map(|i| granted.iter().any(|(g, _)| *g == i)).collect();
+                    let (this, key, token) = (self.clone(), req.key.clone(), req.token);
+                    tokio::spawn(async move {
+                        let writers = Some(Members::Writers);
+                        let left = this.release_all(&key, &token, deadline, true, &granted_at, writers).await;
+                        debug!(%key, answers = ?left, "the writer left the other nodes' waiting writers");
+                    });
+                }
                 return Ok(HoldOutcome::Acquired(Grant { valid_until, fence }));
             }
         }

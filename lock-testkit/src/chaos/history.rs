@@ -27,7 +27,8 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use lock_core::{
     AcquireOutcome, AcquireRequest, BackendError, Capabilities, ExtendOutcome, ExtendRequest, FairBackend,
-    FairOutcome, FairRequest, FencingToken, LockBackend, LockKey, ReleaseOutcome, ReleaseWatch, Token,
+    FairOutcome, FairRequest, FencingToken, HoldOutcome, HoldRequest, LockBackend, LockKey, Members,
+    ReleaseOutcome, ReleaseWatch, SharedBackend, Token,
 };
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -624,6 +625,43 @@ impl<B: LockBackend> LockBackend for Recording<B> {
     fn fair(&self) -> Option<&dyn FairBackend> {
         self.inner.fair().map(|_| self as &dyn FairBackend)
     }
+    fn shared(&self) -> Option<&dyn SharedBackend> {
+        self.inner.shared().map(|_| self as &dyn SharedBackend)
+    }
+    fn semaphore_refused(&self) -> Option<&'static str> {
+        self.inner.semaphore_refused()
+    }
+}
+
+/// Read-write locks and semaphores through the recording: a reader's or a permit's renewal is
+/// logged like a lock's (for C7).
+#[async_trait]
+impl<B: LockBackend> SharedBackend for Recording<B> {
+    async fn acquire_hold(&self, req: &HoldRequest) -> Result<HoldOutcome, BackendError> {
+        let Some(shared) = self.inner.shared() else { return Err(no_shared(self.inner.name())) };
+        shared.acquire_hold(req).await
+    }
+    async fn extend_member(&self, set: Members, req: &ExtendRequest) -> Result<ExtendOutcome, BackendError> {
+        let Some(shared) = self.inner.shared() else { return Err(no_shared(self.inner.name())) };
+        self.sent(req);
+        shared.extend_member(set, req).await
+    }
+    async fn release_member(
+        &self,
+        set: Members,
+        key: &LockKey,
+        token: &Token,
+    ) -> Result<ReleaseOutcome, BackendError> {
+        let Some(shared) = self.inner.shared() else { return Err(no_shared(self.inner.name())) };
+        shared.release_member(set, key, token).await
+    }
+}
+
+fn no_shared(backend: &str) -> BackendError {
+    BackendError::permanent(
+        lock_core::BackendErrorKind::Other,
+        format!("backend `{backend}` keeps no read-write locks or semaphores"),
+    )
 }
 
 /// Logs a fair call when it is over: with its answer, or as failed when the call is dropped

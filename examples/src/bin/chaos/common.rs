@@ -31,6 +31,41 @@ impl Driver {
     }
 }
 
+/// The lock the workers take (`--primitive`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum Primitive {
+    /// The mutex.
+    #[default]
+    Mutex,
+    /// The fair lock (no RedLock form: on several nodes each key lives on one node).
+    Fair,
+    /// The read-write lock: most sections read, some write (a RedLock on several nodes).
+    Rw,
+    /// A semaphore of [`PERMITS`] permits (RedLock refuses it: on several nodes each key lives
+    /// on one node).
+    Semaphore,
+}
+
+/// The semaphore's size in the chaos runs: fewer permits than workers, so they contend.
+pub(crate) const PERMITS: u32 = 2;
+
+impl Primitive {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Primitive::Mutex => "mutex",
+            Primitive::Fair => "fair lock",
+            Primitive::Rw => "read-write lock",
+            Primitive::Semaphore => "semaphore",
+        }
+    }
+
+    /// Whether each key lives on one node (no RedLock form) when several run.
+    pub(crate) fn sharded(self) -> bool {
+        matches!(self, Primitive::Fair | Primitive::Semaphore)
+    }
+}
+
 /// One node, through the driver, with reconnection (nodes get killed and connections reset).
 pub(crate) async fn connect_node(
     driver: Driver,
@@ -138,9 +173,10 @@ pub(crate) struct WorkerSpec {
     pub(crate) stubborn: bool,
     pub(crate) hold_ms: (u64, u64),
     pub(crate) seed: u64,
-    /// Take the fair lock instead of the mutex (on several nodes: each key on one node).
+    /// The lock to take (on several nodes, the fair lock and the semaphore keep each key on one
+    /// node).
     #[serde(default)]
-    pub(crate) fair: bool,
+    pub(crate) primitive: Primitive,
     /// Run a mutant of the backend (`fair-barging`), for the checker to catch.
     #[serde(default)]
     pub(crate) mutant: Option<String>,

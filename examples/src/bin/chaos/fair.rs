@@ -1,13 +1,13 @@
-//! The fair lock on several nodes in the chaos runner: each key on one node (the fair lock has
-//! no RedLock form). Its mutant, which C9 must catch, is `Bug::FairBarging` in `unsafe_runs`.
+//! The fair lock and the semaphore on several nodes in the chaos runner: each key on one node
+//! (neither has a RedLock form). Their mutants are in `unsafe_runs`.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use lock_core::{
     AcquireOutcome, AcquireRequest, BackendError, BackendErrorKind, Capabilities, ExtendOutcome,
-    ExtendRequest, FairBackend, FairOutcome, FairRequest, FencingToken, LockBackend, LockKey, ReleaseOutcome,
-    ReleaseWatch, Token,
+    ExtendRequest, FairBackend, FairOutcome, FairRequest, FencingToken, HoldOutcome, HoldRequest, LockBackend,
+    LockKey, Members, ReleaseOutcome, ReleaseWatch, SharedBackend, Token,
 };
 
 /// Independent nodes, each lock key on one of them (as a Redis Cluster places keys by slot):
@@ -75,6 +75,31 @@ impl LockBackend for Sharded {
     }
     fn fair(&self) -> Option<&dyn FairBackend> {
         Some(self)
+    }
+    fn shared(&self) -> Option<&dyn SharedBackend> {
+        Some(self)
+    }
+}
+
+fn no_shared() -> BackendError {
+    BackendError::permanent(BackendErrorKind::Other, "a node keeps no semaphores".to_string())
+}
+
+#[async_trait]
+impl SharedBackend for Sharded {
+    async fn acquire_hold(&self, req: &HoldRequest) -> Result<HoldOutcome, BackendError> {
+        self.node(&req.key).shared().ok_or_else(no_shared)?.acquire_hold(req).await
+    }
+    async fn extend_member(&self, set: Members, req: &ExtendRequest) -> Result<ExtendOutcome, BackendError> {
+        self.node(&req.key).shared().ok_or_else(no_shared)?.extend_member(set, req).await
+    }
+    async fn release_member(
+        &self,
+        set: Members,
+        key: &LockKey,
+        token: &Token,
+    ) -> Result<ReleaseOutcome, BackendError> {
+        self.node(key).shared().ok_or_else(no_shared)?.release_member(set, key, token).await
     }
 }
 

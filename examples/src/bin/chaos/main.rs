@@ -10,7 +10,10 @@
 //! ```
 //! With `--primitive fair` the workers take the fair lock and only its scenarios run (none of
 //! them loses a node's data: the queue would go with it); on 3 or 5 nodes each key lives on one
-//! node, as in a Cluster, since the fair lock has no RedLock form.
+//! node, as in a Cluster, since the fair lock has no RedLock form. `--primitive rw` takes the
+//! read-write lock (a RedLock on 3 or 5 nodes; most sections read, writers fence and count),
+//! `--primitive semaphore` a semaphore of 2 permits (each key on one node: RedLock refuses
+//! semaphores); each has a mutant C1 must catch.
 //!
 //! Must-pass scenarios must show no violation; known-unsafe ones (a deployment the design
 //! forbids, or a mutant of the backend) must be caught. The exit status is non-zero otherwise.
@@ -31,7 +34,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use crate::common::{Driver, DynError};
+use crate::common::{Driver, DynError, Primitive};
 use crate::scenarios::{Outcome, Params};
 
 #[derive(Parser, Debug)]
@@ -57,10 +60,11 @@ struct Args {
     /// The lock TTL (pauses and delays are sized from it).
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     ttl: Duration,
-    /// The lock the workers take: `mutex`, or `fair` (the fair lock: RedLock has none, so on
-    /// 3 or 5 nodes each key lives on one node, as in a Cluster).
-    #[arg(long, default_value = "mutex", value_parser = ["mutex", "fair"])]
-    primitive: String,
+    /// The lock the workers take: `mutex`, `fair` (the fair lock), `rw` (the read-write lock:
+    /// most sections read) or `semaphore` (2 permits). The fair lock and the semaphore have no
+    /// RedLock form, so on 3 or 5 nodes each of their keys lives on one node, as in a Cluster.
+    #[arg(long, value_enum, default_value_t = Primitive::Mutex)]
+    primitive: Primitive,
     /// Also write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -97,7 +101,7 @@ fn main() -> std::process::ExitCode {
         };
     }
     if args.list {
-        for (name, kind, about) in scenarios::of_primitive(args.primitive == "fair") {
+        for (name, kind, about) in scenarios::of_primitive(args.primitive) {
             println!("{name:<24} {:<12} {about}", kind.label());
         }
         return std::process::ExitCode::SUCCESS;
@@ -137,8 +141,7 @@ fn fail(msg: &str) -> std::process::ExitCode {
 }
 
 async fn run(args: &Args) -> Result<bool, DynError> {
-    let fair = args.primitive == "fair";
-    let offered = scenarios::of_primitive(fair);
+    let offered = scenarios::of_primitive(args.primitive);
     let chosen: Vec<_> = match args.scenario.as_str() {
         "all" => offered,
         names => {
@@ -148,8 +151,8 @@ async fn run(args: &Args) -> Result<bool, DynError> {
                     Some(s) => chosen.push(*s),
                     None => {
                         return Err(format!(
-                            "no scenario {name:?} for --primitive {}; see --list --primitive {}",
-                            args.primitive, args.primitive
+                            "no scenario {name:?} for the {}; see --list --primitive",
+                            args.primitive.name()
                         )
                         .into());
                     }
@@ -164,14 +167,14 @@ async fn run(args: &Args) -> Result<bool, DynError> {
         workers: args.workers,
         duration: args.duration,
         ttl: args.ttl,
-        fair,
+        primitive: args.primitive,
     };
     if p.ttl < Duration::from_millis(200) || p.ttl > Duration::from_secs(10) {
         return Err("--ttl must be from 200ms to 10s".into());
     }
     println!(
         "chaos: {}, driver {}, {} node(s), {} workers, {:?} per scenario, ttl {:?}",
-        if p.fair { "fair lock" } else { "mutex" },
+        p.primitive.name(),
         p.driver.name(),
         p.nodes,
         p.workers,

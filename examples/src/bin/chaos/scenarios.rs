@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use lock_testkit::ProxyMode;
 use lock_testkit::checker::{Check, Observations, Pause, Report, check};
-use lock_testkit::history::{Ending, Event, FairAnswer, History, mono_now_ns};
+use lock_testkit::history::{Ending, Event, FairAnswer, History, Share, mono_now_ns};
 use rand::Rng;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::common::{Driver, DynError, WorkerSpec};
+use crate::common::{Driver, DynError, Primitive, WorkerSpec};
 use crate::env::Env;
 use crate::timeline::{FaultSpan, Timeline};
 use crate::{sentinel_runs, unsafe_runs};
@@ -33,7 +33,7 @@ impl Kind {
     }
 }
 
-pub(crate) const ALL: [(&str, Kind, &str); 26] = [
+pub(crate) const ALL: [(&str, Kind, &str); 28] = [
     ("none", Kind::MustPass, "no fault"),
     ("minority-kill", Kind::MustPass, "a minority node killed, restarted empty after more than the TTL"),
     ("minority-pause", Kind::MustPass, "a minority node SIGSTOPped past the TTL, then resumed"),
@@ -92,6 +92,16 @@ pub(crate) const ALL: [(&str, Kind, &str); 26] = [
         Kind::KnownUnsafe,
         "mutant fair lock: a free lock goes to whoever asks, queued or not (fair lock only)",
     ),
+    (
+        "mutant-rw-ignore-readers",
+        Kind::KnownUnsafe,
+        "mutant read-write lock: the write lock ignores readers (read-write lock only)",
+    ),
+    (
+        "mutant-sem-uncounted",
+        Kind::KnownUnsafe,
+        "mutant semaphore: permits granted without counting the holders (semaphore only)",
+    ),
 ];
 
 /// The scenarios of the fair lock (`--primitive fair`): those whose faults keep the queue (a
@@ -110,13 +120,54 @@ pub(crate) const FAIR: [&str; 11] = [
     "mutant-fair-barging",
 ];
 
-/// Scenarios that only the fair lock runs.
-pub(crate) const FAIR_ONLY: [&str; 2] = ["client-kill-waiter", "mutant-fair-barging"];
+/// The scenarios of the read-write lock (`--primitive rw`, a RedLock on several nodes): the
+/// mutex's node and client faults, data loss included (readers and writers abstain on a node
+/// that lost its data), and its mutant.
+pub(crate) const RW: [&str; 14] = [
+    "none",
+    "minority-kill",
+    "minority-pause",
+    "majority-pause",
+    "latency",
+    "slow-replies",
+    "lost-replies",
+    "blackhole-holder",
+    "client-pause",
+    "client-kill",
+    "cancel-storm",
+    "conn-resets",
+    "conn-kill-loop",
+    "mutant-rw-ignore-readers",
+];
+
+/// The scenarios of the semaphore (`--primitive semaphore`, each key on one node): the fair
+/// lock's, and its mutant.
+pub(crate) const SEMAPHORE: [&str; 10] = [
+    "none",
+    "minority-pause",
+    "latency",
+    "lost-replies",
+    "client-pause",
+    "client-kill",
+    "cancel-storm",
+    "conn-resets",
+    "conn-kill-loop",
+    "mutant-sem-uncounted",
+];
+
+/// Scenarios that only one primitive runs.
+pub(crate) const ONE_PRIMITIVE_ONLY: [&str; 4] =
+    ["client-kill-waiter", "mutant-fair-barging", "mutant-rw-ignore-readers", "mutant-sem-uncounted"];
 
 /// The scenarios of a primitive, in table order.
-pub(crate) fn of_primitive(fair: bool) -> Vec<(&'static str, Kind, &'static str)> {
+pub(crate) fn of_primitive(primitive: Primitive) -> Vec<(&'static str, Kind, &'static str)> {
     ALL.iter()
-        .filter(|(name, _, _)| if fair { FAIR.contains(name) } else { !FAIR_ONLY.contains(name) })
+        .filter(|(name, _, _)| match primitive {
+            Primitive::Mutex => !ONE_PRIMITIVE_ONLY.contains(name),
+            Primitive::Fair => FAIR.contains(name),
+            Primitive::Rw => RW.contains(name),
+            Primitive::Semaphore => SEMAPHORE.contains(name),
+        })
         .copied()
         .collect()
 }
@@ -128,8 +179,8 @@ pub(crate) struct Params {
     pub(crate) workers: u32,
     pub(crate) duration: Duration,
     pub(crate) ttl: Duration,
-    /// Workers take the fair lock (`--primitive fair`).
-    pub(crate) fair: bool,
+    /// The lock the workers take.
+    pub(crate) primitive: Primitive,
 }
 
 impl Params {
@@ -283,6 +334,12 @@ pub(crate) async fn run(name: &str, kind: Kind, p: &Params) -> Result<Outcome, D
         Kind::KnownUnsafe if name == "mutant-fair-barging" => {
             with_workers(name, kind, p, Some("fair-barging"), &[Check::C9]).await
         }
+        Kind::KnownUnsafe if name == "mutant-rw-ignore-readers" => {
+            with_workers(name, kind, p, Some("rw-ignore-readers"), &[Check::C1]).await
+        }
+        Kind::KnownUnsafe if name == "mutant-sem-uncounted" => {
+            with_workers(name, kind, p, Some("sem-uncounted"), &[Check::C1]).await
+        }
         Kind::KnownUnsafe => unsafe_runs::run(name, kind, p).await,
     }
 }
@@ -343,7 +400,7 @@ async fn with_workers(
             stubborn,
             hold_ms,
             seed: seed.wrapping_add(u64::from(i)),
-            fair: p.fair,
+            primitive: p.primitive,
             mutant: mutant.map(str::to_string),
         };
         env.spawn_worker(spec).await?;
@@ -411,7 +468,17 @@ fn expectations(
     }
     match name {
         "client-pause" => {
-            if report.fenced_rejected == 0 {
+            // Only exclusive holders write to the fenced resource (a reader or a permit holder
+            // only holds), so a rejection is owed only when a paused section could write.
+            let paused_writer = injected.pauses.iter().any(|pause| {
+                history.sections.iter().any(|s| {
+                    s.worker == pause.worker
+                        && s.share == Share::Exclusive
+                        && s.t_acquired <= pause.from
+                        && s.effective_end() >= pause.from
+                })
+            });
+            if paused_writer && report.fenced_rejected == 0 {
                 problems.push("no late write of a paused holder was rejected by the fenced resource".into());
             }
             for pause in &injected.pauses {
@@ -666,7 +733,8 @@ async fn schedule(
                 }
             }
         }
-        "mutant-fair-barging" => {} // the mutant is in the workers' backend
+        // The mutants are in the workers' backends.
+        "mutant-fair-barging" | "mutant-rw-ignore-readers" | "mutant-sem-uncounted" => {}
         "cancel-storm" => {}        // the workers make the storm; counted from their logs
         "conn-resets" => {
             for _ in 0..MAX_ROUNDS {

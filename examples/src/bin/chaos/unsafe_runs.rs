@@ -9,8 +9,9 @@ use async_trait::async_trait;
 use lock_core::scripts::{MARKER_KEY, RedisKeys};
 use lock_core::{
     AcquireOutcome, AcquireRequest, BackendError, BackendErrorKind, Capabilities, ExtendOutcome,
-    ExtendRequest, FairBackend, FairOutcome, FairRequest, FencingToken, Grant, LockBackend, LockKey,
-    ReleaseOutcome, ReleaseWatch, Token, default_drift, validity_deadline,
+    ExtendRequest, FairBackend, FairOutcome, FairRequest, FencingToken, Grant, Hold, HoldOutcome, HoldRequest,
+    LockBackend, LockKey, Members, ReleaseOutcome, ReleaseWatch, SharedBackend, Token, default_drift,
+    validity_deadline,
 };
 use lock_redis_rs::redis;
 use lock_testkit::ProxyMode;
@@ -39,6 +40,12 @@ enum Bug {
     /// and whose grant goes to whoever asks while the lock is free, queued or not (any waiter
     /// whose next call comes first may win): C9 must catch it.
     FairBarging,
+    /// A read-write lock whose write lock is the plain mutex acquire: it ignores readers. C1
+    /// must catch a writer overlapping readers.
+    RwIgnoreReaders,
+    /// A semaphore that never counts its holders (every request asks for unlimited permits):
+    /// C1 must catch more holders than permits.
+    SemUncounted,
 }
 
 /// The mutant's own bare counter for `key`, on the first node.
@@ -56,6 +63,54 @@ impl Mutant {
     /// The fair-lock mutant around a worker's backend (it needs no raw connection).
     pub(crate) fn fair_barging(inner: Arc<dyn LockBackend>) -> Self {
         Self { inner, bug: Bug::FairBarging, raw: Vec::new() }
+    }
+
+    /// The read-write lock mutant around a worker's backend.
+    pub(crate) fn rw_ignore_readers(inner: Arc<dyn LockBackend>) -> Self {
+        Self { inner, bug: Bug::RwIgnoreReaders, raw: Vec::new() }
+    }
+
+    /// The semaphore mutant around a worker's backend.
+    pub(crate) fn sem_uncounted(inner: Arc<dyn LockBackend>) -> Self {
+        Self { inner, bug: Bug::SemUncounted, raw: Vec::new() }
+    }
+}
+
+fn no_shared() -> BackendError {
+    raw_err_msg("the backend keeps no read-write locks or semaphores")
+}
+
+#[async_trait]
+impl SharedBackend for Mutant {
+    async fn acquire_hold(&self, req: &HoldRequest) -> Result<HoldOutcome, BackendError> {
+        let shared = self.inner.shared().ok_or_else(no_shared)?;
+        match (self.bug, req.hold) {
+            (Bug::RwIgnoreReaders, Hold::Write { .. }) => {
+                // The bug: the write lock is taken as a plain mutex, whoever reads.
+                let plain =
+                    AcquireRequest { key: req.key.clone(), token: req.token, ttl: req.ttl, fencing: req.fencing };
+                Ok(match self.inner.acquire(&plain).await? {
+                    AcquireOutcome::Acquired(grant) => HoldOutcome::Acquired(grant),
+                    AcquireOutcome::Held { remaining } => HoldOutcome::Held { remaining },
+                })
+            }
+            (Bug::SemUncounted, Hold::Permit { .. }) => {
+                // The bug: no count is ever reached.
+                shared.acquire_hold(&HoldRequest { hold: Hold::Permit { permits: u32::MAX }, ..req.clone() }).await
+            }
+            _ => shared.acquire_hold(req).await,
+        }
+    }
+    async fn extend_member(&self, set: Members, req: &ExtendRequest) -> Result<ExtendOutcome, BackendError> {
+        self.inner.shared().ok_or_else(no_shared)?.extend_member(set, req).await
+    }
+    async fn release_member(
+        &self,
+        set: Members,
+        key: &LockKey,
+        token: &Token,
+    ) -> Result<ReleaseOutcome, BackendError> {
+        self.inner.shared().ok_or_else(no_shared)?.release_member(set, key, token).await
     }
 }
 
@@ -153,6 +208,9 @@ impl LockBackend for Mutant {
     }
     fn fair(&self) -> Option<&dyn FairBackend> {
         self.inner.fair().map(|_| self as &dyn FairBackend)
+    }
+    fn shared(&self) -> Option<&dyn SharedBackend> {
+        self.inner.shared().map(|_| self as &dyn SharedBackend)
     }
 }
 

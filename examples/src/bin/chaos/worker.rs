@@ -5,33 +5,60 @@ use std::time::Duration;
 
 use lock_core::{LockBackend, LockClient, LockConfig, LockError};
 use lock_testkit::Oracle;
-use lock_testkit::history::{Ending, Event, Recorder, Recording};
+use lock_testkit::history::{Ending, Event, Recorder, Recording, Share};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 
-use crate::common::{DynError, WorkerSpec, connect_backend, connect_nodes};
+use crate::common::{DynError, PERMITS, Primitive, WorkerSpec, connect_backend, connect_nodes};
 use crate::fair::Sharded;
 use crate::unsafe_runs::Mutant;
 
 /// Hard bound on the iterations of one worker, whatever its duration.
 const MAX_ROUNDS: u64 = 200_000;
 
-/// The lock a worker takes: the mutex, or the fair lock (`--primitive fair`).
+/// The lock a worker takes in one round (`--primitive`).
 enum Handle {
     Mutex(lock_core::Mutex),
     Fair(lock_core::FairMutex),
+    Read(lock_core::RwLock),
+    Write(lock_core::RwLock),
+    Permit(lock_core::Semaphore),
 }
 
 impl Handle {
-    fn new(client: &LockClient<Arc<dyn LockBackend>>, key: &str, fair: bool) -> Result<Self, LockError> {
-        Ok(if fair { Handle::Fair(client.fair_mutex(key)?) } else { Handle::Mutex(client.mutex(key)?) })
+    fn new(
+        client: &LockClient<Arc<dyn LockBackend>>,
+        key: &str,
+        primitive: Primitive,
+        rng: &mut StdRng,
+    ) -> Result<Self, LockError> {
+        Ok(match primitive {
+            Primitive::Mutex => Handle::Mutex(client.mutex(key)?),
+            Primitive::Fair => Handle::Fair(client.fair_mutex(key)?),
+            // Mostly readers, so readers overlap, and writers wait for them.
+            Primitive::Rw if rng.random_bool(0.3) => Handle::Write(client.rw_lock(key)?),
+            Primitive::Rw => Handle::Read(client.rw_lock(key)?),
+            Primitive::Semaphore => Handle::Permit(client.semaphore(key, PERMITS)?),
+        })
     }
 
     async fn lock(&self) -> Result<lock_core::Guard, LockError> {
         match self {
             Handle::Mutex(m) => m.lock().await,
             Handle::Fair(m) => m.lock().await,
+            Handle::Read(rw) => rw.read().await,
+            Handle::Write(rw) => rw.write().await,
+            Handle::Permit(s) => s.acquire().await,
+        }
+    }
+
+    /// How its sections hold the key, for the checker.
+    fn share(&self) -> Share {
+        match self {
+            Handle::Read(_) => Share::Read,
+            Handle::Permit(_) => Share::Permit(PERMITS),
+            _ => Share::Exclusive,
         }
     }
 }
@@ -43,8 +70,8 @@ pub(crate) async fn run(spec: WorkerSpec) -> Result<(), DynError> {
     let clock = rec.clock();
     let ttl = Duration::from_millis(spec.ttl_ms);
     let (node_timeout, quarantine) = (Duration::from_millis(spec.node_timeout_ms), ttl);
-    let mut backend: Arc<dyn LockBackend> = if spec.fair && spec.nodes.len() > 1 {
-        // The fair lock has no RedLock form: each key lives on one of the nodes.
+    let mut backend: Arc<dyn LockBackend> = if spec.primitive.sharded() && spec.nodes.len() > 1 {
+        // The fair lock and the semaphore have no RedLock form: each key lives on one node.
         let nodes = connect_nodes(spec.driver, &spec.nodes, node_timeout, quarantine).await?;
         Arc::new(Sharded::new(nodes, spec.keys.clone()))
     } else {
@@ -53,6 +80,8 @@ pub(crate) async fn run(spec: WorkerSpec) -> Result<(), DynError> {
     match spec.mutant.as_deref() {
         None => {}
         Some("fair-barging") => backend = Arc::new(Mutant::fair_barging(backend)),
+        Some("rw-ignore-readers") => backend = Arc::new(Mutant::rw_ignore_readers(backend)),
+        Some("sem-uncounted") => backend = Arc::new(Mutant::sem_uncounted(backend)),
         Some(other) => return Err(format!("no mutant {other:?}").into()),
     }
     let backend: Arc<dyn LockBackend> = Arc::new(Recording::new(backend, spec.id.clone(), rec.clone()));
@@ -73,7 +102,11 @@ pub(crate) async fn run(spec: WorkerSpec) -> Result<(), DynError> {
     while Instant::now() < deadline && round < MAX_ROUNDS {
         round += 1;
         let key = spec.keys[rng.random_range(0..spec.keys.len())].clone();
-        let mutex = Handle::new(&client, &key, spec.fair)?;
+        let mutex = Handle::new(&client, &key, spec.primitive, &mut rng)?;
+        let share = mutex.share();
+        // Only exclusive holders write (fenced, and the unfenced counter); readers and permit
+        // holders only hold.
+        let writes = share == Share::Exclusive;
         let attempt = if spec.storm && rng.random_bool(0.3) {
             let within = Duration::from_micros(rng.random_range(0..5_000));
             match tokio::time::timeout(within, mutex.lock()).await {
@@ -104,7 +137,11 @@ pub(crate) async fn run(spec: WorkerSpec) -> Result<(), DynError> {
             t: rec.now(),
             valid_until: clock.ns(guard.valid_until()),
         });
-        if round.is_multiple_of(5) {
+        if share != Share::Exclusive {
+            rec.record(Event::Mode { acq: acq.clone(), share });
+        }
+        // A semaphore counts holds: a second acquire is another permit, not a re-entry.
+        if round.is_multiple_of(5) && !matches!(share, Share::Permit(_)) {
             // Re-entry through the same handle: same lease, same token (C4).
             if let Ok(again) = mutex.lock().await {
                 let fence = again.fencing_token().map(|f| f.0);
@@ -120,11 +157,12 @@ pub(crate) async fn run(spec: WorkerSpec) -> Result<(), DynError> {
                 }
             }
         };
+        let fence = fence.filter(|_| writes);
         if let Some(token) = fence {
             write(token).await;
         }
         // Unfenced read-sleep-write: loses updates exactly when two holders overlap (C3).
-        if let Ok(v) = oracle.counter(&key).await {
+        if writes && let Ok(v) = oracle.counter(&key).await {
             tokio::time::sleep(Duration::from_millis(1)).await;
             if guard.is_held() && oracle.set_counter(&key, v + 1).await.is_ok() {
                 rec.record(Event::Increment { acq: acq.clone(), t: rec.now() });
