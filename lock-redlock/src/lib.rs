@@ -500,7 +500,8 @@ impl<B: LockBackend> RedLock<B> {
                 if let Some(Hold::Write { wait: Some(_) }) = hold {
                     // A node that refused this writer may still list it among its waiting
                     // writers, holding new readers back there until the record's deadline.
-                    let granted_at: Vec<bool> = (0..n).map(|i| granted.iter().any(|(g, _)| *g == i)).collect();
+                    let granted_at: Vec<bool> =
+                        (0..n).map(|i| granted.iter().any(|(g, _)| *g == i)).collect();
                     let (this, key, token) = (self.clone(), req.key.clone(), req.token);
                     tokio::spawn(async move {
                         let writers = Some(Members::Writers);

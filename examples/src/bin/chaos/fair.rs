@@ -6,8 +6,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use lock_core::{
     AcquireOutcome, AcquireRequest, BackendError, BackendErrorKind, Capabilities, ExtendOutcome,
-    ExtendRequest, FairBackend, FairOutcome, FairRequest, FencingToken, HoldOutcome, HoldRequest, LockBackend,
-    LockKey, Members, ReleaseOutcome, ReleaseWatch, SharedBackend, Token,
+    ExtendRequest, FairBackend, FairOutcome, FairRequest, FencingToken, HoldOutcome, HoldRequest,
+    LockBackend, LockKey, Members, ReleaseOutcome, ReleaseWatch, SharedBackend, Token,
 };
 
 /// Independent nodes, each lock key on one of them (as a Redis Cluster places keys by slot):

@@ -735,7 +735,7 @@ async fn schedule(
         }
         // The mutants are in the workers' backends.
         "mutant-fair-barging" | "mutant-rw-ignore-readers" | "mutant-sem-uncounted" => {}
-        "cancel-storm" => {}        // the workers make the storm; counted from their logs
+        "cancel-storm" => {} // the workers make the storm; counted from their logs
         "conn-resets" => {
             for _ in 0..MAX_ROUNDS {
                 let v = rng.random_range(0..n);

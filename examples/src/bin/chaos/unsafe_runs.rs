@@ -9,9 +9,9 @@ use async_trait::async_trait;
 use lock_core::scripts::{MARKER_KEY, RedisKeys};
 use lock_core::{
     AcquireOutcome, AcquireRequest, BackendError, BackendErrorKind, Capabilities, ExtendOutcome,
-    ExtendRequest, FairBackend, FairOutcome, FairRequest, FencingToken, Grant, Hold, HoldOutcome, HoldRequest,
-    LockBackend, LockKey, Members, ReleaseOutcome, ReleaseWatch, SharedBackend, Token, default_drift,
-    validity_deadline,
+    ExtendRequest, FairBackend, FairOutcome, FairRequest, FencingToken, Grant, Hold, HoldOutcome,
+    HoldRequest, LockBackend, LockKey, Members, ReleaseOutcome, ReleaseWatch, SharedBackend, Token,
+    default_drift, validity_deadline,
 };
 use lock_redis_rs::redis;
 use lock_testkit::ProxyMode;
@@ -87,8 +87,12 @@ impl SharedBackend for Mutant {
         match (self.bug, req.hold) {
             (Bug::RwIgnoreReaders, Hold::Write { .. }) => {
                 // The bug: the write lock is taken as a plain mutex, whoever reads.
-                let plain =
-                    AcquireRequest { key: req.key.clone(), token: req.token, ttl: req.ttl, fencing: req.fencing };
+                let plain = AcquireRequest {
+                    key: req.key.clone(),
+                    token: req.token,
+                    ttl: req.ttl,
+                    fencing: req.fencing,
+                };
                 Ok(match self.inner.acquire(&plain).await? {
                     AcquireOutcome::Acquired(grant) => HoldOutcome::Acquired(grant),
                     AcquireOutcome::Held { remaining } => HoldOutcome::Held { remaining },
@@ -96,7 +100,9 @@ impl SharedBackend for Mutant {
             }
             (Bug::SemUncounted, Hold::Permit { .. }) => {
                 // The bug: no count is ever reached.
-                shared.acquire_hold(&HoldRequest { hold: Hold::Permit { permits: u32::MAX }, ..req.clone() }).await
+                shared
+                    .acquire_hold(&HoldRequest { hold: Hold::Permit { permits: u32::MAX }, ..req.clone() })
+                    .await
             }
             _ => shared.acquire_hold(req).await,
         }
