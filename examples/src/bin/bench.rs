@@ -10,8 +10,9 @@
 //! and 5 nodes, and rslock over 1, 3 and 5 nodes. Measured: sequential lock+unlock cycles
 //! (cycles/s, p50, p99), 64 tasks on distinct keys (total cycles/s), contended hand-off of one
 //! key among 8 tasks in 2 processes, in the no-barging mode (acquisitions/s, hand-off gap, wait, fairness), the
-//! watchdog holding 10,000 leases (renewal traffic, CPU, memory, lateness), and round trips per
-//! cycle from `INFO commandstats`. It ends with every target of the benchmark and whether this
+//! watchdog holding 10,000 leases (renewal traffic, CPU, memory, lateness), 64 tasks taking read
+//! locks on one key against the bare read scripts, a semaphore of 4 permits under 16 tasks
+//! (acquisitions/s, wait), and round trips per cycle from `INFO commandstats`. It ends with every target of the benchmark and whether this
 //! run met it.
 
 use std::future::Future;
@@ -135,6 +136,135 @@ impl<B: LockBackend> Contender for Ours<B> {
             guard.release().await.map_err(|e| e.to_string())
         })
     }
+}
+
+/// The floor of a read lock: the read script and the member release script by EVALSHA on one
+/// multiplexed connection, with no policy around them. `shared` names one key every task
+/// reads (readers share it), else each cycle uses its own.
+struct RawRead {
+    name: String,
+    conn: MultiplexedConnection,
+    shared: Option<String>,
+}
+
+impl Contender for RawRead {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn client_commands(&self) -> &'static [&'static str] {
+        &["evalsha", "eval"]
+    }
+    fn cycle<'a>(&'a self, key: &'a str) -> BoxFut<'a> {
+        Box::pin(async move {
+            let key =
+                lock_core::LockKey::new(self.shared.as_deref().unwrap_or(key)).map_err(|e| e.to_string())?;
+            let k = scripts::RedisKeys::for_key(&key);
+            let token = Token::random().to_redis_value();
+            let mut c = self.conn.clone();
+            let granted: Vec<i64> = lock_redis_rs::redis::cmd("EVALSHA")
+                .arg(scripts::READ.sha1)
+                .arg(4)
+                .arg(&k.lock)
+                .arg(&k.readers)
+                .arg(&k.writers)
+                .arg(&k.fence)
+                .arg(&token)
+                .arg(30_000)
+                .arg("")
+                .arg("0:000000000000")
+                .query_async(&mut c)
+                .await
+                .map_err(|e| e.to_string())?;
+            if granted.first() != Some(&1) {
+                return Err(format!("read refused: {granted:?}"));
+            }
+            let _: i64 = lock_redis_rs::redis::cmd("EVALSHA")
+                .arg(scripts::MEMBER.sha1)
+                .arg(1)
+                .arg(&k.readers)
+                .arg(&token)
+                .arg(0)
+                .arg(&k.channel)
+                .arg(1)
+                .query_async(&mut c)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(())
+        })
+    }
+}
+
+/// Our read lock (`shared`: one key every task reads) or write lock, lock + unlock.
+struct OursRw<B: LockBackend> {
+    name: String,
+    client: LockClient<B>,
+    write: bool,
+    shared: Option<String>,
+}
+
+impl<B: LockBackend> Contender for OursRw<B> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn client_commands(&self) -> &'static [&'static str] {
+        &["evalsha", "eval", "script|load"]
+    }
+    fn cycle<'a>(&'a self, key: &'a str) -> BoxFut<'a> {
+        Box::pin(async move {
+            let rw = self.client.rw_lock(self.shared.as_deref().unwrap_or(key)).map_err(|e| e.to_string())?;
+            let guard = if self.write { rw.write().await } else { rw.read().await };
+            guard.map_err(|e| e.to_string())?.release().await.map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// A semaphore of `permits` under `tasks` tasks for `run`: each task takes a permit, holds it
+/// 1 ms, gives it back, and asks again at once. Acquisitions/s, and the wait for a permit.
+async fn semaphore_row<B: LockBackend + Clone>(
+    name: &str,
+    backend: &B,
+    permits: u32,
+    tasks: usize,
+    run: Duration,
+) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+    let client = LockClient::with_config(backend.clone(), config())?;
+    let key = format!("bench:sem:{name}");
+    let sem = client.semaphore(&key, permits)?;
+    let stop = Instant::now() + run;
+    let started = Instant::now();
+    let handles = (0..tasks).map(|_| {
+        let sem = sem.clone();
+        tokio::spawn(async move {
+            let mut waits = Vec::new();
+            while Instant::now() < stop {
+                let t = Instant::now();
+                let Ok(permit) = sem.acquire().await else { continue };
+                waits.push(t.elapsed());
+                precise_sleep(Duration::from_millis(1)).await;
+                let _ = permit.release().await;
+            }
+            waits
+        })
+    });
+    let mut waits: Vec<Duration> = join_all(handles).await.into_iter().flatten().flatten().collect();
+    let elapsed = started.elapsed();
+    waits.sort();
+    let rate = waits.len() as f64 / elapsed.as_secs_f64().max(1e-9);
+    // With no overhead at all, `permits` holders of 1 ms each.
+    let ideal = f64::from(permits) * 1000.0;
+    let (p50, p99) = (percentile(&waits, 0.5), percentile(&waits, 0.99));
+    println!(
+        "   {:<16} {:>8.0} {:>8.2}x {:>9.2} {:>9.2}",
+        name,
+        rate,
+        rate / ideal,
+        us(p50) / 1000.0,
+        us(p99) / 1000.0
+    );
+    Ok(serde_json::json!({
+        "contender": name, "acquisitions_per_s": rate, "vs_ideal": rate / ideal,
+        "wait_p50_ms": us(p50) / 1000.0, "wait_p99_ms": us(p99) / 1000.0,
+    }))
 }
 
 /// rslock, the most used Rust RedLock crate: its `lock` (SET NX PX on every node) and `unlock`
@@ -269,6 +399,7 @@ async fn sequential(
 
 /// 64 tasks on distinct keys, interleaved slices.
 async fn parallel(
+    title: &str,
     contenders: &[Arc<dyn Contender>],
     slices: usize,
     slice: Duration,
@@ -299,7 +430,7 @@ async fn parallel(
             }
         }
     }
-    println!("\n2. 64 tasks on distinct keys ({:?} per contender, interleaved)", slice * slices as u32);
+    println!("\n{title} ({:?} per contender, interleaved)", slice * slices as u32);
     println!("   {:<16} {:>12} {:>9}", "contender", "cycles/s", "vs raw");
     let mut base = 0.0;
     let mut out = Vec::new();
@@ -787,7 +918,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     ];
     let contenders: Vec<Arc<dyn Contender>> = single.iter().map(|(c, _)| Arc::clone(c)).collect();
     let seq = sequential(&contenders, rounds, slice).await;
-    let par = parallel(&contenders, par_slices, par_slice).await;
+    let par = parallel("2. 64 tasks on distinct keys", &contenders, par_slices, par_slice).await;
 
     println!(
         "\n3. contended hand-off: 8 tasks in {HANDOFF_PROCS} processes, one key, hold 1 ms, 1 ms between asks ({contended_run:?} each)"
@@ -834,9 +965,75 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         watchdog_at_scale("fred", fred1.clone(), &servers[0], leases, 3).await?,
     ];
 
-    println!("\n5. client round trips per lock+unlock cycle (INFO commandstats, summed over nodes)");
+    // The read-write lock: 64 tasks reading one key (readers share it), against the floor of
+    // the same two scripts sent bare.
+    let mut raw_read_conn =
+        lock_redis_rs::redis::Client::open(servers[0].url())?.get_multiplexed_async_connection().await?;
+    for script in [&scripts::READ, &scripts::MEMBER] {
+        let _: String = lock_redis_rs::redis::cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(script.source)
+            .query_async(&mut raw_read_conn)
+            .await?;
+    }
+    let shared_key = Some("bench:rw:shared".to_string());
+    let readers: Vec<Arc<dyn Contender>> = vec![
+        Arc::new(RawRead {
+            name: "raw-read".into(),
+            conn: raw_read_conn.clone(),
+            shared: shared_key.clone(),
+        }),
+        Arc::new(OursRw {
+            name: "redis-rs read".into(),
+            client: LockClient::with_config(redis1.clone(), config())?,
+            write: false,
+            shared: shared_key.clone(),
+        }),
+        Arc::new(OursRw {
+            name: "fred read".into(),
+            client: LockClient::with_config(fred1.clone(), config())?,
+            write: false,
+            shared: shared_key,
+        }),
+    ];
+    let reads = parallel(
+        "5. read-write lock: 64 tasks taking read locks on one key",
+        &readers,
+        par_slices,
+        par_slice,
+    )
+    .await;
+
+    println!("\n6. semaphore of 4 permits under 16 tasks, hold 1 ms ({contended_run:?} each)");
+    println!("   {:<16} {:>8} {:>9} {:>9} {:>9}", "contender", "acq/s", "vs ideal", "wait p50", "wait p99");
+    let sems = vec![
+        semaphore_row("redis-rs", &redis1, 4, 16, contended_run).await?,
+        semaphore_row("fred", &fred1, 4, 16, contended_run).await?,
+    ];
+
+    println!("\n7. client round trips per lock+unlock cycle (INFO commandstats, summed over nodes)");
     let mut rts = Vec::new();
-    for (c, nodes) in &single {
+    let rw_rows: Vec<(Arc<dyn Contender>, &[&RedisServer])> = vec![
+        (
+            Arc::new(OursRw {
+                name: "redis-rs read".into(),
+                client: LockClient::with_config(redis1.clone(), config())?,
+                write: false,
+                shared: None,
+            }),
+            &one,
+        ),
+        (
+            Arc::new(OursRw {
+                name: "redis-rs write".into(),
+                client: LockClient::with_config(redis1.clone(), config())?,
+                write: true,
+                shared: None,
+            }),
+            &one,
+        ),
+    ];
+    for (c, nodes) in single.iter().chain(&rw_rows) {
         let rt = round_trips(c.as_ref(), nodes).await;
         println!("   {:<16} {:>6.2}", c.name(), rt);
         rts.push(serde_json::json!({"contender": c.name(), "round_trips_per_cycle": rt}));
@@ -846,6 +1043,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "mode": if args.quick { "quick" } else { "full" },
         "release_build": !cfg!(debug_assertions),
         "sequential": seq, "parallel_64": par, "contended": cont, "watchdog": wd, "round_trips": rts,
+        "rw_read_64": reads, "semaphore_4_of_16": sems,
     });
     targets(&doc);
     if let Some(path) = args.json {
@@ -933,6 +1131,21 @@ fn targets(doc: &serde_json::Value) {
         add(format!("contended {fair} gap p50 < 0.5 ms"), format!("{g:.2} ms"), g < 0.5);
         let r = get("contended", &fair, "acquisitions_per_s") / get("contended", who, "acquisitions_per_s");
         add(format!("contended {fair} acq/s >= the mutex's"), format!("{r:.2}x"), r >= 1.0);
+    }
+    // The read-write lock and the semaphore (issue 13): figures, no targets set yet.
+    for who in ["redis-rs", "fred"] {
+        let r = get("rw_read_64", &format!("{who} read"), "ratio_vs_raw");
+        add(
+            format!("64 readers {who} vs the raw read scripts (measured)"),
+            format!("{r:.2}x"),
+            r.is_finite(),
+        );
+        let rt = get("round_trips", &format!("{who} read"), "round_trips_per_cycle");
+        if who == "redis-rs" {
+            add("read lock+unlock is 2 round trips".into(), format!("{rt:.2}"), rt <= 2.0);
+            let wt = get("round_trips", "redis-rs write", "round_trips_per_cycle");
+            add("write lock+unlock is 2 round trips".into(), format!("{wt:.2}"), wt <= 2.0);
+        }
     }
     println!("\ntargets (ratios from this run)");
     for (what, measured, ok) in &rows {
