@@ -22,9 +22,9 @@ use crate::types::LockKey;
 /// - **Writers are not starved.** A writer kept waiting is recorded on the server among the
 ///   waiting writers (for [`crate::LockConfig::waiter_timeout`], renewed by each of its calls),
 ///   and new readers queue behind it while it waits; the readers already in finish, the last
-///   one's release wakes the writer. Readers are not starved either: each writer holds the lock
-///   once, and its release wakes every waiter. A writer that dies while waiting stops blocking
-///   readers at its waiter deadline.
+///   one's release wakes the writer. This is writer preference, as in most read-write locks: a
+///   steady stream of writers, one always waiting, holds readers back for as long as it lasts.
+///   A writer that dies while waiting stops blocking readers at its waiter deadline.
 /// - **Fencing** (with [`crate::LockConfigBuilder::fencing`]): a write lock gets a token
 ///   greater than every earlier writer's (the same counter as the mutex of the same name); a
 ///   read lock gets the token of the **last fenced writer** (0 if none; over a RedLock quorum,
