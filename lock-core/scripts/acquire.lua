@@ -15,18 +15,8 @@ local abstain = check_marker(KEYS[3], ARGV[4])
 if abstain then
   return abstain
 end
-local current = redis.call('GET', KEYS[1])
-if current then
-  if string.sub(current, 1, 32) == ARGV[1] then
-    redis.call('PEXPIRE', KEYS[1], ARGV[2])
-    return {1, tonumber(string.sub(current, 34)) or 0}
-  end
-  return {0, redis.call('PTTL', KEYS[1])}
+local held = held_reply(KEYS[1], ARGV[1], ARGV[2])
+if held then
+  return held
 end
-local fence = 0
-if ARGV[3] == '1' then
-  fence = mint_fence(KEYS[2])
-end
--- '%.0f': Lua's own number-to-string keeps 14 digits only, and clock-based tokens have 16.
-redis.call('SET', KEYS[1], ARGV[1] .. ':' .. string.format('%.0f', fence), 'NX', 'PX', ARGV[2])
-return {1, fence}
+return take_lock(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])

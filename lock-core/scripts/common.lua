@@ -1,5 +1,5 @@
--- Helpers shared by the lock scripts of this workspace; lock-core prepends this file to
--- acquire.lua, fair.lua, leave.lua and release.lua (one text per script, so one EVALSHA).
+-- Helpers shared by the lock scripts of this workspace; lock-core prepends this file to every
+-- script but extend.lua, fence.lua and node.lua (one text per script, so one EVALSHA).
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -47,6 +47,33 @@ local function mint_fence(fence_key)
   local fence = math.max(stored + 1, now)
   redis.call('SET', fence_key, string.format('%.0f', fence))
   return fence
+end
+
+-- The lock at `lock_key` as `token` finds it: nil when free; {1, fence} when `token` holds it
+-- (its expiry refreshed to `ttl` ms: a retry after a lost reply); {0, pttl} when another owner
+-- does (pttl -1 when the key has no expiry).
+local function held_reply(lock_key, token, ttl)
+  local current = redis.call('GET', lock_key)
+  if not current then
+    return nil
+  end
+  if string.sub(current, 1, 32) == token then
+    redis.call('PEXPIRE', lock_key, ttl)
+    return {1, tonumber(string.sub(current, 34)) or 0}
+  end
+  return {0, redis.call('PTTL', lock_key)}
+end
+
+-- Takes the free lock at `lock_key` for `token` for `ttl` ms, with a fencing token minted from
+-- `fence_key` when `fencing` is '1' (else 0). Returns the grant {1, fence}.
+local function take_lock(lock_key, fence_key, token, ttl, fencing)
+  local fence = 0
+  if fencing == '1' then
+    fence = mint_fence(fence_key)
+  end
+  -- '%.0f': Lua's own number-to-string keeps 14 digits only, and clock-based tokens have 16.
+  redis.call('SET', lock_key, token .. ':' .. string.format('%.0f', fence), 'PX', ttl)
+  return {1, fence}
 end
 
 -- A fair lock's queue: `queue` orders the waiters' owner tokens by arrival (score), `waiters`

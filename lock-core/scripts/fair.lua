@@ -41,12 +41,7 @@ local head, head_deadline = live_head(KEYS[3], KEYS[4])
 if not current and (not head or head == token) then
   redis.call('ZREM', KEYS[3], token)
   redis.call('ZREM', KEYS[4], token)
-  local fence = 0
-  if fencing == '1' then
-    fence = mint_fence(KEYS[2])
-  end
-  redis.call('SET', KEYS[1], token .. ':' .. string.format('%.0f', fence), 'NX', 'PX', ttl)
-  return {1, fence}
+  return take_lock(KEYS[1], KEYS[2], token, ttl, fencing)
 end
 if not current then
   -- Free, but another waiter is at the head: no release handed it over (the holder's TTL ran

@@ -13,16 +13,13 @@ local abstain = check_marker(KEYS[5], ARGV[4])
 if abstain then
   return abstain
 end
+local held = held_reply(KEYS[1], ARGV[1], ARGV[2])
+if held and held[1] == 1 then
+  return held
+end
 local now = now_ms()
-local wait
-local current = redis.call('GET', KEYS[1])
-if current then
-  if string.sub(current, 1, 32) == ARGV[1] then
-    redis.call('PEXPIRE', KEYS[1], ARGV[2])
-    return {1, tonumber(string.sub(current, 34)) or 0}
-  end
-  wait = redis.call('PTTL', KEYS[1])
-else
+local wait = held and held[2]
+if not held then
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
   local last = redis.call('ZRANGE', KEYS[3], -1, -1, 'WITHSCORES')
   if last[1] then
@@ -40,9 +37,4 @@ if wait then
   return {0, wait}
 end
 redis.call('ZREM', KEYS[4], ARGV[1])
-local fence = 0
-if ARGV[3] == '1' then
-  fence = mint_fence(KEYS[2])
-end
-redis.call('SET', KEYS[1], ARGV[1] .. ':' .. string.format('%.0f', fence), 'PX', ARGV[2])
-return {1, fence}
+return take_lock(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])

@@ -539,33 +539,25 @@ async fn acquire(
     }
 }
 
-/// One call for `ask`.
+/// One call for `ask`: `hold` is the request of a read, write or permit (built once per
+/// acquisition), `None` for the mutex.
 async fn ask_once(
     backend: &dyn LockBackend,
-    ask: Ask,
     req: &AcquireRequest,
+    hold: Option<&HoldRequest>,
 ) -> Result<HoldOutcome, BackendError> {
-    match ask {
-        Ask::Lock => Ok(match backend.acquire(req).await? {
+    let Some(hold) = hold else {
+        return Ok(match backend.acquire(req).await? {
             AcquireOutcome::Acquired(grant) => HoldOutcome::Acquired(grant),
             AcquireOutcome::Held { remaining } => HoldOutcome::Held { remaining },
-        }),
-        Ask::Hold(hold) => {
-            let Some(shared) = backend.shared() else {
-                return Err(BackendError::permanent(
-                    crate::BackendErrorKind::Other,
-                    format!("backend `{}` keeps no read locks or permits", backend.name()),
-                ));
-            };
-            let req = HoldRequest {
-                key: req.key.clone(),
-                token: req.token,
-                ttl: req.ttl,
-                fencing: req.fencing,
-                hold,
-            };
-            shared.acquire_hold(&req).await
-        }
+        });
+    };
+    match backend.shared() {
+        Some(shared) => shared.acquire_hold(hold).await,
+        None => Err(BackendError::permanent(
+            crate::BackendErrorKind::Other,
+            format!("backend `{}` keeps no read locks or permits", backend.name()),
+        )),
     }
 }
 
@@ -586,6 +578,12 @@ pub(crate) async fn acquire_inner(
     // One token for the whole call: a retry after a lost reply re-acquires idempotently.
     let token = Token::random();
     let req = AcquireRequest { key: key.clone(), token, ttl: config.ttl(), fencing: config.fencing() };
+    let hold = match ask {
+        Ask::Lock => None,
+        Ask::Hold(hold) => {
+            Some(HoldRequest { key: key.clone(), token, ttl: req.ttl, fencing: req.fencing, hold })
+        }
+    };
     let mut pending =
         PendingAcquire { backend: Arc::clone(backend), key: key.clone(), token, ask, armed: false };
     let mut errored = false;
@@ -605,7 +603,7 @@ pub(crate) async fn acquire_inner(
         pending.armed = true;
         let mut remaining = None;
         let mut held = false;
-        match tokio::time::timeout_at(call_deadline, ask_once(backend.as_ref(), ask, &req)).await {
+        match tokio::time::timeout_at(call_deadline, ask_once(backend.as_ref(), &req, hold.as_ref())).await {
             Ok(Ok(HoldOutcome::Acquired(grant))) => {
                 let valid_until = grant.valid_until.min(validity_end);
                 let now = Instant::now();

@@ -100,6 +100,12 @@ async fn take(
     acquire_inner(ctx, key, ask, timeout, watchdog).instrument(span).await
 }
 
+/// Enters the handle's gate: waits for it, or for a try (`wait` false) gives up (`None`) while
+/// another task acquires through the handle.
+async fn enter(gate: &tokio::sync::Mutex<()>, wait: bool) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+    if wait { Some(gate.lock().await) } else { gate.try_lock().ok() }
+}
+
 fn timed_out(key: &LockKey, waited: Duration) -> LockError {
     LockError::Timeout { key: key.clone(), waited, last_error: None }
 }
@@ -209,14 +215,7 @@ impl RwLock {
         if let Some(guard) = held(&inner.read) {
             return Ok(Some(guard));
         }
-        let _gate = match timeout {
-            Some(_) => inner.gate.lock().await,
-            None => match inner.gate.try_lock() {
-                Ok(gate) => gate,
-                // Another task is acquiring through this handle right now.
-                Err(_) => return Ok(None),
-            },
-        };
+        let Some(_gate) = enter(&inner.gate, timeout.is_some()).await else { return Ok(None) };
         if let Some(guard) = held(&inner.read) {
             return Ok(Some(guard));
         }
@@ -242,13 +241,7 @@ impl RwLock {
         if held(&inner.read).is_some() {
             return Err(upgrade());
         }
-        let _gate = match timeout {
-            Some(_) => inner.gate.lock().await,
-            None => match inner.gate.try_lock() {
-                Ok(gate) => gate,
-                Err(_) => return Ok(None),
-            },
-        };
+        let Some(_gate) = enter(&inner.gate, timeout.is_some()).await else { return Ok(None) };
         if let Some(guard) = held(&inner.write) {
             return Ok(Some(guard));
         }

@@ -82,7 +82,7 @@ pub struct LuaScript {
 pub const ACQUIRE: LuaScript = LuaScript {
     name: "acquire",
     source: concat!(include_str!("../scripts/common.lua"), include_str!("../scripts/acquire.lua")),
-    sha1: "d75ed29ba4877e62a2b38c4276b3d9bad2108e0b",
+    sha1: "47986b1b1dfc58c15ba8aa23fad1d726b9bcaf9a",
 };
 
 /// `extend.lua`: owner-checked PEXPIRE. KEYS: lock. ARGV: token, ttl ms. Returns 1 or 0.
@@ -99,7 +99,7 @@ pub const EXTEND: LuaScript = LuaScript {
 pub const RELEASE: LuaScript = LuaScript {
     name: "release",
     source: concat!(include_str!("../scripts/common.lua"), include_str!("../scripts/release.lua")),
-    sha1: "4dbc30ac8abbbd8f68e84c5d95fa70002a2f3263",
+    sha1: "8f128b058f26b0f5c7261a239432670c0721908b",
 };
 
 /// `fence.lua`: raise the fencing counter to at least a token (RedLock's write-back) and
@@ -118,7 +118,7 @@ pub const FENCE: LuaScript = LuaScript {
 pub const FAIR: LuaScript = LuaScript {
     name: "fair",
     source: concat!(include_str!("../scripts/common.lua"), include_str!("../scripts/fair.lua")),
-    sha1: "0404bdf226c5583cdf22ceff9af530dee24aa95c",
+    sha1: "824cd9534d6681d156ca9298f60e531696df87ae",
 };
 
 /// `leave.lua`: a fair waiter leaves the queue (releasing the lock if a lost reply or a lost
@@ -128,7 +128,7 @@ pub const FAIR: LuaScript = LuaScript {
 pub const LEAVE: LuaScript = LuaScript {
     name: "leave",
     source: concat!(include_str!("../scripts/common.lua"), include_str!("../scripts/leave.lua")),
-    sha1: "8dfd5ec2aa6c9b7227c527f30902064d5eb409ca",
+    sha1: "83b9d28682987e4a07b0d960a9cc70d5bc364540",
 };
 
 /// `read.lua`: a read lock of a read-write lock: granted unless a writer holds the lock or a
@@ -139,7 +139,7 @@ pub const LEAVE: LuaScript = LuaScript {
 pub const READ: LuaScript = LuaScript {
     name: "read",
     source: concat!(include_str!("../scripts/common.lua"), include_str!("../scripts/read.lua")),
-    sha1: "6e87ef08a42efab257c84f292dd98a6a7e7f7094",
+    sha1: "6b6ea59b2524720c242e26b0db915ddbbe2c6e22",
 };
 
 /// `write.lua`: the write lock of a read-write lock: the mutex key, granted only when no live
@@ -149,7 +149,7 @@ pub const READ: LuaScript = LuaScript {
 pub const WRITE: LuaScript = LuaScript {
     name: "write",
     source: concat!(include_str!("../scripts/common.lua"), include_str!("../scripts/write.lua")),
-    sha1: "70c374bf320959ceccb0e2d55eaac6679d1b5cca",
+    sha1: "fb6fe2afc901e0e04a32aa3564352590e9219542",
 };
 
 /// `permit.lua`: one permit of a semaphore, each permit a lease of its own.
@@ -158,7 +158,7 @@ pub const WRITE: LuaScript = LuaScript {
 pub const PERMIT: LuaScript = LuaScript {
     name: "permit",
     source: concat!(include_str!("../scripts/common.lua"), include_str!("../scripts/permit.lua")),
-    sha1: "23099962b9f7b158a5ebf56be163167d572cece6",
+    sha1: "880d5593fec129ea8f4c091d1bc5895555b33608",
 };
 
 /// `member.lua`: renew or release one member of a set of holders (readers, waiting writers,
@@ -167,7 +167,7 @@ pub const PERMIT: LuaScript = LuaScript {
 pub const MEMBER: LuaScript = LuaScript {
     name: "member",
     source: concat!(include_str!("../scripts/common.lua"), include_str!("../scripts/member.lua")),
-    sha1: "30a61781a91e5ed10401d0f8509e2e7d4a367eea",
+    sha1: "e15758b4c634d685e1a46ba35e64fd84e5b20b58",
 };
 
 /// `node.lua`: read the node marker, or declare a server fresh. KEYS: marker. ARGV: `read`,
@@ -438,14 +438,19 @@ pub fn parse_hand_over(message: &[u8]) -> Option<(&str, u64)> {
 
 /// The ARGV of [`ACQUIRE`]. The quarantine used is never below the request's TTL.
 pub fn acquire_args(token: &Token, ttl: Duration, fencing: bool, guard: Option<&NodeGuard>) -> [String; 4] {
-    let (quarantine, id) =
-        guard.map_or((0, "000000000000"), |g| (ttl_millis(g.quarantine().max(ttl)), g.fresh_id()));
     [
         token.to_redis_value(),
         ttl_millis(ttl).to_string(),
         if fencing { "1" } else { "0" }.to_string(),
-        format!("{quarantine}:{id}"),
+        guard_arg(ttl, guard),
     ]
+}
+
+/// The marker guard argument of the granting scripts: `<quarantine ms>:<a fresh node id>`.
+fn guard_arg(ttl: Duration, guard: Option<&NodeGuard>) -> String {
+    let (quarantine, id) =
+        guard.map_or((0, "000000000000"), |g| (ttl_millis(g.quarantine().max(ttl)), g.fresh_id()));
+    format!("{quarantine}:{id}")
 }
 
 /// The ARGV of [`FAIR`]: `wait` is the waiter timeout, `None` for a try that never queues.
@@ -881,7 +886,7 @@ pub async fn acquire_hold<R: ScriptRunner + ?Sized>(
     let (token, ttl) = (req.token.to_redis_value(), ttl_millis(req.ttl).to_string());
     let started = Instant::now();
     let guard = runner.node_guard();
-    let guard_arg = acquire_args(&req.token, req.ttl, req.fencing, guard)[3].clone();
+    let guard_arg = guard_arg(req.ttl, guard);
     let reply = match req.hold {
         Hold::Read { downgrade } => {
             let writer = downgrade.map_or_else(String::new, |t| t.to_redis_value());
