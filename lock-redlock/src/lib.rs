@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::StreamExt;
 use futures::future::join_all;
+use futures::stream::FuturesUnordered;
 use lock_core::{
     AcquireOutcome, AcquireRequest, BackendError, BackendErrorKind, Capabilities, ExtendOutcome,
     ExtendRequest, FencingToken, Grant, Hold, HoldOutcome, HoldRequest, Instant, LockBackend, LockError,
@@ -321,35 +323,57 @@ impl<B: LockBackend> RedLock<B> {
         members: Option<Members>,
     ) -> Vec<Answer<ReleaseOutcome>> {
         let limit = deadline.saturating_mul(BACKGROUND_RELEASE_LIMIT);
-        let calls =
-            self.inner.nodes.iter().enumerate().filter(|(i, _)| !skip.get(*i).copied().unwrap_or(false)).map(
-                |(i, node)| {
-                    let (key, token, node) = (key.clone(), *token, Arc::clone(node));
-                    let call = tokio::spawn(tokio::time::timeout(limit, async move {
-                        match (members, node.shared()) {
-                            (None, _) if announce => node.release(&key, &token).await,
-                            (None, _) => node.discard(&key, &token).await,
-                            (Some(set), Some(shared)) => shared.release_member(set, &key, &token).await,
-                            (Some(_), None) => Err(no_shared(&node)),
-                        }
-                    }));
-                    async move {
-                        let answer = match tokio::time::timeout(deadline, call).await {
-                            Ok(Ok(Ok(r))) => r,
-                            Ok(Err(e)) => Err(BackendError::permanent(
-                                BackendErrorKind::Other,
-                                format!("the release task failed: {e}"),
-                            )),
-                            Ok(Ok(Err(_))) | Err(_) => Err(BackendError::retryable(
-                                BackendErrorKind::Timeout,
-                                "release did not answer in time (it goes on in the background)",
-                            )),
-                        };
-                        (i, answer)
+        // Polled here, on the caller's task (no task per node); only the calls still in flight
+        // at the deadline move to one background task.
+        let mut calls: FuturesUnordered<_> = self
+            .inner
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !skip.get(*i).copied().unwrap_or(false))
+            .map(|(i, node)| {
+                let (key, token, node) = (key.clone(), *token, Arc::clone(node));
+                async move {
+                    let answer = match (members, node.shared()) {
+                        (None, _) if announce => node.release(&key, &token).await,
+                        (None, _) => node.discard(&key, &token).await,
+                        (Some(set), Some(shared)) => shared.release_member(set, &key, &token).await,
+                        (Some(_), None) => Err(no_shared(&node)),
+                    };
+                    (i, answer)
+                }
+            })
+            .collect();
+        let mut answers = Vec::with_capacity(calls.len());
+        let mut waiting: Vec<usize> =
+            (0..self.inner.nodes.len()).filter(|i| !skip.get(*i).copied().unwrap_or(false)).collect();
+        let timer = tokio::time::sleep(deadline);
+        tokio::pin!(timer);
+        loop {
+            tokio::select! {
+                next = calls.next() => match next {
+                    Some((i, answer)) => {
+                        waiting.retain(|w| *w != i);
+                        answers.push((i, answer));
                     }
+                    None => break,
                 },
-            );
-        join_all(calls).await
+                () = &mut timer => break,
+            }
+        }
+        if !calls.is_empty() {
+            for i in waiting {
+                answers.push((
+                    i,
+                    Err(BackendError::retryable(
+                        BackendErrorKind::Timeout,
+                        "release did not answer in time (it goes on in the background)",
+                    )),
+                ));
+            }
+            tokio::spawn(tokio::time::timeout(limit, async move { while calls.next().await.is_some() {} }));
+        }
+        answers
     }
 
     /// Writes `fence` back to the nodes; succeeds once a majority confirmed.
