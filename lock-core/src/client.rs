@@ -591,6 +591,9 @@ pub(crate) async fn acquire_inner(
     let mut watch: Option<ReleaseWatch> = None;
     let mut last_error: Option<BackendError> = None;
     let wake_up = backend.capabilities().wake_up;
+    // A permit's release is for one waiter per process; every other release may let several in
+    // (readers) or is raced for (a mutex), and wakes them all.
+    let wake_one = matches!(ask, Ask::Hold(Hold::Permit { .. }));
     let mut contended = false;
 
     loop {
@@ -697,21 +700,32 @@ pub(crate) async fn acquire_inner(
             wait = wait.min(kept / 3);
         }
         wait = wait.min(deadline - now);
+        let mut closed = false;
         match (&mut watch, held) {
             (Some(w), true) => {
-                if w.wait(wait).await {
-                    // Woken by a release: the oldest waiter of this process tries at once, the
-                    // younger ones a moment later, so they are served in arrival order rather
-                    // than in the order the runtime wakes them (which starves some).
-                    if w.rank() > 0 {
-                        tokio::time::sleep(YIELD_TO_OLDER.min(deadline - Instant::now().min(deadline))).await;
+                let until = Instant::now() + wait;
+                while w.wait(until.saturating_duration_since(Instant::now())).await {
+                    if w.rank() == 0 {
+                        break;
                     }
-                } else if w.is_closed() {
-                    // The backend dropped the subscription: subscribe again next time.
-                    watch = None;
+                    if !wake_one {
+                        // Woken by a release: the oldest waiter of this process tries at once,
+                        // the younger ones a moment later, so they are served in arrival order
+                        // rather than in the order the runtime wakes them (which starves some).
+                        tokio::time::sleep(YIELD_TO_OLDER.min(deadline - Instant::now().min(deadline))).await;
+                        break;
+                    }
+                    // A permit's release frees one permit: the oldest waiter of this process
+                    // asks for it, the younger ones keep waiting (for the next release, or at
+                    // most their backoff) instead of each sending a call that would be refused.
                 }
+                closed = w.is_closed();
             }
             _ => tokio::time::sleep(wait).await,
+        }
+        if closed {
+            // The backend dropped the subscription: subscribe again next time.
+            watch = None;
         }
     }
 }

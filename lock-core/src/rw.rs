@@ -270,8 +270,9 @@ impl RwLock {
 /// size; a handle with another size gets [`LockError::PermitsMismatch`] while permits are held
 /// (the holders were promised the size they used), and sets the new size once none is.
 ///
-/// A release wakes the waiters of this process (the oldest tries first); those of other
-/// processes call again when notified.
+/// A permit's release wakes one waiter per process (the one that has waited longest there),
+/// not every waiter: the others keep waiting for the next release, so a release costs one call
+/// per waiting process, not one per waiter.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]

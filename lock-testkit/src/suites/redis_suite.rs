@@ -252,6 +252,67 @@ pub async fn rw_lock_unlock_is_two_round_trips<D: RedisDriver>(driver: D) {
     assert_eq!(left.trim(), "0", "an uncontended rw lock leaves nothing behind but its fencing counter");
 }
 
+/// A permit's release wakes one waiter of a process, not all: with one permit and six waiters
+/// on one client, the release is followed by one call (the oldest waiter's, granted), not six;
+/// then every waiter is served in turn.
+///
+/// # Errors
+/// None: a driver that misbehaves fails the test (this panics).
+///
+/// # Cancel safety
+/// Test code: cancelling abandons the check; the servers it spawned are killed on drop.
+///
+/// # Examples
+/// A driver crate runs the whole suite with [`crate::redis_suite!`]; one test alone:
+/// ```no_run
+/// # async fn demo<D: lock_testkit::redis_suite::RedisDriver>(my_driver: D) {
+/// lock_testkit::redis_suite::permit_release_wakes_one_waiter(my_driver).await;
+/// # }
+/// ```
+pub async fn permit_release_wakes_one_waiter<D: RedisDriver>(driver: D) {
+    let server = server();
+    // A long backoff: between releases the waiters only wait for notices, never poll.
+    let config = LockConfig::builder().watchdog(false).retry_backoff(2_000 * MS, 4_000 * MS).build().unwrap();
+    let locks = LockClient::with_config(connect(&driver, &server).await, config).unwrap();
+    let sem = locks.semaphore("one-at-a-time", 1).unwrap();
+    let held = sem.acquire().await.unwrap();
+    let served = Arc::new(Mutex::new(Vec::new()));
+    let (go_tx, go_rx) = tokio::sync::watch::channel(false);
+    let mut waiters = Vec::new();
+    for i in 0..6 {
+        let (sem, served, mut go) = (sem.clone(), Arc::clone(&served), go_rx.clone());
+        waiters.push(tokio::spawn(async move {
+            let permit = sem.acquire().await.unwrap();
+            served.lock().unwrap().push(i);
+            // Hold until told, so the first release's calls can be counted alone.
+            let _ = go.wait_for(|g| *g).await;
+            permit.release().await.unwrap();
+        }));
+        tokio::time::sleep(20 * MS).await;
+    }
+    // Every waiter has called, subscribed and called again by now.
+    tokio::time::sleep(300 * MS).await;
+    server.cmd(&["CONFIG", "RESETSTAT"]).unwrap();
+    held.release().await.unwrap();
+    let until = Instant::now() + 2_000 * MS;
+    while served.lock().unwrap().is_empty() {
+        assert!(Instant::now() < until, "no waiter was served after the release");
+        tokio::time::sleep(5 * MS).await;
+    }
+    tokio::time::sleep(100 * MS).await;
+    let calls = command_calls(&server).get("evalsha").copied().unwrap_or(0);
+    assert!(
+        calls <= 3,
+        "one release woke the herd: {calls} script calls (the release and one grant expected)"
+    );
+    assert_eq!(served.lock().unwrap().clone(), [0], "the oldest waiter is served first");
+    go_tx.send(true).unwrap();
+    for w in waiters {
+        tokio::time::timeout(10_000 * MS, w).await.expect("every waiter is served in turn").unwrap();
+    }
+    assert_eq!(served.lock().unwrap().clone(), [0, 1, 2, 3, 4, 5], "served in arrival order");
+}
+
 /// A server killed while a lock is held: `lost()` fires by the local deadline.
 ///
 /// # Errors
@@ -1003,6 +1064,7 @@ macro_rules! redis_suite {
             fair_lock_unlock_is_two_round_trips,
             rw_lock_unlock_is_two_round_trips,
             rw_and_semaphore_wrongtype_keys_give_a_clear_error,
+            permit_release_wakes_one_waiter,
             unfenced_lock_is_one_script_that_checks_the_marker,
             flushall_starts_a_quarantine_every_client_sees,
             lost_fence_counter_keeps_tokens_rising,
