@@ -296,6 +296,23 @@ pub struct ExtendRequest {
     pub ttl: Duration,
 }
 
+/// One lease to renew in a batch ([`LockBackend::extend_many`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Renewal {
+    /// Where the owner token lives: `None` for the lock key (as [`LockBackend::extend`]), or a
+    /// set of holders (as [`SharedBackend::extend_member`]: a reader, a permit).
+    pub members: Option<Members>,
+    /// The lease and its new TTL.
+    pub req: ExtendRequest,
+}
+
+impl Renewal {
+    /// Renewing a lock key (a mutex, a fair lock, a write lock).
+    pub fn key(req: ExtendRequest) -> Self {
+        Self { members: None, req }
+    }
+}
+
 /// The answer to an [`ExtendRequest`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExtendOutcome {
@@ -585,14 +602,21 @@ pub trait LockBackend: Send + Sync + 'static {
     /// ```
     async fn extend(&self, req: &ExtendRequest) -> Result<ExtendOutcome, BackendError>;
 
-    /// Extends many locks at once. The default calls [`LockBackend::extend`] for each; backends
-    /// may batch them into one round trip. The answers are in request order.
+    /// Renews many leases at once: the watchdog's batch (see
+    /// [`crate::LockClient::renewal_stats`]). Each renewal is decided alone, exactly as
+    /// [`LockBackend::extend`] (or [`SharedBackend::extend_member`] for a member of a set) would
+    /// decide it: an owner mismatch on one key is that renewal's [`ExtendOutcome::NotHeld`] and
+    /// changes nothing for the others. The answers are in request order, one per renewal.
+    ///
+    /// The default sends every renewal at once, concurrently, through those two methods; the
+    /// Redis drivers send one script call per few hundred keys that share a node (one per slot
+    /// in a Cluster), and RedLock one batch per node.
     ///
     /// # Errors
-    /// Per request, as [`LockBackend::extend`].
+    /// Per renewal, as [`LockBackend::extend`].
     ///
     /// # Cancel safety
-    /// As [`LockBackend::extend`], per request.
+    /// As [`LockBackend::extend`], per renewal.
     ///
     /// # Examples
     /// ```
@@ -603,17 +627,25 @@ pub trait LockBackend: Send + Sync + 'static {
     /// let (key, token) = (LockKey::new("k").unwrap(), Token::random());
     /// let req = AcquireRequest { key: key.clone(), token, ttl: Duration::from_secs(5), fencing: true };
     /// backend.acquire(&req).await?;
-    /// let ext = ExtendRequest { key, token, ttl: Duration::from_secs(10) };
-    /// let answers = backend.extend_many(&[ext.clone(), ext]).await;
-    /// assert_eq!(answers.len(), 2);
+    /// let mine = ExtendRequest { key: key.clone(), token, ttl: Duration::from_secs(10) };
+    /// let theirs = ExtendRequest { token: Token::random(), ..mine.clone() };
+    /// let answers = backend.extend_many(&[Renewal::key(mine), Renewal::key(theirs)]).await;
+    /// assert!(matches!(answers[0], Ok(ExtendOutcome::Extended { .. })));
+    /// assert!(matches!(answers[1], Ok(ExtendOutcome::NotHeld)));
     /// # Ok(()) }
     /// ```
-    async fn extend_many(&self, reqs: &[ExtendRequest]) -> Vec<Result<ExtendOutcome, BackendError>> {
-        let mut out = Vec::with_capacity(reqs.len());
-        for req in reqs {
-            out.push(self.extend(req).await);
-        }
-        out
+    async fn extend_many(&self, renewals: &[Renewal]) -> Vec<Result<ExtendOutcome, BackendError>> {
+        futures::future::join_all(renewals.iter().map(|r| async move {
+            match (r.members, self.shared()) {
+                (None, _) => self.extend(&r.req).await,
+                (Some(set), Some(shared)) => shared.extend_member(set, &r.req).await,
+                (Some(_), None) => Err(BackendError::permanent(
+                    crate::BackendErrorKind::Other,
+                    format!("backend `{}` keeps no read locks or permits", self.name()),
+                )),
+            }
+        }))
+        .await
     }
 
     /// Deletes the lock if this token holds it, and notifies waiters.
@@ -853,11 +885,8 @@ macro_rules! forward_backend {
             async fn extend(&self, req: &ExtendRequest) -> Result<ExtendOutcome, BackendError> {
                 (**self).extend(req).await
             }
-            async fn extend_many(
-                &self,
-                reqs: &[ExtendRequest],
-            ) -> Vec<Result<ExtendOutcome, BackendError>> {
-                (**self).extend_many(reqs).await
+            async fn extend_many(&self, renewals: &[Renewal]) -> Vec<Result<ExtendOutcome, BackendError>> {
+                (**self).extend_many(renewals).await
             }
             async fn release(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError> {
                 (**self).release(key, token).await

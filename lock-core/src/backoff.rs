@@ -19,6 +19,11 @@ impl Backoff {
         Self { min, max: max.max(min), attempt: 0 }
     }
 
+    /// A backoff that has already served `attempt` delays.
+    pub(crate) fn resume(min: Duration, max: Duration, attempt: u32) -> Self {
+        Self { attempt: attempt.min(31), ..Self::new(min, max) }
+    }
+
     pub(crate) fn next_delay(&mut self) -> Duration {
         let factor = 1u32.checked_shl(self.attempt).unwrap_or(u32::MAX);
         let ceiling = self.min.checked_mul(factor).unwrap_or(self.max).min(self.max);

@@ -61,7 +61,7 @@ impl<B: LockBackend> LockClient<B> {
     pub fn new(backend: B) -> Self {
         let backend = Arc::new(backend);
         let dyn_backend: Arc<dyn LockBackend> = backend.clone();
-        Self { backend, ctx: LeaseCtx { backend: dyn_backend, config: Arc::new(LockConfig::default()) } }
+        Self { backend, ctx: LeaseCtx::new(dyn_backend, LockConfig::default()) }
     }
 
     /// A client with a custom configuration.
@@ -77,7 +77,7 @@ impl<B: LockBackend> LockClient<B> {
             });
         }
         let mut client = Self::new(backend);
-        client.ctx.config = Arc::new(config);
+        client.ctx = LeaseCtx::new(Arc::clone(&client.ctx.backend), config);
         Ok(client)
     }
 
@@ -89,6 +89,33 @@ impl<B: LockBackend> LockClient<B> {
     /// The configuration.
     pub fn config(&self) -> &LockConfig {
         &self.ctx.config
+    }
+
+    /// What the watchdog of this client (and its clones) has sent so far. The watchdog renews
+    /// the leases whose renewals fall due close together in one batch
+    /// ([`LockBackend::extend_many`]: one round trip per node), so with many held leases
+    /// `batches` grows far slower than `renewals`. `worst_lateness` is the most any renewal was
+    /// sent after it fell due: a figure to alert on when it nears the TTL's margin (the TTL minus
+    /// the renewal interval).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), lock_core::LockError> {
+    /// use std::time::Duration;
+    /// use lock_core::{LockClient, LockConfig};
+    /// use lock_testkit::MemoryBackend;
+    /// let config = LockConfig::builder().ttl(Duration::from_secs(3)).build()?;
+    /// let client = LockClient::with_config(MemoryBackend::new(), config)?;
+    /// let a = client.mutex("a")?.lock().await?;
+    /// let b = client.mutex("b")?.lock().await?;
+    /// tokio::time::sleep(Duration::from_millis(1_100)).await; // one renewal interval
+    /// let stats = client.renewal_stats();
+    /// assert_eq!((stats.batches, stats.renewals), (1, 2), "both leases in one batch");
+    /// # a.release().await?; b.release().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn renewal_stats(&self) -> crate::RenewalStats {
+        self.ctx.renewer.stats()
     }
 
     /// A handle on the lock named `key` (after the configured prefix). Cheap; makes no request.

@@ -1,14 +1,13 @@
 //! The held lock: [`Guard`], the [`Lease`] trait, and the watchdog that renews it.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::runtime::Handle;
 use tokio::sync::watch;
-use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
@@ -16,6 +15,7 @@ use crate::backend::{ExtendOutcome, ExtendRequest, LockBackend, Members, Release
 use crate::backoff::Backoff;
 use crate::config::{LockConfig, MAX_TTL, MIN_TTL};
 use crate::error::{BackendError, BackendErrorKind, LockError, LostReason};
+use crate::renew::Renewer;
 use crate::types::{FencingToken, LockKey, Token, default_drift, validity_deadline};
 
 /// How many times an explicit release retries a transient backend error before giving up
@@ -53,10 +53,12 @@ pub(crate) struct Shared {
     fence: Option<FencingToken>,
     max_hold_until: Option<Instant>,
     state: watch::Sender<State>,
+    /// Renewal has stopped: the lease is being released (or was dropped).
+    stopped: AtomicBool,
 }
 
 impl Shared {
-    fn backend_name(&self) -> &str {
+    pub(crate) fn backend_name(&self) -> &str {
         #[cfg(feature = "metrics")]
         return &self.backend;
         #[cfg(not(feature = "metrics"))]
@@ -74,8 +76,38 @@ impl Shared {
         self.state.borrow().clone()
     }
 
+    pub(crate) fn key(&self) -> &LockKey {
+        &self.key
+    }
+
+    pub(crate) fn token(&self) -> Token {
+        self.token
+    }
+
+    pub(crate) fn members(&self) -> Option<Members> {
+        self.members
+    }
+
+    pub(crate) fn max_hold_until(&self) -> Option<Instant> {
+        self.max_hold_until
+    }
+
+    /// The validity deadline, while the lease is held and renewal has not stopped.
+    pub(crate) fn renewable(&self) -> Option<Instant> {
+        if self.stopped.load(Ordering::SeqCst) {
+            return None;
+        }
+        let s = self.state.borrow();
+        matches!(s.status, Status::Held).then_some(s.valid_until)
+    }
+
+    /// Renewal has stopped for good at the maximum hold time: expiry then means MaxHoldReached.
+    pub(crate) fn cap(&self) {
+        self.state.send_modify(|s| s.capped = true);
+    }
+
     /// Marks the lease lost if it is still held. Returns whether this call marked it.
-    fn mark_lost(&self, reason: LostReason) -> bool {
+    pub(crate) fn mark_lost(&self, reason: LostReason) -> bool {
         let marked = self.state.send_if_modified(|s| {
             if matches!(s.status, Status::Held) {
                 s.status = Status::Lost(reason.clone());
@@ -92,7 +124,7 @@ impl Shared {
     }
 
     /// Marks the lease lost if its deadline has passed; returns the reason it ended, if it has.
-    fn expire_if_due(&self, now: Instant) -> Option<LostReason> {
+    pub(crate) fn expire_if_due(&self, now: Instant) -> Option<LostReason> {
         let s = self.snapshot();
         match s.status {
             Status::Lost(r) => Some(r),
@@ -109,7 +141,7 @@ impl Shared {
         }
     }
 
-    fn set_valid_until(&self, valid_until: Instant) {
+    pub(crate) fn set_valid_until(&self, valid_until: Instant) {
         self.state.send_if_modified(|s| {
             if matches!(s.status, Status::Held) && s.valid_until != valid_until {
                 s.valid_until = valid_until;
@@ -167,7 +199,7 @@ impl Shared {
 pub(crate) enum Renew {
     /// Not at all: it ends at its validity deadline.
     Off,
-    /// By the watchdog, from this instant on.
+    /// By the client's renewal scheduler (the watchdog), from this instant on.
     From(Instant),
     /// Once, at this instant, then no more: a lease granted for less than its TTL (a fair
     /// lock handed over, capped by its waiter deadline) without a watchdog, renewed to its TTL.
@@ -186,13 +218,20 @@ impl Renew {
 pub(crate) struct LeaseCtx {
     pub(crate) backend: Arc<dyn LockBackend>,
     pub(crate) config: Arc<LockConfig>,
+    /// Renews the leases of this client in batches (one per client; clones share it).
+    pub(crate) renewer: Arc<Renewer>,
+}
+
+impl LeaseCtx {
+    pub(crate) fn new(backend: Arc<dyn LockBackend>, config: LockConfig) -> Self {
+        Self { backend, config: Arc::new(config), renewer: Arc::default() }
+    }
 }
 
 /// One acquisition: dropped when the last [`Guard`] on it goes.
 pub(crate) struct LeaseInner {
     shared: Arc<Shared>,
     ctx: LeaseCtx,
-    watchdog: Option<AbortHandle>,
     released: AtomicBool,
     runtime: Option<Handle>,
 }
@@ -222,16 +261,18 @@ impl LeaseInner {
             fence,
             max_hold_until,
             state,
+            stopped: AtomicBool::new(false),
         });
         let runtime = Handle::try_current().ok();
-        let watchdog = match (&runtime, renew) {
-            (Some(rt), Renew::From(first) | Renew::Once(first)) => {
-                let once = matches!(renew, Renew::Once(_));
-                Some(rt.spawn(run_watchdog(Arc::downgrade(&shared), ctx.clone(), first, once)).abort_handle())
+        if let Some(rt) = &runtime {
+            let lease = Arc::downgrade(&shared);
+            match renew {
+                Renew::Off => {}
+                Renew::From(first) => ctx.renewer.schedule(&ctx, rt, lease, first),
+                Renew::Once(at) => ctx.renewer.schedule_once(&ctx, rt, lease, at),
             }
-            _ => None,
-        };
-        Arc::new(Self { shared, ctx, watchdog, released: AtomicBool::new(false), runtime })
+        }
+        Arc::new(Self { shared, ctx, released: AtomicBool::new(false), runtime })
     }
 
     pub(crate) fn is_held(&self) -> bool {
@@ -243,10 +284,10 @@ impl LeaseInner {
         self.shared.token
     }
 
+    /// Stops renewal: the scheduler drops the lease at its next turn, and ignores the answer
+    /// of a renewal in flight.
     fn stop_watchdog(&self) {
-        if let Some(w) = &self.watchdog {
-            w.abort();
-        }
+        self.shared.stopped.store(true, Ordering::SeqCst);
     }
 
     async fn release_now(&self) -> Result<(), LockError> {
@@ -343,92 +384,6 @@ pub(crate) async fn release_on(
         (None, _) => backend.release(key, token).await,
         (Some(set), Some(shared)) => shared.release_member(set, key, token).await,
         (Some(_), None) => Err(no_shared_holds(backend)),
-    }
-}
-
-/// Renews the lease until it is released, dropped, lost, or capped by the maximum hold time.
-async fn run_watchdog(shared: Weak<Shared>, ctx: LeaseCtx, first: Instant, once: bool) {
-    let config = &ctx.config;
-    let mut next = first;
-    loop {
-        tokio::time::sleep_until(next).await;
-        let Some(shared) = shared.upgrade() else { return };
-        let mut ttl = config.ttl();
-        let mut reaches_cap = false;
-        if let Some(cap) = shared.max_hold_until {
-            let left = cap.saturating_duration_since(Instant::now());
-            if left <= config.drift() + MIN_TTL {
-                // The hold may not be extended any further: let the lease run out.
-                shared.state.send_modify(|s| s.capped = true);
-                debug!(key = %shared.key, "maximum hold time reached; renewal stops");
-                return;
-            }
-            reaches_cap = left < ttl;
-            ttl = ttl.min(left);
-        }
-        let req = ExtendRequest { key: shared.key.clone(), token: shared.token, ttl };
-        let mut backoff = Backoff::new(config.backoff_min(), config.backoff_max());
-        loop {
-            let state = shared.snapshot();
-            if !matches!(state.status, Status::Held) {
-                return;
-            }
-            let deadline = state.valid_until;
-            let started = Instant::now();
-            if started >= deadline {
-                shared.mark_lost(LostReason::Expired);
-                return;
-            }
-            // A renewal that has not answered by the deadline is a lost lease, even if the call
-            // would hang forever.
-            let outcome =
-                tokio::time::timeout_at(deadline, extend_on(ctx.backend.as_ref(), shared.members, &req))
-                    .await;
-            if !matches!(outcome, Ok(Ok(ExtendOutcome::Extended { .. }))) {
-                crate::telemetry::renewal(shared.backend_name(), false);
-            }
-            match outcome {
-                Err(_) => {
-                    shared.mark_lost(LostReason::Expired);
-                    return;
-                }
-                Ok(Ok(ExtendOutcome::Extended { valid_until })) => {
-                    let mine = validity_deadline(started, ttl, config.drift().max(default_drift(ttl)));
-                    let mut new_deadline = mine.map_or(valid_until, |m| m.min(valid_until));
-                    if let Some(cap) = shared.max_hold_until {
-                        new_deadline = new_deadline.min(cap);
-                    }
-                    // A renewal never shortens what an earlier success promised (S4).
-                    if new_deadline > deadline {
-                        shared.set_valid_until(new_deadline);
-                    }
-                    if reaches_cap {
-                        // This renewal was cut short by the maximum hold time: its end is the cap.
-                        shared.state.send_modify(|s| s.capped = true);
-                    }
-                    debug!(key = %shared.key, "renewed");
-                    crate::telemetry::renewal(shared.backend_name(), true);
-                    if once {
-                        return;
-                    }
-                    next = started + config.renew_interval();
-                    break;
-                }
-                Ok(Ok(ExtendOutcome::NotHeld)) => {
-                    shared.mark_lost(LostReason::NotOwner);
-                    return;
-                }
-                Ok(Err(e)) if e.is_retryable() => {
-                    debug!(key = %shared.key, error = %e, "renewal failed, retrying");
-                    let wake = Instant::now() + backoff.next_delay();
-                    tokio::time::sleep_until(wake.min(deadline)).await;
-                }
-                Ok(Err(e)) => {
-                    shared.mark_lost(LostReason::Backend(e));
-                    return;
-                }
-            }
-        }
     }
 }
 

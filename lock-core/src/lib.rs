@@ -10,6 +10,7 @@ mod error;
 mod fair;
 pub mod hub;
 mod lease;
+mod renew;
 mod rw;
 pub mod scripts;
 mod telemetry;
@@ -17,13 +18,14 @@ mod types;
 
 pub use backend::{
     AcquireOutcome, AcquireRequest, Capabilities, ExtendOutcome, ExtendRequest, FairBackend, FairOutcome,
-    FairRequest, Hold, HoldOutcome, HoldRequest, LockBackend, Members, ReleaseOutcome, ReleaseWatch,
+    FairRequest, Hold, HoldOutcome, HoldRequest, LockBackend, Members, ReleaseOutcome, ReleaseWatch, Renewal,
     SharedBackend,
 };
 pub use client::{FairMutex, LockClient, LockOptions, Mutex};
 pub use config::{DEFAULT_WAITER_TIMEOUT, LockConfig, LockConfigBuilder, MAX_TTL, MIN_TTL};
 pub use error::{BackendError, BackendErrorKind, LockError, LostReason};
 pub use lease::{Guard, Lease};
+pub use renew::RenewalStats;
 pub use rw::{RwLock, Semaphore};
 pub use types::{FencingToken, Grant, LockKey, MAX_KEY_LEN, Token, default_drift, validity_deadline};
 

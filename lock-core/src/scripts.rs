@@ -170,6 +170,21 @@ pub const MEMBER: LuaScript = LuaScript {
     sha1: "e15758b4c634d685e1a46ba35e64fd84e5b20b58",
 };
 
+/// `renew.lua`: the watchdog's batch: renew many leases in one call, each decided alone as
+/// [`EXTEND`] (a lock key) or [`MEMBER`] (a member of a set) would decide it.
+/// KEYS: per lease, the lock key or the set, then the set's companion (or the same key again).
+/// ARGV: per lease, `""` (a lock key) or `"m"` (a member), the token, the ttl ms. Returns one
+/// integer per lease: 1 renewed, 0 not held, -1 a key of another type.
+pub const RENEW: LuaScript = LuaScript {
+    name: "renew",
+    source: concat!(include_str!("../scripts/common.lua"), include_str!("../scripts/renew.lua")),
+    sha1: "4cf644af4b2acdc2f858ae0b2022bc0167994760",
+};
+
+/// How many leases one [`RENEW`] call renews at most: a batch of more is split into several
+/// calls (sent at once), so no call keeps the server busy for long.
+pub const RENEW_CHUNK: usize = 256;
+
 /// `node.lua`: read the node marker, or declare a server fresh. KEYS: marker. ARGV: `read`,
 /// `init` or `force`, a fresh node id. Returns `{node id, quarantine ms left}` (`{0, -1}`: no
 /// marker).
@@ -586,6 +601,15 @@ pub trait ScriptRunner: Send + Sync {
     fn node_guard(&self) -> Option<&NodeGuard> {
         None
     }
+
+    /// Whether the server is a Redis Cluster, where one script may only touch keys of one
+    /// slot: [`extend_many`] then groups its leases by slot. The default says so exactly when
+    /// there is no [`ScriptRunner::node_guard`] (drivers turn the guard off in Cluster), which
+    /// is right for the drivers of this workspace and safe for any other (a single server
+    /// taken for a Cluster only batches less).
+    fn cluster(&self) -> bool {
+        self.node_guard().is_none()
+    }
 }
 
 /// [`crate::LockBackend::acquire`]: one round trip when the lock is free. Without fencing it
@@ -679,6 +703,129 @@ pub async fn extend<R: ScriptRunner + ?Sized>(
         (1, Some(g)) => crate::ExtendOutcome::Extended { valid_until: g.valid_until },
         _ => crate::ExtendOutcome::NotHeld,
     })
+}
+
+/// The Redis Cluster slot of a key: CRC16 of its hash tag (or of the whole key without one),
+/// modulo 16384.
+///
+/// ```
+/// use lock_core::scripts::slot;
+/// assert_eq!(slot("lock:{orders:42}"), slot("lock:{orders:42}:fence"));
+/// assert_eq!(slot("123456789"), 0x31C3 % 16384); // the CRC16/XMODEM check value
+/// ```
+pub fn slot(key: &str) -> u16 {
+    let bytes = key.as_bytes();
+    let tagged = bytes.iter().position(|b| *b == b'{').and_then(|open| {
+        let rest = &bytes[open + 1..];
+        rest.iter().position(|b| *b == b'}').filter(|close| *close > 0).map(|close| &rest[..close])
+    });
+    crc16::State::<crc16::XMODEM>::calculate(tagged.unwrap_or(bytes)) % 16384
+}
+
+/// The keys [`RENEW`] touches for one lease, and its kind argument.
+fn renewed_keys(members: Option<crate::Members>, k: &RedisKeys) -> (&str, &str, &'static str) {
+    use crate::Members;
+    match members {
+        None => (&k.lock, &k.lock, ""),
+        Some(Members::Readers) => (&k.readers, &k.readers, "m"),
+        Some(Members::Writers) => (&k.writers, &k.writers, "m"),
+        Some(Members::Permits) => (&k.permits, &k.size, "m"),
+    }
+}
+
+/// [`crate::LockBackend::extend_many`] through the shared [`RENEW`] script: the leases are
+/// split into calls of at most [`RENEW_CHUNK`] (one per slot and chunk in a Cluster, see
+/// [`ScriptRunner::cluster`]), all sent at once, so a batch costs one round trip per node (a
+/// pipeline on a multiplexed connection). A call that fails gives its error to its leases
+/// alone; a key of another type fails its own lease alone.
+///
+/// # Errors
+/// Per renewal: the runner's errors, or [`BackendErrorKind::WrongType`] naming the key.
+///
+/// # Cancel safety
+/// As [`crate::LockBackend::extend`], per renewal.
+///
+/// # Examples
+/// ```
+/// # use lock_core::scripts::{LuaScript, ScriptRunner, RENEW};
+/// # use lock_core::*;
+/// # struct Fake;
+/// # #[async_trait::async_trait]
+/// # impl ScriptRunner for Fake {
+/// #     async fn run_ints(&self, s: &LuaScript, _: &[&str], _: &[String]) -> Result<Vec<i64>, BackendError> {
+/// #         assert_eq!(s.name, RENEW.name); Ok(vec![1, 0]) }
+/// #     async fn run_int(&self, _: &LuaScript, _: &[&str], _: &[String]) -> Result<i64, BackendError> { Ok(1) }
+/// #     fn cluster(&self) -> bool { false }
+/// # }
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// # let runner = Fake;
+/// let ttl = std::time::Duration::from_secs(5);
+/// let renew = |k: &str| Renewal::key(ExtendRequest { key: LockKey::new(k).unwrap(), token: Token::random(), ttl });
+/// let answers = lock_core::scripts::extend_many(&runner, &[renew("a"), renew("b")]).await;
+/// assert!(matches!(answers[..], [Ok(ExtendOutcome::Extended { .. }), Ok(ExtendOutcome::NotHeld)]));
+/// # }
+/// ```
+pub async fn extend_many<R: ScriptRunner + ?Sized>(
+    runner: &R,
+    renewals: &[crate::Renewal],
+) -> Vec<Result<crate::ExtendOutcome, BackendError>> {
+    let names: Vec<RedisKeys> = renewals.iter().map(|r| RedisKeys::for_key(&r.req.key)).collect();
+    // Which renewals go in one call: in a Cluster, those of one slot.
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    if runner.cluster() {
+        let mut by_slot: std::collections::HashMap<u16, Vec<usize>> = std::collections::HashMap::new();
+        for (i, keys) in names.iter().enumerate() {
+            by_slot.entry(slot(&keys.lock)).or_default().push(i);
+        }
+        groups.extend(by_slot.into_values());
+    } else {
+        groups.push((0..renewals.len()).collect());
+    }
+    let calls = groups.iter().flat_map(|g| g.chunks(RENEW_CHUNK)).map(|chunk| {
+        let mut keys: Vec<&str> = Vec::with_capacity(chunk.len() * 2);
+        let mut args: Vec<String> = Vec::with_capacity(chunk.len() * 3);
+        for &i in chunk {
+            let (r, k) = (&renewals[i], &names[i]);
+            let (set, companion, kind) = renewed_keys(r.members, k);
+            keys.extend([set, companion]);
+            args.extend([kind.to_string(), r.req.token.to_redis_value(), ttl_millis(r.req.ttl).to_string()]);
+        }
+        async move {
+            let started = Instant::now();
+            (chunk, started, runner.run_ints(&RENEW, &keys, &args).await)
+        }
+    });
+    let mut out: Vec<Option<Result<crate::ExtendOutcome, BackendError>>> = vec![None; renewals.len()];
+    for (chunk, started, reply) in futures::future::join_all(calls).await {
+        for (n, &i) in chunk.iter().enumerate() {
+            let req = &renewals[i].req;
+            out[i] = Some(match &reply {
+                Err(e) => Err(e.clone()),
+                Ok(codes) => match (codes.get(n), Grant::from_start(started, req.ttl, None)) {
+                    (Some(1), Some(g)) => Ok(crate::ExtendOutcome::Extended { valid_until: g.valid_until }),
+                    (Some(1 | 0), _) => Ok(crate::ExtendOutcome::NotHeld),
+                    (Some(-1), _) => Err(BackendError::permanent(
+                        BackendErrorKind::WrongType,
+                        format!(
+                            "WRONGTYPE: redis key {:?} holds another type",
+                            renewed_keys(renewals[i].members, &names[i]).0
+                        ),
+                    )),
+                    (other, _) => Err(BackendError::permanent(
+                        BackendErrorKind::Protocol,
+                        format!("unexpected reply {other:?} from the renew script for {}", req.key),
+                    )),
+                },
+            });
+        }
+    }
+    out.into_iter()
+        .map(|o| {
+            o.unwrap_or_else(|| {
+                Err(BackendError::permanent(BackendErrorKind::Protocol, "a renewal was not sent"))
+            })
+        })
+        .collect()
 }
 
 /// [`crate::LockBackend::release`] (with `announce`) or [`crate::LockBackend::discard`]
@@ -980,7 +1127,8 @@ mod tests {
 
     #[test]
     fn script_digests_are_pinned() {
-        for script in [ACQUIRE, EXTEND, RELEASE, FENCE, NODE, FAIR, LEAVE, READ, WRITE, PERMIT, MEMBER] {
+        for script in [ACQUIRE, EXTEND, RELEASE, FENCE, NODE, FAIR, LEAVE, READ, WRITE, PERMIT, MEMBER, RENEW]
+        {
             assert_eq!(sha1_hex(script.source), script.sha1, "{} changed: update its sha1", script.name);
         }
     }

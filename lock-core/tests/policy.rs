@@ -429,3 +429,77 @@ fn invalid_keys_are_rejected() {
     assert!(prefixed.mutex("").is_err(), "a prefix does not make an empty key valid");
     assert_eq!(prefixed.mutex("k").unwrap().key().as_str(), "app:k");
 }
+
+/// The watchdog's batch (issue 14): leases due close together are renewed in one
+/// `extend_many` call, and an owner mismatch on one key ends that lease alone.
+#[tokio::test(start_paused = true)]
+async fn a_batch_in_which_one_key_was_taken_over_loses_only_that_lease() {
+    let store = MemoryBackend::new();
+    let client = client(store.clone());
+    let mut guards = Vec::new();
+    for k in ["batch-a", "batch-b", "batch-c"] {
+        guards.push(client.mutex(k).unwrap().lock().await.unwrap());
+        tokio::time::sleep(10 * MS).await; // due 10 ms apart: one window
+    }
+    store.evict("batch-b");
+    store.force_hold("batch-b", Token::random(), 30 * SEC).unwrap();
+    let reason = guards[1].lost().await;
+    assert!(matches!(reason, LostReason::NotOwner), "{reason:?}");
+    tokio::time::sleep(4_500 * MS).await;
+    assert!(guards[0].is_held() && guards[2].is_held(), "the other leases of the batch are kept");
+    let stats = client.renewal_stats();
+    // 3 renewals in the first batch (1 s), then 2 in each of the next four (2 s to 5 s).
+    assert_eq!((stats.batches, stats.renewals), (5, 11), "{stats:?}");
+    assert_eq!(store.op_counts().extend, 11);
+    assert_eq!(stats.worst_lateness, Duration::ZERO, "paused time: nothing is late");
+    for g in [guards.remove(2), guards.remove(0)] {
+        g.release().await.unwrap();
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn leases_due_far_apart_are_renewed_in_batches_of_their_own() {
+    let store = MemoryBackend::new();
+    let client = client(store.clone());
+    let a = client.mutex("apart-a").unwrap().lock().await.unwrap();
+    tokio::time::sleep(500 * MS).await; // more than the window (an eighth of the interval)
+    let b = client.mutex("apart-b").unwrap().lock().await.unwrap();
+    tokio::time::sleep(1_600 * MS).await;
+    let stats = client.renewal_stats();
+    assert_eq!((stats.batches, stats.renewals), (3, 3), "a at 1 s and 2 s, b at 1.5 s: {stats:?}");
+    a.release().await.unwrap();
+    b.release().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hanging_batch_loses_each_lease_at_its_own_deadline() {
+    let faulty = Faulty::new(MemoryBackend::new());
+    let client = client(faulty.clone());
+    let first = client.mutex("hang-a").unwrap().lock().await.unwrap();
+    tokio::time::sleep(50 * MS).await;
+    let second = client.mutex("hang-b").unwrap().lock().await.unwrap();
+    faulty.inject_always(Op::Extend, Fault::Hang);
+    let (d1, d2) = (first.valid_until(), second.valid_until());
+    assert!(d2 > d1);
+    first.lost().await;
+    assert_eq!(Instant::now(), d1, "the first lease is lost at its own deadline");
+    assert!(second.is_held(), "the second is not lost with it");
+    second.lost().await;
+    assert_eq!(Instant::now(), d2);
+    assert_eq!(client.renewal_stats().batches, 1, "both were in one batch");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_scheduler_stops_when_nothing_is_held_and_starts_again() {
+    let store = MemoryBackend::new();
+    let client = client(store.clone());
+    let g = client.mutex("again").unwrap().lock().await.unwrap();
+    tokio::time::sleep(1_100 * MS).await;
+    g.release().await.unwrap();
+    tokio::time::sleep(5 * SEC).await;
+    assert_eq!(store.op_counts().extend, 1, "no renewal after the release");
+    let g = client.mutex("again").unwrap().lock().await.unwrap();
+    tokio::time::sleep(2_100 * MS).await;
+    assert_eq!(store.op_counts().extend, 3, "the next lease is renewed again");
+    g.release().await.unwrap();
+}

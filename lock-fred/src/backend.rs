@@ -664,6 +664,10 @@ where
         scripts::extend(self, req).await
     }
 
+    async fn extend_many(&self, renewals: &[lock_core::Renewal]) -> Vec<Result<ExtendOutcome, BackendError>> {
+        scripts::extend_many(self, renewals).await
+    }
+
     async fn release(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError> {
         scripts::release(self, key, token, true).await
     }

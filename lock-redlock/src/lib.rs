@@ -12,7 +12,8 @@ use futures::stream::FuturesUnordered;
 use lock_core::{
     AcquireOutcome, AcquireRequest, BackendError, BackendErrorKind, Capabilities, ExtendOutcome,
     ExtendRequest, FencingToken, Grant, Hold, HoldOutcome, HoldRequest, Instant, LockBackend, LockError,
-    LockKey, Members, ReleaseOutcome, ReleaseWatch, SharedBackend, Token, default_drift, validity_deadline,
+    LockKey, Members, ReleaseOutcome, ReleaseWatch, Renewal, SharedBackend, Token, default_drift,
+    validity_deadline,
 };
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
@@ -614,6 +615,75 @@ impl<B: LockBackend> RedLock<B> {
         Err(quorum_error(&format!("no majority extended {}", req.key), &failures))
     }
 
+    /// Renews a batch on every node at once, one [`LockBackend::extend_many`] per node, and
+    /// decides each renewal at a majority as [`RedLock::extend_quorum`] does. Stops waiting
+    /// once every renewal is decided; a slow node holds a batch up for its node timeout at
+    /// most.
+    async fn extend_batch(&self, renewals: &[Renewal]) -> Vec<Result<ExtendOutcome, BackendError>> {
+        let started = Instant::now();
+        let (n, m, quorum) = (self.inner.nodes.len(), renewals.len(), self.inner.quorum);
+        let Some(shortest) = renewals.iter().map(|r| r.req.ttl).min() else { return Vec::new() };
+        let batch: Arc<[Renewal]> = renewals.into();
+        let mut answers = self.fan_out(self.node_timeout(shortest), move |_, node| {
+            let batch = Arc::clone(&batch);
+            async move { Ok(node.extend_many(&batch).await) }
+        });
+        let mut extended: Vec<Vec<usize>> = vec![Vec::new(); m];
+        let mut not_held: Vec<Vec<usize>> = vec![Vec::new(); m];
+        let mut failures: Vec<Vec<(String, BackendError)>> = vec![Vec::new(); m];
+        let decided = |extended: &[usize], not_held: &[usize]| {
+            self.votes(extended.iter().copied()) >= quorum || not_held.len() > n - quorum
+        };
+        while let Some((i, answer)) = answers.recv().await {
+            let endpoint = &self.inner.endpoints[i];
+            let mut per_node = match answer {
+                Ok(per_node) => per_node.into_iter(),
+                Err(e) => vec![Err(e); m].into_iter(),
+            };
+            for j in 0..m {
+                match per_node.next() {
+                    Some(Ok(ExtendOutcome::Extended { .. })) => extended[j].push(i),
+                    Some(Ok(ExtendOutcome::NotHeld)) => not_held[j].push(i),
+                    Some(Err(e)) => failures[j].push((endpoint.clone(), e)),
+                    None => failures[j].push((
+                        endpoint.clone(),
+                        BackendError::retryable(
+                            BackendErrorKind::Protocol,
+                            "a renewal batch came back short",
+                        ),
+                    )),
+                }
+            }
+            if (0..m).all(|j| decided(&extended[j], &not_held[j])) {
+                break;
+            }
+        }
+        let mut out = Vec::with_capacity(m);
+        for (j, r) in renewals.iter().enumerate() {
+            let req = &r.req;
+            out.push(if self.votes(extended[j].iter().copied()) >= quorum {
+                if self.inner.options.repair && r.members.is_none() && !not_held[j].is_empty() {
+                    // Repairs the nodes that said so before the decision.
+                    let (_, late) = mpsc::unbounded_channel();
+                    self.repair(req, late, std::mem::take(&mut not_held[j]));
+                }
+                Ok(match validity_deadline(started, req.ttl, default_drift(req.ttl)) {
+                    Some(valid_until) => {
+                        self.renewed(&req.key, &req.token, valid_until);
+                        ExtendOutcome::Extended { valid_until }
+                    }
+                    None => ExtendOutcome::NotHeld,
+                })
+            } else if not_held[j].len() > n - quorum {
+                Ok(ExtendOutcome::NotHeld)
+            } else {
+                // Unknown: the lease stays as it is and its watchdog retries until its deadline.
+                Err(quorum_error(&format!("no majority extended {}", req.key), &failures[j]))
+            });
+        }
+        out
+    }
+
     /// The time until enough holders expire for a majority to be free: among the nodes held
     /// by others, the `need`-th smallest remaining TTL.
     fn blocking_ttl(&self, held: &mut [Option<Duration>]) -> Option<Duration> {
@@ -651,6 +721,10 @@ impl<B: LockBackend> LockBackend for RedLock<B> {
 
     async fn extend(&self, req: &ExtendRequest) -> Result<ExtendOutcome, BackendError> {
         self.extend_quorum(req, None).await
+    }
+
+    async fn extend_many(&self, renewals: &[Renewal]) -> Vec<Result<ExtendOutcome, BackendError>> {
+        self.extend_batch(renewals).await
     }
 
     async fn release(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError> {

@@ -28,7 +28,7 @@ use async_trait::async_trait;
 use lock_core::{
     AcquireOutcome, AcquireRequest, BackendError, Capabilities, ExtendOutcome, ExtendRequest, FairBackend,
     FairOutcome, FairRequest, FencingToken, HoldOutcome, HoldRequest, LockBackend, LockKey, Members,
-    ReleaseOutcome, ReleaseWatch, SharedBackend, Token,
+    ReleaseOutcome, ReleaseWatch, Renewal, SharedBackend, Token,
 };
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -595,9 +595,9 @@ impl<B: LockBackend> LockBackend for Recording<B> {
         self.sent(req);
         self.inner.extend(req).await
     }
-    async fn extend_many(&self, reqs: &[ExtendRequest]) -> Vec<Result<ExtendOutcome, BackendError>> {
-        reqs.iter().for_each(|r| self.sent(r));
-        self.inner.extend_many(reqs).await
+    async fn extend_many(&self, renewals: &[Renewal]) -> Vec<Result<ExtendOutcome, BackendError>> {
+        renewals.iter().for_each(|r| self.sent(&r.req));
+        self.inner.extend_many(renewals).await
     }
     async fn release(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError> {
         self.inner.release(key, token).await

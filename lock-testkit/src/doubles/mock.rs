@@ -21,7 +21,6 @@ mockall::mock! {
         fn capabilities(&self) -> Capabilities;
         async fn acquire(&self, req: &AcquireRequest) -> Result<AcquireOutcome, BackendError>;
         async fn extend(&self, req: &ExtendRequest) -> Result<ExtendOutcome, BackendError>;
-        async fn extend_many(&self, reqs: &[ExtendRequest]) -> Vec<Result<ExtendOutcome, BackendError>>;
         async fn release(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError>;
         async fn discard(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError>;
         async fn raise_fence(&self, key: &LockKey, token: &Token, fence: FencingToken) -> Result<(), BackendError>;
@@ -120,9 +119,6 @@ macro_rules! forward_lock {
             }
             async fn extend(&self, req: &ExtendRequest) -> Result<ExtendOutcome, BackendError> {
                 self.lock.extend(req).await
-            }
-            async fn extend_many(&self, reqs: &[ExtendRequest]) -> Vec<Result<ExtendOutcome, BackendError>> {
-                self.lock.extend_many(reqs).await
             }
             async fn release(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError> {
                 self.lock.release(key, token).await

@@ -187,6 +187,74 @@ pub async fn rw_and_semaphore_wrongtype_keys_give_a_clear_error<D: RedisDriver>(
     }
 }
 
+/// The watchdog renews many held leases in a few script calls (one per 256 leases due
+/// together, [`lock_core::scripts::RENEW_CHUNK`]), not one call per lease; and a key in the
+/// batch that now holds another type ends that lease alone, with a WRONGTYPE error naming it.
+///
+/// # Errors
+/// None: a driver that misbehaves fails the test (this panics).
+///
+/// # Cancel safety
+/// Test code: cancelling abandons the check; the servers it spawned are killed on drop.
+///
+/// # Examples
+/// A driver crate runs the whole suite with [`crate::redis_suite!`]; one test alone:
+/// ```no_run
+/// # async fn demo<D: lock_testkit::redis_suite::RedisDriver>(my_driver: D) {
+/// lock_testkit::redis_suite::watchdog_renews_many_leases_in_few_calls(my_driver).await;
+/// # }
+/// ```
+pub async fn watchdog_renews_many_leases_in_few_calls<D: RedisDriver>(driver: D) {
+    const LEASES: usize = 600;
+    let server = server();
+    let config = LockConfig::builder().ttl(3_000 * MS).build().unwrap();
+    let locks = LockClient::with_config(connect(&driver, &server).await, config).unwrap();
+    let guards = futures::future::join_all((0..LEASES).map(|i| {
+        let locks = locks.clone();
+        async move { locks.mutex(format!("many:{i}")).unwrap().lock().await.unwrap() }
+    }))
+    .await;
+    server.cmd(&["CONFIG", "RESETSTAT"]).unwrap();
+    // The one that will hold another type once the first batch is out.
+    server.cmd(&["DEL", "lock:{many:7}"]).unwrap();
+    server.cmd(&["LPUSH", "lock:{many:7}", "x"]).unwrap();
+    tokio::time::sleep(1_400 * MS).await; // one renewal interval, and a margin
+    let calls = command_calls(&server);
+    // EVALSHA per call; the first use of the script also meets NOSCRIPT once per chunk, which
+    // redis-rs answers with EVAL and fred with SCRIPT LOAD and a second EVALSHA.
+    let count = |name: &str| calls.get(name).copied().unwrap_or(0);
+    let scripts = count("evalsha") - count("script|load");
+    let stats = locks.renewal_stats();
+    assert_eq!(stats.renewals, LEASES as u64, "every lease renewed once: {stats:?}");
+    assert!(
+        scripts >= 3 && scripts <= 3 * stats.batches,
+        "{LEASES} renewals in {} batches must be a few script calls (256 leases each), not one per \
+         lease: {calls:?}",
+        stats.batches
+    );
+    assert!(stats.batches <= 8, "leases taken together renew together: {stats:?}");
+    let reason =
+        tokio::time::timeout(1_000 * MS, guards[7].lost()).await.expect("the wrong-type lease is lost");
+    match &reason {
+        lock_core::LostReason::Backend(e) => {
+            assert_eq!(e.kind(), BackendErrorKind::WrongType, "{e}");
+            assert!(e.to_string().contains("lock:{many:7}"), "names the key: {e}");
+        }
+        other => panic!("expected a WRONGTYPE loss, got {other}"),
+    }
+    for (i, g) in guards.iter().enumerate() {
+        assert_eq!(g.is_held(), i != 7, "lease {i}");
+    }
+    let pttl: i64 = text(server.cmd(&["PTTL", "lock:{many:8}"]).unwrap()).parse().unwrap();
+    assert!(pttl > 1_700, "renewed to the full TTL: {pttl} ms left");
+    futures::future::join_all(
+        guards.into_iter().enumerate().filter(|(i, _)| *i != 7).map(|(_, g)| g.release()),
+    )
+    .await
+    .into_iter()
+    .for_each(|r| r.unwrap());
+}
+
 /// An uncontended read lock/unlock and write lock/unlock are two round trips each (one script
 /// each way), and leave only the fencing counter behind.
 ///
@@ -1063,6 +1131,7 @@ macro_rules! redis_suite {
             lock_unlock_is_two_round_trips,
             fair_lock_unlock_is_two_round_trips,
             rw_lock_unlock_is_two_round_trips,
+            watchdog_renews_many_leases_in_few_calls,
             rw_and_semaphore_wrongtype_keys_give_a_clear_error,
             permit_release_wakes_one_waiter,
             unfenced_lock_is_one_script_that_checks_the_marker,
