@@ -622,6 +622,8 @@ pub(crate) async fn acquire_inner(
     // (readers) or is raced for (a mutex), and wakes them all.
     let wake_one = matches!(ask, Ask::Hold(Hold::Permit { .. }));
     let mut contended = false;
+    // When the holder's lease ends, as the last refusal reported it.
+    let mut holder_ends: Option<Instant> = None;
 
     loop {
         let started = Instant::now();
@@ -720,7 +722,12 @@ pub(crate) async fn acquire_inner(
         // to announce a release).
         let mut wait = backoff.next_delay();
         if let Some(r) = remaining {
-            wait = wait.min(r.max(Duration::from_millis(1)));
+            holder_ends = now.checked_add(r);
+        }
+        // The holder's expiry as last reported caps the wait even when this call failed (a
+        // timeout under load must not make a waiter sleep its whole backoff past the expiry).
+        if let Some(ends) = holder_ends.filter(|e| *e > now) {
+            wait = wait.min((ends - now).max(Duration::from_millis(1)));
         }
         if let Ask::Hold(Hold::Write { wait: Some(kept) }) = ask {
             // Call again well before this writer's place among the waiting writers lapses.

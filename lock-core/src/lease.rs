@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::runtime::Handle;
-use tokio::sync::watch;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
@@ -43,7 +43,7 @@ pub(crate) struct Shared {
     key: LockKey,
     /// The backend's name, for metrics only: without the feature no lease pays for a copy.
     #[cfg(feature = "metrics")]
-    backend: String,
+    backend: Arc<str>,
     #[cfg(feature = "metrics")]
     acquired_at: Instant,
     token: Token,
@@ -52,7 +52,11 @@ pub(crate) struct Shared {
     members: Option<Members>,
     fence: Option<FencingToken>,
     max_hold_until: Option<Instant>,
-    state: watch::Sender<State>,
+    /// The lease's state; every change is announced on `changed`. (A mutex and one `Notify`
+    /// instead of a watch channel: a watch channel costs about 400 bytes per lease, and a
+    /// client may hold 100,000 of them.)
+    state: std::sync::Mutex<State>,
+    changed: Notify,
     /// Renewal has stopped: the lease is being released (or was dropped).
     stopped: AtomicBool,
 }
@@ -72,8 +76,29 @@ impl Shared {
         Duration::ZERO
     }
 
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn snapshot(&self) -> State {
-        self.state.borrow().clone()
+        self.state().clone()
+    }
+
+    /// Applies `change` to the state; when it reports a change, wakes every `lost()` waiting.
+    fn modify(&self, change: impl FnOnce(&mut State) -> bool) -> bool {
+        let changed = change(&mut self.state());
+        if changed {
+            self.changed.notify_waiters();
+        }
+        changed
+    }
+
+    /// Marks the lease released (no guard is left to observe it).
+    fn set_released(&self) {
+        self.modify(|s| {
+            s.status = Status::Released;
+            true
+        });
     }
 
     pub(crate) fn key(&self) -> &LockKey {
@@ -97,18 +122,18 @@ impl Shared {
         if self.stopped.load(Ordering::SeqCst) {
             return None;
         }
-        let s = self.state.borrow();
+        let s = self.state();
         matches!(s.status, Status::Held).then_some(s.valid_until)
     }
 
     /// Renewal has stopped for good at the maximum hold time: expiry then means MaxHoldReached.
     pub(crate) fn cap(&self) {
-        self.state.send_modify(|s| s.capped = true);
+        self.state().capped = true;
     }
 
     /// Marks the lease lost if it is still held. Returns whether this call marked it.
     pub(crate) fn mark_lost(&self, reason: LostReason) -> bool {
-        let marked = self.state.send_if_modified(|s| {
+        let marked = self.modify(|s| {
             if matches!(s.status, Status::Held) {
                 s.status = Status::Lost(reason.clone());
                 true
@@ -142,7 +167,7 @@ impl Shared {
     }
 
     pub(crate) fn set_valid_until(&self, valid_until: Instant) {
-        self.state.send_if_modified(|s| {
+        self.modify(|s| {
             if matches!(s.status, Status::Held) && s.valid_until != valid_until {
                 s.valid_until = valid_until;
                 true
@@ -153,38 +178,35 @@ impl Shared {
     }
 
     fn is_held(&self) -> bool {
-        let s = self.state.borrow();
+        let s = self.state();
         matches!(s.status, Status::Held) && Instant::now() < s.valid_until
     }
 
     /// Resolves when the lease is lost: at once if the backend reported it, or exactly at the
     /// validity deadline if no renewal moved it, whatever renewal calls are doing (S5).
     async fn lost(self: Arc<Self>) -> LostReason {
-        {
-            let mut rx = self.state.subscribe();
-            loop {
-                let valid_until = {
-                    let s = rx.borrow_and_update();
-                    match &s.status {
-                        Status::Lost(r) => return r.clone(),
-                        // Released leases have no guard left to observe them; never resolve.
-                        Status::Released => None,
-                        Status::Held => Some(s.valid_until),
-                    }
-                };
-                match valid_until {
-                    None => std::future::pending::<()>().await,
-                    Some(deadline) => {
-                        tokio::select! {
-                            changed = rx.changed() => {
-                                if changed.is_err() {
-                                    std::future::pending::<()>().await;
-                                }
-                            }
-                            () = tokio::time::sleep_until(deadline) => {
-                                if let Some(reason) = self.expire_if_due(Instant::now()) {
-                                    return reason;
-                                }
+        loop {
+            // Registered before the state is read, so a change in between is not missed.
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let valid_until = {
+                let s = self.state();
+                match &s.status {
+                    Status::Lost(r) => return r.clone(),
+                    // Released leases have no guard left to observe them; never resolve.
+                    Status::Released => None,
+                    Status::Held => Some(s.valid_until),
+                }
+            };
+            match valid_until {
+                None => std::future::pending::<()>().await,
+                Some(deadline) => {
+                    tokio::select! {
+                        () = &mut changed => {}
+                        () = tokio::time::sleep_until(deadline) => {
+                            if let Some(reason) = self.expire_if_due(Instant::now()) {
+                                return reason;
                             }
                         }
                     }
@@ -220,11 +242,20 @@ pub(crate) struct LeaseCtx {
     pub(crate) config: Arc<LockConfig>,
     /// Renews the leases of this client in batches (one per client; clones share it).
     pub(crate) renewer: Arc<Renewer>,
+    /// The backend's name, shared by every lease's metrics (not copied per lease).
+    #[cfg(feature = "metrics")]
+    pub(crate) name: Arc<str>,
 }
 
 impl LeaseCtx {
     pub(crate) fn new(backend: Arc<dyn LockBackend>, config: LockConfig) -> Self {
-        Self { backend, config: Arc::new(config), renewer: Arc::default() }
+        Self {
+            #[cfg(feature = "metrics")]
+            name: backend.name().into(),
+            backend,
+            config: Arc::new(config),
+            renewer: Arc::default(),
+        }
     }
 }
 
@@ -249,11 +280,11 @@ impl LeaseInner {
         renew: Renew,
     ) -> Arc<Self> {
         let max_hold_until = ctx.config.max_hold().and_then(|d| acquired_at.checked_add(d));
-        let (state, _) = watch::channel(State { valid_until, status: Status::Held, capped: false });
+        let state = std::sync::Mutex::new(State { valid_until, status: Status::Held, capped: false });
         let shared = Arc::new(Shared {
             key,
             #[cfg(feature = "metrics")]
-            backend: ctx.backend.name().to_string(),
+            backend: Arc::clone(&ctx.name),
             #[cfg(feature = "metrics")]
             acquired_at,
             token,
@@ -261,6 +292,7 @@ impl LeaseInner {
             fence,
             max_hold_until,
             state,
+            changed: Notify::new(),
             stopped: AtomicBool::new(false),
         });
         let runtime = Handle::try_current().ok();
@@ -309,7 +341,7 @@ impl LeaseInner {
         };
         // Only now: if this future is dropped mid-release, Drop still releases in the background.
         self.released.store(true, Ordering::SeqCst);
-        self.shared.state.send_modify(|s| s.status = Status::Released);
+        self.shared.set_released();
         debug!(%key, ?result, "released");
         match result {
             Ok(ReleaseOutcome::Released) => match before {
@@ -328,7 +360,7 @@ impl Drop for LeaseInner {
         if self.released.swap(true, Ordering::SeqCst) {
             return;
         }
-        self.shared.state.send_modify(|s| s.status = Status::Released);
+        self.shared.set_released();
         crate::telemetry::held(self.shared.backend_name(), self.shared.held_for());
         crate::telemetry::background_release(self.shared.backend_name());
         let backend = Arc::clone(&self.ctx.backend);

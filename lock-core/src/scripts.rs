@@ -413,9 +413,7 @@ impl RedisKeys {
     /// # Ok::<(), lock_core::LockError>(())
     /// ```
     pub fn for_key(key: &LockKey) -> Self {
-        let k = key.as_str();
-        let escape = if k.starts_with('}') || k.starts_with('~') { "~" } else { "" };
-        let lock = format!("lock:{{{escape}{k}}}");
+        let lock = Self::lock_name(key);
         Self {
             fence: format!("{lock}:fence"),
             channel: format!("{lock}:released"),
@@ -428,6 +426,20 @@ impl RedisKeys {
             size: format!("{lock}:size"),
             lock,
         }
+    }
+
+    /// The lock key's name alone ([`RedisKeys::lock`]), without building the others.
+    ///
+    /// ```
+    /// use lock_core::{LockKey, scripts::RedisKeys};
+    /// let key = LockKey::new("}odd")?;
+    /// assert_eq!(RedisKeys::lock_name(&key), RedisKeys::for_key(&key).lock);
+    /// # Ok::<(), lock_core::LockError>(())
+    /// ```
+    pub fn lock_name(key: &LockKey) -> String {
+        let k = key.as_str();
+        let escape = if k.starts_with('}') || k.starts_with('~') { "~" } else { "" };
+        format!("lock:{{{escape}{k}}}")
     }
 
     /// The channel-name prefix common to every lock's release notices.
@@ -722,14 +734,16 @@ pub fn slot(key: &str) -> u16 {
     crc16::State::<crc16::XMODEM>::calculate(tagged.unwrap_or(bytes)) % 16384
 }
 
-/// The keys [`RENEW`] touches for one lease, and its kind argument.
-fn renewed_keys(members: Option<crate::Members>, k: &RedisKeys) -> (&str, &str, &'static str) {
+/// The keys [`RENEW`] touches for one lease (the key or set, and its companion when it has
+/// one: a semaphore's size), and its kind argument; only these names are built.
+fn renewed_keys(r: &crate::Renewal) -> (String, Option<String>, &'static str) {
     use crate::Members;
-    match members {
-        None => (&k.lock, &k.lock, ""),
-        Some(Members::Readers) => (&k.readers, &k.readers, "m"),
-        Some(Members::Writers) => (&k.writers, &k.writers, "m"),
-        Some(Members::Permits) => (&k.permits, &k.size, "m"),
+    let lock = RedisKeys::lock_name(&r.req.key);
+    match r.members {
+        None => (lock, None, ""),
+        Some(Members::Readers) => (format!("{lock}:readers"), None, "m"),
+        Some(Members::Writers) => (format!("{lock}:writers"), None, "m"),
+        Some(Members::Permits) => (format!("{lock}:permits"), Some(format!("{lock}:size")), "m"),
     }
 }
 
@@ -769,13 +783,13 @@ pub async fn extend_many<R: ScriptRunner + ?Sized>(
     runner: &R,
     renewals: &[crate::Renewal],
 ) -> Vec<Result<crate::ExtendOutcome, BackendError>> {
-    let names: Vec<RedisKeys> = renewals.iter().map(|r| RedisKeys::for_key(&r.req.key)).collect();
+    let names: Vec<_> = renewals.iter().map(renewed_keys).collect();
     // Which renewals go in one call: in a Cluster, those of one slot.
     let mut groups: Vec<Vec<usize>> = Vec::new();
     if runner.cluster() {
         let mut by_slot: std::collections::HashMap<u16, Vec<usize>> = std::collections::HashMap::new();
-        for (i, keys) in names.iter().enumerate() {
-            by_slot.entry(slot(&keys.lock)).or_default().push(i);
+        for (i, (set, _, _)) in names.iter().enumerate() {
+            by_slot.entry(slot(set)).or_default().push(i);
         }
         groups.extend(by_slot.into_values());
     } else {
@@ -785,9 +799,8 @@ pub async fn extend_many<R: ScriptRunner + ?Sized>(
         let mut keys: Vec<&str> = Vec::with_capacity(chunk.len() * 2);
         let mut args: Vec<String> = Vec::with_capacity(chunk.len() * 3);
         for &i in chunk {
-            let (r, k) = (&renewals[i], &names[i]);
-            let (set, companion, kind) = renewed_keys(r.members, k);
-            keys.extend([set, companion]);
+            let (r, (set, companion, kind)) = (&renewals[i], &names[i]);
+            keys.extend([set.as_str(), companion.as_deref().unwrap_or(set)]);
             args.extend([kind.to_string(), r.req.token.to_redis_value(), ttl_millis(r.req.ttl).to_string()]);
         }
         async move {
@@ -806,10 +819,7 @@ pub async fn extend_many<R: ScriptRunner + ?Sized>(
                     (Some(1 | 0), _) => Ok(crate::ExtendOutcome::NotHeld),
                     (Some(-1), _) => Err(BackendError::permanent(
                         BackendErrorKind::WrongType,
-                        format!(
-                            "WRONGTYPE: redis key {:?} holds another type",
-                            renewed_keys(renewals[i].members, &names[i]).0
-                        ),
+                        format!("WRONGTYPE: redis key {:?} holds another type", names[i].0),
                     )),
                     (other, _) => Err(BackendError::permanent(
                         BackendErrorKind::Protocol,
