@@ -117,6 +117,11 @@ impl Shared {
         self.max_hold_until
     }
 
+    /// Renewal has stopped: the lease is being released, or was dropped.
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::SeqCst)
+    }
+
     /// The validity deadline, while the lease is held and renewal has not stopped.
     pub(crate) fn renewable(&self) -> Option<Instant> {
         if self.stopped.load(Ordering::SeqCst) {

@@ -281,12 +281,16 @@ fn apply(
 ) {
     let config = &ctx.config;
     let Sent { shared, entry, ttl, reaches_cap, deadline } = sent;
-    // Lost at its deadline while the batch was out, or released meanwhile: the answer is moot.
-    if shared.expire_if_due(Instant::now()).is_some() || shared.renewable().is_none() {
+    if shared.is_stopped() {
+        // Released or dropped while the batch was out: the answer is moot.
         return;
     }
     if !matches!(answer, Some(Ok(ExtendOutcome::Extended { .. }))) {
         crate::telemetry::renewal(shared.backend_name(), false);
+    }
+    // Lost at its deadline while the batch was out (or before): the answer changes nothing.
+    if shared.expire_if_due(Instant::now()).is_some() || shared.renewable().is_none() {
+        return;
     }
     match answer {
         None => {

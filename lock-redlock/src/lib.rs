@@ -659,13 +659,12 @@ impl<B: LockBackend> RedLock<B> {
             }
         }
         let mut out = Vec::with_capacity(m);
+        let mut owed = Vec::new();
         for (j, r) in renewals.iter().enumerate() {
             let req = &r.req;
             out.push(if self.votes(extended[j].iter().copied()) >= quorum {
-                if self.inner.options.repair && r.members.is_none() && !not_held[j].is_empty() {
-                    // Repairs the nodes that said so before the decision.
-                    let (_, late) = mpsc::unbounded_channel();
-                    self.repair(req, late, std::mem::take(&mut not_held[j]));
+                if self.inner.options.repair && r.members.is_none() {
+                    owed.push((j, req.clone(), std::mem::take(&mut not_held[j])));
                 }
                 Ok(match validity_deadline(started, req.ttl, default_drift(req.ttl)) {
                     Some(valid_until) => {
@@ -680,6 +679,9 @@ impl<B: LockBackend> RedLock<B> {
                 // Unknown: the lease stays as it is and its watchdog retries until its deadline.
                 Err(quorum_error(&format!("no majority extended {}", req.key), &failures[j]))
             });
+        }
+        if !owed.is_empty() {
+            self.repair_batch(owed, answers);
         }
         out
     }
@@ -871,7 +873,7 @@ impl<B: LockBackend> RedLock<B> {
         missing: Vec<usize>,
     ) {
         let this = self.clone();
-        let acquire = AcquireRequest { key: req.key.clone(), token: req.token, ttl: req.ttl, fencing: false };
+        let req = req.clone();
         tokio::spawn(async move {
             let mut missing = missing;
             let mut late = late;
@@ -880,15 +882,47 @@ impl<B: LockBackend> RedLock<B> {
                     missing.push(i);
                 }
             }
-            for i in missing {
-                if let Some(node) = this.inner.nodes.get(i) {
-                    match node.acquire(&acquire).await {
-                        Ok(outcome) => debug!(key = %acquire.key, node = i, ?outcome, "repair"),
-                        Err(e) => warn!(key = %acquire.key, node = i, error = %e, "repair failed"),
+            this.retake(&req, missing).await;
+        });
+    }
+
+    /// As [`RedLock::repair`], for the renewals of a batch that a majority extended: `owed`
+    /// holds each one's index in the batch, its request and the nodes that said it lost it
+    /// before the decision; the nodes that answer after it are read from `late`.
+    fn repair_batch(
+        &self,
+        owed: Vec<(usize, ExtendRequest, Vec<usize>)>,
+        late: mpsc::UnboundedReceiver<Answer<Vec<Result<ExtendOutcome, BackendError>>>>,
+    ) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut owed = owed;
+            let mut late = late;
+            while let Some((i, answer)) = late.recv().await {
+                let Ok(per_node) = answer else { continue };
+                for (j, _, missing) in &mut owed {
+                    if matches!(per_node.get(*j), Some(Ok(ExtendOutcome::NotHeld))) {
+                        missing.push(i);
                     }
                 }
             }
+            for (_, req, missing) in owed {
+                this.retake(&req, missing).await;
+            }
         });
+    }
+
+    /// Re-takes `req`'s key on the `missing` nodes (for the same owner; no fencing write-back).
+    async fn retake(&self, req: &ExtendRequest, missing: Vec<usize>) {
+        let acquire = AcquireRequest { key: req.key.clone(), token: req.token, ttl: req.ttl, fencing: false };
+        for i in missing {
+            if let Some(node) = self.inner.nodes.get(i) {
+                match node.acquire(&acquire).await {
+                    Ok(outcome) => debug!(key = %acquire.key, node = i, ?outcome, "repair"),
+                    Err(e) => warn!(key = %acquire.key, node = i, error = %e, "repair failed"),
+                }
+            }
+        }
     }
 }
 

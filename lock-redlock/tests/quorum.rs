@@ -437,3 +437,34 @@ async fn a_node_that_lost_its_data_abstains_until_its_quarantine_passed() {
     b_req.token = Token::random();
     assert!(matches!(b.acquire(&b_req).await.unwrap(), AcquireOutcome::Acquired(_)));
 }
+
+/// The watchdog's batch over a quorum: one `extend_many` per node, each lease decided at a
+/// majority on its own; a hanging node holds the batch up for its node timeout only.
+#[tokio::test(start_paused = true)]
+async fn a_batch_is_decided_per_lease_at_a_majority() {
+    let nodes = nodes(3);
+    let rl = quorum(&nodes);
+    let ttl = 10 * SEC;
+    let mut renewals = Vec::new();
+    for key in ["kept", "one-lost", "two-lost"] {
+        let r = req(key, ttl);
+        assert!(matches!(rl.acquire(&r).await.unwrap(), AcquireOutcome::Acquired(_)));
+        renewals.push(lock_core::Renewal::key(lock_core::ExtendRequest { key: r.key, token: r.token, ttl }));
+    }
+    nodes[0].inner().evict("one-lost");
+    nodes[0].inner().evict("two-lost");
+    nodes[1].inner().evict("two-lost");
+    nodes[2].inject_always(Op::Extend, Fault::Hang);
+    let started = Instant::now();
+    let answers = rl.extend_many(&renewals).await;
+    assert!(started.elapsed() <= ttl / 10, "a hanging node holds the batch up for its node timeout only");
+    assert!(matches!(answers[0], Ok(lock_core::ExtendOutcome::Extended { .. })), "{:?}", answers[0]);
+    assert!(answers[1].is_err(), "one vote each way and a node silent: unknown, {:?}", answers[1]);
+    assert!(matches!(answers[2], Ok(lock_core::ExtendOutcome::NotHeld)), "{:?}", answers[2]);
+    nodes[2].clear();
+    let answers = rl.extend_many(&renewals).await;
+    assert!(matches!(answers[0], Ok(lock_core::ExtendOutcome::Extended { .. })), "{:?}", answers[0]);
+    assert!(matches!(answers[1], Ok(lock_core::ExtendOutcome::Extended { .. })), "2 of 3 still hold it");
+    assert!(matches!(answers[2], Ok(lock_core::ExtendOutcome::NotHeld)), "a majority lost it");
+    assert_eq!(nodes[0].inner().op_counts().extend, 6, "each batch reaches every node: 3 leases, twice");
+}
