@@ -305,8 +305,8 @@ impl LeaseInner {
             let lease = Arc::downgrade(&shared);
             match renew {
                 Renew::Off => {}
-                Renew::From(first) => ctx.renewer.schedule(&ctx, rt, lease, first),
-                Renew::Once(at) => ctx.renewer.schedule_once(&ctx, rt, lease, at),
+                Renew::From(first) => ctx.renewer.schedule(&ctx, rt, lease, first, false),
+                Renew::Once(at) => ctx.renewer.schedule(&ctx, rt, lease, at, true),
             }
         }
         Arc::new(Self { shared, ctx, released: AtomicBool::new(false), runtime })

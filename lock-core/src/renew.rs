@@ -95,26 +95,17 @@ impl Renewer {
         self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Queues `lease` for renewal at `at`, starting the scheduler on `runtime` if none runs.
+    /// Queues `lease` for renewal at `at` (and, unless `once`, every renewal interval after),
+    /// starting the scheduler on `runtime` if none runs.
     pub(crate) fn schedule(
         self: &Arc<Self>,
         ctx: &LeaseCtx,
         runtime: &Handle,
         lease: Weak<Shared>,
         at: Instant,
+        once: bool,
     ) {
-        self.insert(ctx, runtime, Entry { lease, once: false, attempt: 0 }, at);
-    }
-
-    /// As [`Renewer::schedule`], for one renewal only.
-    pub(crate) fn schedule_once(
-        self: &Arc<Self>,
-        ctx: &LeaseCtx,
-        runtime: &Handle,
-        lease: Weak<Shared>,
-        at: Instant,
-    ) {
-        self.insert(ctx, runtime, Entry { lease, once: true, attempt: 0 }, at);
+        self.insert(ctx, runtime, Entry { lease, once, attempt: 0 }, at);
     }
 
     fn insert(self: &Arc<Self>, ctx: &LeaseCtx, runtime: &Handle, entry: Entry, at: Instant) {
