@@ -105,16 +105,25 @@ impl Renewer {
         at: Instant,
         once: bool,
     ) {
-        self.insert(ctx, runtime, Entry { lease, once, attempt: 0 }, at);
+        self.insert(ctx, runtime, [(at, Entry { lease, once, attempt: 0 })]);
     }
 
-    fn insert(self: &Arc<Self>, ctx: &LeaseCtx, runtime: &Handle, entry: Entry, at: Instant) {
+    /// Queues entries (under one lock: a batch's leases go back together).
+    fn insert(
+        self: &Arc<Self>,
+        ctx: &LeaseCtx,
+        runtime: &Handle,
+        entries: impl IntoIterator<Item = (Instant, Entry)>,
+    ) {
         let (start, earliest) = {
             let mut q = self.queue();
-            let id = q.next_id;
-            q.next_id = q.next_id.wrapping_add(1);
-            let earliest = q.due.first_key_value().is_none_or(|((first, _), _)| at < *first);
-            q.due.insert((at, id), entry);
+            let mut earliest = false;
+            for (at, entry) in entries {
+                let id = q.next_id;
+                q.next_id = q.next_id.wrapping_add(1);
+                earliest |= q.due.first_key_value().is_none_or(|((first, _), _)| at < *first);
+                q.due.insert((at, id), entry);
+            }
             let start = !q.running;
             q.running = true;
             (start, earliest)
@@ -181,9 +190,12 @@ impl Renewer {
         batch
     }
 
-    fn requeue(self: &Arc<Self>, ctx: &LeaseCtx, entry: Entry, at: Instant) {
+    fn requeue(self: &Arc<Self>, ctx: &LeaseCtx, entries: Vec<(Instant, Entry)>) {
+        if entries.is_empty() {
+            return;
+        }
         if let Ok(runtime) = Handle::try_current() {
-            self.insert(ctx, &runtime, entry, at);
+            self.insert(ctx, &runtime, entries);
         }
     }
 }
@@ -252,40 +264,43 @@ async fn renew_batch(renewer: Arc<Renewer>, ctx: LeaseCtx, batch: Vec<(Instant, 
     // would hang forever: `lost()` fires at each deadline; the batch gives up at the last one.
     let answers = tokio::time::timeout_at(last_deadline, ctx.backend.extend_many(&renewals)).await;
     let mut answers = answers.map(Vec::into_iter).ok();
+    let mut again = Vec::with_capacity(sent.len());
     for s in sent {
         let answer = answers.as_mut().map(|a| {
             a.next().unwrap_or_else(|| {
                 Err(BackendError::retryable(BackendErrorKind::Protocol, "a renewal batch came back short"))
             })
         });
-        apply(&renewer, &ctx, s, started, answer);
+        again.extend(apply(&ctx, s, started, answer));
     }
+    renewer.requeue(&ctx, again);
 }
 
-/// One lease's answer: `None` when the batch timed out.
+/// One lease's answer (`None`: the batch timed out). Returns when and how to renew it next, if
+/// it is to be renewed again.
 fn apply(
-    renewer: &Arc<Renewer>,
     ctx: &LeaseCtx,
     sent: Sent,
     started: Instant,
     answer: Option<Result<ExtendOutcome, BackendError>>,
-) {
+) -> Option<(Instant, Entry)> {
     let config = &ctx.config;
     let Sent { shared, entry, ttl, reaches_cap, deadline } = sent;
     if shared.is_stopped() {
         // Released or dropped while the batch was out: the answer is moot.
-        return;
+        return None;
     }
     if !matches!(answer, Some(Ok(ExtendOutcome::Extended { .. }))) {
         crate::telemetry::renewal(shared.backend_name(), false);
     }
     // Lost at its deadline while the batch was out (or before): the answer changes nothing.
     if shared.expire_if_due(Instant::now()).is_some() || shared.renewable().is_none() {
-        return;
+        return None;
     }
     match answer {
         None => {
             shared.mark_lost(LostReason::Expired);
+            None
         }
         Some(Ok(ExtendOutcome::Extended { valid_until })) => {
             let mine = validity_deadline(started, ttl, config.drift().max(default_drift(ttl)));
@@ -303,23 +318,22 @@ fn apply(
             }
             debug!(key = %shared.key(), "renewed");
             crate::telemetry::renewal(shared.backend_name(), true);
-            if !entry.once {
-                let next = started + config.renew_interval();
-                renewer.requeue(ctx, Entry { attempt: 0, ..entry }, next);
-            }
+            (!entry.once).then(|| (started + config.renew_interval(), Entry { attempt: 0, ..entry }))
         }
         Some(Ok(ExtendOutcome::NotHeld)) => {
             shared.mark_lost(LostReason::NotOwner);
+            None
         }
         Some(Err(e)) if e.is_retryable() => {
             debug!(key = %shared.key(), error = %e, "renewal failed, retrying");
             let mut backoff = Backoff::resume(config.backoff_min(), config.backoff_max(), entry.attempt);
             let wake = Instant::now() + backoff.next_delay();
             let attempt = entry.attempt.saturating_add(1);
-            renewer.requeue(ctx, Entry { attempt, ..entry }, wake.min(deadline));
+            Some((wake.min(deadline), Entry { attempt, ..entry }))
         }
         Some(Err(e)) => {
             shared.mark_lost(LostReason::Backend(e));
+            None
         }
     }
 }
