@@ -635,17 +635,7 @@ pub trait LockBackend: Send + Sync + 'static {
     /// # Ok(()) }
     /// ```
     async fn extend_many(&self, renewals: &[Renewal]) -> Vec<Result<ExtendOutcome, BackendError>> {
-        futures::future::join_all(renewals.iter().map(|r| async move {
-            match (r.members, self.shared()) {
-                (None, _) => self.extend(&r.req).await,
-                (Some(set), Some(shared)) => shared.extend_member(set, &r.req).await,
-                (Some(_), None) => Err(BackendError::permanent(
-                    crate::BackendErrorKind::Other,
-                    format!("backend `{}` keeps no read locks or permits", self.name()),
-                )),
-            }
-        }))
-        .await
+        futures::future::join_all(renewals.iter().map(|r| extend_on(self, r.members, &r.req))).await
     }
 
     /// Deletes the lock if this token holds it, and notifies waiters.
@@ -863,6 +853,28 @@ pub trait LockBackend: Send + Sync + 'static {
     /// ```
     async fn check_deployment(&self) -> Result<Vec<Finding>, BackendError> {
         Ok(crate::doctor::check(&self.deployment_facts().await?))
+    }
+}
+
+/// The error for a shared hold (a reader, a permit) on a backend without [`SharedBackend`].
+pub(crate) fn no_shared_holds(backend: &str) -> BackendError {
+    BackendError::permanent(
+        crate::BackendErrorKind::Other,
+        format!("backend `{backend}` keeps no read locks or permits"),
+    )
+}
+
+/// Renews one lease wherever its owner token lives: the lock key ([`LockBackend::extend`]) or
+/// a set of holders ([`SharedBackend::extend_member`]).
+pub(crate) async fn extend_on<B: LockBackend + ?Sized>(
+    backend: &B,
+    members: Option<Members>,
+    req: &ExtendRequest,
+) -> Result<ExtendOutcome, BackendError> {
+    match (members, backend.shared()) {
+        (None, _) => backend.extend(req).await,
+        (Some(set), Some(shared)) => shared.extend_member(set, req).await,
+        (Some(_), None) => Err(no_shared_holds(backend.name())),
     }
 }
 

@@ -59,9 +59,13 @@ impl<B: LockBackend> std::fmt::Debug for LockClient<B> {
 impl<B: LockBackend> LockClient<B> {
     /// A client with the default [`LockConfig`] (fencing off, so any backend fits).
     pub fn new(backend: B) -> Self {
+        Self::build(backend, LockConfig::default())
+    }
+
+    fn build(backend: B, config: LockConfig) -> Self {
         let backend = Arc::new(backend);
         let dyn_backend: Arc<dyn LockBackend> = backend.clone();
-        Self { backend, ctx: LeaseCtx::new(dyn_backend, LockConfig::default()) }
+        Self { backend, ctx: LeaseCtx::new(dyn_backend, config) }
     }
 
     /// A client with a custom configuration.
@@ -76,9 +80,7 @@ impl<B: LockBackend> LockClient<B> {
                 feature: "fencing tokens",
             });
         }
-        let mut client = Self::new(backend);
-        client.ctx = LeaseCtx::new(Arc::clone(&client.ctx.backend), config);
-        Ok(client)
+        Ok(Self::build(backend, config))
     }
 
     /// The backend.
@@ -581,10 +583,7 @@ async fn ask_once(
     };
     match backend.shared() {
         Some(shared) => shared.acquire_hold(hold).await,
-        None => Err(BackendError::permanent(
-            crate::BackendErrorKind::Other,
-            format!("backend `{}` keeps no read locks or permits", backend.name()),
-        )),
+        None => Err(crate::backend::no_shared_holds(backend.name())),
     }
 }
 

@@ -11,7 +11,9 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use crate::backend::{ExtendOutcome, ExtendRequest, LockBackend, Members, ReleaseOutcome};
+use crate::backend::{
+    ExtendOutcome, ExtendRequest, LockBackend, Members, ReleaseOutcome, extend_on, no_shared_holds,
+};
 use crate::backoff::Backoff;
 use crate::config::{LockConfig, MAX_TTL, MIN_TTL};
 use crate::error::{BackendError, BackendErrorKind, LockError, LostReason};
@@ -124,7 +126,7 @@ impl Shared {
 
     /// The validity deadline, while the lease is held and renewal has not stopped.
     pub(crate) fn renewable(&self) -> Option<Instant> {
-        if self.stopped.load(Ordering::SeqCst) {
+        if self.is_stopped() {
             return None;
         }
         let s = self.state();
@@ -390,26 +392,6 @@ impl Drop for LeaseInner {
     }
 }
 
-fn no_shared_holds(backend: &dyn LockBackend) -> BackendError {
-    BackendError::permanent(
-        BackendErrorKind::Other,
-        format!("backend `{}` keeps no read locks or permits", backend.name()),
-    )
-}
-
-/// Renews a lease wherever its owner token lives: the lock key, or a set of holders.
-async fn extend_on(
-    backend: &dyn LockBackend,
-    members: Option<Members>,
-    req: &ExtendRequest,
-) -> Result<ExtendOutcome, BackendError> {
-    match (members, backend.shared()) {
-        (None, _) => backend.extend(req).await,
-        (Some(set), Some(shared)) => shared.extend_member(set, req).await,
-        (Some(_), None) => Err(no_shared_holds(backend)),
-    }
-}
-
 /// Releases a lease (announced) wherever its owner token lives.
 pub(crate) async fn release_on(
     backend: &dyn LockBackend,
@@ -420,7 +402,7 @@ pub(crate) async fn release_on(
     match (members, backend.shared()) {
         (None, _) => backend.release(key, token).await,
         (Some(set), Some(shared)) => shared.release_member(set, key, token).await,
-        (Some(_), None) => Err(no_shared_holds(backend)),
+        (Some(_), None) => Err(no_shared_holds(backend.name())),
     }
 }
 

@@ -558,67 +558,27 @@ impl<B: LockBackend> RedLock<B> {
         ))
     }
 
-    /// Extends a lease on every node, decided at a majority either way: the lock key
-    /// (`members` `None`) or a member of a set (a reader).
+    /// Extends one lease on every node, decided at a majority either way: the lock key
+    /// (`members` `None`) or a member of a set (a reader). A batch of one
+    /// ([`RedLock::extend_batch`]), so a single renewal and the watchdog's batches are decided
+    /// by the same code.
     async fn extend_quorum(
         &self,
         req: &ExtendRequest,
         members: Option<Members>,
     ) -> Result<ExtendOutcome, BackendError> {
-        let started = Instant::now();
-        let n = self.inner.nodes.len();
-        let quorum = self.inner.quorum;
-        let request = req.clone();
-        let mut answers = self.fan_out(self.node_timeout(req.ttl), move |_, node| {
-            let request = request.clone();
-            async move {
-                match (members, node.shared()) {
-                    (None, _) => node.extend(&request).await,
-                    (Some(set), Some(shared)) => shared.extend_member(set, &request).await,
-                    (Some(_), None) => Err(no_shared(node.as_ref())),
-                }
-            }
-        });
-        let (mut extended_at, mut not_held, mut failures) = (Vec::new(), Vec::new(), Vec::new());
-        let mut extended = 0;
-        while let Some((i, answer)) = answers.recv().await {
-            match answer {
-                Ok(ExtendOutcome::Extended { .. }) => {
-                    extended_at.push(i);
-                    extended = self.votes(extended_at.iter().copied());
-                }
-                Ok(ExtendOutcome::NotHeld) => not_held.push(i),
-                Err(e) => failures.push((self.inner.endpoints[i].clone(), e)),
-            }
-            // Decide at a majority either way; an unreachable majority with too few owner
-            // mismatches waits for every answer (each is bounded by the node deadline).
-            if extended >= quorum || not_held.len() > n - quorum {
-                break;
-            }
-        }
-        if extended >= quorum {
-            if self.inner.options.repair && members.is_none() {
-                self.repair(req, answers, not_held);
-            }
-            return Ok(match validity_deadline(started, req.ttl, default_drift(req.ttl)) {
-                Some(valid_until) => {
-                    self.renewed(&req.key, &req.token, valid_until);
-                    ExtendOutcome::Extended { valid_until }
-                }
-                None => ExtendOutcome::NotHeld,
-            });
-        }
-        if not_held.len() > n - quorum {
-            return Ok(ExtendOutcome::NotHeld);
-        }
-        // Unknown: leave the lease as it is and let the caller retry until its deadline.
-        Err(quorum_error(&format!("no majority extended {}", req.key), &failures))
+        let renewal = Renewal { members, req: req.clone() };
+        self.extend_batch(std::slice::from_ref(&renewal)).await.pop().unwrap_or_else(|| {
+            Err(BackendError::permanent(BackendErrorKind::Protocol, "a renewal batch came back empty"))
+        })
     }
 
     /// Renews a batch on every node at once, one [`LockBackend::extend_many`] per node, and
-    /// decides each renewal at a majority as [`RedLock::extend_quorum`] does. Stops waiting
-    /// once every renewal is decided; a slow node holds a batch up for its node timeout at
-    /// most.
+    /// decides each renewal at a majority either way: extended by a majority of distinct
+    /// servers (validity counted from before the first request), refused by more than a
+    /// minority, else unknown (the lease stays as it is and is retried until its deadline).
+    /// Stops waiting once every renewal is decided; a slow node holds a batch up for its node
+    /// timeout at most.
     async fn extend_batch(&self, renewals: &[Renewal]) -> Vec<Result<ExtendOutcome, BackendError>> {
         let started = Instant::now();
         let (n, m, quorum) = (self.inner.nodes.len(), renewals.len(), self.inner.quorum);
@@ -865,30 +825,10 @@ impl<B: LockBackend> RedLock<B> {
         }
     }
 
-    /// Re-takes the key on nodes that reported it missing while a majority extended it.
-    fn repair(
-        &self,
-        req: &ExtendRequest,
-        late: mpsc::UnboundedReceiver<Answer<ExtendOutcome>>,
-        missing: Vec<usize>,
-    ) {
-        let this = self.clone();
-        let req = req.clone();
-        tokio::spawn(async move {
-            let mut missing = missing;
-            let mut late = late;
-            while let Some((i, answer)) = late.recv().await {
-                if matches!(answer, Ok(ExtendOutcome::NotHeld)) {
-                    missing.push(i);
-                }
-            }
-            this.retake(&req, missing).await;
-        });
-    }
-
-    /// As [`RedLock::repair`], for the renewals of a batch that a majority extended: `owed`
-    /// holds each one's index in the batch, its request and the nodes that said it lost it
-    /// before the decision; the nodes that answer after it are read from `late`.
+    /// Re-takes the key on nodes that lost it (e.g. restarted empty) while a majority still
+    /// holds it (the `repair` option), for the renewals of a batch that a majority extended:
+    /// `owed` holds each one's index in the batch, its request and the nodes that said it lost
+    /// it before the decision; the nodes that answer after it are read from `late`.
     fn repair_batch(
         &self,
         owed: Vec<(usize, ExtendRequest, Vec<usize>)>,
