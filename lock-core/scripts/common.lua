@@ -1,5 +1,16 @@
 -- Helpers shared by the lock scripts of this workspace; lock-core prepends this file to every
 -- script but extend.lua, fence.lua and node.lua (one text per script, so one EVALSHA).
+-- The command that announces a release: 'PUBLISH' (classic pub/sub: in Redis Cluster the bus
+-- carries it to every node), or 'SPUBLISH' (sharded pub/sub, Redis >= 7: heard only on the
+-- shard that owns the key's slot). A script that announces sets it from its mode argument
+-- ('s' for sharded, anything else classic) through `publish_mode`, before any call below.
+local publish_cmd = 'PUBLISH'
+local function publish_mode(flag)
+  if flag == 's' then
+    publish_cmd = 'SPUBLISH'
+  end
+end
+
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -124,7 +135,7 @@ local function grant_head(lock_key, fence_key, queue, waiters, head, deadline, n
   end
   local shown = string.format('%.0f', fence)
   redis.call('SET', lock_key, head .. ':' .. shown, 'PX', math.max(deadline - now, 1))
-  redis.call('PUBLISH', lock_key .. ':turn', 'g:' .. head .. ':' .. shown)
+  redis.call(publish_cmd, lock_key .. ':turn', 'g:' .. head .. ':' .. shown)
 end
 
 -- The lock was just freed: hand it over to the live head of the queue, if any (see

@@ -4,9 +4,10 @@
 -- size)
 -- ARGV[1] owner token, ARGV[2] ttl in milliseconds to renew, or '0' to release,
 -- ARGV[3] the channel to announce a release on ('' for none), ARGV[4] '1' to announce only
--- when the release leaves the set empty
+-- when the release leaves the set empty, ARGV[5] the pub/sub mode (as in release.lua)
 -- Returns 1 when the member was live (it is now renewed, or released), 0 when it was absent
 -- or had expired (a release still removes it).
+publish_mode(ARGV[5])
 local now = now_ms()
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
 local live = score and tonumber(score) > now
@@ -34,7 +35,7 @@ if empty and KEYS[2] then
   redis.call('DEL', KEYS[2])
 end
 if ARGV[3] ~= '' and (ARGV[4] ~= '1' or empty) then
-  redis.call('PUBLISH', ARGV[3], '1')
+  redis.call(publish_cmd, ARGV[3], '1')
 end
 if live then
   return 1

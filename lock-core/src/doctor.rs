@@ -48,7 +48,7 @@ pub struct Finding {
     /// How bad it is.
     pub severity: Severity,
     /// A stable short code (`eviction`, `replica`, `duplicate-node`, `even-quorum`,
-    /// `no-persistence`, `old-server`, `sentinel`, `unreadable`).
+    /// `no-persistence`, `old-server`, `sentinel`, `unreadable`, `pubsub`).
     pub code: &'static str,
     /// The node(s) concerned.
     pub node: String,
@@ -87,6 +87,9 @@ pub struct NodeFacts {
     pub unreadable: Option<String>,
     /// The master name, when the backend reaches this server through Redis Sentinel.
     pub sentinel_master: Option<String>,
+    /// How release notices travel, reported by backends connected to a Redis Cluster (see
+    /// [`crate::scripts::PubSubMode`]); `None` elsewhere.
+    pub pubsub_mode: Option<crate::scripts::PubSubMode>,
 }
 
 impl NodeFacts {
@@ -227,6 +230,31 @@ pub fn check(nodes: &[NodeFacts]) -> Vec<Finding> {
                     .into(),
             });
         }
+        match n.pubsub_mode {
+            Some(crate::scripts::PubSubMode::Sharded) => out.push(Finding {
+                severity: Severity::Info,
+                code: "pubsub",
+                node: node.clone(),
+                problem: "release notices use sharded pub/sub (SPUBLISH/SSUBSCRIBE): each one is heard only on \
+                          the shard that owns the lock's key."
+                    .into(),
+                fix: "nothing to do; every process waiting on these keys should use sharded pub/sub too (the \
+                      default of both drivers on Redis 7+)."
+                    .into(),
+            }),
+            Some(crate::scripts::PubSubMode::Classic) => out.push(Finding {
+                severity: Severity::Info,
+                code: "pubsub",
+                node: node.clone(),
+                problem: "release notices use classic pub/sub (PUBLISH): the cluster bus copies each one to every \
+                          node, a cost that grows with the cluster."
+                    .into(),
+                fix: "on Redis 7+ leave the drivers' sharded_pubsub option on (the default), and allow the lock \
+                      user SPUBLISH, SSUBSCRIBE and SUNSUBSCRIBE (see ACL_RULES)."
+                    .into(),
+            }),
+            None => {}
+        }
         if let Some(why) = &n.unreadable {
             out.push(Finding {
                 severity: Severity::Info,
@@ -294,6 +322,7 @@ mod tests {
             appendfsync: Some("always".into()),
             unreadable: None,
             sentinel_master: None,
+            pubsub_mode: None,
         }
     }
 

@@ -82,7 +82,7 @@ pub struct LuaScript {
 pub const ACQUIRE: LuaScript = LuaScript {
     name: "acquire",
     source: concat!(include_str!("../scripts/common.lua"), include_str!("../scripts/acquire.lua")),
-    sha1: "47986b1b1dfc58c15ba8aa23fad1d726b9bcaf9a",
+    sha1: "ab70ecd92773ed43e3dc3be0f4ef33bbda8e781c",
 };
 
 /// `extend.lua`: owner-checked PEXPIRE. KEYS: lock. ARGV: token, ttl ms. Returns 1 or 0.
@@ -95,11 +95,11 @@ pub const EXTEND: LuaScript = LuaScript {
 /// `release.lua`: owner-checked DEL; then, unless the channel is empty (a discard), the lock is
 /// handed to the head of the fair queue (with a notice to it alone), or, with nobody queued,
 /// a notice goes to the broadcast channel. KEYS: lock, queue, waiters, fence. ARGV: token,
-/// channel. Returns 1 or 0.
+/// channel, [`PubSubMode::flag`]. Returns 1 or 0.
 pub const RELEASE: LuaScript = LuaScript {
     name: "release",
     source: concat!(include_str!("../scripts/common.lua"), include_str!("../scripts/release.lua")),
-    sha1: "8f128b058f26b0f5c7261a239432670c0721908b",
+    sha1: "fd91ba34e091ee9f1427a898dd6d01eb744d1299",
 };
 
 /// `fence.lua`: raise the fencing counter to at least a token (RedLock's write-back) and
@@ -113,22 +113,23 @@ pub const FENCE: LuaScript = LuaScript {
 
 /// `fair.lua`: the fair lock's acquire: granted only at the head of the queue, else queued
 /// (with a waiter deadline) or, for a try, refused without queueing.
-/// KEYS: lock, fence, queue, waiters, \[marker\]. ARGV: token, `ttl:fence:wait:guard`.
+/// KEYS: lock, fence, queue, waiters, \[marker\]. ARGV: token,
+/// `ttl:fence:wait:mode:guard` (mode: [`PubSubMode::flag`]).
 /// Returns `{1, fence}`, `{0, wait ms, ahead}` or `{2, quarantine ms left}`.
 pub const FAIR: LuaScript = LuaScript {
     name: "fair",
     source: concat!(include_str!("../scripts/common.lua"), include_str!("../scripts/fair.lua")),
-    sha1: "824cd9534d6681d156ca9298f60e531696df87ae",
+    sha1: "85c86c4656746e2612fd05e11933c0699193941d",
 };
 
 /// `leave.lua`: a fair waiter leaves the queue (releasing the lock if a lost reply or a lost
 /// hand-over notice gave it to it), and the lock is handed to the head if it is free.
-/// KEYS: lock, queue, waiters, fence. ARGV: token, channel. Returns 1 when it released the
-/// lock, else 0.
+/// KEYS: lock, queue, waiters, fence. ARGV: token, channel, [`PubSubMode::flag`]. Returns 1
+/// when it released the lock, else 0.
 pub const LEAVE: LuaScript = LuaScript {
     name: "leave",
     source: concat!(include_str!("../scripts/common.lua"), include_str!("../scripts/leave.lua")),
-    sha1: "83b9d28682987e4a07b0d960a9cc70d5bc364540",
+    sha1: "f18f08dad7bf95de2f0620bde61651dce080e3f2",
 };
 
 /// `read.lua`: a read lock of a read-write lock: granted unless a writer holds the lock or a
@@ -139,7 +140,7 @@ pub const LEAVE: LuaScript = LuaScript {
 pub const READ: LuaScript = LuaScript {
     name: "read",
     source: concat!(include_str!("../scripts/common.lua"), include_str!("../scripts/read.lua")),
-    sha1: "6b6ea59b2524720c242e26b0db915ddbbe2c6e22",
+    sha1: "fe2abe77507f14157bd36945310bbb5bf3e9beab",
 };
 
 /// `write.lua`: the write lock of a read-write lock: the mutex key, granted only when no live
@@ -149,7 +150,7 @@ pub const READ: LuaScript = LuaScript {
 pub const WRITE: LuaScript = LuaScript {
     name: "write",
     source: concat!(include_str!("../scripts/common.lua"), include_str!("../scripts/write.lua")),
-    sha1: "fb6fe2afc901e0e04a32aa3564352590e9219542",
+    sha1: "15cf8f9f7c6505a1633e2d932bf19de19c20c3f0",
 };
 
 /// `permit.lua`: one permit of a semaphore, each permit a lease of its own.
@@ -158,16 +159,16 @@ pub const WRITE: LuaScript = LuaScript {
 pub const PERMIT: LuaScript = LuaScript {
     name: "permit",
     source: concat!(include_str!("../scripts/common.lua"), include_str!("../scripts/permit.lua")),
-    sha1: "880d5593fec129ea8f4c091d1bc5895555b33608",
+    sha1: "0411ff1494d9e5bde2ec7ccdc0b9b9f0a79e8205",
 };
 
 /// `member.lua`: renew or release one member of a set of holders (readers, waiting writers,
 /// permits). KEYS: set, \[size\]. ARGV: token, ttl ms (`"0"` to release), channel,
-/// `"1"` to announce only when the set is left empty. Returns 1 or 0.
+/// `"1"` to announce only when the set is left empty, [`PubSubMode::flag`]. Returns 1 or 0.
 pub const MEMBER: LuaScript = LuaScript {
     name: "member",
     source: concat!(include_str!("../scripts/common.lua"), include_str!("../scripts/member.lua")),
-    sha1: "e15758b4c634d685e1a46ba35e64fd84e5b20b58",
+    sha1: "13546564e847dd1c35721dfe0c47f6e8314e3839",
 };
 
 /// `renew.lua`: the watchdog's batch: renew many leases in one call, each decided alone as
@@ -178,7 +179,7 @@ pub const MEMBER: LuaScript = LuaScript {
 pub const RENEW: LuaScript = LuaScript {
     name: "renew",
     source: concat!(include_str!("../scripts/common.lua"), include_str!("../scripts/renew.lua")),
-    sha1: "4cf644af4b2acdc2f858ae0b2022bc0167994760",
+    sha1: "f8671261e94a98497a88998e3c8d1017e0e69e54",
 };
 
 /// How many leases one [`RENEW`] call renews at most: a batch of more is split into several
@@ -480,17 +481,19 @@ fn guard_arg(ttl: Duration, guard: Option<&NodeGuard>) -> String {
     format!("{quarantine}:{id}")
 }
 
-/// The ARGV of [`FAIR`]: `wait` is the waiter timeout, `None` for a try that never queues.
+/// The ARGV of [`FAIR`]: `wait` is the waiter timeout, `None` for a try that never queues;
+/// `mode` is how a hand-over is announced.
 pub fn fair_args(
     token: &Token,
     ttl: Duration,
     fencing: bool,
     wait: Option<Duration>,
     guard: Option<&NodeGuard>,
+    mode: PubSubMode,
 ) -> [String; 2] {
     let [token, ttl_ms, fence, guard] = acquire_args(token, ttl, fencing, guard);
     let wait = wait.map_or(0, ttl_millis);
-    [token, format!("{ttl_ms}:{fence}:{wait}:{guard}")]
+    [token, format!("{ttl_ms}:{fence}:{wait}:{}:{guard}", mode.flag())]
 }
 
 /// The ARGV of [`EXTEND`].
@@ -498,14 +501,62 @@ pub fn extend_args(token: &Token, ttl: Duration) -> [String; 2] {
     [token.to_redis_value(), ttl_millis(ttl).to_string()]
 }
 
-/// The ARGV of [`RELEASE`].
-pub fn release_args(token: &Token, keys: &RedisKeys) -> [String; 2] {
-    [token.to_redis_value(), keys.channel.clone()]
+/// The ARGV of [`RELEASE`] (and [`LEAVE`]): the release is announced on the key's channel the
+/// `mode` way.
+pub fn release_args(token: &Token, keys: &RedisKeys, mode: PubSubMode) -> [String; 3] {
+    [token.to_redis_value(), keys.channel.clone(), mode.flag().into()]
 }
 
 /// The ARGV of [`RELEASE`] for a silent discard (no PUBLISH).
-pub fn discard_args(token: &Token) -> [String; 2] {
-    [token.to_redis_value(), String::new()]
+pub fn discard_args(token: &Token) -> [String; 3] {
+    [token.to_redis_value(), String::new(), String::new()]
+}
+
+/// How the scripts announce a release (and a fair lock's hand-over), and so how waiters must
+/// subscribe to hear it.
+///
+/// - [`PubSubMode::Classic`]: `PUBLISH` / `SUBSCRIBE`. Works on every server; in a Redis
+///   Cluster the cluster bus carries every notice to every node, however many nodes.
+/// - [`PubSubMode::Sharded`]: `SPUBLISH` / `SSUBSCRIBE` (Redis >= 7). A notice stays on the
+///   shard that owns the key's slot (the channel shares the key's hash tag, see the module
+///   docs), so its cost does not grow with the cluster. The drivers use it in a Redis Cluster
+///   whose servers support it, unless told not to.
+///
+/// All the processes that wait on the same keys should use the same mode: a waiter subscribed
+/// the other way does not hear the notice and falls back on its capped backoff and the holder's
+/// expiry. That costs latency, never safety: a notice only wakes a waiter to try again.
+///
+/// ```
+/// use lock_core::scripts::PubSubMode;
+/// assert_eq!(PubSubMode::default(), PubSubMode::Classic);
+/// assert_eq!(PubSubMode::Sharded.to_string(), "sharded (SPUBLISH/SSUBSCRIBE)");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum PubSubMode {
+    /// `PUBLISH` / `SUBSCRIBE`: every server; cluster-wide broadcast in a Cluster.
+    #[default]
+    Classic,
+    /// `SPUBLISH` / `SSUBSCRIBE` on the shard that owns the key (Redis Cluster, Redis >= 7).
+    Sharded,
+}
+
+impl PubSubMode {
+    /// The scripts' mode argument: `"s"` or `"c"`.
+    pub fn flag(self) -> &'static str {
+        match self {
+            PubSubMode::Classic => "c",
+            PubSubMode::Sharded => "s",
+        }
+    }
+}
+
+impl std::fmt::Display for PubSubMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PubSubMode::Classic => "classic (PUBLISH/SUBSCRIBE)",
+            PubSubMode::Sharded => "sharded (SPUBLISH/SSUBSCRIBE)",
+        })
+    }
 }
 
 /// The ARGV of [`FENCE`].
@@ -524,9 +575,9 @@ pub fn fence_args(token: &Token, fence: FencingToken) -> [String; 2] {
 /// assert!(lock_core::scripts::ACL_RULES.contains("~lock:*"));
 /// ```
 pub const ACL_RULES: &str = "resetkeys ~lock:* resetchannels &lock:* -@all \
-+set +get +del +incr +pexpire +pexpireat +pttl +time +publish +exists \
++set +get +del +incr +pexpire +pexpireat +pttl +time +publish +spublish +exists \
 +zadd +zrem +zrange +zrangebyscore +zremrangebyscore +zrank +zscore +zcard +evalsha +eval +script|load \
-+subscribe +unsubscribe +ping +client|setname +client|id";
++subscribe +unsubscribe +ssubscribe +sunsubscribe +ping +client|setname +client|id";
 
 /// A TTL in whole milliseconds for PX/PEXPIRE, at least 1 (Redis rejects 0).
 pub fn ttl_millis(ttl: Duration) -> u64 {
@@ -621,6 +672,12 @@ pub trait ScriptRunner: Send + Sync {
     /// taken for a Cluster only batches less).
     fn cluster(&self) -> bool {
         self.node_guard().is_none()
+    }
+
+    /// How the scripts announce releases on this server (see [`PubSubMode`]); the driver's
+    /// subscriber must listen the same way. The default is [`PubSubMode::Classic`].
+    fn pubsub_mode(&self) -> PubSubMode {
+        PubSubMode::Classic
     }
 }
 
@@ -872,7 +929,7 @@ pub async fn release<R: ScriptRunner + ?Sized>(
     announce: bool,
 ) -> Result<crate::ReleaseOutcome, BackendError> {
     let keys = RedisKeys::for_key(key);
-    let args = if announce { release_args(token, &keys) } else { discard_args(token) };
+    let args = if announce { release_args(token, &keys, runner.pubsub_mode()) } else { discard_args(token) };
     let reply =
         runner.run_int(&RELEASE, &[&keys.lock, &keys.queue, &keys.waiters, &keys.fence], &args).await?;
     Ok(if reply == 1 { crate::ReleaseOutcome::Released } else { crate::ReleaseOutcome::NotHeld })
@@ -920,7 +977,7 @@ pub async fn fair_acquire<R: ScriptRunner + ?Sized>(
 ) -> Result<FairOutcome, BackendError> {
     let keys = RedisKeys::for_key(&req.key);
     let guard = runner.node_guard();
-    let args = fair_args(&req.token, req.ttl, req.fencing, req.wait, guard);
+    let args = fair_args(&req.token, req.ttl, req.fencing, req.wait, guard, runner.pubsub_mode());
     let started = Instant::now();
     let reply = if guard.is_some() {
         runner
@@ -945,7 +1002,7 @@ pub async fn leave_queue<R: ScriptRunner + ?Sized>(
     token: &Token,
 ) -> Result<crate::ReleaseOutcome, BackendError> {
     let keys = RedisKeys::for_key(key);
-    let args = release_args(token, &keys);
+    let args = release_args(token, &keys, runner.pubsub_mode());
     let reply = runner.run_int(&LEAVE, &[&keys.lock, &keys.queue, &keys.waiters, &keys.fence], &args).await?;
     Ok(if reply == 1 { crate::ReleaseOutcome::Released } else { crate::ReleaseOutcome::NotHeld })
 }
@@ -1096,8 +1153,13 @@ pub async fn extend_member<R: ScriptRunner + ?Sized>(
 ) -> Result<crate::ExtendOutcome, BackendError> {
     let keys = RedisKeys::for_key(&req.key);
     let (names, when_empty) = member_keys(set, &keys);
-    let args =
-        [req.token.to_redis_value(), ttl_millis(req.ttl).to_string(), String::new(), when_empty.into()];
+    let args = [
+        req.token.to_redis_value(),
+        ttl_millis(req.ttl).to_string(),
+        String::new(),
+        when_empty.into(),
+        String::new(),
+    ];
     let started = Instant::now();
     let reply = runner.run_int(&MEMBER, &names, &args).await?;
     Ok(match (reply, Grant::from_start(started, req.ttl, None)) {
@@ -1122,7 +1184,13 @@ pub async fn release_member<R: ScriptRunner + ?Sized>(
 ) -> Result<crate::ReleaseOutcome, BackendError> {
     let keys = RedisKeys::for_key(key);
     let (names, when_empty) = member_keys(set, &keys);
-    let args = [token.to_redis_value(), "0".into(), keys.channel.clone(), when_empty.into()];
+    let args = [
+        token.to_redis_value(),
+        "0".into(),
+        keys.channel.clone(),
+        when_empty.into(),
+        runner.pubsub_mode().flag().into(),
+    ];
     let reply = runner.run_int(&MEMBER, &names, &args).await?;
     Ok(if reply == 1 { crate::ReleaseOutcome::Released } else { crate::ReleaseOutcome::NotHeld })
 }

@@ -11,13 +11,14 @@ use fred::types::{ClusterHash, CustomCommand, Expiration, FromValue, SetOptions}
 use lock_core::FencingToken;
 use lock_core::doctor::{CONFIG_NAMES, NodeFacts};
 use lock_core::hub::HubTask;
-use lock_core::scripts::{self, LuaScript, NodeGuard, RedisKeys, ScriptRunner};
+use lock_core::scripts::{self, LuaScript, NodeGuard, PubSubMode, RedisKeys, ScriptRunner};
 use lock_core::{
     AcquireOutcome, AcquireRequest, BackendError, BackendErrorKind, Capabilities, ExtendOutcome,
     ExtendRequest, FairBackend, FairOutcome, FairRequest, LockBackend, LockKey, ReleaseOutcome, ReleaseWatch,
     Token,
 };
 use tokio::sync::OnceCell;
+use tracing::debug;
 
 use crate::error::{is_noscript, map_error};
 use crate::notifier;
@@ -35,6 +36,8 @@ struct Shared {
     notifier: OnceCell<HubTask>,
     /// The master name, when the primary is found through Sentinel.
     sentinel_master: Option<String>,
+    /// How releases are announced, for a Cluster (reported by the doctor); classic otherwise.
+    cluster_pubsub: Option<PubSubMode>,
 }
 
 /// A lock backend over the `fred` crate.
@@ -88,6 +91,7 @@ pub struct FredBackendBuilder {
     root_ca: Option<String>,
     quarantine: Duration,
     primary_auth: Option<(Option<String>, Redacted)>,
+    sharded_pubsub: bool,
 }
 
 /// A password, kept out of `Debug` output.
@@ -109,6 +113,7 @@ impl Default for FredBackendBuilder {
             root_ca: None,
             quarantine: scripts::DEFAULT_QUARANTINE,
             primary_auth: None,
+            sharded_pubsub: true,
         }
     }
 }
@@ -220,6 +225,46 @@ impl FredBackendBuilder {
         self
     }
 
+    /// Whether a Redis Cluster announces releases through sharded pub/sub (`SPUBLISH` and
+    /// `SSUBSCRIBE` on the shard that owns the key, see [`PubSubMode`]) when its servers
+    /// support it (Redis >= 7, found out once when connecting). Default on; off forces classic
+    /// `PUBLISH`, which the cluster bus copies to every node. Every process waiting on the same
+    /// keys should make the same choice. A single server always uses classic pub/sub.
+    ///
+    /// ```
+    /// let builder = lock_fred::FredBackend::builder().sharded_pubsub(false);
+    /// # let _ = builder;
+    /// ```
+    #[must_use]
+    pub fn sharded_pubsub(mut self, on: bool) -> Self {
+        self.sharded_pubsub = on;
+        self
+    }
+
+    /// The pub/sub mode for a client connected with `config`: sharded only for a Cluster that
+    /// takes `SPUBLISH` (one harmless publish on a channel no waiter listens on).
+    async fn pubsub_mode<C: ClientLike>(&self, client: &C, config: &Config) -> Option<PubSubMode> {
+        if !config.server.is_clustered() {
+            return None;
+        }
+        if !self.sharded_pubsub {
+            return Some(PubSubMode::Classic);
+        }
+        let probe = CustomCommand::new("SPUBLISH", ClusterHash::FirstKey, false);
+        let reply = client.custom::<i64, &str>(probe, vec!["lock:pubsub-probe", ""]);
+        Some(match tokio::time::timeout(self.command_timeout, reply).await {
+            Ok(Ok(_)) => PubSubMode::Sharded,
+            Ok(Err(e)) => {
+                debug!(error = %e, "SPUBLISH refused: release notices use classic pub/sub");
+                PubSubMode::Classic
+            }
+            Err(_) => {
+                debug!("SPUBLISH: no reply; release notices use classic pub/sub");
+                PubSubMode::Classic
+            }
+        })
+    }
+
     fn builder(&self, config: Config) -> Builder {
         let mut builder = Builder::from_config(config);
         let (connect, command) = (self.connect_timeout, self.command_timeout);
@@ -253,14 +298,20 @@ impl FredBackendBuilder {
         }
     }
 
-    fn subscriber(&self, config: &Config) -> Result<Option<SubscriberClient>, BackendError> {
+    fn subscriber(
+        &self,
+        config: &Config,
+        mode: Option<PubSubMode>,
+    ) -> Result<Option<SubscriberClient>, BackendError> {
         if !self.wake_up {
             return Ok(None);
         }
-        // One subscriber on the first node; in Cluster classic PUBLISH reaches every node.
-        // Behind Sentinel it follows the primary like the client does.
+        // Sharded: a cluster subscriber, which sends each SSUBSCRIBE to the slot's shard.
+        // Classic: one subscriber on the first node (in Cluster classic PUBLISH reaches every
+        // node). Behind Sentinel it follows the primary like the client does.
         let mut config = config.clone();
         if config.server.is_clustered()
+            && mode != Some(PubSubMode::Sharded)
             && let Some(first) = config.server.hosts().first()
         {
             config.server = ServerConfig::new_centralized(first.host.to_string(), first.port);
@@ -287,6 +338,7 @@ impl FredBackendBuilder {
                 subscriber,
                 notifier: OnceCell::new(),
                 sentinel_master: None,
+                cluster_pubsub: None,
             }),
         }
     }
@@ -333,10 +385,14 @@ impl FredBackendBuilder {
         let client =
             self.builder(config.clone()).build().map_err(|e| map_error(&e, "building the client"))?;
         self.init(&client, &endpoint).await?;
-        let subscriber = self.subscriber(&config)?;
+        let mode = self.pubsub_mode(&client, &config).await;
+        let subscriber = self.subscriber(&config, mode)?;
         // A script in Cluster reaches one slot only, not the per-server marker.
         let guarded = !config.server.is_clustered();
-        Ok(self.finish(client, endpoint, subscriber, guarded).behind(sentinel_master(&config)))
+        Ok(self
+            .finish(client, endpoint, subscriber, guarded)
+            .behind(sentinel_master(&config))
+            .announcing(mode))
     }
 
     /// Connects a pool of `size` clients to a single node.
@@ -363,9 +419,10 @@ impl FredBackendBuilder {
         let pool =
             self.builder(config.clone()).build_pool(size).map_err(|e| map_error(&e, "building the pool"))?;
         self.init(&pool, &endpoint).await?;
-        let subscriber = self.subscriber(&config)?;
+        let mode = self.pubsub_mode(pool.next(), &config).await;
+        let subscriber = self.subscriber(&config, mode)?;
         let guarded = !config.server.is_clustered();
-        Ok(self.finish(pool, endpoint, subscriber, guarded).behind(sentinel_master(&config)))
+        Ok(self.finish(pool, endpoint, subscriber, guarded).behind(sentinel_master(&config)).announcing(mode))
     }
 
     /// Connects to a Redis Cluster through its seed nodes (`redis://host:port` each).
@@ -526,6 +583,21 @@ where
         self
     }
 
+    /// Sets how releases are announced in a Cluster (`None`: not a Cluster).
+    fn announcing(mut self, mode: Option<PubSubMode>) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.cluster_pubsub = mode;
+        }
+        self
+    }
+
+    /// How releases are announced and heard: [`PubSubMode::Sharded`] for a Cluster whose
+    /// servers support it (see [`FredBackendBuilder::sharded_pubsub`]), else
+    /// [`PubSubMode::Classic`].
+    pub fn pubsub_mode(&self) -> PubSubMode {
+        self.shared.cluster_pubsub.unwrap_or_default()
+    }
+
     /// Turns off the data-loss guard (see [`lock_core::scripts`]): for Cluster clients built
     /// by hand.
     #[must_use]
@@ -537,6 +609,7 @@ where
             subscriber: self.shared.subscriber.clone(),
             notifier: OnceCell::new(),
             sentinel_master: self.shared.sentinel_master.clone(),
+            cluster_pubsub: self.shared.cluster_pubsub,
         };
         Self { client: self.client, shared: Arc::new(shared) }
     }
@@ -618,6 +691,10 @@ where
         self.shared.guard.as_ref()
     }
 
+    fn pubsub_mode(&self) -> PubSubMode {
+        self.shared.cluster_pubsub.unwrap_or_default()
+    }
+
     async fn set_nx_px(&self, key: &str, value: &str, ttl_ms: u64) -> Result<Option<bool>, BackendError> {
         let timeout = self.shared.command_timeout;
         let ttl = i64::try_from(ttl_ms).unwrap_or(i64::MAX);
@@ -692,6 +769,7 @@ where
                 .map_err(|e| map_error(&e, &format!("INFO at {endpoint}")))?;
         let mut facts = NodeFacts::from_info(endpoint.clone(), &info);
         facts.sentinel_master.clone_from(&self.shared.sentinel_master);
+        facts.pubsub_mode = self.shared.cluster_pubsub;
         for name in CONFIG_NAMES {
             let get = self.client.custom::<Vec<String>, &str>(command("CONFIG"), vec!["GET", name]);
             let reply = match tokio::time::timeout(timeout, get).await {
@@ -800,7 +878,7 @@ where
             .notifier
             .get_or_try_init(|| async {
                 match tokio::time::timeout(timeout, subscriber.init()).await {
-                    Ok(Ok(_task)) => Ok(notifier::start(subscriber.clone(), timeout)),
+                    Ok(Ok(_task)) => Ok(notifier::start(subscriber.clone(), timeout, self.pubsub_mode())),
                     Ok(Err(e)) => Err(map_error(&e, "connecting the subscriber")),
                     Err(_) => {
                         Err(BackendError::retryable(BackendErrorKind::Timeout, "connecting the subscriber"))

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use lock_core::FencingToken;
 use lock_core::doctor::{CONFIG_NAMES, NodeFacts};
 use lock_core::hub::HubTask;
-use lock_core::scripts::{self, LuaScript, NodeGuard, RedisKeys, ScriptRunner};
+use lock_core::scripts::{self, LuaScript, NodeGuard, PubSubMode, RedisKeys, ScriptRunner};
 use lock_core::{
     AcquireOutcome, AcquireRequest, BackendError, BackendErrorKind, Capabilities, ExtendOutcome,
     ExtendRequest, FairBackend, FairOutcome, FairRequest, LockBackend, LockKey, ReleaseOutcome, ReleaseWatch,
@@ -16,10 +16,11 @@ use lock_core::{
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::{AsyncConnectionConfig, ErrorKind, FromRedisValue, ServerErrorKind};
+use redis::{AsyncConnectionConfig, ErrorKind, FromRedisValue, ServerErrorKind, Value};
+use tracing::debug;
 
 use crate::error::map_error;
-use crate::notifier::{self, PubsubSource};
+use crate::notifier::{self, PubsubSource, ShardedSource};
 use crate::sentinel::{self, SentinelConnection};
 
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -34,6 +35,9 @@ struct Shared {
     pubsub_client: Option<PubsubSource>,
     /// The master name, when the primary is found through Sentinel.
     sentinel_master: Option<String>,
+    /// How releases are announced, when this is a Cluster connected by
+    /// [`RedisBackendBuilder::connect_cluster`] (reported by the doctor); classic otherwise.
+    cluster_pubsub: Option<PubSubMode>,
     /// Started on the first wait, so construction needs no runtime.
     notifier: OnceLock<HubTask>,
 }
@@ -95,6 +99,7 @@ pub struct RedisBackendBuilder {
     root_ca: Option<Vec<u8>>,
     quarantine: Duration,
     primary_auth: Option<(Option<String>, Redacted)>,
+    sharded_pubsub: bool,
 }
 
 /// A password, kept out of `Debug` output.
@@ -116,6 +121,7 @@ impl Default for RedisBackendBuilder {
             root_ca: None,
             quarantine: scripts::DEFAULT_QUARANTINE,
             primary_auth: None,
+            sharded_pubsub: true,
         }
     }
 }
@@ -154,6 +160,23 @@ impl RedisBackendBuilder {
     #[must_use]
     pub fn wake_up(mut self, on: bool) -> Self {
         self.wake_up = on;
+        self
+    }
+
+    /// Whether a Redis Cluster announces releases through sharded pub/sub (`SPUBLISH` and
+    /// `SSUBSCRIBE` on the shard that owns the key, see [`PubSubMode`]) when its servers
+    /// support it (Redis >= 7, found out once when connecting). Default on; off forces classic
+    /// `PUBLISH`, which the cluster bus copies to every node. Every process waiting on the same
+    /// keys should make the same choice. Only [`RedisBackendBuilder::connect_cluster`] uses it:
+    /// a single server always uses classic pub/sub.
+    ///
+    /// ```
+    /// let builder = lock_redis_rs::RedisBackend::builder().sharded_pubsub(false);
+    /// # let _ = builder;
+    /// ```
+    #[must_use]
+    pub fn sharded_pubsub(mut self, on: bool) -> Self {
+        self.sharded_pubsub = on;
         self
     }
 
@@ -201,6 +224,7 @@ impl RedisBackendBuilder {
                 guard: guarded.then(|| NodeGuard::new(self.quarantine)),
                 pubsub_client: pubsub.filter(|_| self.wake_up),
                 sentinel_master: None,
+                cluster_pubsub: None,
                 notifier: OnceLock::new(),
             }),
         }
@@ -309,10 +333,14 @@ impl RedisBackendBuilder {
 
     /// Connects to a Redis Cluster through its seed nodes.
     ///
-    /// Release notices use classic `PUBLISH`, which the cluster bus delivers to every node, and
-    /// one subscriber connection to the first seed (a documented fallback for sharded pub/sub:
-    /// if that node is down, waiters still acquire when the holder's TTL or their capped
-    /// backoff runs out).
+    /// Release notices use sharded pub/sub when the servers support it (Redis >= 7, probed once
+    /// here with an `SPUBLISH`) and [`RedisBackendBuilder::sharded_pubsub`] is on (the
+    /// default): a release is published on the shard that owns the key's slot only, and
+    /// waiters subscribe there through a RESP3 cluster connection that follows slot moves.
+    /// Otherwise classic `PUBLISH`, which the cluster bus delivers to every node, and one
+    /// subscriber connection to the first seed (if that node is down, waiters still acquire
+    /// when the holder's TTL or their capped backoff runs out).
+    /// [`RedisBackend::pubsub_mode`] says which.
     ///
     /// # Errors
     /// No seed, an invalid URL, or a cluster that cannot be reached within the connect timeout.
@@ -346,8 +374,43 @@ impl RedisBackendBuilder {
             .build()
             .map_err(|e| map_error(e, "invalid cluster configuration"))?;
         let what = format!("connecting to {endpoint}");
-        let conn = self.within(&what, client.get_async_connection()).await?;
-        Ok(self.finish(conn, endpoint, Some(PubsubSource::Client(Box::new(pubsub))), false))
+        let mut conn = self.within(&what, client.get_async_connection()).await?;
+        let mode = if self.sharded_pubsub {
+            probe_sharded(&mut conn, self.command_timeout).await
+        } else {
+            PubSubMode::Classic
+        };
+        let source = match mode {
+            PubSubMode::Sharded => PubsubSource::Sharded(ShardedSource {
+                seeds: seeds.iter().map(|s| s.as_ref().to_string()).collect(),
+                connect_timeout: self.connect_timeout,
+                command_timeout: self.command_timeout,
+            }),
+            PubSubMode::Classic => PubsubSource::Client(Box::new(pubsub)),
+        };
+        let mut backend = self.finish(conn, endpoint, Some(source), false);
+        if let Some(shared) = Arc::get_mut(&mut backend.shared) {
+            shared.cluster_pubsub = Some(mode);
+        }
+        Ok(backend)
+    }
+}
+
+/// Whether the cluster takes `SPUBLISH` (Redis >= 7, and allowed for this user): one harmless
+/// publish on a channel no waiter listens on.
+async fn probe_sharded(conn: &mut ClusterConnection, timeout: Duration) -> PubSubMode {
+    let mut probe = redis::cmd("SPUBLISH");
+    probe.arg("lock:pubsub-probe").arg("");
+    match tokio::time::timeout(timeout, probe.query_async::<i64>(conn)).await {
+        Ok(Ok(_)) => PubSubMode::Sharded,
+        Ok(Err(e)) => {
+            debug!(error = %e, "SPUBLISH refused: release notices use classic pub/sub");
+            PubSubMode::Classic
+        }
+        Err(_) => {
+            debug!("SPUBLISH: no reply; release notices use classic pub/sub");
+            PubSubMode::Classic
+        }
     }
 }
 
@@ -529,6 +592,7 @@ where
             guard: None,
             pubsub_client: self.shared.pubsub_client.clone(),
             sentinel_master: self.shared.sentinel_master.clone(),
+            cluster_pubsub: self.shared.cluster_pubsub,
             notifier: OnceLock::new(),
         };
         Self { conn: self.conn, shared: Arc::new(shared) }
@@ -543,6 +607,8 @@ where
             guard: self.shared.guard.clone(),
             pubsub_client: Some(PubsubSource::Client(Box::new(client))),
             sentinel_master: self.shared.sentinel_master.clone(),
+            // A subscriber on one server hears classic notices only.
+            cluster_pubsub: self.shared.cluster_pubsub.map(|_| PubSubMode::Classic),
             notifier: OnceLock::new(),
         };
         Self { conn: self.conn, shared: Arc::new(shared) }
@@ -551,6 +617,13 @@ where
     /// The underlying connection.
     pub fn connection(&self) -> &C {
         &self.conn
+    }
+
+    /// How releases are announced and heard: [`PubSubMode::Sharded`] for a Cluster whose
+    /// servers support it (see [`RedisBackendBuilder::connect_cluster`]), else
+    /// [`PubSubMode::Classic`].
+    pub fn pubsub_mode(&self) -> PubSubMode {
+        self.shared.cluster_pubsub.unwrap_or_default()
     }
 
     /// How many lock channels this backend is subscribed to now (one per key being waited on).
@@ -611,6 +684,10 @@ where
 
     fn node_guard(&self) -> Option<&NodeGuard> {
         self.shared.guard.as_ref()
+    }
+
+    fn pubsub_mode(&self) -> PubSubMode {
+        self.shared.cluster_pubsub.unwrap_or_default()
     }
 
     async fn set_nx_px(&self, key: &str, value: &str, ttl_ms: u64) -> Result<Option<bool>, BackendError> {
@@ -674,14 +751,41 @@ where
         let endpoint = self.shared.endpoint.clone();
         let timeout = self.shared.command_timeout;
         let mut conn = self.conn.clone();
-        let info = tokio::time::timeout(timeout, redis::cmd("INFO").query_async::<String>(&mut conn))
+        let info = tokio::time::timeout(timeout, redis::cmd("INFO").query_async::<Value>(&mut conn))
             .await
             .map_err(|_| {
                 BackendError::retryable(BackendErrorKind::Timeout, format!("INFO at {endpoint}: no reply"))
             })?
             .map_err(|e| map_error(e, &format!("INFO at {endpoint}")))?;
-        let mut facts = NodeFacts::from_info(endpoint.clone(), &info);
-        facts.sentinel_master.clone_from(&self.shared.sentinel_master);
+        let unexpected = |what: String| {
+            BackendError::permanent(BackendErrorKind::Protocol, format!("INFO at {endpoint}: {what}"))
+        };
+        // One server answers with its text; a Cluster connection asks every master and answers
+        // with a map of address -> text.
+        let replies = match info {
+            Value::Map(nodes) => nodes
+                .into_iter()
+                .map(|(addr, text)| {
+                    let addr = String::from_redis_value(addr).map_err(|e| unexpected(e.to_string()))?;
+                    let text = String::from_redis_value(text).map_err(|e| unexpected(e.to_string()))?;
+                    Ok((addr, text))
+                })
+                .collect::<Result<Vec<_>, BackendError>>()?,
+            text => vec![(
+                endpoint.clone(),
+                String::from_redis_value(text).map_err(|e| unexpected(e.to_string()))?,
+            )],
+        };
+        let mut all: Vec<NodeFacts> = replies
+            .iter()
+            .map(|(addr, text)| {
+                let mut facts = NodeFacts::from_info(addr.clone(), text);
+                facts.sentinel_master.clone_from(&self.shared.sentinel_master);
+                facts.pubsub_mode = self.shared.cluster_pubsub;
+                facts
+            })
+            .collect();
+        // CONFIG GET goes to one server (in a Cluster, any one master): its answer stands for all.
         for name in CONFIG_NAMES {
             let mut get = redis::cmd("CONFIG");
             get.arg("GET").arg(name);
@@ -689,9 +793,11 @@ where
                 Ok(r) => r.map_err(|e| e.to_string()),
                 Err(_) => Err(format!("no reply within {timeout:?}")),
             };
-            facts.record_config_reply(name, reply);
+            for facts in &mut all {
+                facts.record_config_reply(name, reply.clone());
+            }
         }
-        Ok(vec![facts])
+        Ok(all)
     }
 
     async fn discard(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError> {

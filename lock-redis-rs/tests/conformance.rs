@@ -70,4 +70,27 @@ mod redis_cluster {
         lock_testkit::rw_suite!(super::super::cluster());
         lock_testkit::semaphore_suite!(super::super::cluster());
     }
+    /// Release notices: sharded by default on Redis 7, classic when forced.
+    mod pubsub {
+        use super::super::*;
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn sharded_notice_stays_on_the_owning_shard() {
+            let (backend, cluster) = cluster().await;
+            assert_eq!(backend.pubsub_mode(), lock_core::scripts::PubSubMode::Sharded);
+            lock_testkit::cluster_pubsub::sharded_notice_stays_on_the_owning_shard(backend, &cluster).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn classic_notice_reaches_every_node() {
+            let cluster = RedisCluster::shared().unwrap_or_else(|e| panic!("{e}"));
+            let backend = RedisBackend::builder()
+                .sharded_pubsub(false)
+                .connect_cluster(&cluster.urls())
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(backend.pubsub_mode(), lock_core::scripts::PubSubMode::Classic);
+            lock_testkit::cluster_pubsub::classic_notice_reaches_every_node(backend, &cluster).await;
+        }
+    }
 }

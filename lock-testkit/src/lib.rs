@@ -16,7 +16,7 @@ mod suites;
 
 pub use chaos::{checker, history};
 pub use servers::resp;
-pub use suites::{conformance, failover, fair, recovery, redis_suite, shared};
+pub use suites::{cluster_pubsub, conformance, failover, fair, recovery, redis_suite, shared};
 
 pub(crate) use servers::redis_server;
 

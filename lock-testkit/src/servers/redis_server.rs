@@ -485,4 +485,27 @@ impl RedisCluster {
     pub fn urls(&self) -> Vec<String> {
         self.nodes.iter().map(RedisServer::url).collect()
     }
+
+    /// The index in [`RedisCluster::nodes`] of the master that owns `key`'s slot (a channel
+    /// name works too: shard channels hash like keys).
+    ///
+    /// # Errors
+    /// [`HarnessError::Cluster`] when no node claims the slot.
+    pub fn owner_of(&self, key: &str) -> Result<usize, HarnessError> {
+        let first = self.nodes.first().ok_or_else(|| HarnessError::Cluster("no nodes".into()))?;
+        let slot = first.cmd(&["CLUSTER", "KEYSLOT", key])?.int().unwrap_or(-1);
+        for (i, node) in self.nodes.iter().enumerate() {
+            let nodes = node.cmd(&["CLUSTER", "NODES"])?.text();
+            let Some(me) = nodes.lines().find(|l| l.contains("myself")) else { continue };
+            // <id> <addr> <flags> <master> <ping> <pong> <epoch> <link> <slot ranges...>
+            let owns = me.split_whitespace().skip(8).any(|range| {
+                let (lo, hi) = range.split_once('-').unwrap_or((range, range));
+                matches!((lo.parse::<i64>(), hi.parse::<i64>()), (Ok(lo), Ok(hi)) if (lo..=hi).contains(&slot))
+            });
+            if owns {
+                return Ok(i);
+            }
+        }
+        Err(HarnessError::Cluster(format!("no node owns slot {slot} of {key:?}")))
+    }
 }

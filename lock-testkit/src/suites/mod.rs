@@ -1,6 +1,7 @@
 //! The shared suites: contracts as named `pub async fn`s, and the macros that stamp them on a
 //! backend. One file per family of contracts.
 
+pub mod cluster_pubsub;
 pub mod conformance;
 pub mod failover;
 pub mod fair;
