@@ -92,5 +92,16 @@ mod redis_cluster {
             assert_eq!(backend.pubsub_mode(), lock_core::scripts::PubSubMode::Classic);
             lock_testkit::cluster_pubsub::classic_notice_reaches_every_node(backend, &cluster).await;
         }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn sharded_subscription_follows_a_slot_move() {
+            // A cluster of its own: the test moves a slot.
+            let cluster = RedisCluster::start().unwrap_or_else(|e| panic!("{e}"));
+            let backend = RedisBackend::builder()
+                .connect_cluster(&cluster.urls())
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            lock_testkit::cluster_pubsub::sharded_subscription_follows_a_slot_move(backend, &cluster).await;
+        }
     }
 }

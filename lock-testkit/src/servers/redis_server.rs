@@ -508,4 +508,49 @@ impl RedisCluster {
         }
         Err(HarnessError::Cluster(format!("no node owns slot {slot} of {key:?}")))
     }
+
+    /// Migrates the slot of `key` (its keys included) to the master `target` (an index in
+    /// [`RedisCluster::nodes`]), as `redis-cli --cluster reshard` does: IMPORTING on the target,
+    /// MIGRATING on the owner, MIGRATE of every key, then SETSLOT NODE on every master.
+    ///
+    /// # Errors
+    /// [`HarnessError::Cluster`] when a step is refused.
+    pub fn move_slot_of(&self, key: &str, target: usize) -> Result<(), HarnessError> {
+        let owner = self.owner_of(key)?;
+        if owner == target {
+            return Ok(());
+        }
+        let first = self.nodes.first().ok_or_else(|| HarnessError::Cluster("no nodes".into()))?;
+        let slot = first.cmd(&["CLUSTER", "KEYSLOT", key])?.int().unwrap_or(-1).to_string();
+        let id = |i: usize| -> Result<String, HarnessError> {
+            Ok(self.nodes[i].cmd(&["CLUSTER", "MYID"])?.text())
+        };
+        let (from, to) = (&self.nodes[owner], &self.nodes[target]);
+        let (from_id, to_id) = (id(owner)?, id(target)?);
+        let step = |node: &RedisServer, args: &[&str]| -> Result<Resp, HarnessError> {
+            match node.cmd(args)? {
+                Resp::Error(e) => Err(HarnessError::Cluster(format!("{args:?}: {e}"))),
+                ok => Ok(ok),
+            }
+        };
+        step(to, &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from_id])?;
+        step(from, &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to_id])?;
+        loop {
+            let keys = match step(from, &["CLUSTER", "GETKEYSINSLOT", &slot, "100"])? {
+                Resp::Array(Some(items)) => items.iter().map(Resp::text).collect::<Vec<_>>(),
+                _ => Vec::new(),
+            };
+            if keys.is_empty() {
+                break;
+            }
+            let port = to.port().to_string();
+            let mut migrate = vec!["MIGRATE", "127.0.0.1", port.as_str(), "", "0", "5000", "KEYS"];
+            migrate.extend(keys.iter().map(String::as_str));
+            step(from, &migrate)?;
+        }
+        for node in [to, from].into_iter().chain(self.nodes.iter()) {
+            step(node, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id])?;
+        }
+        Ok(())
+    }
 }

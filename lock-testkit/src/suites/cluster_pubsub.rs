@@ -137,3 +137,70 @@ async fn notice_route<B: LockBackend + Clone>(backend: B, cluster: &RedisCluster
         );
     }
 }
+
+/// Sharded mode follows a slot move: while a waiter waits, the slot of its key is migrated
+/// (keys and all, as `redis-cli --cluster reshard` does) to another master. The old owner drops
+/// the shard subscription; the backend subscribes again on the new owner (its `PUBSUB
+/// SHARDCHANNELS` lists the channel), and the release, now served by the new owner, wakes the
+/// waiter within 50 ms (its backoff is 10 s). `cluster` must be private to the test: its slot
+/// map is changed.
+///
+/// # Errors
+/// None: a backend that breaks the contract fails the test (this panics).
+///
+/// # Cancel safety
+/// Test code: cancelling abandons the check, nothing else.
+///
+/// # Examples
+/// ```no_run
+/// # async fn demo<B: lock_core::LockBackend + Clone>(backend: B, cluster: &lock_testkit::RedisCluster) {
+/// lock_testkit::cluster_pubsub::sharded_subscription_follows_a_slot_move(backend, cluster).await;
+/// # }
+/// ```
+pub async fn sharded_subscription_follows_a_slot_move<B: LockBackend + Clone>(
+    backend: B,
+    cluster: &RedisCluster,
+) {
+    let slow = LockConfig::builder()
+        .ttl(30_000 * MS)
+        .acquire_timeout(60_000 * MS)
+        .retry_backoff(10_000 * MS, 10_000 * MS)
+        .build()
+        .unwrap();
+    let name = format!("moving-{}", rand::random::<u64>());
+    let holder = LockClient::with_config(backend.clone(), slow.clone()).unwrap();
+    let mutex = holder.mutex(&name).unwrap();
+    let channel = RedisKeys::for_key(mutex.key()).channel;
+    let owner = cluster.owner_of(&channel).unwrap();
+    let guard = mutex.lock().await.unwrap();
+    let waiter = LockClient::with_config(backend.clone(), slow).unwrap();
+    let waited = name.clone();
+    let task = tokio::spawn(async move {
+        let g = waiter.mutex(&waited).unwrap().lock().await.unwrap();
+        let at = Instant::now();
+        g.release().await.unwrap();
+        at
+    });
+    let deadline = Instant::now() + 5_000 * MS;
+    while !shard_channels(cluster, owner, &channel) {
+        assert!(Instant::now() < deadline, "the owning node never listed {channel} as a shard channel");
+        tokio::time::sleep(10 * MS).await;
+    }
+
+    let target = (owner + 1) % cluster.nodes().len();
+    cluster.move_slot_of(&channel, target).unwrap();
+    assert_eq!(cluster.owner_of(&channel).unwrap(), target);
+    let deadline = Instant::now() + 10_000 * MS;
+    while !shard_channels(cluster, target, &channel) {
+        assert!(Instant::now() < deadline, "{channel} was never subscribed on its new owner (node {target})");
+        tokio::time::sleep(10 * MS).await;
+    }
+    assert!(!shard_channels(cluster, owner, &channel), "the old owner still lists {channel}");
+    tokio::time::sleep(300 * MS).await;
+
+    let released = Instant::now();
+    guard.release().await.unwrap();
+    let acquired = task.await.unwrap();
+    let gap = acquired.saturating_duration_since(released);
+    assert!(gap < 50 * MS, "after the slot move the waiter acquired {gap:?} after the release");
+}
