@@ -26,7 +26,9 @@
 //! - every node carries the marker `lock:node` = `<12 hex node id>:<open_at>`, with no TTL; a
 //!   node with data has it, because the first acquire ever made there (or `lockctl init`, or
 //!   [`declare_fresh`]) created it;
-//! - the acquire script reads it in the same call (no extra round trip). When it is **missing**,
+//! - every acquire reads it in the same round trip: the acquire script in the same call, or,
+//!   for an unfenced lock, a `GET` sent with the plain `SET NX` and run right after it (see
+//!   below). When it is **missing**,
 //!   the node has lost its data (or was never used and never declared fresh: the two cannot be
 //!   told apart from the server's own state), so the script re-creates it with
 //!   `open_at = server time + quarantine` and, until then, answers `{2, ms left}`: the driver
@@ -39,6 +41,15 @@
 //!   when it happened, so "now" is the only safe bound;
 //! - renewals and releases are not affected: leases on a node that lost its data are gone, and
 //!   their holders learn it as before (owner mismatch, then `lost()`).
+//!
+//! Why a marker read **after** a plain `SET NX` is enough: the marker is created only with a
+//! running quarantine and set back to `<id>:0` only by a script that found the quarantine over,
+//! so reading `<id>:0` after the `SET` means that any data loss before the `SET` was noticed at
+//! least a quarantine ago, so every lease granted before it has expired by the time the grant is
+//! returned, and a data loss after the `SET` would have taken the marker with it. Anything else
+//! (missing, or a quarantine not yet closed) sends the acquire to the script, which decides, and
+//! a `SET` it abstains on is deleted again (owner-checked). Both commands go out in one write on
+//! one connection, so they run in that order.
 //!
 //! Set the quarantine ([`NodeGuard::quarantine`], the drivers' builders' `quarantine(..)`) to at
 //! least the longest TTL any client uses on that server; the script also never uses less than
@@ -657,10 +668,31 @@ pub trait ScriptRunner: Send + Sync {
         Ok(None)
     }
 
+    /// `SET key value NX PX ttl_ms`, then `GET marker`, sent together in one round trip and run
+    /// in that order on the same connection: whether the key was set, and the node marker's
+    /// value as read after it. [`acquire`] tries it first for an unfenced lock on a node with a
+    /// data-loss guard: the grant stands only when the marker, read **after** the `SET`, shows
+    /// the node open (`<id>:0`); see the module docs for why that order makes it safe. The
+    /// default, `None`, means "not offered": the [`ACQUIRE`] script is used directly.
+    ///
+    /// # Errors
+    /// The driver's errors, mapped into [`BackendError`].
+    async fn set_nx_px_then_get(
+        &self,
+        key: &str,
+        value: &str,
+        ttl_ms: u64,
+        marker: &str,
+    ) -> Result<Option<(bool, Option<String>)>, BackendError> {
+        let _ = (key, value, ttl_ms, marker);
+        Ok(None)
+    }
+
     /// The data-loss guard of this server (see the module docs), or `None` where a script
-    /// cannot reach a per-server key (Redis Cluster). With a guard, every acquire runs the
-    /// [`ACQUIRE`] script (which checks the marker in the same call) and the plain `SET NX`
-    /// fast path is not used. The default is `None`.
+    /// cannot reach a per-server key (Redis Cluster). With a guard, an acquire checks the
+    /// marker in the same round trip: the [`ACQUIRE`] script reads it, or, unfenced, the
+    /// marker is read right after a plain `SET NX` ([`ScriptRunner::set_nx_px_then_get`]).
+    /// The default is `None`.
     fn node_guard(&self) -> Option<&NodeGuard> {
         None
     }
@@ -682,9 +714,12 @@ pub trait ScriptRunner: Send + Sync {
 }
 
 /// [`crate::LockBackend::acquire`]: one round trip when the lock is free. Without fencing it
-/// is a plain `SET NX PX` ([`ScriptRunner::set_nx_px`]) storing exactly what the script would
-/// (`token:0`); when that finds the key taken, or with fencing, the shared [`ACQUIRE`] script
-/// decides (it re-acquires for our own token and reports the holder's PTTL).
+/// is a plain `SET NX PX` storing exactly what the script would (`token:0`): on a guarded node
+/// with the marker read right after it in the same round trip
+/// ([`ScriptRunner::set_nx_px_then_get`]), in Cluster alone ([`ScriptRunner::set_nx_px`]).
+/// When that finds the key taken, the marker not open, or with fencing, the shared [`ACQUIRE`]
+/// script decides (it re-acquires for our own token, reports the holder's PTTL, or abstains;
+/// a plain `SET` the script then abstains on is taken back).
 ///
 /// # Errors
 /// The runner's errors, or a protocol error for an impossible reply.
@@ -717,14 +752,29 @@ pub async fn acquire<R: ScriptRunner + ?Sized>(
 ) -> Result<AcquireOutcome, BackendError> {
     let keys = RedisKeys::for_key(&req.key);
     let guard = runner.node_guard();
-    if !req.fencing && guard.is_none() {
+    // Whether a plain SET of ours may stand on the server unconfirmed by the marker.
+    let mut unconfirmed = false;
+    if !req.fencing {
         let started = Instant::now();
         let value = format!("{}:0", req.token.to_redis_value());
-        if runner.set_nx_px(&keys.lock, &value, ttl_millis(req.ttl)).await? == Some(true) {
+        let ttl = ttl_millis(req.ttl);
+        let granted = match guard {
+            None => runner.set_nx_px(&keys.lock, &value, ttl).await? == Some(true),
+            Some(_) => match runner.set_nx_px_then_get(&keys.lock, &value, ttl, MARKER_KEY).await? {
+                Some((set, marker)) => {
+                    unconfirmed = set && !marker_open(marker.as_deref());
+                    set && !unconfirmed
+                }
+                None => false,
+            },
+        };
+        if granted {
             return Ok(Grant::from_start(started, req.ttl, None)
                 .map_or(AcquireOutcome::Held { remaining: None }, AcquireOutcome::Acquired));
         }
     }
+    // The script decides: held by another, ours after a lost reply (or a SET above whose
+    // marker was not open: granted once the script finds the node open), or the node abstains.
     let args = acquire_args(&req.token, req.ttl, req.fencing, guard);
     let started = Instant::now();
     let reply = if guard.is_some() {
@@ -732,7 +782,19 @@ pub async fn acquire<R: ScriptRunner + ?Sized>(
     } else {
         runner.run_ints(&ACQUIRE, &[&keys.lock, &keys.fence], &args).await?
     };
-    acquire_outcome(started, req.ttl, req.fencing, &reply)
+    let outcome = acquire_outcome(started, req.ttl, req.fencing, &reply);
+    if unconfirmed && outcome.is_err() {
+        // The node abstains (it lost its data): take back the SET it should not have granted.
+        let _ = release(runner, &req.key, &req.token, false).await;
+    }
+    outcome
+}
+
+/// Whether a node marker read after a grant shows the node open: `<12 hex id>:0`. Missing
+/// means the node lost its data since; a non-zero `open_at` means a quarantine that is running
+/// or that no script has closed yet (the script decides then).
+fn marker_open(marker: Option<&str>) -> bool {
+    marker.and_then(|m| m.get(13..)) == Some("0")
 }
 
 /// [`crate::LockBackend::extend`] through the shared [`EXTEND`] script: one round trip.

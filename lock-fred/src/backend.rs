@@ -695,6 +695,41 @@ where
         self.shared.cluster_pubsub.unwrap_or_default()
     }
 
+    async fn set_nx_px_then_get(
+        &self,
+        key: &str,
+        value: &str,
+        ttl_ms: u64,
+        marker: &str,
+    ) -> Result<Option<(bool, Option<String>)>, BackendError> {
+        // The GET must run after the SET: one pipeline on one connection (a pool's next
+        // client). Other client types are not offered it (the acquire script is used).
+        let any = &self.client as &dyn std::any::Any;
+        let Some(client) =
+            any.downcast_ref::<Client>().or_else(|| any.downcast_ref::<Pool>().map(Pool::next))
+        else {
+            return Ok(None);
+        };
+        let timeout = self.shared.command_timeout;
+        let ttl = i64::try_from(ttl_ms).unwrap_or(i64::MAX);
+        let context = || format!("SET NX on redis key {key:?} at {}", self.shared.endpoint);
+        let pipeline = client.pipeline();
+        let sent = async {
+            let () = pipeline.set(key, value, Some(Expiration::PX(ttl)), Some(SetOptions::NX), false).await?;
+            let () = pipeline.get(marker).await?;
+            pipeline.all::<(Option<String>, Option<String>)>().await
+        };
+        match tokio::time::timeout(timeout * 2, sent).await {
+            Ok(r) => {
+                r.map(|(set, marker)| Some((set.is_some(), marker))).map_err(|e| map_error(&e, &context()))
+            }
+            Err(_) => Err(BackendError::retryable(
+                BackendErrorKind::Timeout,
+                format!("{}: no reply within {:?}", context(), timeout * 2),
+            )),
+        }
+    }
+
     async fn set_nx_px(&self, key: &str, value: &str, ttl_ms: u64) -> Result<Option<bool>, BackendError> {
         let timeout = self.shared.command_timeout;
         let ttl = i64::try_from(ttl_ms).unwrap_or(i64::MAX);

@@ -690,6 +690,31 @@ where
         self.shared.cluster_pubsub.unwrap_or_default()
     }
 
+    async fn set_nx_px_then_get(
+        &self,
+        key: &str,
+        value: &str,
+        ttl_ms: u64,
+        marker: &str,
+    ) -> Result<Option<(bool, Option<String>)>, BackendError> {
+        let timeout = self.shared.command_timeout;
+        let mut conn = self.conn.clone();
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET").arg(key).arg(value).arg("NX").arg("PX").arg(ttl_ms).cmd("GET").arg(marker);
+        let context = || format!("SET NX on redis key {key:?} at {}", self.shared.endpoint);
+        match tokio::time::timeout(timeout, pipe.query_async::<(Option<String>, Option<String>)>(&mut conn))
+            .await
+        {
+            Ok(r) => {
+                r.map(|(set, marker)| Some((set.is_some(), marker))).map_err(|e| map_error(e, &context()))
+            }
+            Err(_) => Err(BackendError::retryable(
+                BackendErrorKind::Timeout,
+                format!("{}: no reply within {timeout:?}", context()),
+            )),
+        }
+    }
+
     async fn set_nx_px(&self, key: &str, value: &str, ttl_ms: u64) -> Result<Option<bool>, BackendError> {
         let timeout = self.shared.command_timeout;
         let mut conn = self.conn.clone();

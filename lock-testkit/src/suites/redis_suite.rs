@@ -749,10 +749,12 @@ pub async fn fair_lock_unlock_is_two_round_trips<D: RedisDriver>(driver: D) {
     assert_eq!(left.trim(), "0", "an uncontended fair lock leaves no queue behind");
 }
 
-/// Without fencing, a lock on a single node is still one script round trip: the acquire
-/// script checks the data-loss marker in the same call (a plain `SET NX` could not), and
-/// stores `token:0`; a retry with the same token (its reply lost) is granted again, and a key of
-/// the wrong type gives a clear error.
+/// Without fencing, a lock on a single node is one round trip that still checks the
+/// data-loss marker: a plain `SET NX` with a `GET` of the marker sent with it (no acquire
+/// script), storing `token:0`. When the marker is gone (the node lost its data) that `SET` does
+/// not stand: the acquire is refused as quarantined and the key it set is deleted again. A
+/// retry with the same token (its reply lost) is granted again, another token sees the lock
+/// held, and a key of the wrong type gives a clear error.
 ///
 /// # Errors
 /// None: a driver that misbehaves fails the test (this panics).
@@ -764,10 +766,10 @@ pub async fn fair_lock_unlock_is_two_round_trips<D: RedisDriver>(driver: D) {
 /// A driver crate runs the whole suite with [`crate::redis_suite!`]; one test alone:
 /// ```no_run
 /// # async fn demo<D: lock_testkit::redis_suite::RedisDriver>(my_driver: D) {
-/// lock_testkit::redis_suite::unfenced_lock_is_one_script_that_checks_the_marker(my_driver).await;
+/// lock_testkit::redis_suite::unfenced_lock_is_one_round_trip_that_checks_the_marker(my_driver).await;
 /// # }
 /// ```
-pub async fn unfenced_lock_is_one_script_that_checks_the_marker<D: RedisDriver>(driver: D) {
+pub async fn unfenced_lock_is_one_round_trip_that_checks_the_marker<D: RedisDriver>(driver: D) {
     let server = server();
     let backend = connect(&driver, &server).await;
     let config = LockConfig::builder().watchdog(false).build().unwrap();
@@ -777,12 +779,29 @@ pub async fn unfenced_lock_is_one_script_that_checks_the_marker<D: RedisDriver>(
     server.cmd(&["CONFIG", "RESETSTAT"]).unwrap();
     mutex.lock().await.unwrap().release().await.unwrap();
     let calls = command_calls(&server);
+    // SET + GET marker (one round trip), then the release script (GET, DEL, EXISTS, PUBLISH).
     let expected: HashMap<String, u64> =
-        [("set", 1), ("evalsha", 2), ("get", 3), ("del", 1), ("publish", 1), ("exists", 1)]
+        [("set", 1), ("evalsha", 1), ("get", 2), ("del", 1), ("publish", 1), ("exists", 1)]
             .into_iter()
             .map(|(k, v)| (k.to_string(), v))
             .collect();
-    assert_eq!(calls, expected, "an unfenced cycle is one acquire script and one release script");
+    assert_eq!(calls, expected, "an unfenced cycle is SET with a marker GET, then one release script");
+
+    // The node loses its data (the marker with it): the plain SET does not stand.
+    server.cmd(&["DEL", "lock:node"]).unwrap();
+    let lost = lock_core::AcquireRequest {
+        key: lock_core::LockKey::new("plain:lost").unwrap(),
+        token: lock_core::Token::random(),
+        ttl: 5_000 * MS,
+        fencing: false,
+    };
+    match backend.acquire(&lost).await {
+        Err(e) => assert_eq!(e.kind(), BackendErrorKind::Quarantined, "{e}"),
+        Ok(other) => panic!("a node without its marker granted {other:?}"),
+    }
+    let left = text(server.cmd(&["EXISTS", "lock:{plain:lost}"]).unwrap());
+    assert_eq!(left.trim(), "0", "the SET the quarantined node accepted must be taken back");
+    server.cmd(&["SET", "lock:node", "000000000001:0"]).unwrap();
 
     // The same token again (a retry whose reply was lost): granted again.
     let key = lock_core::LockKey::new("plain:retry").unwrap();
@@ -1134,7 +1153,7 @@ macro_rules! redis_suite {
             watchdog_renews_many_leases_in_few_calls,
             rw_and_semaphore_wrongtype_keys_give_a_clear_error,
             permit_release_wakes_one_waiter,
-            unfenced_lock_is_one_script_that_checks_the_marker,
+            unfenced_lock_is_one_round_trip_that_checks_the_marker,
             flushall_starts_a_quarantine_every_client_sees,
             lost_fence_counter_keeps_tokens_rising,
             declared_fresh_server_grants_at_once,
