@@ -1,13 +1,33 @@
 -- Helpers shared by the lock scripts of this workspace; lock-core prepends this file to every
 -- script but extend.lua, fence.lua and node.lua (one text per script, so one EVALSHA).
--- The command that announces a release: 'PUBLISH' (classic pub/sub: in Redis Cluster the bus
--- carries it to every node), or 'SPUBLISH' (sharded pub/sub, Redis >= 7: heard only on the
--- shard that owns the key's slot). A script that announces sets it from its mode argument
--- ('s' for sharded, anything else classic) through `publish_mode`, before any call below.
-local publish_cmd = 'PUBLISH'
+-- How a release is announced (see lock_core::scripts::PubSubMode), set by a script that
+-- announces from its mode argument through `publish_mode`, before any call below:
+-- 'c' classic PUBLISH, always sent (in a Redis Cluster the subscribers may be on any node);
+-- 'l' classic PUBLISH on a single server, where every subscriber is local: sent only when
+--     somebody listens on the channel;
+-- 's' sharded SPUBLISH (Redis >= 7), heard only on the shard that owns the key's slot, where
+--     its subscribers are: sent only when somebody listens.
+-- A waiter subscribes before its last try, so a release that finds nobody listening wakes
+-- nobody who needed it; skipping it saves the server a publish (and its propagation) on every
+-- uncontended release.
+local publish_flag = 'c'
 local function publish_mode(flag)
-  if flag == 's' then
-    publish_cmd = 'SPUBLISH'
+  if flag == 's' or flag == 'l' then
+    publish_flag = flag
+  end
+end
+
+local function announce(channel, message)
+  if publish_flag == 'c' then
+    redis.call('PUBLISH', channel, message)
+    return
+  end
+  local count, publish = 'NUMSUB', 'PUBLISH'
+  if publish_flag == 's' then
+    count, publish = 'SHARDNUMSUB', 'SPUBLISH'
+  end
+  if redis.call('PUBSUB', count, channel)[2] > 0 then
+    redis.call(publish, channel, message)
   end
 end
 
@@ -135,7 +155,7 @@ local function grant_head(lock_key, fence_key, queue, waiters, head, deadline, n
   end
   local shown = string.format('%.0f', fence)
   redis.call('SET', lock_key, head .. ':' .. shown, 'PX', math.max(deadline - now, 1))
-  redis.call(publish_cmd, lock_key .. ':turn', 'g:' .. head .. ':' .. shown)
+  announce(lock_key .. ':turn', 'g:' .. head .. ':' .. shown)
 end
 
 -- The lock was just freed: hand it over to the live head of the queue, if any (see

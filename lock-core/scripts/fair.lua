@@ -4,7 +4,7 @@
 -- KEYS[5] (optional) the node marker, as in acquire.lua.
 -- ARGV[1] owner token,
 -- ARGV[2] '<ttl ms>:<1 to fence, else 0>:<waiter timeout ms, 0 to try once without queueing>:
---          <pub/sub mode: s or c, as in release.lua>:<quarantine ms>:<fresh 12 hex node id>' (one argument: at most 10 elements, so an
+--          <pub/sub mode: c, l or s, as in release.lua>:<quarantine ms>:<fresh 12 hex node id>' (one argument: at most 10 elements, so an
 --          unauthenticated client is told NOAUTH, as in acquire.lua)
 -- Returns {1, fence}        the lock is ours (granted, or already ours: the expiry refreshed),
 --         {0, wait, ahead}  not ours yet: `ahead` waiters are before this one (queued, its
@@ -13,7 +13,7 @@
 --                           -1 when unknown),
 --         {2, left}         the node lost its data, as in acquire.lua.
 -- Idempotent for the same token: a resent call finds itself queued, or holding the lock.
-local ttl, fencing, wait_ms, mode, guard = string.match(ARGV[2], '^(%d+):([01]):(%d+):([cs]):(.*)$')
+local ttl, fencing, wait_ms, mode, guard = string.match(ARGV[2], '^(%d+):([01]):(%d+):([cls]):(.*)$')
 publish_mode(mode)
 wait_ms = tonumber(wait_ms)
 local abstain = check_marker(KEYS[5], guard)

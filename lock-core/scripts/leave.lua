@@ -18,6 +18,6 @@ if current then
   released = 1
 end
 if not hand_over(KEYS[1], KEYS[4], KEYS[2], KEYS[3]) and released == 1 then
-  redis.call(publish_cmd, ARGV[2], '1')
+  announce(ARGV[2], '1')
 end
 return released

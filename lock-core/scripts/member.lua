@@ -35,7 +35,7 @@ if empty and KEYS[2] then
   redis.call('DEL', KEYS[2])
 end
 if ARGV[3] ~= '' and (ARGV[4] ~= '1' or empty) then
-  redis.call(publish_cmd, ARGV[3], '1')
+  announce(ARGV[3], '1')
 end
 if live then
   return 1

@@ -93,7 +93,7 @@ pub struct LuaScript {
 pub const ACQUIRE: LuaScript = LuaScript {
     name: "acquire",
     source: concat!(include_str!("../scripts/common.lua"), include_str!("../scripts/acquire.lua")),
-    sha1: "ab70ecd92773ed43e3dc3be0f4ef33bbda8e781c",
+    sha1: "97982fdc14cd5e025ad966620a50cd974960a09b",
 };
 
 /// `extend.lua`: owner-checked PEXPIRE. KEYS: lock. ARGV: token, ttl ms. Returns 1 or 0.
@@ -110,7 +110,7 @@ pub const EXTEND: LuaScript = LuaScript {
 pub const RELEASE: LuaScript = LuaScript {
     name: "release",
     source: concat!(include_str!("../scripts/common.lua"), include_str!("../scripts/release.lua")),
-    sha1: "fd91ba34e091ee9f1427a898dd6d01eb744d1299",
+    sha1: "8d02b41760e3e8b31a45a25442f7a7f6e22c4c5f",
 };
 
 /// `fence.lua`: raise the fencing counter to at least a token (RedLock's write-back) and
@@ -130,7 +130,7 @@ pub const FENCE: LuaScript = LuaScript {
 pub const FAIR: LuaScript = LuaScript {
     name: "fair",
     source: concat!(include_str!("../scripts/common.lua"), include_str!("../scripts/fair.lua")),
-    sha1: "85c86c4656746e2612fd05e11933c0699193941d",
+    sha1: "815e79c0127c8003513f670039604ef972d1c11f",
 };
 
 /// `leave.lua`: a fair waiter leaves the queue (releasing the lock if a lost reply or a lost
@@ -140,7 +140,7 @@ pub const FAIR: LuaScript = LuaScript {
 pub const LEAVE: LuaScript = LuaScript {
     name: "leave",
     source: concat!(include_str!("../scripts/common.lua"), include_str!("../scripts/leave.lua")),
-    sha1: "f18f08dad7bf95de2f0620bde61651dce080e3f2",
+    sha1: "8d87e2827e676b13414b19a6b4fe62cb205ef822",
 };
 
 /// `read.lua`: a read lock of a read-write lock: granted unless a writer holds the lock or a
@@ -151,7 +151,7 @@ pub const LEAVE: LuaScript = LuaScript {
 pub const READ: LuaScript = LuaScript {
     name: "read",
     source: concat!(include_str!("../scripts/common.lua"), include_str!("../scripts/read.lua")),
-    sha1: "fe2abe77507f14157bd36945310bbb5bf3e9beab",
+    sha1: "13a45cef7a9e3d436355db5c0ab99e3d753b8195",
 };
 
 /// `write.lua`: the write lock of a read-write lock: the mutex key, granted only when no live
@@ -161,7 +161,7 @@ pub const READ: LuaScript = LuaScript {
 pub const WRITE: LuaScript = LuaScript {
     name: "write",
     source: concat!(include_str!("../scripts/common.lua"), include_str!("../scripts/write.lua")),
-    sha1: "15cf8f9f7c6505a1633e2d932bf19de19c20c3f0",
+    sha1: "3edf23ce3c0cde9c130c98047cc3bbe6fc1819a3",
 };
 
 /// `permit.lua`: one permit of a semaphore, each permit a lease of its own.
@@ -170,7 +170,7 @@ pub const WRITE: LuaScript = LuaScript {
 pub const PERMIT: LuaScript = LuaScript {
     name: "permit",
     source: concat!(include_str!("../scripts/common.lua"), include_str!("../scripts/permit.lua")),
-    sha1: "0411ff1494d9e5bde2ec7ccdc0b9b9f0a79e8205",
+    sha1: "89bb5e6d46b3ff015b45dc242dc3f99e77c713d6",
 };
 
 /// `member.lua`: renew or release one member of a set of holders (readers, waiting writers,
@@ -179,7 +179,7 @@ pub const PERMIT: LuaScript = LuaScript {
 pub const MEMBER: LuaScript = LuaScript {
     name: "member",
     source: concat!(include_str!("../scripts/common.lua"), include_str!("../scripts/member.lua")),
-    sha1: "13546564e847dd1c35721dfe0c47f6e8314e3839",
+    sha1: "38b500df810bf8e1359cfe4e58806855acef0981",
 };
 
 /// `renew.lua`: the watchdog's batch: renew many leases in one call, each decided alone as
@@ -190,7 +190,7 @@ pub const MEMBER: LuaScript = LuaScript {
 pub const RENEW: LuaScript = LuaScript {
     name: "renew",
     source: concat!(include_str!("../scripts/common.lua"), include_str!("../scripts/renew.lua")),
-    sha1: "f8671261e94a98497a88998e3c8d1017e0e69e54",
+    sha1: "1a721cb147e09215349bb190e0c1a1a942beabc2",
 };
 
 /// How many leases one [`RENEW`] call renews at most: a batch of more is split into several
@@ -493,18 +493,18 @@ fn guard_arg(ttl: Duration, guard: Option<&NodeGuard>) -> String {
 }
 
 /// The ARGV of [`FAIR`]: `wait` is the waiter timeout, `None` for a try that never queues;
-/// `mode` is how a hand-over is announced.
+/// `mode` is how a hand-over is announced ([`PubSubMode::flag`]).
 pub fn fair_args(
     token: &Token,
     ttl: Duration,
     fencing: bool,
     wait: Option<Duration>,
     guard: Option<&NodeGuard>,
-    mode: PubSubMode,
+    mode: &str,
 ) -> [String; 2] {
     let [token, ttl_ms, fence, guard] = acquire_args(token, ttl, fencing, guard);
     let wait = wait.map_or(0, ttl_millis);
-    [token, format!("{ttl_ms}:{fence}:{wait}:{}:{guard}", mode.flag())]
+    [token, format!("{ttl_ms}:{fence}:{wait}:{mode}:{guard}")]
 }
 
 /// The ARGV of [`EXTEND`].
@@ -513,9 +513,9 @@ pub fn extend_args(token: &Token, ttl: Duration) -> [String; 2] {
 }
 
 /// The ARGV of [`RELEASE`] (and [`LEAVE`]): the release is announced on the key's channel the
-/// `mode` way.
-pub fn release_args(token: &Token, keys: &RedisKeys, mode: PubSubMode) -> [String; 3] {
-    [token.to_redis_value(), keys.channel.clone(), mode.flag().into()]
+/// `mode` way ([`PubSubMode::flag`]).
+pub fn release_args(token: &Token, keys: &RedisKeys, mode: &str) -> [String; 3] {
+    [token.to_redis_value(), keys.channel.clone(), mode.into()]
 }
 
 /// The ARGV of [`RELEASE`] for a silent discard (no PUBLISH).
@@ -552,13 +552,29 @@ pub enum PubSubMode {
 }
 
 impl PubSubMode {
-    /// The scripts' mode argument: `"s"` or `"c"`.
-    pub fn flag(self) -> &'static str {
-        match self {
-            PubSubMode::Classic => "c",
-            PubSubMode::Sharded => "s",
+    /// The scripts' mode argument (see `publish_mode` in `common.lua`): `"s"` sharded (published
+    /// only when the shard has a subscriber), `"l"` classic on a single server (published only
+    /// when it has a subscriber: every subscriber is local), `"c"` classic in a Cluster (always
+    /// published: subscribers may be on any node).
+    ///
+    /// ```
+    /// use lock_core::scripts::PubSubMode;
+    /// assert_eq!(PubSubMode::Classic.flag(false), "l");
+    /// assert_eq!(PubSubMode::Classic.flag(true), "c");
+    /// assert_eq!(PubSubMode::Sharded.flag(true), "s");
+    /// ```
+    pub fn flag(self, cluster: bool) -> &'static str {
+        match (self, cluster) {
+            (PubSubMode::Sharded, _) => "s",
+            (PubSubMode::Classic, false) => "l",
+            (PubSubMode::Classic, true) => "c",
         }
     }
+}
+
+/// The mode argument `runner`'s scripts announce with.
+fn announce_flag<R: ScriptRunner + ?Sized>(runner: &R) -> &'static str {
+    runner.pubsub_mode().flag(runner.cluster())
 }
 
 impl std::fmt::Display for PubSubMode {
@@ -588,7 +604,7 @@ pub fn fence_args(token: &Token, fence: FencingToken) -> [String; 2] {
 pub const ACL_RULES: &str = "resetkeys ~lock:* resetchannels &lock:* -@all \
 +set +get +del +incr +pexpire +pexpireat +pttl +time +publish +spublish +exists \
 +zadd +zrem +zrange +zrangebyscore +zremrangebyscore +zrank +zscore +zcard +evalsha +eval +script|load \
-+subscribe +unsubscribe +ssubscribe +sunsubscribe +ping +client|setname +client|id";
++subscribe +unsubscribe +ssubscribe +sunsubscribe +pubsub|numsub +pubsub|shardnumsub +ping +client|setname +client|id";
 
 /// A TTL in whole milliseconds for PX/PEXPIRE, at least 1 (Redis rejects 0).
 pub fn ttl_millis(ttl: Duration) -> u64 {
@@ -991,7 +1007,7 @@ pub async fn release<R: ScriptRunner + ?Sized>(
     announce: bool,
 ) -> Result<crate::ReleaseOutcome, BackendError> {
     let keys = RedisKeys::for_key(key);
-    let args = if announce { release_args(token, &keys, runner.pubsub_mode()) } else { discard_args(token) };
+    let args = if announce { release_args(token, &keys, announce_flag(runner)) } else { discard_args(token) };
     let reply =
         runner.run_int(&RELEASE, &[&keys.lock, &keys.queue, &keys.waiters, &keys.fence], &args).await?;
     Ok(if reply == 1 { crate::ReleaseOutcome::Released } else { crate::ReleaseOutcome::NotHeld })
@@ -1039,7 +1055,7 @@ pub async fn fair_acquire<R: ScriptRunner + ?Sized>(
 ) -> Result<FairOutcome, BackendError> {
     let keys = RedisKeys::for_key(&req.key);
     let guard = runner.node_guard();
-    let args = fair_args(&req.token, req.ttl, req.fencing, req.wait, guard, runner.pubsub_mode());
+    let args = fair_args(&req.token, req.ttl, req.fencing, req.wait, guard, announce_flag(runner));
     let started = Instant::now();
     let reply = if guard.is_some() {
         runner
@@ -1064,7 +1080,7 @@ pub async fn leave_queue<R: ScriptRunner + ?Sized>(
     token: &Token,
 ) -> Result<crate::ReleaseOutcome, BackendError> {
     let keys = RedisKeys::for_key(key);
-    let args = release_args(token, &keys, runner.pubsub_mode());
+    let args = release_args(token, &keys, announce_flag(runner));
     let reply = runner.run_int(&LEAVE, &[&keys.lock, &keys.queue, &keys.waiters, &keys.fence], &args).await?;
     Ok(if reply == 1 { crate::ReleaseOutcome::Released } else { crate::ReleaseOutcome::NotHeld })
 }
@@ -1251,7 +1267,7 @@ pub async fn release_member<R: ScriptRunner + ?Sized>(
         "0".into(),
         keys.channel.clone(),
         when_empty.into(),
-        runner.pubsub_mode().flag().into(),
+        announce_flag(runner).into(),
     ];
     let reply = runner.run_int(&MEMBER, &names, &args).await?;
     Ok(if reply == 1 { crate::ReleaseOutcome::Released } else { crate::ReleaseOutcome::NotHeld })

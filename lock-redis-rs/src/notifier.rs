@@ -110,11 +110,11 @@ async fn run_sharded(
             false
         }
     };
-    let wanted = hub.wanted();
-    for channel in &wanted {
-        subscribe(&mut conn, channel).await;
+    // The first connection: the channels wanted so far are subscribed (and confirmed) now;
+    // nothing was missed, so nobody is woken.
+    for channel in hub.wanted() {
+        subscribe(&mut conn, &channel).await;
     }
-    hub.reconnected(&wanted);
     loop {
         tokio::select! {
             cmd = commands.recv() => match cmd {
@@ -168,6 +168,7 @@ async fn run(
     timeout: Duration,
 ) {
     let mut delay = Duration::from_millis(10);
+    let mut first = true;
     loop {
         let connect = async { source.client().await?.get_async_pubsub().await };
         let pubsub = match tokio::time::timeout(timeout, connect).await {
@@ -188,7 +189,13 @@ async fn run(
         if !wanted.is_empty() && sink.subscribe(&wanted).await.is_err() {
             continue;
         }
-        hub.reconnected(&wanted);
+        if first {
+            // Nothing was missed before the first connection: confirm, wake nobody.
+            first = false;
+            wanted.iter().for_each(|channel| hub.confirm(channel));
+        } else {
+            hub.reconnected(&wanted);
+        }
         loop {
             tokio::select! {
                 cmd = commands.recv() => {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use futures::future::join_all;
 use futures::stream::FuturesUnordered;
 use lock_core::{
@@ -15,7 +15,7 @@ use lock_core::{
     LockKey, Members, ReleaseOutcome, ReleaseWatch, Renewal, SharedBackend, Token, default_drift,
     validity_deadline,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tracing::{debug, warn};
 
 /// The per-node deadline, as a fraction of the TTL, when none is configured: `ttl / 20`.
@@ -262,12 +262,15 @@ impl<B: LockBackend> RedLock<B> {
     /// The votes of the nodes at `indices`: one per distinct server (nodes with the same data
     /// identity count once; nodes of unknown identity count one each).
     fn votes(&self, indices: impl Iterator<Item = usize>) -> usize {
-        let mut seen = std::collections::HashSet::new();
+        // A handful of nodes: a short list beats a hash set.
+        let mut seen: Vec<u64> = Vec::with_capacity(self.inner.nodes.len());
         let mut unknown = 0;
         for i in indices {
             match self.identity(i) {
                 Identity::Known(id) => {
-                    seen.insert(id);
+                    if !seen.contains(&id) {
+                        seen.push(id);
+                    }
                 }
                 _ => unknown += 1,
             }
@@ -280,20 +283,21 @@ impl<B: LockBackend> RedLock<B> {
         self.inner.options.node_timeout.unwrap_or(default).min(ttl).max(Duration::from_millis(1))
     }
 
-    /// Sends one request to every node at once, each bounded by `deadline`. Answers arrive on
-    /// the returned channel as they come, whether or not anyone still listens.
-    fn fan_out<T, F, Fut>(&self, deadline: Duration, call: F) -> mpsc::UnboundedReceiver<Answer<T>>
+    /// Sends one request to every node at once, each bounded by `deadline`. Answers are read
+    /// as they come with [`FanOut::recv`]; the calls run on the reading task (no task and no
+    /// cross-thread wake-up per node), and those still in flight when the [`FanOut`] is dropped
+    /// finish in one background task, whether or not anyone still listens.
+    fn fan_out<T, F, Fut>(&self, deadline: Duration, call: F) -> FanOut<T>
     where
         T: Send + 'static,
         F: Fn(usize, Arc<B>) -> Fut,
         Fut: Future<Output = Result<T, BackendError>> + Send + 'static,
     {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let calls = FuturesUnordered::new();
         for (i, node) in self.inner.nodes.iter().enumerate() {
             let fut = call(i, Arc::clone(node));
-            let tx = tx.clone();
             let endpoint = self.inner.endpoints[i].clone();
-            tokio::spawn(async move {
+            let call: NodeCall<T> = Box::pin(async move {
                 let answer = match tokio::time::timeout(deadline, fut).await {
                     Ok(r) => r,
                     Err(_) => Err(BackendError::retryable(
@@ -301,10 +305,11 @@ impl<B: LockBackend> RedLock<B> {
                         format!("node {endpoint} did not answer within {deadline:?}"),
                     )),
                 };
-                let _ = tx.send((i, answer));
+                (i, answer)
             });
+            calls.push(call);
         }
-        rx
+        FanOut::new(calls)
     }
 
     /// Releases `key` on every node, concurrently; waits for each answer up to `deadline`.
@@ -413,7 +418,7 @@ impl<B: LockBackend> RedLock<B> {
         &self,
         req: &AcquireRequest,
         members: Option<Members>,
-        mut answers: mpsc::UnboundedReceiver<Answer<HoldOutcome>>,
+        mut answers: FanOut<HoldOutcome>,
         deadline: Duration,
         mut clean: Vec<bool>,
     ) {
@@ -832,7 +837,7 @@ impl<B: LockBackend> RedLock<B> {
     fn repair_batch(
         &self,
         owed: Vec<(usize, ExtendRequest, Vec<usize>)>,
-        late: mpsc::UnboundedReceiver<Answer<Vec<Result<ExtendOutcome, BackendError>>>>,
+        late: FanOut<Vec<Result<ExtendOutcome, BackendError>>>,
     ) {
         let this = self.clone();
         tokio::spawn(async move {
@@ -866,6 +871,60 @@ impl<B: LockBackend> RedLock<B> {
     }
 }
 
+/// One node's call of a fan-out, answering with the node's index.
+type NodeCall<T> = std::pin::Pin<Box<dyn Future<Output = Answer<T>> + Send>>;
+
+/// The calls of one fan-out ([`RedLock::fan_out`]), polled by whoever reads the answers.
+/// Dropped with calls still in flight, it lets them finish in one background task (their
+/// answers unread): a node that grants after the decision is part of the lease, and a release
+/// that answers late still frees its node.
+struct FanOut<T: Send + 'static> {
+    calls: FuturesUnordered<NodeCall<T>>,
+    /// Answers that came in while every call was being started.
+    early: std::collections::VecDeque<Answer<T>>,
+    started: bool,
+}
+
+impl<T: Send + 'static> FanOut<T> {
+    fn new(calls: FuturesUnordered<NodeCall<T>>) -> Self {
+        Self { calls, early: std::collections::VecDeque::new(), started: false }
+    }
+
+    fn empty() -> Self {
+        Self::new(FuturesUnordered::new())
+    }
+
+    /// The next answer, or `None` once every node answered. The first call starts every
+    /// node's call before it returns any answer, so each node is asked before the round can be
+    /// decided (a node that answers at once would otherwise be read before the next is asked).
+    async fn recv(&mut self) -> Option<Answer<T>> {
+        if !self.started {
+            self.started = true;
+            // Polls until every call is pending or done (FuturesUnordered returns at the first
+            // ready one); the wakers it registers are its own, so nothing is missed.
+            while let Some(Some(answer)) = self.calls.next().now_or_never() {
+                self.early.push_back(answer);
+            }
+        }
+        match self.early.pop_front() {
+            Some(answer) => Some(answer),
+            None => self.calls.next().await,
+        }
+    }
+}
+
+impl<T: Send + 'static> Drop for FanOut<T> {
+    fn drop(&mut self) {
+        if self.calls.is_empty() {
+            return;
+        }
+        let mut calls = std::mem::take(&mut self.calls);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move { while calls.next().await.is_some() {} });
+        }
+    }
+}
+
 /// The answers of an acquire round, cleaned up (every node released) if the round is dropped
 /// before it was decided.
 struct Round<B: LockBackend> {
@@ -874,7 +933,7 @@ struct Round<B: LockBackend> {
     /// Where a grant's owner token lives on each node (`None`: the lock key).
     members: Option<Members>,
     deadline: Duration,
-    answers: Option<mpsc::UnboundedReceiver<Answer<HoldOutcome>>>,
+    answers: Option<FanOut<HoldOutcome>>,
     /// Nodes known not to hold our key (they answered `Held`).
     clean: Vec<bool>,
 }
@@ -887,12 +946,9 @@ impl<B: LockBackend> Round<B> {
         }
     }
 
-    fn take(&mut self) -> mpsc::UnboundedReceiver<Answer<HoldOutcome>> {
-        match self.answers.take() {
-            Some(rx) => rx,
-            // Already taken: an empty, closed channel.
-            None => mpsc::unbounded_channel().1,
-        }
+    fn take(&mut self) -> FanOut<HoldOutcome> {
+        // Already taken: no calls left.
+        self.answers.take().unwrap_or_else(FanOut::empty)
     }
 }
 
