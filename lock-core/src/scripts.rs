@@ -386,6 +386,12 @@ fn warn_quarantine(left: Duration) {
     }
 }
 
+// The suffixes of a lock's other names, after its lock key (see RedisKeys).
+const FENCE_SUFFIX: &str = ":fence";
+const CHANNEL_SUFFIX: &str = ":released";
+const QUEUE_SUFFIX: &str = ":queue";
+const WAITERS_SUFFIX: &str = ":waiters";
+
 /// The Redis names of one lock (see the module docs for the layout).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisKeys {
@@ -427,10 +433,10 @@ impl RedisKeys {
     pub fn for_key(key: &LockKey) -> Self {
         let lock = Self::lock_name(key);
         Self {
-            fence: format!("{lock}:fence"),
-            channel: format!("{lock}:released"),
-            queue: format!("{lock}:queue"),
-            waiters: format!("{lock}:waiters"),
+            fence: format!("{lock}{FENCE_SUFFIX}"),
+            channel: format!("{lock}{CHANNEL_SUFFIX}"),
+            queue: format!("{lock}{QUEUE_SUFFIX}"),
+            waiters: format!("{lock}{WAITERS_SUFFIX}"),
             turn: format!("{lock}:turn"),
             readers: format!("{lock}:readers"),
             writers: format!("{lock}:writers"),
@@ -766,7 +772,8 @@ pub async fn acquire<R: ScriptRunner + ?Sized>(
     runner: &R,
     req: &crate::AcquireRequest,
 ) -> Result<AcquireOutcome, BackendError> {
-    let keys = RedisKeys::for_key(&req.key);
+    // Only the names this call uses (a lock/unlock cycle builds 6 names, not 22).
+    let lock = RedisKeys::lock_name(&req.key);
     let guard = runner.node_guard();
     // Whether a plain SET of ours may stand on the server unconfirmed by the marker.
     let mut unconfirmed = false;
@@ -775,8 +782,8 @@ pub async fn acquire<R: ScriptRunner + ?Sized>(
         let value = format!("{}:0", req.token.to_redis_value());
         let ttl = ttl_millis(req.ttl);
         let granted = match guard {
-            None => runner.set_nx_px(&keys.lock, &value, ttl).await? == Some(true),
-            Some(_) => match runner.set_nx_px_then_get(&keys.lock, &value, ttl, MARKER_KEY).await? {
+            None => runner.set_nx_px(&lock, &value, ttl).await? == Some(true),
+            Some(_) => match runner.set_nx_px_then_get(&lock, &value, ttl, MARKER_KEY).await? {
                 Some((set, marker)) => {
                     unconfirmed = set && !marker_open(marker.as_deref());
                     set && !unconfirmed
@@ -792,11 +799,12 @@ pub async fn acquire<R: ScriptRunner + ?Sized>(
     // The script decides: held by another, ours after a lost reply (or a SET above whose
     // marker was not open: granted once the script finds the node open), or the node abstains.
     let args = acquire_args(&req.token, req.ttl, req.fencing, guard);
+    let fence = format!("{lock}{FENCE_SUFFIX}");
     let started = Instant::now();
     let reply = if guard.is_some() {
-        runner.run_ints(&ACQUIRE, &[&keys.lock, &keys.fence, MARKER_KEY], &args).await?
+        runner.run_ints(&ACQUIRE, &[&lock, &fence, MARKER_KEY], &args).await?
     } else {
-        runner.run_ints(&ACQUIRE, &[&keys.lock, &keys.fence], &args).await?
+        runner.run_ints(&ACQUIRE, &[&lock, &fence], &args).await?
     };
     let outcome = acquire_outcome(started, req.ttl, req.fencing, &reply);
     if unconfirmed && outcome.is_err() {
@@ -843,9 +851,9 @@ pub async fn extend<R: ScriptRunner + ?Sized>(
     runner: &R,
     req: &crate::ExtendRequest,
 ) -> Result<crate::ExtendOutcome, BackendError> {
-    let keys = RedisKeys::for_key(&req.key);
+    let lock = RedisKeys::lock_name(&req.key);
     let started = Instant::now();
-    let reply = runner.run_int(&EXTEND, &[&keys.lock], &extend_args(&req.token, req.ttl)).await?;
+    let reply = runner.run_int(&EXTEND, &[&lock], &extend_args(&req.token, req.ttl)).await?;
     Ok(match (reply, Grant::from_start(started, req.ttl, None)) {
         (1, Some(g)) => crate::ExtendOutcome::Extended { valid_until: g.valid_until },
         _ => crate::ExtendOutcome::NotHeld,
@@ -1006,10 +1014,15 @@ pub async fn release<R: ScriptRunner + ?Sized>(
     token: &Token,
     announce: bool,
 ) -> Result<crate::ReleaseOutcome, BackendError> {
-    let keys = RedisKeys::for_key(key);
-    let args = if announce { release_args(token, &keys, announce_flag(runner)) } else { discard_args(token) };
-    let reply =
-        runner.run_int(&RELEASE, &[&keys.lock, &keys.queue, &keys.waiters, &keys.fence], &args).await?;
+    let lock = RedisKeys::lock_name(key);
+    let args = if announce {
+        [token.to_redis_value(), format!("{lock}{CHANNEL_SUFFIX}"), announce_flag(runner).into()]
+    } else {
+        discard_args(token)
+    };
+    let (queue, waiters, fence) =
+        (format!("{lock}{QUEUE_SUFFIX}"), format!("{lock}{WAITERS_SUFFIX}"), format!("{lock}{FENCE_SUFFIX}"));
+    let reply = runner.run_int(&RELEASE, &[&lock, &queue, &waiters, &fence], &args).await?;
     Ok(if reply == 1 { crate::ReleaseOutcome::Released } else { crate::ReleaseOutcome::NotHeld })
 }
 
