@@ -76,7 +76,7 @@ const IDENTITY_RECHECK: Duration = Duration::from_secs(10);
 struct Inner<B> {
     nodes: Vec<Arc<B>>,
     ids: Vec<std::sync::Mutex<Identity>>,
-    endpoints: Vec<String>,
+    endpoints: Arc<[String]>,
     quorum: usize,
     options: RedLockOptions,
     endpoint: String,
@@ -197,7 +197,7 @@ impl<B: LockBackend> RedLock<B> {
             inner: Arc::new(Inner {
                 nodes,
                 ids,
-                endpoints,
+                endpoints: endpoints.into(),
                 quorum,
                 options,
                 endpoint,
@@ -296,20 +296,10 @@ impl<B: LockBackend> RedLock<B> {
         let calls = FuturesUnordered::new();
         for (i, node) in self.inner.nodes.iter().enumerate() {
             let fut = call(i, Arc::clone(node));
-            let endpoint = self.inner.endpoints[i].clone();
-            let call: NodeCall<T> = Box::pin(async move {
-                let answer = match tokio::time::timeout(deadline, fut).await {
-                    Ok(r) => r,
-                    Err(_) => Err(BackendError::retryable(
-                        BackendErrorKind::Timeout,
-                        format!("node {endpoint} did not answer within {deadline:?}"),
-                    )),
-                };
-                (i, answer)
-            });
+            let call: NodeCall<T> = Box::pin(async move { (i, fut.await) });
             calls.push(call);
         }
-        FanOut::new(calls)
+        FanOut::new(calls, deadline, Arc::clone(&self.inner.endpoints))
     }
 
     /// Releases `key` on every node, concurrently; waits for each answer up to `deadline`.
@@ -880,35 +870,87 @@ type NodeCall<T> = std::pin::Pin<Box<dyn Future<Output = Answer<T>> + Send>>;
 /// that answers late still frees its node.
 struct FanOut<T: Send + 'static> {
     calls: FuturesUnordered<NodeCall<T>>,
-    /// Answers that came in while every call was being started.
-    early: std::collections::VecDeque<Answer<T>>,
+    /// Answers that came in while every call was being started, or timeouts not yet read.
+    ready: std::collections::VecDeque<Answer<T>>,
     started: bool,
+    /// One deadline for every node's call (one timer per fan-out, not one per node).
+    deadline: Instant,
+    limit: Duration,
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    /// Which nodes have not answered yet.
+    pending: Vec<bool>,
+    endpoints: Arc<[String]>,
 }
 
 impl<T: Send + 'static> FanOut<T> {
-    fn new(calls: FuturesUnordered<NodeCall<T>>) -> Self {
-        Self { calls, early: std::collections::VecDeque::new(), started: false }
+    fn new(calls: FuturesUnordered<NodeCall<T>>, limit: Duration, endpoints: Arc<[String]>) -> Self {
+        let pending = vec![true; calls.len()];
+        Self {
+            calls,
+            ready: std::collections::VecDeque::new(),
+            started: false,
+            deadline: Instant::now() + limit,
+            limit,
+            timer: None,
+            pending,
+            endpoints,
+        }
     }
 
     fn empty() -> Self {
-        Self::new(FuturesUnordered::new())
+        Self::new(FuturesUnordered::new(), Duration::ZERO, Arc::from(Vec::new()))
+    }
+
+    fn answered(&mut self, answer: Answer<T>) -> Answer<T> {
+        if let Some(p) = self.pending.get_mut(answer.0) {
+            *p = false;
+        }
+        answer
     }
 
     /// The next answer, or `None` once every node answered. The first call starts every
     /// node's call before it returns any answer, so each node is asked before the round can be
     /// decided (a node that answers at once would otherwise be read before the next is asked).
+    /// A node that has not answered by the deadline answers a timeout (its call is dropped).
     async fn recv(&mut self) -> Option<Answer<T>> {
         if !self.started {
             self.started = true;
             // Polls until every call is pending or done (FuturesUnordered returns at the first
             // ready one); the wakers it registers are its own, so nothing is missed.
             while let Some(Some(answer)) = self.calls.next().now_or_never() {
-                self.early.push_back(answer);
+                let answer = self.answered(answer);
+                self.ready.push_back(answer);
             }
         }
-        match self.early.pop_front() {
-            Some(answer) => Some(answer),
-            None => self.calls.next().await,
+        if let Some(answer) = self.ready.pop_front() {
+            return Some(answer);
+        }
+        if self.calls.is_empty() {
+            return None;
+        }
+        let deadline = self.deadline;
+        let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        tokio::select! {
+            biased;
+            answer = self.calls.next() => answer.map(|a| self.answered(a)),
+            () = timer.as_mut() => {
+                // Past the deadline: the nodes still out answer a timeout, and their calls go.
+                self.calls = FuturesUnordered::new();
+                let limit = self.limit;
+                for (i, pending) in std::mem::take(&mut self.pending).into_iter().enumerate() {
+                    if pending {
+                        let endpoint = self.endpoints.get(i).map_or("?", String::as_str);
+                        self.ready.push_back((
+                            i,
+                            Err(BackendError::retryable(
+                                BackendErrorKind::Timeout,
+                                format!("node {endpoint} did not answer within {limit:?}"),
+                            )),
+                        ));
+                    }
+                }
+                self.ready.pop_front()
+            }
         }
     }
 }
@@ -919,8 +961,10 @@ impl<T: Send + 'static> Drop for FanOut<T> {
             return;
         }
         let mut calls = std::mem::take(&mut self.calls);
+        let deadline = self.deadline;
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move { while calls.next().await.is_some() {} });
+            // Bounded by the same deadline as when they were read.
+            rt.spawn(tokio::time::timeout_at(deadline, async move { while calls.next().await.is_some() {} }));
         }
     }
 }
