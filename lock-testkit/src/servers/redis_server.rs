@@ -520,13 +520,12 @@ impl RedisCluster {
         if owner == target {
             return Ok(());
         }
-        let first = self.nodes.first().ok_or_else(|| HarnessError::Cluster("no nodes".into()))?;
-        let slot = first.cmd(&["CLUSTER", "KEYSLOT", key])?.int().unwrap_or(-1).to_string();
-        let id = |i: usize| -> Result<String, HarnessError> {
-            Ok(self.nodes[i].cmd(&["CLUSTER", "MYID"])?.text())
+        let node = |i: usize| {
+            self.nodes.get(i).ok_or_else(|| HarnessError::Cluster(format!("no node {i} in the cluster")))
         };
-        let (from, to) = (&self.nodes[owner], &self.nodes[target]);
-        let (from_id, to_id) = (id(owner)?, id(target)?);
+        let (from, to) = (node(owner)?, node(target)?);
+        let slot = from.cmd(&["CLUSTER", "KEYSLOT", key])?.int().unwrap_or(-1).to_string();
+        let (from_id, to_id) = (from.cmd(&["CLUSTER", "MYID"])?.text(), to.cmd(&["CLUSTER", "MYID"])?.text());
         let step = |node: &RedisServer, args: &[&str]| -> Result<Resp, HarnessError> {
             match node.cmd(args)? {
                 Resp::Error(e) => Err(HarnessError::Cluster(format!("{args:?}: {e}"))),

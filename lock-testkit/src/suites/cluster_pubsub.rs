@@ -64,6 +64,27 @@ pub async fn classic_notice_reaches_every_node<B: LockBackend + Clone>(backend: 
     notice_route(backend, cluster, PubSubMode::Classic).await;
 }
 
+/// A config whose waiters retry only every 10 s and whose leases live 30 s: a waiter that
+/// acquires within 50 ms of a release was woken by the release notice.
+fn slow_waiters() -> LockConfig {
+    LockConfig::builder()
+        .ttl(30_000 * MS)
+        .acquire_timeout(60_000 * MS)
+        .retry_backoff(10_000 * MS, 10_000 * MS)
+        .build()
+        .unwrap()
+}
+
+/// A task that waits for `name`, and answers when it got it (releasing it at once).
+fn spawn_waiter<B: LockBackend>(waiter: LockClient<B>, name: String) -> tokio::task::JoinHandle<Instant> {
+    tokio::spawn(async move {
+        let g = waiter.mutex(&name).unwrap().lock().await.unwrap();
+        let at = Instant::now();
+        g.release().await.unwrap();
+        at
+    })
+}
+
 fn shard_channels(cluster: &RedisCluster, node: usize, channel: &str) -> bool {
     cluster.nodes()[node].cmd(&["PUBSUB", "SHARDCHANNELS", channel]).unwrap().text().contains(channel)
 }
@@ -78,12 +99,7 @@ async fn notice_route<B: LockBackend + Clone>(backend: B, cluster: &RedisCluster
     let findings = lock_core::doctor::check(&facts);
     assert!(findings.iter().any(|f| f.code == "pubsub"), "no pubsub finding in {findings:?}");
 
-    let slow = LockConfig::builder()
-        .ttl(30_000 * MS)
-        .acquire_timeout(60_000 * MS)
-        .retry_backoff(10_000 * MS, 10_000 * MS)
-        .build()
-        .unwrap();
+    let slow = slow_waiters();
     let name = format!("route-{}", rand::random::<u64>());
     let holder = LockClient::with_config(backend.clone(), slow.clone()).unwrap();
     let mutex = holder.mutex(&name).unwrap();
@@ -99,14 +115,7 @@ async fn notice_route<B: LockBackend + Clone>(backend: B, cluster: &RedisCluster
     }
 
     let guard = mutex.lock().await.unwrap();
-    let waiter = LockClient::with_config(backend.clone(), slow).unwrap();
-    let waited = name.clone();
-    let task = tokio::spawn(async move {
-        let g = waiter.mutex(&waited).unwrap().lock().await.unwrap();
-        let at = Instant::now();
-        g.release().await.unwrap();
-        at
-    });
+    let task = spawn_waiter(LockClient::with_config(backend.clone(), slow).unwrap(), name.clone());
     // Let the waiter try, subscribe and settle into its 10 s wait.
     let deadline = Instant::now() + 5_000 * MS;
     while mode == PubSubMode::Sharded && !shard_channels(cluster, owner, &channel) {
@@ -161,26 +170,14 @@ pub async fn sharded_subscription_follows_a_slot_move<B: LockBackend + Clone>(
     backend: B,
     cluster: &RedisCluster,
 ) {
-    let slow = LockConfig::builder()
-        .ttl(30_000 * MS)
-        .acquire_timeout(60_000 * MS)
-        .retry_backoff(10_000 * MS, 10_000 * MS)
-        .build()
-        .unwrap();
+    let slow = slow_waiters();
     let name = format!("moving-{}", rand::random::<u64>());
     let holder = LockClient::with_config(backend.clone(), slow.clone()).unwrap();
     let mutex = holder.mutex(&name).unwrap();
     let channel = RedisKeys::for_key(mutex.key()).channel;
     let owner = cluster.owner_of(&channel).unwrap();
     let guard = mutex.lock().await.unwrap();
-    let waiter = LockClient::with_config(backend.clone(), slow).unwrap();
-    let waited = name.clone();
-    let task = tokio::spawn(async move {
-        let g = waiter.mutex(&waited).unwrap().lock().await.unwrap();
-        let at = Instant::now();
-        g.release().await.unwrap();
-        at
-    });
+    let task = spawn_waiter(LockClient::with_config(backend.clone(), slow).unwrap(), name.clone());
     let deadline = Instant::now() + 5_000 * MS;
     while !shard_channels(cluster, owner, &channel) {
         assert!(Instant::now() < deadline, "the owning node never listed {channel} as a shard channel");
