@@ -578,6 +578,36 @@ impl PubSubMode {
     }
 }
 
+impl PubSubMode {
+    /// The channel the drivers send their one `SPUBLISH` probe to when connecting to a Cluster
+    /// (a name under `lock:`, so the documented ACL allows it, that no lock uses).
+    pub const PROBE_CHANNEL: &'static str = "lock:pubsub-probe";
+
+    /// The mode a Cluster's answer to that probe allows: sharded when it was taken, classic when
+    /// it was refused (Redis < 7, or not allowed for this user) or not answered in time
+    /// (`None`).
+    ///
+    /// ```
+    /// use lock_core::scripts::PubSubMode;
+    /// assert_eq!(PubSubMode::from_probe(Some(Ok::<i64, String>(0))), PubSubMode::Sharded);
+    /// assert_eq!(PubSubMode::from_probe(Some(Err::<i64, _>("ERR unknown command"))), PubSubMode::Classic);
+    /// assert_eq!(PubSubMode::from_probe(None::<Result<i64, String>>), PubSubMode::Classic);
+    /// ```
+    pub fn from_probe<T, E: std::fmt::Display>(answer: Option<Result<T, E>>) -> Self {
+        match answer {
+            Some(Ok(_)) => PubSubMode::Sharded,
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "SPUBLISH refused: release notices use classic pub/sub");
+                PubSubMode::Classic
+            }
+            None => {
+                tracing::debug!("SPUBLISH: no reply; release notices use classic pub/sub");
+                PubSubMode::Classic
+            }
+        }
+    }
+}
+
 /// The mode argument `runner`'s scripts announce with.
 fn announce_flag<R: ScriptRunner + ?Sized>(runner: &R) -> &'static str {
     runner.pubsub_mode().flag(runner.cluster())

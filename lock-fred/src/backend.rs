@@ -18,7 +18,6 @@ use lock_core::{
     Token,
 };
 use tokio::sync::OnceCell;
-use tracing::debug;
 
 use crate::error::{is_noscript, map_error};
 use crate::notifier;
@@ -251,18 +250,8 @@ impl FredBackendBuilder {
             return Some(PubSubMode::Classic);
         }
         let probe = CustomCommand::new("SPUBLISH", ClusterHash::FirstKey, false);
-        let reply = client.custom::<i64, &str>(probe, vec!["lock:pubsub-probe", ""]);
-        Some(match tokio::time::timeout(self.command_timeout, reply).await {
-            Ok(Ok(_)) => PubSubMode::Sharded,
-            Ok(Err(e)) => {
-                debug!(error = %e, "SPUBLISH refused: release notices use classic pub/sub");
-                PubSubMode::Classic
-            }
-            Err(_) => {
-                debug!("SPUBLISH: no reply; release notices use classic pub/sub");
-                PubSubMode::Classic
-            }
-        })
+        let reply = client.custom::<i64, &str>(probe, vec![PubSubMode::PROBE_CHANNEL, ""]);
+        Some(PubSubMode::from_probe(tokio::time::timeout(self.command_timeout, reply).await.ok()))
     }
 
     fn builder(&self, config: Config) -> Builder {

@@ -17,10 +17,9 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, Mul
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, ErrorKind, FromRedisValue, ServerErrorKind, Value};
-use tracing::debug;
 
 use crate::error::map_error;
-use crate::notifier::{self, PubsubSource, ShardedSource};
+use crate::notifier::{self, ClassicSource, PubsubSource, ShardedSource};
 use crate::sentinel::{self, SentinelConnection};
 
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -286,7 +285,7 @@ impl RedisBackendBuilder {
             .set_response_timeout(Some(self.command_timeout));
         drop(self.within(&what, client.get_multiplexed_async_connection_with_config(&probe)).await?);
         let conn = self.within(&what, ConnectionManager::new_with_config(client.clone(), config)).await?;
-        Ok(self.finish(conn, endpoint, Some(PubsubSource::Client(Box::new(client))), true))
+        Ok(self.finish(conn, endpoint, Some(PubsubSource::client(client)), true))
     }
 
     /// The same as [`RedisBackendBuilder::connect`], which reconnects now.
@@ -328,7 +327,7 @@ impl RedisBackendBuilder {
             .set_response_timeout(Some(self.command_timeout));
         let what = format!("connecting to {endpoint}");
         let conn = self.within(&what, client.get_multiplexed_async_connection_with_config(&config)).await?;
-        Ok(self.finish(conn, endpoint, Some(PubsubSource::Client(Box::new(client))), true))
+        Ok(self.finish(conn, endpoint, Some(PubsubSource::client(client)), true))
     }
 
     /// Connects to a Redis Cluster through its seed nodes.
@@ -386,7 +385,7 @@ impl RedisBackendBuilder {
                 connect_timeout: self.connect_timeout,
                 command_timeout: self.command_timeout,
             }),
-            PubSubMode::Classic => PubsubSource::Client(Box::new(pubsub)),
+            PubSubMode::Classic => PubsubSource::client(pubsub),
         };
         let mut backend = self.finish(conn, endpoint, Some(source), false);
         if let Some(shared) = Arc::get_mut(&mut backend.shared) {
@@ -400,18 +399,8 @@ impl RedisBackendBuilder {
 /// publish on a channel no waiter listens on.
 async fn probe_sharded(conn: &mut ClusterConnection, timeout: Duration) -> PubSubMode {
     let mut probe = redis::cmd("SPUBLISH");
-    probe.arg("lock:pubsub-probe").arg("");
-    match tokio::time::timeout(timeout, probe.query_async::<i64>(conn)).await {
-        Ok(Ok(_)) => PubSubMode::Sharded,
-        Ok(Err(e)) => {
-            debug!(error = %e, "SPUBLISH refused: release notices use classic pub/sub");
-            PubSubMode::Classic
-        }
-        Err(_) => {
-            debug!("SPUBLISH: no reply; release notices use classic pub/sub");
-            PubSubMode::Classic
-        }
-    }
+    probe.arg(PubSubMode::PROBE_CHANNEL).arg("");
+    PubSubMode::from_probe(tokio::time::timeout(timeout, probe.query_async::<i64>(conn)).await.ok())
 }
 
 impl RedisBackendBuilder {
@@ -517,7 +506,12 @@ impl RedisBackendBuilder {
             }
             other => other?,
         };
-        let mut backend = self.finish(conn.clone(), endpoint, Some(PubsubSource::Sentinel(conn)), true);
+        let mut backend = self.finish(
+            conn.clone(),
+            endpoint,
+            Some(PubsubSource::Classic(ClassicSource::Sentinel(conn))),
+            true,
+        );
         if let Some(shared) = Arc::get_mut(&mut backend.shared) {
             shared.sentinel_master = Some(master_name.to_string());
         }
@@ -605,7 +599,7 @@ where
             endpoint: self.shared.endpoint.clone(),
             command_timeout: self.shared.command_timeout,
             guard: self.shared.guard.clone(),
-            pubsub_client: Some(PubsubSource::Client(Box::new(client))),
+            pubsub_client: Some(PubsubSource::client(client)),
             sentinel_master: self.shared.sentinel_master.clone(),
             // A subscriber on one server hears classic notices only.
             cluster_pubsub: self.shared.cluster_pubsub.map(|_| PubSubMode::Classic),

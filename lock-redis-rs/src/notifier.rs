@@ -15,13 +15,20 @@ use tracing::{debug, warn};
 
 use crate::sentinel::SentinelConnection;
 
-/// Where the subscriber connects: one fixed server, or the primary the sentinels name at each
-/// (re)connect (classic pub/sub), or every shard of a Cluster (sharded pub/sub).
+/// Where the subscriber connects: classic pub/sub on one server, or sharded pub/sub on every
+/// shard of a Cluster.
 #[derive(Clone)]
 pub(crate) enum PubsubSource {
+    Classic(ClassicSource),
+    Sharded(ShardedSource),
+}
+
+/// The server a classic subscriber connects to: one fixed server, or the primary the sentinels
+/// name at each (re)connect.
+#[derive(Clone)]
+pub(crate) enum ClassicSource {
     Client(Box<redis::Client>),
     Sentinel(SentinelConnection),
-    Sharded(ShardedSource),
 }
 
 /// How to reach a Cluster for sharded pub/sub.
@@ -33,11 +40,17 @@ pub(crate) struct ShardedSource {
 }
 
 impl PubsubSource {
+    /// Classic pub/sub through `client`'s server.
+    pub(crate) fn client(client: redis::Client) -> Self {
+        PubsubSource::Classic(ClassicSource::Client(Box::new(client)))
+    }
+}
+
+impl ClassicSource {
     async fn client(&self) -> redis::RedisResult<redis::Client> {
         match self {
-            PubsubSource::Client(c) => Ok(c.as_ref().clone()),
-            PubsubSource::Sentinel(s) => s.primary_client().await,
-            PubsubSource::Sharded(s) => redis::Client::open(s.seeds.first().map_or("", String::as_str)),
+            ClassicSource::Client(c) => Ok(c.as_ref().clone()),
+            ClassicSource::Sentinel(s) => s.primary_client().await,
         }
     }
 }
@@ -48,7 +61,7 @@ pub(crate) fn start(source: PubsubSource, confirm_within: Duration) -> HubTask {
         PubsubSource::Sharded(s) => {
             HubTask::spawn(confirm_within, move |hub, commands| run_sharded(s, hub, commands))
         }
-        source => {
+        PubsubSource::Classic(source) => {
             HubTask::spawn(confirm_within, move |hub, commands| run(source, hub, commands, confirm_within))
         }
     }
@@ -162,7 +175,7 @@ async fn run_sharded(
 }
 
 async fn run(
-    source: PubsubSource,
+    source: ClassicSource,
     hub: ReleaseHub,
     mut commands: mpsc::UnboundedReceiver<HubCommand>,
     timeout: Duration,
