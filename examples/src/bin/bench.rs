@@ -171,6 +171,85 @@ async fn raw_fred(name: &str, server: &RedisServer) -> Result<RawFred, Box<dyn s
     Ok(RawFred { name: name.to_string(), client })
 }
 
+/// The lock's own commands sent raw, with no library code around them: the acquire's
+/// `SET NX PX` with the data-loss marker's `GET` behind it in the same round trip, then the
+/// release script with its four keys (lock, fair queue, fair waiters, fence), the notice
+/// channel and the notice mode. Set beside the raw row before it, it shows what the command
+/// shape costs (the guard's read, the fair hand-over and notice checks in the release); set
+/// beside the library's row after it, what the library's code costs.
+struct Shape {
+    name: String,
+    conn: Option<MultiplexedConnection>,
+    fred: Option<lock_fred::fred::clients::Client>,
+}
+
+/// The names and arguments of one cycle of [`Shape`]: the lock key, the token and the
+/// release's keys and arguments (as `lock_core::scripts::RedisKeys` names them).
+fn shape_names(key: &str) -> Result<(String, String, [String; 4], [String; 3]), String> {
+    let key = lock_core::LockKey::new(key).map_err(|e| e.to_string())?;
+    let lock = scripts::RedisKeys::lock_name(&key);
+    let token = Token::random().to_redis_value();
+    let keys = [lock.clone(), format!("{lock}:queue"), format!("{lock}:waiters"), format!("{lock}:fence")];
+    let args = [token.clone(), format!("{lock}:released"), "l".to_string()];
+    Ok((lock, token, keys, args))
+}
+
+impl Contender for Shape {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn client_commands(&self) -> &'static [&'static str] {
+        &["set", "evalsha", "eval"]
+    }
+    fn cycle<'a>(&'a self, key: &'a str) -> BoxFut<'a> {
+        use lock_fred::fred::interfaces::{KeysInterface, LuaInterface};
+        use lock_fred::fred::types::{Expiration, SetOptions};
+        Box::pin(async move {
+            let (lock, token, keys, args) = shape_names(key)?;
+            let value = format!("{token}:0");
+            if let Some(conn) = &self.conn {
+                let mut c = conn.clone();
+                let (_, _): (Option<String>, Option<String>) = lock_redis_rs::redis::pipe()
+                    .cmd("SET")
+                    .arg(&lock)
+                    .arg(&value)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(30_000)
+                    .cmd("GET")
+                    .arg(scripts::MARKER_KEY)
+                    .query_async(&mut c)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let _: i64 = lock_redis_rs::redis::cmd("EVALSHA")
+                    .arg(scripts::RELEASE.sha1)
+                    .arg(keys.len())
+                    .arg(&keys)
+                    .arg(&args)
+                    .query_async(&mut c)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            } else if let Some(c) = &self.fred {
+                let set = c.set::<Option<String>, _, _>(
+                    &lock,
+                    value.as_str(),
+                    Some(Expiration::PX(30_000)),
+                    Some(SetOptions::NX),
+                    false,
+                );
+                let _ = futures::future::try_join(set, c.get::<Option<String>, _>(scripts::MARKER_KEY))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let _: i64 = c
+                    .evalsha(scripts::RELEASE.sha1, keys.to_vec(), args.to_vec())
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        })
+    }
+}
+
 struct Ours<B: LockBackend> {
     name: String,
     client: LockClient<B>,
@@ -459,16 +538,19 @@ async fn sequential(
 async fn parallel(
     title: &str,
     contenders: &[Arc<dyn Contender>],
+    servers: &[u32],
     slices: usize,
     slice: Duration,
 ) -> Vec<serde_json::Value> {
     let mut counts = vec![0u64; contenders.len()];
     let mut time = vec![Duration::ZERO; contenders.len()];
     let mut cpu = vec![Duration::ZERO; contenders.len()];
+    let mut server_cpu = vec![Duration::ZERO; contenders.len()];
     for round in 0..slices + 1 {
         for (i, c) in contenders.iter().enumerate() {
             let done = Arc::new(AtomicU64::new(0));
             let cpu0 = cpu_time();
+            let server0 = servers_cpu_time(servers);
             let start = Instant::now();
             let stop = start + slice;
             let tasks = (0..64).map(|t| {
@@ -488,13 +570,18 @@ async fn parallel(
                 counts[i] += done.load(Ordering::Relaxed);
                 time[i] += start.elapsed();
                 cpu[i] += cpu_time().saturating_sub(cpu0);
+                server_cpu[i] += servers_cpu_time(servers).saturating_sub(server0);
             }
         }
     }
     println!("\n{title} ({:?} per contender, interleaved)", slice * slices as u32);
-    // Client CPU: this process's user + system time per cycle (the servers are other
-    // processes), so the library's own cost shows apart from the server's.
-    println!("   {:<16} {:>12} {:>9} {:>14}", "contender", "cycles/s", "vs raw", "client us/cyc");
+    // Client CPU: this process's user + system time per cycle; server CPU: the same of every
+    // redis-server this bench started (on 2 cores the two share the machine), so the
+    // library's own cost shows apart from the server's.
+    println!(
+        "   {:<16} {:>12} {:>9} {:>14} {:>14}",
+        "contender", "cycles/s", "vs raw", "client us/cyc", "server us/cyc"
+    );
     let mut base = 0.0;
     let mut out = Vec::new();
     for (i, c) in contenders.iter().enumerate() {
@@ -504,9 +591,18 @@ async fn parallel(
         }
         let ratio = if base > 0.0 { rate / base } else { 0.0 };
         let client_us = cpu[i].as_secs_f64() * 1e6 / (counts[i].max(1) as f64);
-        println!("   {:<16} {:>12.0} {:>8.2}x {:>14.1}", c.name(), rate, ratio, client_us);
+        let server_us = server_cpu[i].as_secs_f64() * 1e6 / (counts[i].max(1) as f64);
+        println!(
+            "   {:<16} {:>12.0} {:>8.2}x {:>14.1} {:>14.1}",
+            c.name(),
+            rate,
+            ratio,
+            client_us,
+            server_us
+        );
         out.push(serde_json::json!({
-            "contender": c.name(), "cycles_per_s": rate, "ratio_vs_raw": ratio, "client_cpu_us_per_cycle": client_us
+            "contender": c.name(), "cycles_per_s": rate, "ratio_vs_raw": ratio, "client_cpu_us_per_cycle": client_us,
+            "server_cpu_us_per_cycle": server_us
         }));
     }
     out
@@ -794,6 +890,19 @@ fn cpu_time() -> Duration {
     }
 }
 
+/// CPU time (user + system) of the given processes so far, from `/proc/<pid>/stat` (fields 14
+/// and 15, in clock ticks of 10 ms: the slices are long enough for that).
+fn servers_cpu_time(pids: &[u32]) -> Duration {
+    let ticks = |pid: &u32| -> u64 {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0 };
+        // The command name (field 2) may hold spaces: count fields after its closing ')'.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<u64> = rest.split_whitespace().skip(11).take(2).filter_map(|x| x.parse().ok()).collect();
+        f.iter().sum()
+    };
+    Duration::from_millis(pids.iter().map(ticks).sum::<u64>() * 10)
+}
+
 /// Resident memory of this process, in bytes.
 fn rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/statm")
@@ -1030,6 +1139,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let single: Vec<(Arc<dyn Contender>, &[&RedisServer])> = vec![
         (Arc::new(raw("raw-1", &one).await?), &one),
         (
+            Arc::new(Shape {
+                name: "shape-1".into(),
+                conn: Some(raw("", &one).await?.conns.remove(0)),
+                fred: None,
+            }),
+            &one,
+        ),
+        (
             Arc::new(Ours {
                 name: "redis-rs".into(),
                 client: LockClient::with_config(redis1.clone(), config())?,
@@ -1045,6 +1162,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ),
         (Arc::new(Rslock::new("rslock-1", &one)), &one),
         (Arc::new(raw_fred("raw-1 fred", &servers[0]).await?), &one),
+        (
+            Arc::new(Shape {
+                name: "shape-1 fred".into(),
+                conn: None,
+                fred: Some(raw_fred("", &servers[0]).await?.client),
+            }),
+            &one,
+        ),
         (
             Arc::new(Ours { name: "fred".into(), client: LockClient::with_config(fred1.clone(), config())? }),
             &one,
@@ -1074,7 +1199,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|(c, _)| Arc::clone(c))
         .collect();
     let seq = sequential(&contenders, rounds, slice).await;
-    let par = parallel("2. 64 tasks on distinct keys", &contenders, par_slices, par_slice).await;
+    let pids: Vec<u32> = servers.iter().filter_map(RedisServer::pid).collect();
+    let par = parallel("2. 64 tasks on distinct keys", &contenders, &pids, par_slices, par_slice).await;
     if args.lock_path_only {
         let doc = serde_json::json!({ "sequential": seq, "parallel_64": par });
         if let Some(path) = &args.json {
@@ -1145,6 +1271,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let reads = parallel(
         "5. read-write lock: 64 tasks taking read locks on one key",
         &readers,
+        &pids,
         par_slices,
         par_slice,
     )
