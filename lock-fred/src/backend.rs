@@ -637,6 +637,21 @@ where
         self.client.evalsha(script.sha1, keys, args.to_vec()).await
     }
 
+    /// Loads `script` (on every primary in a cluster) and runs it again by EVALSHA.
+    async fn load_and_retry<T: FromValue>(
+        &self,
+        script: &LuaScript,
+        keys: &[&str],
+        args: &[String],
+    ) -> fred::prelude::FredResult<T> {
+        if self.client.is_clustered() {
+            self.client.script_load_cluster::<(), _>(script.source).await?;
+        } else {
+            self.client.script_load::<String, _>(script.source).await?;
+        }
+        self.evalsha::<T>(script, keys, args).await
+    }
+
     /// Runs a shared script by EVALSHA. On NOSCRIPT (restart, failover, `SCRIPT FLUSH`) it
     /// loads the script (on every primary in a cluster) and retries once.
     async fn eval<T: FromValue>(
@@ -650,15 +665,10 @@ where
         let timeout = self.shared.command_timeout;
         let attempt = async {
             match self.evalsha::<T>(script, keys, args).await {
-                Err(e) if is_noscript(&e) => {
-                    let loaded: fred::prelude::FredResult<()> = if self.client.is_clustered() {
-                        self.client.script_load_cluster::<(), _>(script.source).await
-                    } else {
-                        self.client.script_load::<String, _>(script.source).await.map(|_| ())
-                    };
-                    loaded?;
-                    self.evalsha::<T>(script, keys, args).await
-                }
+                // The cold path is boxed: fred's command futures are large, and the hot
+                // future (boxed again by `async_trait`) would otherwise carry this one's room
+                // too and be copied with it.
+                Err(e) if is_noscript(&e) => Box::pin(self.load_and_retry(script, keys, args)).await,
                 other => other,
             }
         };
