@@ -640,7 +640,7 @@ pub(crate) async fn acquire_inner(
                 let now = Instant::now();
                 if now < valid_until {
                     pending.armed = false;
-                    crate::telemetry::acquired(backend.name(), now - started, now - start);
+                    crate::telemetry::acquired(ctx.label(), now - started, now - start);
                     debug!(fence = ?grant.fence, "acquired");
                     let inner = LeaseInner::start(
                         ctx.clone(),
@@ -665,7 +665,7 @@ pub(crate) async fn acquire_inner(
                 held = true;
                 if !contended {
                     contended = true;
-                    crate::telemetry::contended(backend.name());
+                    crate::telemetry::contended(ctx.label());
                 }
                 remaining = r;
             }
@@ -705,7 +705,7 @@ pub(crate) async fn acquire_inner(
         };
         let now = Instant::now();
         if now >= deadline {
-            crate::telemetry::timed_out(backend.name());
+            crate::telemetry::timed_out(ctx.label());
             return Err(LockError::Timeout { key: key.clone(), waited: now - start, last_error });
         }
         if held && wake_up && watch.is_none() {

@@ -90,7 +90,7 @@ pub(crate) async fn acquire(
         {
             // No call that would only be cut off at once: on a pool it could still reach the
             // server after the leave below (another connection), and queue the token again.
-            crate::telemetry::timed_out(backend.name());
+            crate::telemetry::timed_out(ctx.label());
             return Err(LockError::Timeout { key: key.clone(), waited: started - start, last_error });
         }
         let Some(validity_end) = validity_deadline(started, config.ttl(), config.drift()) else {
@@ -107,7 +107,7 @@ pub(crate) async fn acquire(
                 let now = Instant::now();
                 if now < valid_until {
                     pending.armed = false;
-                    crate::telemetry::acquired(backend.name(), now - started, now - start);
+                    crate::telemetry::acquired(ctx.label(), now - started, now - start);
                     debug!(fence = ?grant.fence, "acquired (fair)");
                     let inner = LeaseInner::start(
                         ctx.clone(),
@@ -127,7 +127,7 @@ pub(crate) async fn acquire(
             Ok(Ok(FairOutcome::Waiting { ahead, retry_in })) => {
                 if !contended {
                     contended = true;
-                    crate::telemetry::contended(backend.name());
+                    crate::telemetry::contended(ctx.label());
                 }
                 debug!(ahead, "queued (fair)");
                 if timeout.is_some() {
@@ -161,7 +161,7 @@ pub(crate) async fn acquire(
         };
         let now = Instant::now();
         if now >= deadline {
-            crate::telemetry::timed_out(backend.name());
+            crate::telemetry::timed_out(ctx.label());
             // `pending` leaves the queue in the background.
             return Err(LockError::Timeout { key: key.clone(), waited: now - start, last_error });
         }
@@ -193,7 +193,7 @@ pub(crate) async fn acquire(
                     {
                         pending.armed = false;
                         let now = Instant::now();
-                        crate::telemetry::acquired(backend.name(), now - from, now - start);
+                        crate::telemetry::acquired(ctx.label(), now - from, now - start);
                         return Ok(Some(guard));
                     }
                 } else if w.is_closed() {

@@ -64,11 +64,12 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn backend_name(&self) -> &str {
+    /// The backend's name as the metrics' label.
+    pub(crate) fn backend_name(&self) -> &crate::telemetry::Label {
         #[cfg(feature = "metrics")]
         return &self.backend;
         #[cfg(not(feature = "metrics"))]
-        ""
+        &()
     }
 
     fn held_for(&self) -> Duration {
@@ -255,6 +256,14 @@ pub(crate) struct LeaseCtx {
 }
 
 impl LeaseCtx {
+    /// The backend's name as the metrics' label (made once per client).
+    pub(crate) fn label(&self) -> &crate::telemetry::Label {
+        #[cfg(feature = "metrics")]
+        return &self.name;
+        #[cfg(not(feature = "metrics"))]
+        &()
+    }
+
     pub(crate) fn new(backend: Arc<dyn LockBackend>, config: LockConfig) -> Self {
         Self {
             #[cfg(feature = "metrics")]

@@ -17,41 +17,56 @@
 #[cfg(not(feature = "metrics"))]
 use std::time::Duration;
 
+/// The `backend` label: the backend's name, made once per client and shared by reference
+/// count, so recording a metric copies no string. Without the feature, nothing.
+#[cfg(feature = "metrics")]
+pub(crate) type Label = std::sync::Arc<str>;
+/// The `backend` label: the backend's name, made once per client and shared by reference
+/// count, so recording a metric copies no string. Without the feature, nothing.
+#[cfg(not(feature = "metrics"))]
+pub(crate) type Label = ();
+
 #[cfg(feature = "metrics")]
 mod on {
+    use std::sync::Arc;
     use std::time::Duration;
 
-    pub(crate) fn acquired(backend: &str, latency: Duration, waited: Duration) {
-        let backend = backend.to_string();
-        metrics::counter!("lock_acquisitions_total", "backend" => backend.clone()).increment(1);
-        metrics::histogram!("lock_acquire_latency_seconds", "backend" => backend.clone()).record(latency);
-        metrics::histogram!("lock_wait_seconds", "backend" => backend).record(waited);
+    use super::Label;
+
+    fn label(backend: &Label) -> metrics::SharedString {
+        metrics::SharedString::from(Arc::clone(backend))
     }
 
-    pub(crate) fn contended(backend: &str) {
-        metrics::counter!("lock_contended_waits_total", "backend" => backend.to_string()).increment(1);
+    pub(crate) fn acquired(backend: &Label, latency: Duration, waited: Duration) {
+        metrics::counter!("lock_acquisitions_total", "backend" => label(backend)).increment(1);
+        metrics::histogram!("lock_acquire_latency_seconds", "backend" => label(backend)).record(latency);
+        metrics::histogram!("lock_wait_seconds", "backend" => label(backend)).record(waited);
     }
 
-    pub(crate) fn timed_out(backend: &str) {
-        metrics::counter!("lock_timeouts_total", "backend" => backend.to_string()).increment(1);
+    pub(crate) fn contended(backend: &Label) {
+        metrics::counter!("lock_contended_waits_total", "backend" => label(backend)).increment(1);
     }
 
-    pub(crate) fn renewal(backend: &str, ok: bool) {
+    pub(crate) fn timed_out(backend: &Label) {
+        metrics::counter!("lock_timeouts_total", "backend" => label(backend)).increment(1);
+    }
+
+    pub(crate) fn renewal(backend: &Label, ok: bool) {
         let outcome = if ok { "ok" } else { "failed" };
-        metrics::counter!("lock_renewals_total", "backend" => backend.to_string(), "outcome" => outcome)
+        metrics::counter!("lock_renewals_total", "backend" => label(backend), "outcome" => outcome)
             .increment(1);
     }
 
-    pub(crate) fn lost(backend: &str) {
-        metrics::counter!("lock_leases_lost_total", "backend" => backend.to_string()).increment(1);
+    pub(crate) fn lost(backend: &Label) {
+        metrics::counter!("lock_leases_lost_total", "backend" => label(backend)).increment(1);
     }
 
-    pub(crate) fn background_release(backend: &str) {
-        metrics::counter!("lock_background_releases_total", "backend" => backend.to_string()).increment(1);
+    pub(crate) fn background_release(backend: &Label) {
+        metrics::counter!("lock_background_releases_total", "backend" => label(backend)).increment(1);
     }
 
-    pub(crate) fn held(backend: &str, held: Duration) {
-        metrics::histogram!("lock_hold_seconds", "backend" => backend.to_string()).record(held);
+    pub(crate) fn held(backend: &Label, held: Duration) {
+        metrics::histogram!("lock_hold_seconds", "backend" => label(backend)).record(held);
     }
 }
 
@@ -59,16 +74,16 @@ mod on {
 pub(crate) use on::*;
 
 #[cfg(not(feature = "metrics"))]
-pub(crate) fn acquired(_: &str, _: Duration, _: Duration) {}
+pub(crate) fn acquired(_: &Label, _: Duration, _: Duration) {}
 #[cfg(not(feature = "metrics"))]
-pub(crate) fn contended(_: &str) {}
+pub(crate) fn contended(_: &Label) {}
 #[cfg(not(feature = "metrics"))]
-pub(crate) fn timed_out(_: &str) {}
+pub(crate) fn timed_out(_: &Label) {}
 #[cfg(not(feature = "metrics"))]
-pub(crate) fn renewal(_: &str, _: bool) {}
+pub(crate) fn renewal(_: &Label, _: bool) {}
 #[cfg(not(feature = "metrics"))]
-pub(crate) fn lost(_: &str) {}
+pub(crate) fn lost(_: &Label) {}
 #[cfg(not(feature = "metrics"))]
-pub(crate) fn background_release(_: &str) {}
+pub(crate) fn background_release(_: &Label) {}
 #[cfg(not(feature = "metrics"))]
-pub(crate) fn held(_: &str, _: Duration) {}
+pub(crate) fn held(_: &Label, _: Duration) {}
