@@ -48,8 +48,8 @@
 //! least a quarantine ago, so every lease granted before it has expired by the time the grant is
 //! returned, and a data loss after the `SET` would have taken the marker with it. Anything else
 //! (missing, or a quarantine not yet closed) sends the acquire to the script, which decides, and
-//! a `SET` it abstains on is deleted again (owner-checked). Both commands go out in one write on
-//! one connection, so they run in that order.
+//! a `SET` it abstains on is deleted again (owner-checked). Both commands go to one connection,
+//! the `SET` first, in one round trip, so they run in that order.
 //!
 //! Set the quarantine ([`NodeGuard::quarantine`], the drivers' builders' `quarantine(..)`) to at
 //! least the longest TTL any client uses on that server; the script also never uses less than
@@ -518,10 +518,28 @@ pub fn extend_args(token: &Token, ttl: Duration) -> [String; 2] {
     [token.to_redis_value(), ttl_millis(ttl).to_string()]
 }
 
-/// The ARGV of [`RELEASE`] (and [`LEAVE`]): the release is announced on the key's channel the
-/// `mode` way ([`PubSubMode::flag`]).
-pub fn release_args(token: &Token, keys: &RedisKeys, mode: &str) -> [String; 3] {
-    [token.to_redis_value(), keys.channel.clone(), mode.into()]
+/// The KEYS of [`RELEASE`] (and [`LEAVE`]) for the lock key `lock` (as
+/// [`RedisKeys::lock_name`] names it): the lock, its fair queue, its fair waiters' deadlines,
+/// its fencing counter. Only these four names are built.
+///
+/// ```
+/// use lock_core::{LockKey, scripts::{RedisKeys, release_keys}};
+/// let keys = RedisKeys::for_key(&LockKey::new("orders:42").unwrap());
+/// assert_eq!(release_keys(&keys.lock), [keys.lock, keys.queue, keys.waiters, keys.fence]);
+/// ```
+pub fn release_keys(lock: &str) -> [String; 4] {
+    [
+        lock.to_string(),
+        format!("{lock}{QUEUE_SUFFIX}"),
+        format!("{lock}{WAITERS_SUFFIX}"),
+        format!("{lock}{FENCE_SUFFIX}"),
+    ]
+}
+
+/// The ARGV of [`RELEASE`] (and [`LEAVE`]) for the lock key `lock`: the release is announced
+/// on the lock's channel the `mode` way ([`PubSubMode::flag`]).
+pub fn release_args(token: &Token, lock: &str, mode: &str) -> [String; 3] {
+    [token.to_redis_value(), format!("{lock}{CHANNEL_SUFFIX}"), mode.into()]
 }
 
 /// The ARGV of [`RELEASE`] for a silent discard (no PUBLISH).
@@ -576,9 +594,7 @@ impl PubSubMode {
             (PubSubMode::Classic, true) => "c",
         }
     }
-}
 
-impl PubSubMode {
     /// The channel the drivers send their one `SPUBLISH` probe to when connecting to a Cluster
     /// (a name under `lock:`, so the documented ACL allows it, that no lock uses).
     pub const PROBE_CHANNEL: &'static str = "lock:pubsub-probe";
@@ -1045,14 +1061,9 @@ pub async fn release<R: ScriptRunner + ?Sized>(
     announce: bool,
 ) -> Result<crate::ReleaseOutcome, BackendError> {
     let lock = RedisKeys::lock_name(key);
-    let args = if announce {
-        [token.to_redis_value(), format!("{lock}{CHANNEL_SUFFIX}"), announce_flag(runner).into()]
-    } else {
-        discard_args(token)
-    };
-    let (queue, waiters, fence) =
-        (format!("{lock}{QUEUE_SUFFIX}"), format!("{lock}{WAITERS_SUFFIX}"), format!("{lock}{FENCE_SUFFIX}"));
-    let reply = runner.run_int(&RELEASE, &[&lock, &queue, &waiters, &fence], &args).await?;
+    let args = if announce { release_args(token, &lock, announce_flag(runner)) } else { discard_args(token) };
+    let keys = release_keys(&lock);
+    let reply = runner.run_int(&RELEASE, &keys.each_ref().map(String::as_str), &args).await?;
     Ok(if reply == 1 { crate::ReleaseOutcome::Released } else { crate::ReleaseOutcome::NotHeld })
 }
 
@@ -1122,9 +1133,10 @@ pub async fn leave_queue<R: ScriptRunner + ?Sized>(
     key: &LockKey,
     token: &Token,
 ) -> Result<crate::ReleaseOutcome, BackendError> {
-    let keys = RedisKeys::for_key(key);
-    let args = release_args(token, &keys, announce_flag(runner));
-    let reply = runner.run_int(&LEAVE, &[&keys.lock, &keys.queue, &keys.waiters, &keys.fence], &args).await?;
+    let lock = RedisKeys::lock_name(key);
+    let args = release_args(token, &lock, announce_flag(runner));
+    let keys = release_keys(&lock);
+    let reply = runner.run_int(&LEAVE, &keys.each_ref().map(String::as_str), &args).await?;
     Ok(if reply == 1 { crate::ReleaseOutcome::Released } else { crate::ReleaseOutcome::NotHeld })
 }
 

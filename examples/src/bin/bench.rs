@@ -184,14 +184,16 @@ struct Shape {
 }
 
 /// The names and arguments of one cycle of [`Shape`]: the lock key, the token and the
-/// release's keys and arguments (as `lock_core::scripts::RedisKeys` names them).
+/// release's keys and arguments, built by the same functions the library's release uses.
 fn shape_names(key: &str) -> Result<(String, String, [String; 4], [String; 3]), String> {
     let key = lock_core::LockKey::new(key).map_err(|e| e.to_string())?;
     let lock = scripts::RedisKeys::lock_name(&key);
-    let token = Token::random().to_redis_value();
-    let keys = [lock.clone(), format!("{lock}:queue"), format!("{lock}:waiters"), format!("{lock}:fence")];
-    let args = [token.clone(), format!("{lock}:released"), "l".to_string()];
-    Ok((lock, token, keys, args))
+    let token = Token::random();
+    let (keys, args) = (
+        scripts::release_keys(&lock),
+        scripts::release_args(&token, &lock, scripts::PubSubMode::Classic.flag(false)),
+    );
+    Ok((lock, token.to_redis_value(), keys, args))
 }
 
 impl Contender for Shape {
