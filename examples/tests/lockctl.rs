@@ -32,6 +32,11 @@ async fn inspect_and_doctor() {
         "{out}"
     );
     assert!(!out.contains(&token), "the owner token must not be shown: {out}");
+    // Another owner is refused the lock: it carries the waiters' mark, shown apart from the fence.
+    let other = LockClient::new(RedisBackend::connect(&url).await.unwrap());
+    assert!(other.mutex("orders:1").unwrap().try_lock().await.unwrap().is_none());
+    let (_, out) = lockctl(&["inspect", "orders:1", "--url", &url]);
+    assert!(out.contains(&format!("fence {counter}, refused to a waiter")), "{out}");
     guard.release().await.unwrap();
     let (_, out) = lockctl(&["inspect", "orders:1", "--url", &url]);
     assert!(out.contains("free"), "{out}");

@@ -1,5 +1,8 @@
 -- Helpers shared by the lock scripts of this workspace; lock-core prepends this file to every
--- script but extend.lua, fence.lua and node.lua (one text per script, so one EVALSHA).
+-- script but extend.lua, fence.lua and node.lua (one text per script, so one EVALSHA), and puts
+-- it in the middle of the release: release.lua, this file, release_contended.lua. The server
+-- builds every function below anew on each call (a few microseconds), so the uncontended
+-- release returns before it gets here.
 -- How a release is announced (see lock_core::scripts::PubSubMode), set by a script that
 -- announces from its mode argument through `publish_mode`, before any call below:
 -- 'c' classic PUBLISH, always sent (in a Redis Cluster the subscribers may be on any node);
@@ -80,9 +83,39 @@ local function mint_fence(fence_key)
   return fence
 end
 
+-- The waiters' mark: a lock whose value ends in '!' was refused to somebody while it was held,
+-- who may be waiting for its release. Only such a release hands the lock over to a fair queue
+-- or announces itself (release.lua); an uncontended release is a GET and a DEL. Every script
+-- that refuses a lock to a caller that may wait marks it, in the same call as the refusal, so a
+-- waiter (which subscribes before its last try) never misses the notice; a rewrite of a lock's
+-- value keeps the mark (`marked`). `pttl` is the lock's PTTL, read in the same call: the SET
+-- keeps that expiry (never shorter: the server's clock only moves on) with no command beyond
+-- those the lock's ACL rules allow and no KEEPTTL (Redis >= 6).
+local function mark_waited(lock_key, current, pttl)
+  if string.sub(current, -1) ~= '!' then
+    if pttl > 0 then
+      redis.call('SET', lock_key, current .. '!', 'PX', pttl)
+    else
+      redis.call('SET', lock_key, current .. '!')
+    end
+  end
+end
+
+local function marked(current)
+  if string.sub(current, -1) == '!' then
+    return '!'
+  end
+  return ''
+end
+
+-- The fencing token a lock's value records: the digits after the owner token and its ':' or '='.
+local function fence_of(current)
+  return tonumber(string.match(current, '^%d+', 34)) or 0
+end
+
 -- The lock at `lock_key` as `token` finds it: nil when free; {1, fence} when `token` holds it
 -- (its expiry refreshed to `ttl` ms: a retry after a lost reply); {0, pttl} when another owner
--- does (pttl -1 when the key has no expiry).
+-- does (pttl -1 when the key has no expiry), the lock marked as waited for (mark_waited).
 local function held_reply(lock_key, token, ttl)
   local current = redis.call('GET', lock_key)
   if not current then
@@ -90,20 +123,23 @@ local function held_reply(lock_key, token, ttl)
   end
   if string.sub(current, 1, 32) == token then
     redis.call('PEXPIRE', lock_key, ttl)
-    return {1, tonumber(string.sub(current, 34)) or 0}
+    return {1, fence_of(current)}
   end
-  return {0, redis.call('PTTL', lock_key)}
+  local pttl = redis.call('PTTL', lock_key)
+  mark_waited(lock_key, current, pttl)
+  return {0, pttl}
 end
 
 -- Takes the free lock at `lock_key` for `token` for `ttl` ms, with a fencing token minted from
--- `fence_key` when `fencing` is '1' (else 0). Returns the grant {1, fence}.
-local function take_lock(lock_key, fence_key, token, ttl, fencing)
+-- `fence_key` when `fencing` is '1' (else 0), with the waiters' mark when `mark` is '!' (else
+-- ''). Returns the grant {1, fence}.
+local function take_lock(lock_key, fence_key, token, ttl, fencing, mark)
   local fence = 0
   if fencing == '1' then
     fence = mint_fence(fence_key)
   end
   -- '%.0f': Lua's own number-to-string keeps 14 digits only, and clock-based tokens have 16.
-  redis.call('SET', lock_key, token .. ':' .. string.format('%.0f', fence), 'PX', ttl)
+  redis.call('SET', lock_key, token .. ':' .. string.format('%.0f', fence) .. (mark or ''), 'PX', ttl)
   return {1, fence}
 end
 
@@ -145,7 +181,8 @@ end
 -- that set that deadline, so its own validity is counted from before the grant): a head that
 -- died blocks the queue no longer than it would have as a waiter, and a live head's first
 -- renewal sets its own TTL. A fence is minted when the lock has a fencing counter (a fencing
--- waiter creates it when it queues); 0 otherwise.
+-- waiter creates it when it queues); 0 otherwise. The grant carries the waiters' mark while
+-- others are still queued, so its release hands over to the next.
 local function grant_head(lock_key, fence_key, queue, waiters, head, deadline, now)
   redis.call('ZREM', queue, head)
   redis.call('ZREM', waiters, head)
@@ -154,7 +191,11 @@ local function grant_head(lock_key, fence_key, queue, waiters, head, deadline, n
     fence = mint_fence(fence_key)
   end
   local shown = string.format('%.0f', fence)
-  redis.call('SET', lock_key, head .. ':' .. shown, 'PX', math.max(deadline - now, 1))
+  local mark = ''
+  if redis.call('EXISTS', queue) == 1 then
+    mark = '!'
+  end
+  redis.call('SET', lock_key, head .. ':' .. shown .. mark, 'PX', math.max(deadline - now, 1))
   announce(lock_key .. ':turn', 'g:' .. head .. ':' .. shown)
 end
 

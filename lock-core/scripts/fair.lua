@@ -26,11 +26,11 @@ drop_expired(KEYS[3], KEYS[4], now)
 local current = redis.call('GET', KEYS[1])
 if current and string.sub(current, 1, 32) == token then
   -- Ours: granted by an earlier call whose reply was lost, or handed over by a release.
-  local fence = tonumber(string.sub(current, 34)) or 0
+  local fence = fence_of(current)
   if fencing == '1' and fence == 0 then
     -- Handed over while the fencing counter was missing (deleted after this waiter queued).
     fence = mint_fence(KEYS[2])
-    redis.call('SET', KEYS[1], token .. ':' .. string.format('%.0f', fence), 'PX', ttl)
+    redis.call('SET', KEYS[1], token .. ':' .. string.format('%.0f', fence) .. marked(current), 'PX', ttl)
   else
     redis.call('PEXPIRE', KEYS[1], ttl)
   end
@@ -42,15 +42,24 @@ local head, head_deadline = live_head(KEYS[3], KEYS[4])
 if not current and (not head or head == token) then
   redis.call('ZREM', KEYS[3], token)
   redis.call('ZREM', KEYS[4], token)
-  return take_lock(KEYS[1], KEYS[2], token, ttl, fencing)
+  -- Marked while others are queued, so its release hands over to the next.
+  local mark = ''
+  if redis.call('EXISTS', KEYS[3]) == 1 then
+    mark = '!'
+  end
+  return take_lock(KEYS[1], KEYS[2], token, ttl, fencing, mark)
 end
 if not current then
   -- Free, but another waiter is at the head: no release handed it over (the holder's TTL ran
   -- out, or the head before it was dropped at its deadline just now). Hand it over here.
   grant_head(KEYS[1], KEYS[2], KEYS[3], KEYS[4], head, head_deadline, now)
 end
--- Held now, by another: the state changes by itself when its TTL runs out.
+-- Held now, by another: the state changes by itself when its TTL runs out, or its release
+-- hands over (marked here; a grant_head above marks its own grant).
 local wait = redis.call('PTTL', KEYS[1])
+if current then
+  mark_waited(KEYS[1], current, wait)
+end
 if wait_ms == 0 then
   return {0, wait, redis.call('ZCARD', KEYS[3])}
 end

@@ -23,10 +23,15 @@ end
 local current = redis.call('GET', KEYS[1])
 if current and string.sub(current, 1, 32) == ARGV[1] then
   local ttl = redis.call('PTTL', KEYS[1])
-  local recorded = tonumber(string.sub(current, 34)) or 0
+  local recorded = tonumber(string.match(current, '^%d+', 34)) or 0
   local minted_here = string.sub(current, 33, 33) == ':'
   if ttl > 0 and (minted_here or recorded < wanted) then
-    redis.call('SET', KEYS[1], ARGV[1] .. '=' .. ARGV[2], 'PX', ttl)
+    -- Keeps the waiters' mark, a trailing '!' (see mark_waited in common.lua).
+    local mark = ''
+    if string.sub(current, -1) == '!' then
+      mark = '!'
+    end
+    redis.call('SET', KEYS[1], ARGV[1] .. '=' .. ARGV[2] .. mark, 'PX', ttl)
   end
 end
 return counter

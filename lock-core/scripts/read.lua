@@ -24,7 +24,9 @@ if not mine or tonumber(mine) <= now then
   local writer = redis.call('GET', KEYS[1])
   local downgrade = writer and ARGV[3] ~= '' and string.sub(writer, 1, 32) == ARGV[3]
   if writer and not downgrade then
-    return {0, redis.call('PTTL', KEYS[1])}
+    local pttl = redis.call('PTTL', KEYS[1])
+    mark_waited(KEYS[1], writer, pttl)
+    return {0, pttl}
   end
   if not downgrade then
     redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)

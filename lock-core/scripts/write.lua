@@ -36,5 +36,10 @@ if wait then
   end
   return {0, wait}
 end
-redis.call('ZREM', KEYS[4], ARGV[1])
-return take_lock(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])
+-- Readers refused because a writer waits (read.lua) wait for a write lock's release: a writer
+-- that waited, or that others still wait behind, takes the lock marked as waited for.
+local mark = ''
+if redis.call('ZREM', KEYS[4], ARGV[1]) == 1 or redis.call('EXISTS', KEYS[4]) == 1 then
+  mark = '!'
+end
+return take_lock(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], mark)

@@ -531,8 +531,10 @@ impl ReleaseWatch {
 ///   gets the same token.
 /// - **extend** resets the expiry to `ttl` only if `key == token`, else reports
 ///   [`ExtendOutcome::NotHeld`] and changes nothing.
-/// - **release** deletes the key only if `key == token`, reports whether it did, and notifies
-///   the key's release watchers when it did.
+/// - **release** deletes the key only if `key == token`, reports whether it did, and, when it
+///   did, notifies the key's release watchers that were refused the lock after they subscribed
+///   (a backend may notify more: the Memory backend notifies every watcher, a Redis release
+///   announces itself only when somebody was refused the lock).
 /// - All three are idempotent for the same arguments (drivers resend commands after
 ///   reconnects).
 /// - **discard** is release without the notice, for partial grants that never formed a lock.
@@ -540,7 +542,8 @@ impl ReleaseWatch {
 ///   given token and records it on the owner's lock; idempotent.
 /// - **watch_releases** (optional, when [`Capabilities::wake_up`]) subscribes to release
 ///   notices. It must be subscribed before the caller retries acquire, so a release between
-///   the retry and the wait is not missed. The default returns `None`, and waiters fall back to
+///   the retry and the wait is not missed, and a retry refused after it entitles the watcher
+///   to the notice of the holder's release. The default returns `None`, and waiters fall back to
 ///   a jittered, bounded sleep.
 ///
 /// The trait is object-safe: `Arc<dyn LockBackend>` is itself a backend.

@@ -200,10 +200,13 @@ async fn inspect(key: &str, urls: &[String]) -> Result<ExitCode, Box<dyn std::er
         let held = match &value {
             // The owner token is a secret: show only enough of it to tell owners apart.
             Some(v) => {
-                // `<32 hex owner>:<fence>` (minted here) or `<owner>=<fence>` (written back).
-                let (owner, fence) = (v.get(..32).unwrap_or(v.as_str()), v.get(33..).unwrap_or("?"));
+                // `<32 hex owner>:<fence>` (minted here) or `<owner>=<fence>` (written back),
+                // with a trailing `!` once somebody was refused it (the waiters' mark).
+                let (owner, rest) = (v.get(..32).unwrap_or(v.as_str()), v.get(33..).unwrap_or("?"));
+                let (fence, refused) =
+                    rest.strip_suffix('!').map_or((rest, ""), |f| (f, ", refused to a waiter"));
                 let shown: String = owner.chars().take(4).collect();
-                format!("held by {shown}\u{2026} (fence {fence}), {pttl} ms left")
+                format!("held by {shown}\u{2026} (fence {fence}{refused}), {pttl} ms left")
             }
             None => "free".to_string(),
         };

@@ -411,7 +411,10 @@ pub async fn raise_fence_lifts_the_counter<B: LockBackend>(b: B) {
     assert!(next > raised, "the next owner's token {next} must exceed the raised {raised}");
 }
 
-/// A release wakes the key's watchers; backends without wake-up say so by returning `None`.
+/// A release wakes the key's watchers that were refused the lock after they subscribed (a
+/// waiter subscribes, then retries, as `LockClient` does); backends without wake-up say so by
+/// returning `None`. (A Redis release announces itself only when somebody was refused the
+/// lock: see `lock_core::scripts`.)
 ///
 /// # Errors
 /// None: a backend that breaks the contract fails the test (this panics).
@@ -436,6 +439,9 @@ pub async fn release_notifies_watchers<B: LockBackend>(b: B) {
     }
     let mut watch = watch.expect("wake-up capability promises a watch");
     let other = b.watch_releases(&unique_key("wake-other")).await.unwrap();
+    // The watcher's retry after subscribing is refused.
+    let refused = b.acquire(&req(&key, Token::random(), 10_000 * MS, false)).await.unwrap();
+    assert!(matches!(refused, AcquireOutcome::Held { .. }), "{refused:?}");
     assert_eq!(b.release(&key, &token).await.unwrap(), ReleaseOutcome::Released);
     assert!(watch.wait(5_000 * MS).await, "the release notice never arrived");
     let mut other = other.expect("wake-up capability promises a watch");

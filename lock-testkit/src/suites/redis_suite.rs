@@ -700,20 +700,12 @@ pub async fn lock_unlock_is_two_round_trips<D: RedisDriver>(driver: D) {
     // acquire reads the node marker, the lock and the fence counter, and the server clock for
     // the token's floor). Any extra client command (a PING, a GET, an EVAL fallback) would
     // change this map.
-    // The release also asks whether a fair queue exists (EXISTS), to wake its head, and whether
-    // anybody listens for the release (PUBSUB NUMSUB): nobody does, so nothing is published.
-    let expected: HashMap<String, u64> = [
-        ("evalsha", 2),
-        ("get", 4),
-        ("time", 1),
-        ("set", 2),
-        ("del", 1),
-        ("pubsub|numsub", 1),
-        ("exists", 1),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
+    // Nobody was refused the lock, so it carries no waiters' mark and the release is a GET and
+    // a DEL: no fair-queue probe, no PUBSUB NUMSUB, no PUBLISH.
+    let expected: HashMap<String, u64> = [("evalsha", 2), ("get", 4), ("time", 1), ("set", 2), ("del", 1)]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
     assert_eq!(calls, expected, "a lock/unlock cycle must be exactly two EVALSHA round trips");
 }
 
@@ -799,13 +791,12 @@ pub async fn unfenced_lock_is_one_round_trip_that_checks_the_marker<D: RedisDriv
     server.cmd(&["CONFIG", "RESETSTAT"]).unwrap();
     mutex.lock().await.unwrap().release().await.unwrap();
     let calls = command_calls(&server);
-    // SET + GET marker (one round trip), then the release script (GET, DEL, EXISTS, and
-    // PUBSUB NUMSUB: nobody listens, so no PUBLISH).
-    let expected: HashMap<String, u64> =
-        [("set", 1), ("evalsha", 1), ("get", 2), ("del", 1), ("pubsub|numsub", 1), ("exists", 1)]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect();
+    // SET + GET marker (one round trip), then the release script (GET and DEL: nobody was
+    // refused the lock, so nobody waits for a notice).
+    let expected: HashMap<String, u64> = [("set", 1), ("evalsha", 1), ("get", 2), ("del", 1)]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
     assert_eq!(calls, expected, "an unfenced cycle is SET with a marker GET, then one release script");
 
     // The node loses its data (the marker with it): the plain SET does not stand.
@@ -1155,6 +1146,91 @@ pub async fn connection_killed_mid_command_keeps_state_correct<D: RedisDriver>(d
     assert_eq!(text(server.cmd(&["EXISTS", "lock:{killed-mid}"]).unwrap()), "0", "a key was left behind");
 }
 
+/// The waiters' mark: a lock refused to somebody carries a trailing `!` (set in the same call
+/// as the refusal, once, without touching its owner or TTL), renewals and RedLock's fence
+/// write-back keep it, and only a marked release goes on to the fair-queue probe and the
+/// notice; an unmarked one is a `GET` and a `DEL`. A reader refused by a writer and a fair
+/// waiter refused by a plain holder mark it too.
+///
+/// # Errors
+/// None: a driver that misbehaves fails the test (this panics).
+///
+/// # Cancel safety
+/// Test code: cancelling abandons the check; the servers it spawned are killed on drop.
+///
+/// # Examples
+/// A driver crate runs the whole suite with [`crate::redis_suite!`]; one test alone:
+/// ```no_run
+/// # async fn demo<D: lock_testkit::redis_suite::RedisDriver>(my_driver: D) {
+/// lock_testkit::redis_suite::only_a_lock_refused_to_somebody_announces_its_release(my_driver).await;
+/// # }
+/// ```
+pub async fn only_a_lock_refused_to_somebody_announces_its_release<D: RedisDriver>(driver: D) {
+    use lock_core::{AcquireOutcome, AcquireRequest, ExtendRequest, FencingToken, LockKey, Token};
+    let server = server();
+    let backend = connect(&driver, &server).await;
+    let key = LockKey::new("marked").unwrap();
+    let (holder, other) = (Token::random(), Token::random());
+    let req = |token: Token| AcquireRequest { key: key.clone(), token, ttl: 30_000 * MS, fencing: true };
+    let stored = || text(server.cmd(&["GET", "lock:{marked}"]).unwrap());
+    assert!(matches!(backend.acquire(&req(holder)).await.unwrap(), AcquireOutcome::Acquired(_)));
+    let fresh = stored();
+    assert!(!fresh.ends_with('!'), "nobody was refused yet: {fresh}");
+
+    // Refused twice: marked once, same owner and fence, TTL untouched.
+    for _ in 0..2 {
+        assert!(matches!(backend.acquire(&req(other)).await.unwrap(), AcquireOutcome::Held { .. }));
+    }
+    assert_eq!(stored(), format!("{fresh}!"), "the refusal marks the lock once and changes nothing else");
+    let pttl: i64 = text(server.cmd(&["PTTL", "lock:{marked}"]).unwrap()).parse().unwrap();
+    assert!(pttl > 25_000, "the refusal must not touch the holder's TTL: {pttl} ms left");
+
+    // The holder's own calls keep the mark: a re-acquire (a lost reply), a renewal, a RedLock
+    // fence write-back (which rewrites the value).
+    assert!(matches!(backend.acquire(&req(holder)).await.unwrap(), AcquireOutcome::Acquired(_)));
+    let renew = ExtendRequest { key: key.clone(), token: holder, ttl: 30_000 * MS };
+    backend.extend(&renew).await.unwrap();
+    lock_core::scripts::raise_fence(&backend, &key, &holder, FencingToken(u64::MAX / 4)).await.unwrap();
+    assert_eq!(stored(), format!("{}={}!", &fresh[..32], u64::MAX / 4), "the write-back keeps the mark");
+    backend.extend(&renew).await.unwrap();
+    assert!(stored().ends_with('!'));
+
+    // A marked release probes the fair queue and who listens; an unmarked one does not.
+    server.cmd(&["CONFIG", "RESETSTAT"]).unwrap();
+    backend.release(&key, &holder).await.unwrap();
+    let calls = command_calls(&server);
+    assert_eq!(
+        (calls.get("exists"), calls.get("pubsub|numsub")),
+        (Some(&1), Some(&1)),
+        "a marked release must look for waiters: {calls:?}"
+    );
+    assert!(matches!(backend.acquire(&req(holder)).await.unwrap(), AcquireOutcome::Acquired(_)));
+    server.cmd(&["CONFIG", "RESETSTAT"]).unwrap();
+    backend.release(&key, &holder).await.unwrap();
+    let calls = command_calls(&server);
+    assert_eq!(
+        (calls.get("get"), calls.get("del"), calls.get("exists"), calls.get("pubsub|numsub")),
+        (Some(&1), Some(&1), None, None),
+        "an unmarked release is a GET and a DEL: {calls:?}"
+    );
+
+    // A reader refused by a writer marks the write lock; so does a fair waiter refused by a
+    // plain holder.
+    let config = LockConfig::builder().watchdog(false).build().unwrap();
+    let locks = LockClient::with_config(backend.clone(), config).unwrap();
+    let writer = locks.rw_lock("marked-rw").unwrap().write().await.unwrap();
+    assert!(locks.rw_lock("marked-rw").unwrap().try_read().await.unwrap().is_none());
+    assert!(text(server.cmd(&["GET", "lock:{marked-rw}"]).unwrap()).ends_with('!'), "a refused reader marks");
+    writer.release().await.unwrap();
+    let plain = locks.mutex("marked-fair").unwrap().lock().await.unwrap();
+    assert!(locks.fair_mutex("marked-fair").unwrap().try_lock().await.unwrap().is_none());
+    assert!(
+        text(server.cmd(&["GET", "lock:{marked-fair}"]).unwrap()).ends_with('!'),
+        "a refused fair waiter marks"
+    );
+    plain.release().await.unwrap();
+}
+
 /// Runs every Redis-specific test as its own `#[tokio::test]` for a [`RedisDriver`].
 #[macro_export]
 macro_rules! redis_suite {
@@ -1179,6 +1255,7 @@ macro_rules! redis_suite {
             lost_fence_counter_keeps_tokens_rising,
             declared_fresh_server_grants_at_once,
             waiter_wakes_within_50ms_of_release,
+            only_a_lock_refused_to_somebody_announces_its_release,
             expired_lock_is_picked_up_without_a_release,
             connection_killed_mid_command_keeps_state_correct
         );
