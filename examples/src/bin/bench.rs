@@ -174,8 +174,9 @@ async fn raw_fred(name: &str, server: &RedisServer) -> Result<RawFred, Box<dyn s
 /// The lock's own commands sent raw, with no library code around them: the acquire's
 /// `SET NX PX` with the data-loss marker's `GET` behind it in the same round trip, then the
 /// release script with its four keys (lock, fair queue, fair waiters, fence), the notice
-/// channel and the notice mode. Set beside the raw row before it, it shows what the command
-/// shape costs (the guard's read, the fair hand-over and notice checks in the release); set
+/// channel and the notice mode (the lock carries no waiters' mark, so the script's fast path
+/// runs: a GET and a DEL, as in the raw row). Set beside the raw row before it, it shows what
+/// the command shape costs (the guard's read, the release's extra keys and arguments); set
 /// beside the library's row after it, what the library's code costs.
 struct Shape {
     name: String,
