@@ -1,4 +1,5 @@
--- Acquire a lock, shared by every Redis driver of this workspace (after common.lua).
+-- Acquire a lock, shared by every Redis driver of this workspace
+-- (after its shared helpers, see lock_core::scripts).
 -- KEYS[1] lock key (value: 32 hex owner token, ':', fencing token or 0)
 -- KEYS[2] fence counter key (same hash slot; never expires)
 -- KEYS[3] (optional) the node marker `lock:node` (value: 12 hex node id, ':', the server time in

@@ -1,4 +1,4 @@
--- Acquire a fair lock: served in arrival order (after common.lua).
+-- Acquire a fair lock: served in arrival order (after its shared helpers, see lock_core::scripts).
 -- KEYS[1] lock key, KEYS[2] fence counter, KEYS[3] queue (zset: owner token by arrival),
 -- KEYS[4] waiters (zset: owner token by its deadline, server ms), all in one hash slot;
 -- KEYS[5] (optional) the node marker, as in acquire.lua.

@@ -26,7 +26,7 @@ if current and string.sub(current, 1, 32) == ARGV[1] then
   local recorded = tonumber(string.match(current, '^%d+', 34)) or 0
   local minted_here = string.sub(current, 33, 33) == ':'
   if ttl > 0 and (minted_here or recorded < wanted) then
-    -- Keeps the waiters' mark, a trailing '!' (see mark_waited in common.lua).
+    -- Keeps the waiters' mark, a trailing '!' (see mark_waited in common_mark.lua).
     local mark = ''
     if string.sub(current, -1) == '!' then
       mark = '!'

@@ -1,4 +1,5 @@
--- A fair lock's waiter leaves: cancelled, timed out, or failed (after common.lua).
+-- A fair lock's waiter leaves: cancelled, timed out, or failed
+-- (after its shared helpers, see lock_core::scripts).
 -- KEYS[1] lock key, KEYS[2] queue, KEYS[3] waiters (as in fair.lua), KEYS[4] fencing counter
 -- ARGV[1] owner token, ARGV[2] release notice channel, ARGV[3] the pub/sub mode (as in
 -- release.lua)

@@ -1,4 +1,5 @@
--- Renew or release one member of a set of holders (after common.lua): a read-write lock's
+-- Renew or release one member of a set of holders
+-- (after its shared helpers, see lock_core::scripts): a read-write lock's
 -- readers or waiting writers, or a semaphore's permits (owner token -> expiry, server ms).
 -- KEYS[1] the set, KEYS[2] (optional) a key that lives and dies with the set (a semaphore's
 -- size)

@@ -1,4 +1,5 @@
--- Take one permit of a semaphore (after common.lua). Every permit is a lease of its own: an
+-- Take one permit of a semaphore
+-- (after its shared helpers, see lock_core::scripts). Every permit is a lease of its own: an
 -- owner token with an expiry (server ms), so a dead holder's permit comes back at its TTL.
 -- KEYS[1] the permits (owner token -> expiry), KEYS[2] the semaphore's size (lives as long as
 -- the permits), KEYS[3] (optional) the node marker, as in acquire.lua

@@ -1,4 +1,4 @@
--- Take a read lock of a read-write lock (after common.lua).
+-- Take a read lock of a read-write lock (after its shared helpers, see lock_core::scripts).
 -- KEYS[1] the lock key (the write side: a writer holds it as a mutex, see write.lua)
 -- KEYS[2] the readers (owner token -> expiry, server ms), KEYS[3] the waiting writers (owner
 -- token -> deadline, server ms), KEYS[4] the fencing counter (same slot; only read),

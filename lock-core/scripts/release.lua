@@ -1,15 +1,16 @@
 -- Release a lock only if this owner holds it, and announce the release. The script is this
--- file, then common.lua, then release_contended.lua: an uncontended release returns here,
--- before the helpers are built, so it costs the server a GET and a DEL.
+-- file, then the shared helpers (see lock_core::scripts), then release_contended.lua: an
+-- uncontended release returns here, before any helper is built, so it costs the server a GET
+-- and a DEL.
 -- KEYS[1] lock key, KEYS[2] the fair queue, KEYS[3] the fair waiters' deadlines, KEYS[4] the
 -- fencing counter (same slot; only KEYS[1] is read unless the lock carries the waiters' mark)
 -- ARGV[1] owner token, ARGV[2] release notice channel ('' for a silent discard), ARGV[3] the
--- pub/sub mode ('c', 'l' or 's'; see publish_mode in common.lua)
+-- pub/sub mode ('c', 'l' or 's'; see publish_mode in common_announce.lua)
 -- Returns 1 when deleted, 0 when the key is absent or held by another owner (nothing changed).
 -- A lock somebody was refused (its value ends in the waiters' mark '!', see mark_waited in
--- common.lua) goes on to release_contended.lua: it goes to the head of the fair queue at once
--- if fair waiters are queued (see hand_over), else the notice goes to the broadcast channel
--- (plain mutex waiters). Nobody else can be waiting for it.
+-- common_mark.lua) goes on to release_contended.lua: it goes to the head of the fair queue at
+-- once if fair waiters are queued (see hand_over), else the notice goes to the broadcast
+-- channel (plain mutex waiters). Nobody else can be waiting for it.
 local current = redis.call('GET', KEYS[1])
 if not current or string.sub(current, 1, 32) ~= ARGV[1] then
   return 0

@@ -1,4 +1,5 @@
--- Renew many leases in one call (after common.lua): the watchdog's batch.
+-- Renew many leases in one call
+-- (after its shared helpers, see lock_core::scripts): the watchdog's batch.
 -- Item i (from 1): KEYS[2i-1] the lock key, or the set of holders; KEYS[2i] the key that lives
 -- and dies with that set (a semaphore's size), or the same key again.
 -- ARGV[3i-2] '' for a lock key, 'm' for a member of a set; ARGV[3i-1] owner token;

@@ -1,4 +1,5 @@
--- Take the write lock of a read-write lock (after common.lua). The write lock is the mutex key
+-- Take the write lock of a read-write lock
+-- (after its shared helpers, see lock_core::scripts). The write lock is the mutex key
 -- of the same name (extend.lua renews it, release.lua frees it); it is granted only when no
 -- live reader is left.
 -- KEYS[1] lock key, KEYS[2] fence counter, KEYS[3] the readers (owner token -> expiry, server

@@ -75,6 +75,14 @@
 //! hand-over, a writer that readers wait behind) is marked at once. A lock whose holder
 //! vanished is not released at all: waiters find it free when its TTL runs out, as before.
 //!
+//! # Shared helpers
+//! The scripts share Lua helpers, kept once in `lock-core/scripts/common_*.lua` (the pub/sub
+//! notice, the server clock, the data-loss marker, fencing tokens, the waiters' mark, taking a
+//! lock, the fair queue). The server builds every `local function` of a script anew on each
+//! call (about 0.2 us each on the development machine), so each script's text carries only the
+//! helpers it uses, in one fixed order, and the release puts them after its fast path. A unit
+//! test checks that every helper a script calls is defined before its first call.
+//!
 //! # Fence counters survive data loss
 //! A fencing counter that has to be created (first use, or after data loss) starts from the
 //! server's clock in microseconds, so a re-created counter is above every token the lost one
@@ -105,8 +113,15 @@ pub struct LuaScript {
 /// `{0, pttl}` or `{2, quarantine ms left}`.
 pub const ACQUIRE: LuaScript = LuaScript {
     name: "acquire",
-    source: concat!(include_str!("../scripts/common.lua"), include_str!("../scripts/acquire.lua")),
-    sha1: "42433c944b82f4386d1e02b2690cb02aec76987a",
+    source: concat!(
+        include_str!("../scripts/common_clock.lua"),
+        include_str!("../scripts/common_marker.lua"),
+        include_str!("../scripts/common_fence.lua"),
+        include_str!("../scripts/common_mark.lua"),
+        include_str!("../scripts/common_take.lua"),
+        include_str!("../scripts/acquire.lua")
+    ),
+    sha1: "1a6918b3fe8c4d455d1b1ace2099688d02db3865",
 };
 
 /// `extend.lua`: owner-checked PEXPIRE. KEYS: lock. ARGV: token, ttl ms. Returns 1 or 0.
@@ -122,17 +137,19 @@ pub const EXTEND: LuaScript = LuaScript {
 /// queued, a notice goes to the broadcast channel. KEYS: lock, queue, waiters, fence. ARGV:
 /// token, channel, [`PubSubMode::flag`]. Returns 1 or 0.
 ///
-/// Its text is `release.lua`, then `common.lua`, then `release_contended.lua`, so an
-/// uncontended release returns before the shared helpers are built (a few microseconds of the
-/// server's time per call).
+/// Its text is `release.lua`, then the shared helpers the rest needs, then
+/// `release_contended.lua`, so an uncontended release returns before any helper is built.
 pub const RELEASE: LuaScript = LuaScript {
     name: "release",
     source: concat!(
         include_str!("../scripts/release.lua"),
-        include_str!("../scripts/common.lua"),
+        include_str!("../scripts/common_announce.lua"),
+        include_str!("../scripts/common_clock.lua"),
+        include_str!("../scripts/common_fence.lua"),
+        include_str!("../scripts/common_queue.lua"),
         include_str!("../scripts/release_contended.lua")
     ),
-    sha1: "53d1a078492b6c7b3abe27d2cb6ee283a1174651",
+    sha1: "232281fc31966731d092d2a059e88aaf805d8872",
 };
 
 /// `fence.lua`: raise the fencing counter to at least a token (RedLock's write-back) and
@@ -141,7 +158,7 @@ pub const RELEASE: LuaScript = LuaScript {
 pub const FENCE: LuaScript = LuaScript {
     name: "fence",
     source: include_str!("../scripts/fence.lua"),
-    sha1: "d2b35c00a26136c03706fa5924af7601cae4536e",
+    sha1: "6b897ef48b29dd73466fc20c91638f20128d5bd2",
 };
 
 /// `fair.lua`: the fair lock's acquire: granted only at the head of the queue, else queued
@@ -151,8 +168,17 @@ pub const FENCE: LuaScript = LuaScript {
 /// Returns `{1, fence}`, `{0, wait ms, ahead}` or `{2, quarantine ms left}`.
 pub const FAIR: LuaScript = LuaScript {
     name: "fair",
-    source: concat!(include_str!("../scripts/common.lua"), include_str!("../scripts/fair.lua")),
-    sha1: "2fab99c8f3b43494b6482ffd3eb5e9170b3551b2",
+    source: concat!(
+        include_str!("../scripts/common_announce.lua"),
+        include_str!("../scripts/common_clock.lua"),
+        include_str!("../scripts/common_marker.lua"),
+        include_str!("../scripts/common_fence.lua"),
+        include_str!("../scripts/common_mark.lua"),
+        include_str!("../scripts/common_take.lua"),
+        include_str!("../scripts/common_queue.lua"),
+        include_str!("../scripts/fair.lua")
+    ),
+    sha1: "df5bfd59e90711ddb496c6be17af6da7319a954c",
 };
 
 /// `leave.lua`: a fair waiter leaves the queue (releasing the lock if a lost reply or a lost
@@ -161,8 +187,14 @@ pub const FAIR: LuaScript = LuaScript {
 /// when it released the lock, else 0.
 pub const LEAVE: LuaScript = LuaScript {
     name: "leave",
-    source: concat!(include_str!("../scripts/common.lua"), include_str!("../scripts/leave.lua")),
-    sha1: "ddee71143037fdb8b3a6911dfba7bb10e63f9d1a",
+    source: concat!(
+        include_str!("../scripts/common_announce.lua"),
+        include_str!("../scripts/common_clock.lua"),
+        include_str!("../scripts/common_fence.lua"),
+        include_str!("../scripts/common_queue.lua"),
+        include_str!("../scripts/leave.lua")
+    ),
+    sha1: "42dfd41741b0ca7a7ab18b963cf423cf9261fcdc",
 };
 
 /// `read.lua`: a read lock of a read-write lock: granted unless a writer holds the lock or a
@@ -172,8 +204,13 @@ pub const LEAVE: LuaScript = LuaScript {
 /// `{2, quarantine ms left}`.
 pub const READ: LuaScript = LuaScript {
     name: "read",
-    source: concat!(include_str!("../scripts/common.lua"), include_str!("../scripts/read.lua")),
-    sha1: "fca872e84d1faab53fdec4dea690b832e106864a",
+    source: concat!(
+        include_str!("../scripts/common_clock.lua"),
+        include_str!("../scripts/common_marker.lua"),
+        include_str!("../scripts/common_mark.lua"),
+        include_str!("../scripts/read.lua")
+    ),
+    sha1: "9428e1e3e99a624b2a292ed6e0490154df7f948f",
 };
 
 /// `write.lua`: the write lock of a read-write lock: the mutex key, granted only when no live
@@ -182,8 +219,15 @@ pub const READ: LuaScript = LuaScript {
 /// waiting ms. Returns as [`ACQUIRE`].
 pub const WRITE: LuaScript = LuaScript {
     name: "write",
-    source: concat!(include_str!("../scripts/common.lua"), include_str!("../scripts/write.lua")),
-    sha1: "37bcdaf6d265a2a9c611544425c3290c9367347a",
+    source: concat!(
+        include_str!("../scripts/common_clock.lua"),
+        include_str!("../scripts/common_marker.lua"),
+        include_str!("../scripts/common_fence.lua"),
+        include_str!("../scripts/common_mark.lua"),
+        include_str!("../scripts/common_take.lua"),
+        include_str!("../scripts/write.lua")
+    ),
+    sha1: "bb2638ea7b3cc4a80e858fde1d34f4cd7a5afce6",
 };
 
 /// `permit.lua`: one permit of a semaphore, each permit a lease of its own.
@@ -191,8 +235,12 @@ pub const WRITE: LuaScript = LuaScript {
 /// `{0, wait ms}`, `{2, quarantine ms left}` or `{3, the live size}`.
 pub const PERMIT: LuaScript = LuaScript {
     name: "permit",
-    source: concat!(include_str!("../scripts/common.lua"), include_str!("../scripts/permit.lua")),
-    sha1: "c741208375cccdd83ef2a0d6e15f72c4dc9263a3",
+    source: concat!(
+        include_str!("../scripts/common_clock.lua"),
+        include_str!("../scripts/common_marker.lua"),
+        include_str!("../scripts/permit.lua")
+    ),
+    sha1: "5dcf128a7a92cca88e47a4a47494116f799ab57f",
 };
 
 /// `member.lua`: renew or release one member of a set of holders (readers, waiting writers,
@@ -200,8 +248,12 @@ pub const PERMIT: LuaScript = LuaScript {
 /// `"1"` to announce only when the set is left empty, [`PubSubMode::flag`]. Returns 1 or 0.
 pub const MEMBER: LuaScript = LuaScript {
     name: "member",
-    source: concat!(include_str!("../scripts/common.lua"), include_str!("../scripts/member.lua")),
-    sha1: "2e37feeb2f514479da2e40ade8a898b159b6983a",
+    source: concat!(
+        include_str!("../scripts/common_announce.lua"),
+        include_str!("../scripts/common_clock.lua"),
+        include_str!("../scripts/member.lua")
+    ),
+    sha1: "6d053d324e9ef4281079299f9d490e72b1957ebd",
 };
 
 /// `renew.lua`: the watchdog's batch: renew many leases in one call, each decided alone as
@@ -211,8 +263,8 @@ pub const MEMBER: LuaScript = LuaScript {
 /// integer per lease: 1 renewed, 0 not held, -1 a key of another type.
 pub const RENEW: LuaScript = LuaScript {
     name: "renew",
-    source: concat!(include_str!("../scripts/common.lua"), include_str!("../scripts/renew.lua")),
-    sha1: "eacf41775343ce63be984b469d419a6c72800fff",
+    source: concat!(include_str!("../scripts/common_clock.lua"), include_str!("../scripts/renew.lua")),
+    sha1: "3b230c087f473da3eb467c0f7a29e4252b1ef70b",
 };
 
 /// How many leases one [`RENEW`] call renews at most: a batch of more is split into several
@@ -598,7 +650,7 @@ pub enum PubSubMode {
 }
 
 impl PubSubMode {
-    /// The scripts' mode argument (see `publish_mode` in `common.lua`): `"s"` sharded (published
+    /// The scripts' mode argument (see `publish_mode` in `common_announce.lua`): `"s"` sharded (published
     /// only when the shard has a subscriber), `"l"` classic on a single server (published only
     /// when it has a subscriber: every subscriber is local), `"c"` classic in a Cluster (always
     /// published: subscribers may be on any node).
@@ -1363,6 +1415,51 @@ mod tests {
         for script in [ACQUIRE, EXTEND, RELEASE, FENCE, NODE, FAIR, LEAVE, READ, WRITE, PERMIT, MEMBER, RENEW]
         {
             assert_eq!(sha1_hex(script.source), script.sha1, "{} changed: update its sha1", script.name);
+        }
+    }
+
+    /// Each script carries only the shared helpers it uses (the server builds every one anew on
+    /// each call), so one left out would fail only on the path that calls it: every helper a
+    /// script calls must be defined in its text before the first call.
+    #[test]
+    fn every_helper_a_script_calls_is_defined_before_its_first_use() {
+        let helpers = [
+            include_str!("../scripts/common_announce.lua"),
+            include_str!("../scripts/common_clock.lua"),
+            include_str!("../scripts/common_marker.lua"),
+            include_str!("../scripts/common_fence.lua"),
+            include_str!("../scripts/common_mark.lua"),
+            include_str!("../scripts/common_take.lua"),
+            include_str!("../scripts/common_queue.lua"),
+        ];
+        let names: Vec<&str> = helpers
+            .iter()
+            .flat_map(|text| text.lines())
+            .filter_map(|l| l.strip_prefix("local function ")?.split('(').next())
+            .collect();
+        assert_eq!(names.len(), 14, "{names:?}");
+        let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+        for script in [ACQUIRE, EXTEND, RELEASE, FENCE, NODE, FAIR, LEAVE, READ, WRITE, PERMIT, MEMBER, RENEW]
+        {
+            let code: String = script
+                .source
+                .lines()
+                .map(|l| l.split("--").next().unwrap_or(""))
+                .collect::<Vec<_>>()
+                .join("\n");
+            for name in &names {
+                let call = format!("{name}(");
+                let first =
+                    code.match_indices(&call).map(|(i, _)| i).find(|&i| !code[..i].ends_with(is_ident));
+                let Some(first) = first else { continue };
+                let def = code.find(&format!("local function {call}")).map(|d| d + "local function ".len());
+                assert_eq!(
+                    def,
+                    Some(first),
+                    "{}: {name} is called before it is defined (or never is)",
+                    script.name
+                );
+            }
         }
     }
 
