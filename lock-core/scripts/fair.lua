@@ -55,10 +55,11 @@ if not current then
   grant_head(KEYS[1], KEYS[2], KEYS[3], KEYS[4], head, head_deadline, now)
 end
 -- Held now, by another: the state changes by itself when its TTL runs out, or its release
--- hands over (marked here; a grant_head above marks its own grant).
+-- hands over (marked here, also a grant_head's just above: this caller may queue below).
 local wait = redis.call('PTTL', KEYS[1])
-if current then
-  mark_waited(KEYS[1], current, wait)
+local holder = current or redis.call('GET', KEYS[1])
+if holder then
+  mark_waited(KEYS[1], holder, wait)
 end
 if wait_ms == 0 then
   return {0, wait, redis.call('ZCARD', KEYS[3])}

@@ -178,7 +178,7 @@ pub const FAIR: LuaScript = LuaScript {
         include_str!("../scripts/common_queue.lua"),
         include_str!("../scripts/fair.lua")
     ),
-    sha1: "df5bfd59e90711ddb496c6be17af6da7319a954c",
+    sha1: "5b764bfa4bd6a00e1ab779920f957fc1123e58ef",
 };
 
 /// `leave.lua`: a fair waiter leaves the queue (releasing the lock if a lost reply or a lost
