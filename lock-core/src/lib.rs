@@ -4,6 +4,7 @@
 mod backend;
 mod backoff;
 mod client;
+pub mod coalesce;
 mod config;
 pub mod doctor;
 mod error;

@@ -50,7 +50,9 @@
 //! returned, and a data loss after the `SET` would have taken the marker with it. Anything else
 //! (missing, or a quarantine not yet closed) sends the acquire to the script, which decides, and
 //! a `SET` it abstains on is deleted again (owner-checked). Both commands go to one connection,
-//! the `SET` first, in one round trip, so they run in that order.
+//! the `SET` first, in one round trip, so they run in that order. The same holds for one read
+//! placed after several `SET`s: the drivers send the uncontended acquires that arrive together
+//! on one server as one pipeline with one marker read behind them ([`crate::coalesce`]).
 //!
 //! Set the quarantine ([`NodeGuard::quarantine`], the drivers' builders' `quarantine(..)`) to at
 //! least the longest TTL any client uses on that server; the script also never uses less than
@@ -507,15 +509,15 @@ impl RedisKeys {
     pub fn for_key(key: &LockKey) -> Self {
         let lock = Self::lock_name(key);
         Self {
-            fence: format!("{lock}{FENCE_SUFFIX}"),
-            channel: format!("{lock}{CHANNEL_SUFFIX}"),
-            queue: format!("{lock}{QUEUE_SUFFIX}"),
-            waiters: format!("{lock}{WAITERS_SUFFIX}"),
-            turn: format!("{lock}:turn"),
-            readers: format!("{lock}:readers"),
-            writers: format!("{lock}:writers"),
-            permits: format!("{lock}:permits"),
-            size: format!("{lock}:size"),
+            fence: concat(&[&lock, FENCE_SUFFIX]),
+            channel: concat(&[&lock, CHANNEL_SUFFIX]),
+            queue: concat(&[&lock, QUEUE_SUFFIX]),
+            waiters: concat(&[&lock, WAITERS_SUFFIX]),
+            turn: concat(&[&lock, ":turn"]),
+            readers: concat(&[&lock, ":readers"]),
+            writers: concat(&[&lock, ":writers"]),
+            permits: concat(&[&lock, ":permits"]),
+            size: concat(&[&lock, ":size"]),
             lock,
         }
     }
@@ -531,7 +533,7 @@ impl RedisKeys {
     pub fn lock_name(key: &LockKey) -> String {
         let k = key.as_str();
         let escape = if k.starts_with('}') || k.starts_with('~') { "~" } else { "" };
-        format!("lock:{{{escape}{k}}}")
+        concat(&["lock:{", escape, k, "}"])
     }
 
     /// The channel-name prefix common to every lock's release notices.
@@ -592,6 +594,17 @@ pub fn extend_args(token: &Token, ttl: Duration) -> [String; 2] {
     [token.to_redis_value(), ttl_millis(ttl).to_string()]
 }
 
+/// The parts joined, in a string allocated once at its final size: the names and values of
+/// every lock call are built this way, not with `format!`, whose growing buffer reallocates
+/// (a measurable share of the client's CPU under load).
+fn concat(parts: &[&str]) -> String {
+    let mut out = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for part in parts {
+        out.push_str(part);
+    }
+    out
+}
+
 /// The KEYS of [`RELEASE`] (and [`LEAVE`]) for the lock key `lock` (as
 /// [`RedisKeys::lock_name`] names it): the lock, its fair queue, its fair waiters' deadlines,
 /// its fencing counter. Only these four names are built.
@@ -604,16 +617,16 @@ pub fn extend_args(token: &Token, ttl: Duration) -> [String; 2] {
 pub fn release_keys(lock: &str) -> [String; 4] {
     [
         lock.to_string(),
-        format!("{lock}{QUEUE_SUFFIX}"),
-        format!("{lock}{WAITERS_SUFFIX}"),
-        format!("{lock}{FENCE_SUFFIX}"),
+        concat(&[lock, QUEUE_SUFFIX]),
+        concat(&[lock, WAITERS_SUFFIX]),
+        concat(&[lock, FENCE_SUFFIX]),
     ]
 }
 
 /// The ARGV of [`RELEASE`] (and [`LEAVE`]) for the lock key `lock`: the release is announced
 /// on the lock's channel the `mode` way ([`PubSubMode::flag`]).
 pub fn release_args(token: &Token, lock: &str, mode: &str) -> [String; 3] {
-    [token.to_redis_value(), format!("{lock}{CHANNEL_SUFFIX}"), mode.into()]
+    [token.to_redis_value(), concat(&[lock, CHANNEL_SUFFIX]), mode.into()]
 }
 
 /// The ARGV of [`RELEASE`] for a silent discard (no PUBLISH).
@@ -899,7 +912,7 @@ pub async fn acquire<R: ScriptRunner + ?Sized>(
     let mut unconfirmed = false;
     if !req.fencing {
         let started = Instant::now();
-        let value = format!("{}:0", req.token.to_redis_value());
+        let value = req.token.redis_value_with(":0");
         let ttl = ttl_millis(req.ttl);
         let granted = match guard {
             None => runner.set_nx_px(&lock, &value, ttl).await? == Some(true),
@@ -919,7 +932,7 @@ pub async fn acquire<R: ScriptRunner + ?Sized>(
     // The script decides: held by another, ours after a lost reply (or a SET above whose
     // marker was not open: granted once the script finds the node open), or the node abstains.
     let args = acquire_args(&req.token, req.ttl, req.fencing, guard);
-    let fence = format!("{lock}{FENCE_SUFFIX}");
+    let fence = concat(&[&lock, FENCE_SUFFIX]);
     let started = Instant::now();
     let reply = if guard.is_some() {
         runner.run_ints(&ACQUIRE, &[&lock, &fence, MARKER_KEY], &args).await?
@@ -1004,9 +1017,9 @@ fn renewed_keys(r: &crate::Renewal) -> (String, Option<String>, &'static str) {
     let lock = RedisKeys::lock_name(&r.req.key);
     match r.members {
         None => (lock, None, ""),
-        Some(Members::Readers) => (format!("{lock}:readers"), None, "m"),
-        Some(Members::Writers) => (format!("{lock}:writers"), None, "m"),
-        Some(Members::Permits) => (format!("{lock}:permits"), Some(format!("{lock}:size")), "m"),
+        Some(Members::Readers) => (concat(&[&lock, ":readers"]), None, "m"),
+        Some(Members::Writers) => (concat(&[&lock, ":writers"]), None, "m"),
+        Some(Members::Permits) => (concat(&[&lock, ":permits"]), Some(concat(&[&lock, ":size"])), "m"),
     }
 }
 

@@ -106,8 +106,24 @@ impl Token {
 impl Token {
     /// The form stored in Redis: 32 lower-case hex digits. This is the secret that owns a
     /// lock; keep it out of logs (the `Display` and `Debug` forms are redacted).
+    ///
+    /// ```
+    /// let token = lock_core::Token::from_u128(0xabc);
+    /// assert_eq!(token.to_redis_value(), "00000000000000000000000000000abc");
+    /// ```
     pub fn to_redis_value(&self) -> String {
-        format!("{:032x}", self.0)
+        self.redis_value_with("")
+    }
+
+    /// [`Token::to_redis_value`] followed by `suffix`, in one string allocated at its final size.
+    pub(crate) fn redis_value_with(&self, suffix: &str) -> String {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = String::with_capacity(32 + suffix.len());
+        for shift in (0..32).rev() {
+            out.push(char::from(HEX[((self.0 >> (shift * 4)) & 0xf) as usize]));
+        }
+        out.push_str(suffix);
+        out
     }
 }
 
@@ -186,5 +202,19 @@ impl Grant {
     /// [`default_drift`]. `None` when the TTL leaves no validity.
     pub fn from_start(started: Instant, ttl: Duration, fence: Option<FencingToken>) -> Option<Self> {
         validity_deadline(started, ttl, default_drift(ttl)).map(|valid_until| Self { valid_until, fence })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_redis_value_is_32_lower_case_hex_digits_then_the_suffix() {
+        for value in [0, 1, 0xabc, u128::MAX, u128::MAX / 3, 1 << 127, rand::random()] {
+            let token = Token::from_u128(value);
+            assert_eq!(token.to_redis_value(), format!("{value:032x}"));
+            assert_eq!(token.redis_value_with(":0"), format!("{value:032x}:0"));
+        }
     }
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use lock_core::FencingToken;
+use lock_core::coalesce::{Coalescer, SetNx, SetPipeline, SetReplies};
 use lock_core::doctor::{CONFIG_NAMES, NodeFacts};
 use lock_core::hub::HubTask;
 use lock_core::scripts::{self, LuaScript, NodeGuard, PubSubMode, RedisKeys, ScriptRunner};
@@ -26,8 +27,10 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 
 struct Shared {
-    endpoint: String,
+    endpoint: Arc<str>,
     command_timeout: Duration,
+    /// Gathers the uncontended acquires of this server into pipelines (one marker read each).
+    sets: Coalescer,
     /// The data-loss guard (single nodes); `None` in Cluster.
     guard: Option<NodeGuard>,
     /// Where release notices are subscribed; `None` turns wake-up off.
@@ -218,8 +221,9 @@ impl RedisBackendBuilder {
         RedisBackend {
             conn,
             shared: Arc::new(Shared {
-                endpoint,
+                endpoint: endpoint.into(),
                 command_timeout: self.command_timeout,
+                sets: Coalescer::new(),
                 guard: guarded.then(|| NodeGuard::new(self.quarantine)),
                 pubsub_client: pubsub.filter(|_| self.wake_up),
                 sentinel_master: None,
@@ -583,6 +587,7 @@ where
         let shared = Shared {
             endpoint: self.shared.endpoint.clone(),
             command_timeout: self.shared.command_timeout,
+            sets: Coalescer::new(),
             guard: None,
             pubsub_client: self.shared.pubsub_client.clone(),
             sentinel_master: self.shared.sentinel_master.clone(),
@@ -598,6 +603,7 @@ where
         let shared = Shared {
             endpoint: self.shared.endpoint.clone(),
             command_timeout: self.shared.command_timeout,
+            sets: Coalescer::new(),
             guard: self.shared.guard.clone(),
             pubsub_client: Some(PubsubSource::client(client)),
             sentinel_master: self.shared.sentinel_master.clone(),
@@ -637,8 +643,13 @@ where
             || format!("{} script on redis key {:?} at {}", script.name, keys[0], self.shared.endpoint);
         let timeout = self.shared.command_timeout;
         let mut conn = self.conn.clone();
-        let mut evalsha = redis::cmd("EVALSHA");
-        evalsha.arg(script.sha1).arg(keys.len()).arg(keys).arg(args);
+        // Sized up front: a growing command buffer reallocates once per argument.
+        let size = 32
+            + script.sha1.len()
+            + keys.iter().map(|k| k.len() + 16).sum::<usize>()
+            + args.iter().map(|a| a.len() + 16).sum::<usize>();
+        let mut evalsha = redis::Cmd::with_capacity(3 + keys.len() + args.len(), size);
+        evalsha.arg("EVALSHA").arg(script.sha1).arg(keys.len()).arg(keys).arg(args);
         let first = tokio::time::timeout(timeout, evalsha.query_async::<T>(&mut conn)).await;
         let result = match first {
             Ok(Err(e)) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
@@ -655,6 +666,56 @@ where
                 format!("{}: no reply within {timeout:?}", context()),
             )),
         }
+    }
+}
+
+/// The coalesced acquires' pipeline (see [`lock_core::coalesce`]).
+impl<C> SetPipeline for RedisBackend<C>
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    async fn send_sets(&self, sets: &[SetNx]) -> Result<SetReplies, BackendError> {
+        // One pipeline on one connection: the SETs, then the marker, run in that order.
+        let mut pipe = redis::Pipeline::with_capacity(sets.len() + 1);
+        for set in sets {
+            let mut cmd = redis::Cmd::with_capacity(6, 32 + set.key.len() + set.value.len());
+            cmd.arg("SET").arg(&set.key).arg(&set.value).arg("NX").arg("PX").arg(set.ttl_ms);
+            pipe.add_command(cmd);
+        }
+        pipe.cmd("GET").arg(scripts::MARKER_KEY).ignore_errors();
+        let endpoint = &self.shared.endpoint;
+        let context = || match sets {
+            [one] => format!("SET NX on redis key {:?} at {endpoint}", one.key),
+            _ => format!("{} SET NX on redis keys from {:?} at {endpoint}", sets.len(), sets[0].key),
+        };
+        let timeout = self.shared.command_timeout;
+        let mut conn = self.conn.clone();
+        let sent = pipe.query_async::<Vec<redis::RedisResult<Option<String>>>>(&mut conn);
+        let mut replies = match tokio::time::timeout(timeout, sent).await {
+            Ok(r) => r.map_err(|e| map_error(e, &context()))?,
+            Err(_) => {
+                return Err(BackendError::retryable(
+                    BackendErrorKind::Timeout,
+                    format!("{}: no reply within {timeout:?}", context()),
+                ));
+            }
+        };
+        let marker = match replies.pop() {
+            Some(marker) => {
+                marker.map_err(|e| map_error(e, &format!("GET {} at {endpoint}", scripts::MARKER_KEY)))?
+            }
+            None => None,
+        };
+        let sets = replies
+            .into_iter()
+            .zip(sets)
+            .map(|(reply, set)| {
+                reply
+                    .map(|set| set.is_some())
+                    .map_err(|e| map_error(e, &format!("SET NX on redis key {:?} at {endpoint}", set.key)))
+            })
+            .collect();
+        Ok(SetReplies { sets, marker })
     }
 }
 
@@ -691,22 +752,9 @@ where
         ttl_ms: u64,
         marker: &str,
     ) -> Result<Option<(bool, Option<String>)>, BackendError> {
-        let timeout = self.shared.command_timeout;
-        let mut conn = self.conn.clone();
-        let mut pipe = redis::pipe();
-        pipe.cmd("SET").arg(key).arg(value).arg("NX").arg("PX").arg(ttl_ms).cmd("GET").arg(marker);
-        let context = || format!("SET NX on redis key {key:?} at {}", self.shared.endpoint);
-        match tokio::time::timeout(timeout, pipe.query_async::<(Option<String>, Option<String>)>(&mut conn))
-            .await
-        {
-            Ok(r) => {
-                r.map(|(set, marker)| Some((set.is_some(), marker))).map_err(|e| map_error(e, &context()))
-            }
-            Err(_) => Err(BackendError::retryable(
-                BackendErrorKind::Timeout,
-                format!("{}: no reply within {timeout:?}", context()),
-            )),
-        }
+        debug_assert_eq!(marker, scripts::MARKER_KEY);
+        let set = SetNx { key: key.to_string(), value: value.to_string(), ttl_ms };
+        self.shared.sets.set_nx_px_then_get(self, set).await.map(Some)
     }
 
     async fn set_nx_px(&self, key: &str, value: &str, ttl_ms: u64) -> Result<Option<bool>, BackendError> {
@@ -739,7 +787,7 @@ where
     }
 
     fn endpoint(&self) -> String {
-        self.shared.endpoint.clone()
+        self.shared.endpoint.to_string()
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -791,7 +839,7 @@ where
                 })
                 .collect::<Result<Vec<_>, BackendError>>()?,
             text => vec![(
-                endpoint.clone(),
+                endpoint.to_string(),
                 String::from_redis_value(text).map_err(|e| unexpected(e.to_string()))?,
             )],
         };

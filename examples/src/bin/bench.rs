@@ -48,7 +48,8 @@ struct Args {
     /// Run only sections 1 and 2 (the lock path: sequential and 64 tasks) and their targets.
     #[arg(long)]
     lock_path_only: bool,
-    /// With --lock-path-only: only the contenders whose name contains this (e.g. to profile one).
+    /// With --lock-path-only: only the contenders whose name contains this, or one of these
+    /// comma-separated parts (e.g. to profile one, or `raw-1,redis-rs`).
     #[arg(long)]
     only: Option<String>,
     /// Internal: run one row of the watchdog section (spawned by the bench itself).
@@ -549,26 +550,41 @@ async fn parallel(
     let mut time = vec![Duration::ZERO; contenders.len()];
     let mut cpu = vec![Duration::ZERO; contenders.len()];
     let mut server_cpu = vec![Duration::ZERO; contenders.len()];
+    let mut errors: Vec<(usize, String)> = vec![(0, String::new()); contenders.len()];
     for round in 0..slices + 1 {
         for (i, c) in contenders.iter().enumerate() {
             let done = Arc::new(AtomicU64::new(0));
+            let failed = Arc::new(std::sync::Mutex::new(Vec::new()));
             let cpu0 = cpu_time();
             let server0 = servers_cpu_time(servers);
             let start = Instant::now();
             let stop = start + slice;
             let tasks = (0..64).map(|t| {
-                let (c, done) = (Arc::clone(c), Arc::clone(&done));
+                let (c, done, failed) = (Arc::clone(c), Arc::clone(&done), Arc::clone(&failed));
                 tokio::spawn(async move {
                     let mut k = 0u64;
                     while Instant::now() < stop {
                         k += 1;
-                        if c.cycle(&format!("par:{round}:{t}:{k}")).await.is_ok() {
-                            done.fetch_add(1, Ordering::Relaxed);
+                        match c.cycle(&format!("par:{round}:{t}:{k}")).await {
+                            Ok(()) => {
+                                done.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(e) => {
+                                // A failed cycle is not counted, and is said: a silent one
+                                // would read as a slow contender.
+                                failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(e);
+                            }
                         }
                     }
                 })
             });
             join_all(tasks).await;
+            let failed =
+                std::mem::take(&mut *failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+            if let Some(first) = failed.first().filter(|_| errors[i].0 == 0) {
+                errors[i].1 = first.clone();
+            }
+            errors[i].0 += failed.len();
             if round > 0 {
                 counts[i] += done.load(Ordering::Relaxed);
                 time[i] += start.elapsed();
@@ -605,8 +621,13 @@ async fn parallel(
         );
         out.push(serde_json::json!({
             "contender": c.name(), "cycles_per_s": rate, "ratio_vs_raw": ratio, "client_cpu_us_per_cycle": client_us,
-            "server_cpu_us_per_cycle": server_us
+            "server_cpu_us_per_cycle": server_us, "failed_cycles": errors[i].0
         }));
+    }
+    for (c, (n, first)) in contenders.iter().zip(&errors) {
+        if *n > 0 {
+            println!("   {}: {n} cycles failed (not counted); the first: {first}", c.name());
+        }
     }
     out
 }
@@ -1198,7 +1219,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     ];
     let contenders: Vec<Arc<dyn Contender>> = single
         .iter()
-        .filter(|(c, _)| !args.lock_path_only || args.only.as_deref().is_none_or(|o| c.name().contains(o)))
+        .filter(|(c, _)| {
+            !args.lock_path_only
+                || args.only.as_deref().is_none_or(|o| o.split(',').any(|o| c.name().contains(o)))
+        })
         .map(|(c, _)| Arc::clone(c))
         .collect();
     let seq = sequential(&contenders, rounds, slice).await;

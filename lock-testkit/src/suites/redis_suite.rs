@@ -839,6 +839,88 @@ pub async fn unfenced_lock_is_one_round_trip_that_checks_the_marker<D: RedisDriv
     }
 }
 
+/// Unfenced acquires of one server that arrive together share one pipeline and **one** read
+/// of the data-loss marker (see [`lock_core::coalesce`]): 64 at once cost the server 64 `SET`s
+/// and a handful of `GET`s, each caller gets its own answer (granted, or held by another), and
+/// the guard holds for every member of a batch: with the marker gone, none of them is granted
+/// and none of their keys is left behind.
+///
+/// # Errors
+/// None: a driver that misbehaves fails the test (this panics).
+///
+/// # Cancel safety
+/// Test code: cancelling abandons the check; the servers it spawned are killed on drop.
+///
+/// # Examples
+/// A driver crate runs the whole suite with [`crate::redis_suite!`]; one test alone:
+/// ```no_run
+/// # async fn demo<D: lock_testkit::redis_suite::RedisDriver>(my_driver: D) {
+/// lock_testkit::redis_suite::acquires_arriving_together_share_one_marker_read(my_driver).await;
+/// # }
+/// ```
+pub async fn acquires_arriving_together_share_one_marker_read<D: RedisDriver>(driver: D) {
+    let server = server();
+    let backend = connect(&driver, &server).await;
+    let request = |key: &str| lock_core::AcquireRequest {
+        key: lock_core::LockKey::new(key).unwrap(),
+        token: lock_core::Token::random(),
+        ttl: 5_000 * MS,
+        fencing: false,
+    };
+    // Opens the node (creates its marker).
+    let first = request("together:first");
+    assert!(matches!(backend.acquire(&first).await.unwrap(), lock_core::AcquireOutcome::Acquired(_)));
+
+    // 64 at once on free keys: the server sees 64 SETs and a marker read per batch.
+    server.cmd(&["CONFIG", "RESETSTAT"]).unwrap();
+    let requests: Vec<_> = (0..64).map(|i| request(&format!("together:{i}"))).collect();
+    let outcomes = futures::future::join_all(requests.iter().map(|r| backend.acquire(r))).await;
+    for (i, outcome) in outcomes.iter().enumerate() {
+        assert!(matches!(outcome, Ok(lock_core::AcquireOutcome::Acquired(_))), "acquire {i} got {outcome:?}");
+    }
+    let calls = command_calls(&server);
+    let gets = calls.get("get").copied().unwrap_or(0);
+    assert_eq!(calls.get("set"), Some(&64), "one SET each: {calls:?}");
+    assert!(gets <= 4, "64 acquires at once read the marker once per batch, not once each: {calls:?}");
+    assert_eq!(calls.len(), 2, "no script ran: {calls:?}");
+    for (i, r) in requests.iter().enumerate() {
+        let stored = text(server.cmd(&["GET", &format!("lock:{{together:{i}}}")]).unwrap());
+        assert_eq!(stored, format!("{}:0", r.token.to_redis_value()), "each caller's own token");
+    }
+
+    // A batch of keys held by others and free keys: each caller gets its own answer.
+    for i in (0..32).step_by(2) {
+        server
+            .cmd(&["SET", &format!("lock:{{together:mixed:{i}}}"), "someone-else:0", "PX", "5000"])
+            .unwrap();
+    }
+    let mixed: Vec<_> = (0..32).map(|i| request(&format!("together:mixed:{i}"))).collect();
+    let outcomes = futures::future::join_all(mixed.iter().map(|r| backend.acquire(r))).await;
+    for (i, outcome) in outcomes.iter().enumerate() {
+        match (i % 2, outcome) {
+            (0, Ok(lock_core::AcquireOutcome::Held { .. }))
+            | (1, Ok(lock_core::AcquireOutcome::Acquired(_))) => {}
+            (_, other) => panic!("acquire {i} got {other:?}"),
+        }
+    }
+
+    // The node loses its data: no member of any batch is granted, none leaves a key behind.
+    server.cmd(&["DEL", "lock:node"]).unwrap();
+    let lost: Vec<_> = (0..16).map(|i| request(&format!("together:lost:{i}"))).collect();
+    for (i, outcome) in
+        futures::future::join_all(lost.iter().map(|r| backend.acquire(r))).await.iter().enumerate()
+    {
+        match outcome {
+            Err(e) => assert_eq!(e.kind(), BackendErrorKind::Quarantined, "{e}"),
+            Ok(other) => panic!("acquire {i} on a node without its marker got {other:?}"),
+        }
+    }
+    for i in 0..16 {
+        let left = text(server.cmd(&["EXISTS", &format!("lock:{{together:lost:{i}}}")]).unwrap());
+        assert_eq!(left.trim(), "0", "the SET of acquire {i} must be taken back");
+    }
+}
+
 fn quarantine_config(ttl: Duration) -> LockConfig {
     LockConfig::builder().ttl(ttl).retry_backoff(5 * MS, 50 * MS).fencing(true).build().unwrap()
 }
@@ -1251,6 +1333,7 @@ macro_rules! redis_suite {
             rw_and_semaphore_wrongtype_keys_give_a_clear_error,
             permit_release_wakes_one_waiter,
             unfenced_lock_is_one_round_trip_that_checks_the_marker,
+            acquires_arriving_together_share_one_marker_read,
             flushall_starts_a_quarantine_every_client_sees,
             lost_fence_counter_keeps_tokens_rising,
             declared_fresh_server_grants_at_once,
