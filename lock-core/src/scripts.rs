@@ -823,23 +823,22 @@ pub trait ScriptRunner: Send + Sync {
         Ok(None)
     }
 
-    /// `SET key value NX PX ttl_ms`, then `GET marker`, sent together in one round trip and run
-    /// in that order on the same connection: whether the key was set, and the node marker's
-    /// value as read after it. [`acquire`] tries it first for an unfenced lock on a node with a
-    /// data-loss guard: the grant stands only when the marker, read **after** the `SET`, shows
-    /// the node open (`<id>:0`); see the module docs for why that order makes it safe. The
-    /// default, `None`, means "not offered": the [`ACQUIRE`] script is used directly.
+    /// `SET key value NX PX ttl_ms`, then `GET` of the node marker ([`MARKER_KEY`]), sent
+    /// together in one round trip and run in that order on the same connection: whether the key
+    /// was set, and the node marker's value as read after it. [`acquire`] tries it first for an
+    /// unfenced lock on a node with a data-loss guard: the grant stands only when the marker,
+    /// read **after** the `SET`, shows the node open (`<id>:0`); see the module docs for why
+    /// that order makes it safe. The drivers of this workspace send it through their
+    /// [`crate::coalesce::Coalescer`], with the other acquires of the moment. The default,
+    /// `None`, means "not offered": the [`ACQUIRE`] script is used directly.
     ///
     /// # Errors
     /// The driver's errors, mapped into [`BackendError`].
     async fn set_nx_px_then_get(
         &self,
-        key: &str,
-        value: &str,
-        ttl_ms: u64,
-        marker: &str,
+        set: crate::coalesce::SetNx,
     ) -> Result<Option<(bool, Option<String>)>, BackendError> {
-        let _ = (key, value, ttl_ms, marker);
+        let _ = set;
         Ok(None)
     }
 
@@ -906,7 +905,6 @@ pub async fn acquire<R: ScriptRunner + ?Sized>(
     req: &crate::AcquireRequest,
 ) -> Result<AcquireOutcome, BackendError> {
     // Only the names this call uses (a lock/unlock cycle builds 6 names, not 22).
-    let lock = RedisKeys::lock_name(&req.key);
     let guard = runner.node_guard();
     // Whether a plain SET of ours may stand on the server unconfirmed by the marker.
     let mut unconfirmed = false;
@@ -915,8 +913,15 @@ pub async fn acquire<R: ScriptRunner + ?Sized>(
         let value = req.token.redis_value_with(":0");
         let ttl = ttl_millis(req.ttl);
         let granted = match guard {
-            None => runner.set_nx_px(&lock, &value, ttl).await? == Some(true),
-            Some(_) => match runner.set_nx_px_then_get(&lock, &value, ttl, MARKER_KEY).await? {
+            None => runner.set_nx_px(&RedisKeys::lock_name(&req.key), &value, ttl).await? == Some(true),
+            Some(_) => match runner
+                .set_nx_px_then_get(crate::coalesce::SetNx {
+                    key: RedisKeys::lock_name(&req.key),
+                    value,
+                    ttl_ms: ttl,
+                })
+                .await?
+            {
                 Some((set, marker)) => {
                     unconfirmed = set && !marker_open(marker.as_deref());
                     set && !unconfirmed
@@ -931,6 +936,7 @@ pub async fn acquire<R: ScriptRunner + ?Sized>(
     }
     // The script decides: held by another, ours after a lost reply (or a SET above whose
     // marker was not open: granted once the script finds the node open), or the node abstains.
+    let lock = RedisKeys::lock_name(&req.key);
     let args = acquire_args(&req.token, req.ttl, req.fencing, guard);
     let fence = concat(&[&lock, FENCE_SUFFIX]);
     let started = Instant::now();
@@ -1149,8 +1155,14 @@ pub async fn release<R: ScriptRunner + ?Sized>(
 ) -> Result<crate::ReleaseOutcome, BackendError> {
     let lock = RedisKeys::lock_name(key);
     let args = if announce { release_args(token, &lock, announce_flag(runner)) } else { discard_args(token) };
-    let keys = release_keys(&lock);
-    let reply = runner.run_int(&RELEASE, &keys.each_ref().map(String::as_str), &args).await?;
+    // The four key names in one string (one allocation, not four; see `concat`).
+    let names = concat(&[&lock, &lock, QUEUE_SUFFIX, &lock, WAITERS_SUFFIX, &lock, FENCE_SUFFIX]);
+    let queue = 2 * lock.len() + QUEUE_SUFFIX.len();
+    let waiters = queue + lock.len() + WAITERS_SUFFIX.len();
+    let (lock_key, rest) = names.split_at(lock.len());
+    let (queue_key, rest) = rest.split_at(queue - lock.len());
+    let (waiters_key, fence_key) = rest.split_at(waiters - queue);
+    let reply = runner.run_int(&RELEASE, &[lock_key, queue_key, waiters_key, fence_key], &args).await?;
     Ok(if reply == 1 { crate::ReleaseOutcome::Released } else { crate::ReleaseOutcome::NotHeld })
 }
 

@@ -745,15 +745,7 @@ where
         self.shared.cluster_pubsub.unwrap_or_default()
     }
 
-    async fn set_nx_px_then_get(
-        &self,
-        key: &str,
-        value: &str,
-        ttl_ms: u64,
-        marker: &str,
-    ) -> Result<Option<(bool, Option<String>)>, BackendError> {
-        debug_assert_eq!(marker, scripts::MARKER_KEY);
-        let set = SetNx { key: key.to_string(), value: value.to_string(), ttl_ms };
+    async fn set_nx_px_then_get(&self, set: SetNx) -> Result<Option<(bool, Option<String>)>, BackendError> {
         self.shared.sets.set_nx_px_then_get(self, set).await.map(Some)
     }
 
