@@ -86,6 +86,64 @@ pub struct SetReplies {
     pub marker: Option<String>,
 }
 
+impl SetReplies {
+    /// Reads a pipeline's replies: one per `SET` of `sets`, in order, then the marker's `GET`;
+    /// `Some` for a `SET` that set its key (`OK`), `None` for one that did not. `error` maps a
+    /// driver error and what it answered (e.g. `SET NX on redis key "lock:{a}" at host:port`,
+    /// built from `endpoint`) into a [`BackendError`]. An error reply to one `SET` fails that
+    /// `SET` alone; one to the `GET` fails the batch.
+    ///
+    /// # Errors
+    /// The `GET`'s error, or [`BackendErrorKind::Protocol`] when the number of replies is not
+    /// one per `SET` plus one.
+    ///
+    /// ```
+    /// use lock_core::BackendError;
+    /// use lock_core::coalesce::{SetNx, SetReplies};
+    /// let sets = [SetNx { key: "lock:{a}".into(), value: "t:0".into(), ttl_ms: 5_000 }];
+    /// let replies: Vec<Result<Option<String>, String>> = vec![Ok(Some("OK".into())), Ok(Some("0a1b2c3d4e5f:0".into()))];
+    /// let read = SetReplies::from_pipeline(replies, &sets, "127.0.0.1:6379", |e, what| {
+    ///     BackendError::permanent(lock_core::BackendErrorKind::Other, format!("{what}: {e}"))
+    /// })?;
+    /// assert!(matches!(read.sets[..], [Ok(true)]));
+    /// assert_eq!(read.marker.as_deref(), Some("0a1b2c3d4e5f:0"));
+    /// # Ok::<(), BackendError>(())
+    /// ```
+    pub fn from_pipeline<E>(
+        mut replies: Vec<Result<Option<String>, E>>,
+        sets: &[SetNx],
+        endpoint: &str,
+        error: impl Fn(E, &str) -> BackendError,
+    ) -> Result<Self, BackendError> {
+        if replies.len() != sets.len() + 1 {
+            return Err(BackendError::permanent(
+                BackendErrorKind::Protocol,
+                format!(
+                    "a pipeline of {} SETs and a GET at {endpoint} was answered with {} replies",
+                    sets.len(),
+                    replies.len()
+                ),
+            ));
+        }
+        let marker = match replies.pop() {
+            Some(marker) => {
+                marker.map_err(|e| error(e, &format!("GET {} at {endpoint}", crate::scripts::MARKER_KEY)))?
+            }
+            None => None,
+        };
+        let sets = replies
+            .into_iter()
+            .zip(sets)
+            .map(|(reply, set)| {
+                reply
+                    .map(|set| set.is_some())
+                    .map_err(|e| error(e, &format!("SET NX on redis key {:?} at {endpoint}", set.key)))
+            })
+            .collect();
+        Ok(Self { sets, marker })
+    }
+}
+
 /// A driver's half: send `sets` as `SET key value NX PX ttl` each, in order, then one `GET` of
 /// the node marker ([`crate::scripts::MARKER_KEY`]), as one pipeline on **one** connection, so
 /// the server runs them in that order, bounded by the driver's command timeout.

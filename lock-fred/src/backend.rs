@@ -730,7 +730,11 @@ where
         let endpoint = &self.shared.endpoint;
         let context = || match sets {
             [one] => format!("SET NX on redis key {:?} at {endpoint}", one.key),
-            _ => format!("{} SET NX on redis keys from {:?} at {endpoint}", sets.len(), sets[0].key),
+            _ => format!(
+                "{} SET NX on redis keys from {:?} at {endpoint}",
+                sets.len(),
+                sets.first().map_or("", |s| s.key.as_str())
+            ),
         };
         let Some(client) = self.pipelined() else {
             return Err(BackendError::permanent(
@@ -791,7 +795,7 @@ where
                 }
             }
         };
-        let mut replies: Vec<fred::prelude::FredResult<Option<String>>> =
+        let replies: Vec<fred::prelude::FredResult<Option<String>>> =
             match self.timed(timeout * 2, sent).await {
                 Some(r) => r.map_err(|e: fred::error::Error| map_error(&e, &context()))?,
                 None => {
@@ -801,20 +805,7 @@ where
                     ));
                 }
             };
-        let marker = match replies.pop() {
-            Some(marker) => marker.map_err(|e| map_error(&e, &context()))?,
-            None => None,
-        };
-        let sets = replies
-            .into_iter()
-            .zip(sets)
-            .map(|(reply, set)| {
-                reply
-                    .map(|set| set.is_some())
-                    .map_err(|e| map_error(&e, &format!("SET NX on redis key {:?} at {endpoint}", set.key)))
-            })
-            .collect();
-        Ok(SetReplies { sets, marker })
+        SetReplies::from_pipeline(replies, sets, endpoint, |e, what| map_error(&e, what))
     }
 }
 

@@ -686,12 +686,16 @@ where
         let endpoint = &self.shared.endpoint;
         let context = || match sets {
             [one] => format!("SET NX on redis key {:?} at {endpoint}", one.key),
-            _ => format!("{} SET NX on redis keys from {:?} at {endpoint}", sets.len(), sets[0].key),
+            _ => format!(
+                "{} SET NX on redis keys from {:?} at {endpoint}",
+                sets.len(),
+                sets.first().map_or("", |s| s.key.as_str())
+            ),
         };
         let timeout = self.shared.command_timeout;
         let mut conn = self.conn.clone();
         let sent = pipe.query_async::<Vec<redis::RedisResult<Option<String>>>>(&mut conn);
-        let mut replies = match tokio::time::timeout(timeout, sent).await {
+        let replies = match tokio::time::timeout(timeout, sent).await {
             Ok(r) => r.map_err(|e| map_error(e, &context()))?,
             Err(_) => {
                 return Err(BackendError::retryable(
@@ -700,22 +704,7 @@ where
                 ));
             }
         };
-        let marker = match replies.pop() {
-            Some(marker) => {
-                marker.map_err(|e| map_error(e, &format!("GET {} at {endpoint}", scripts::MARKER_KEY)))?
-            }
-            None => None,
-        };
-        let sets = replies
-            .into_iter()
-            .zip(sets)
-            .map(|(reply, set)| {
-                reply
-                    .map(|set| set.is_some())
-                    .map_err(|e| map_error(e, &format!("SET NX on redis key {:?} at {endpoint}", set.key)))
-            })
-            .collect();
-        Ok(SetReplies { sets, marker })
+        SetReplies::from_pipeline(replies, sets, endpoint, map_error)
     }
 }
 
