@@ -18,9 +18,9 @@
 //! and under load the server sees one marker read per batch instead of one per lock, and the
 //! client sends one pipeline instead of one request per lock.
 //!
-//! No task is spawned: every waiting acquire also waits for a free slot, and the one that gets
-//! it sends the whole open batch (its own `SET` among them, or not, if an earlier batch already
-//! took it) and hands each member its answer. Cancellation: an acquire dropped while its batch
+//! No task is spawned: every waiting acquire also waits for a free slot, and the first one that
+//! gets it while its own `SET` is still in the open batch sends the whole batch and hands each
+//! member its answer (one whose `SET` already went out just waits for its answer). Cancellation: an acquire dropped while its batch
 //! is still open leaves it (its `SET` is never sent); once sent, its `SET` may be applied, as a
 //! cancelled lone `SET` may, and the caller's cleanup releases it (owner-checked; it queues
 //! behind the `SET` on the same connection). An acquire dropped while it sends a batch ends
@@ -164,6 +164,10 @@ type Answer = Result<(bool, Option<String>), BackendError>;
 struct Open {
     sets: Vec<SetNx>,
     answers: Vec<oneshot::Sender<Answer>>,
+    /// The number of the next member to join; members are numbered in order of arrival.
+    next: u64,
+    /// The number of the open batch's first member: members numbered below it were sent.
+    first: u64,
 }
 
 /// Gathers the uncontended acquires of one server into pipelines: see the module docs. Drivers
@@ -210,29 +214,33 @@ impl Coalescer {
     /// lone `SET` whose reply was lost): the caller undoes it, owner-checked.
     pub async fn set_nx_px_then_get<P: SetPipeline + ?Sized>(&self, pipe: &P, set: SetNx) -> Answer {
         let (answer, mut mine) = oneshot::channel();
-        {
+        let number = {
             let mut open = self.open();
             open.sets.push(set);
             open.answers.push(answer);
-        }
-        loop {
-            let slot = tokio::select! {
-                biased;
-                answer = &mut mine => return answer.unwrap_or_else(|_| Err(lost())),
-                slot = self.in_flight.acquire() => slot,
-            };
-            // The semaphore is never closed.
-            let Ok(slot) = slot else { return Err(lost()) };
-            let mut batch = Batch::take(&mut self.open());
-            if batch.sets.is_empty() {
-                // Our SET already went out in an earlier batch, which answers us (or fails us,
-                // should it be dropped).
-                drop(slot);
-                return mine.await.unwrap_or_else(|_| Err(lost()));
-            }
+            open.next += 1;
+            open.next - 1
+        };
+        let slot = tokio::select! {
+            biased;
+            answer = &mut mine => return answer.unwrap_or_else(|_| Err(lost())),
+            slot = self.in_flight.acquire() => slot,
+        };
+        // The semaphore is never closed.
+        let Ok(slot) = slot else { return Err(lost()) };
+        let batch = {
+            let mut open = self.open();
+            // Only a member of the open batch sends it: one whose SET already went out waits
+            // for that batch's answer rather than hold its caller for another round trip.
+            (open.first <= number).then(|| Batch::take(&mut open))
+        };
+        if let Some(mut batch) = batch {
             batch.send(pipe).await;
-            drop(slot);
         }
+        drop(slot);
+        // Ours was in the batch just sent or in an earlier one, which answers us (or fails us,
+        // should it be dropped).
+        mine.await.unwrap_or_else(|_| Err(lost()))
     }
 }
 
@@ -245,6 +253,7 @@ struct Batch {
 impl Batch {
     /// Closes the open batch, leaving out members that are gone (cancelled before it was sent).
     fn take(open: &mut Open) -> Self {
+        open.first = open.next;
         let (mut sets, mut answers) = (std::mem::take(&mut open.sets), std::mem::take(&mut open.answers));
         if answers.iter().any(oneshot::Sender::is_closed) {
             // Decided once per member, so the two lists stay aligned.
@@ -448,6 +457,30 @@ mod tests {
         assert_eq!(pipe.batches()[2], vec!["sender", "rider"]);
         assert_eq!(sets.in_flight.available_permits(), IN_FLIGHT);
         assert!(sets.set_nx_px_then_get(&pipe, set("next")).await.unwrap().0, "the coalescer goes on");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_member_whose_set_went_out_does_not_send_the_next_batch() {
+        let (sets, pipe) = (Coalescer::new(), Recorder::new(10));
+        let start = tokio::time::Instant::now();
+        let at = |ms: u64, key: &'static str| {
+            let (sets, pipe) = (&sets, &pipe);
+            async move {
+                tokio::time::sleep_until(start + Duration::from_millis(ms)).await;
+                let got = sets.set_nx_px_then_get(pipe, set(key)).await;
+                (got, start.elapsed())
+            }
+        };
+        // x and y fill both slots (until 10 and 13 ms); a and b wait in one batch, which a sends
+        // at 10 ms; c arrives at 11 ms. When y's slot frees at 13 ms it goes to b first: b's SET
+        // is already out, so b leaves the slot to c instead of sending c's batch itself.
+        let (x, y, a, b, c) = futures::join!(at(0, "x"), at(3, "y"), at(4, "a"), at(4, "b"), at(11, "c"));
+        for (got, _) in [&x, &y, &a, &b, &c] {
+            assert!(got.as_ref().unwrap().0);
+        }
+        assert_eq!(pipe.batches(), vec![vec!["x"], vec!["y"], vec!["a", "b"], vec!["c"]]);
+        assert_eq!(b.1, Duration::from_millis(20), "b is answered with its own batch");
+        assert_eq!(c.1, Duration::from_millis(23));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
