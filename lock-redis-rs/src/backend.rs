@@ -53,9 +53,11 @@ struct Shared {
 /// ([`RedisBackendBuilder::connect_without_reconnect`]); any [`ConnectionLike`] works through
 /// [`RedisBackend::from_connection`]. Clones share the connection and the pub/sub subscriber.
 ///
-/// On a single node, every acquire also checks the server's data-loss marker in the same
-/// script call: a server that lost its data grants nothing for its quarantine (see
-/// [`lock_core::scripts`] and [`RedisBackendBuilder::quarantine`]).
+/// On a single node, every acquire also checks the server's data-loss marker in the same round
+/// trip (inside the acquire script, or, for an unfenced lock, a `GET` behind its `SET NX`,
+/// shared by the acquires sent together: [`lock_core::coalesce`]): a server that lost its data
+/// grants nothing for its quarantine (see [`lock_core::scripts`] and
+/// [`RedisBackendBuilder::quarantine`]).
 ///
 /// Each operation is one `EVALSHA` of the shared scripts in [`lock_core::scripts`] (with `EVAL`
 /// as the fallback on `NOSCRIPT`), so a lock/unlock cycle is two round trips, and locks taken
