@@ -137,10 +137,30 @@ impl SetReplies {
             .map(|(reply, set)| {
                 reply
                     .map(|set| set.is_some())
-                    .map_err(|e| error(e, &format!("SET NX on redis key {:?} at {endpoint}", set.key)))
+                    .map_err(|e| error(e, &describe(std::slice::from_ref(set), endpoint)))
             })
             .collect();
         Ok(Self { sets, marker })
+    }
+}
+
+/// What a batch is, for error messages: `SET NX on redis key "lock:{a}" at host:port`, or
+/// `3 SET NX on redis keys from "lock:{a}" at host:port`.
+///
+/// ```
+/// use lock_core::coalesce::{describe, SetNx};
+/// let set = SetNx { key: "lock:{a}".into(), value: "t:0".into(), ttl_ms: 5_000 };
+/// assert_eq!(describe(&[set.clone()], "h:1"), r#"SET NX on redis key "lock:{a}" at h:1"#);
+/// assert_eq!(describe(&[set.clone(), set], "h:1"), r#"2 SET NX on redis keys from "lock:{a}" at h:1"#);
+/// ```
+pub fn describe(sets: &[SetNx], endpoint: &str) -> String {
+    match sets {
+        [one] => format!("SET NX on redis key {:?} at {endpoint}", one.key),
+        _ => format!(
+            "{} SET NX on redis keys from {:?} at {endpoint}",
+            sets.len(),
+            sets.first().map_or("", |s| s.key.as_str())
+        ),
     }
 }
 

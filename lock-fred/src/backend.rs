@@ -9,7 +9,7 @@ use fred::interfaces::{ClientLike, KeysInterface, LuaInterface};
 use fred::prelude::{Builder, Config, ReconnectPolicy, ServerConfig};
 use fred::types::{ClusterHash, CustomCommand, Expiration, FromValue, SetOptions};
 use lock_core::FencingToken;
-use lock_core::coalesce::{Coalescer, SetNx, SetPipeline, SetReplies};
+use lock_core::coalesce::{self, Coalescer, SetNx, SetPipeline, SetReplies};
 use lock_core::doctor::{CONFIG_NAMES, NodeFacts};
 use lock_core::hub::HubTask;
 use lock_core::scripts::{self, LuaScript, NodeGuard, PubSubMode, RedisKeys, ScriptRunner};
@@ -728,14 +728,7 @@ where
 {
     async fn send_sets(&self, sets: &[SetNx]) -> Result<SetReplies, BackendError> {
         let endpoint = &self.shared.endpoint;
-        let context = || match sets {
-            [one] => format!("SET NX on redis key {:?} at {endpoint}", one.key),
-            _ => format!(
-                "{} SET NX on redis keys from {:?} at {endpoint}",
-                sets.len(),
-                sets.first().map_or("", |s| s.key.as_str())
-            ),
-        };
+        let context = || coalesce::describe(sets, endpoint);
         let Some(client) = self.pipelined() else {
             return Err(BackendError::permanent(
                 BackendErrorKind::Other,
@@ -836,7 +829,8 @@ where
     }
 
     async fn set_nx_px_then_get(&self, set: SetNx) -> Result<Option<(bool, Option<String>)>, BackendError> {
-        if self.pipelined().is_none() {
+        let any = &self.client as &dyn std::any::Any;
+        if !(any.is::<Client>() || any.is::<Pool>()) {
             // Other client types are not offered it: the acquire script is used.
             return Ok(None);
         }

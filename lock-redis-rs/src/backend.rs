@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use lock_core::FencingToken;
-use lock_core::coalesce::{Coalescer, SetNx, SetPipeline, SetReplies};
+use lock_core::coalesce::{self, Coalescer, SetNx, SetPipeline, SetReplies};
 use lock_core::doctor::{CONFIG_NAMES, NodeFacts};
 use lock_core::hub::HubTask;
 use lock_core::scripts::{self, LuaScript, NodeGuard, PubSubMode, RedisKeys, ScriptRunner};
@@ -27,7 +27,7 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 
 struct Shared {
-    endpoint: Arc<str>,
+    endpoint: String,
     command_timeout: Duration,
     /// Gathers the uncontended acquires of this server into pipelines (one marker read each).
     sets: Coalescer,
@@ -223,7 +223,7 @@ impl RedisBackendBuilder {
         RedisBackend {
             conn,
             shared: Arc::new(Shared {
-                endpoint: endpoint.into(),
+                endpoint,
                 command_timeout: self.command_timeout,
                 sets: Coalescer::new(),
                 guard: guarded.then(|| NodeGuard::new(self.quarantine)),
@@ -641,8 +641,14 @@ where
         keys: &[&str],
         args: &[String],
     ) -> Result<T, BackendError> {
-        let context =
-            || format!("{} script on redis key {:?} at {}", script.name, keys[0], self.shared.endpoint);
+        let context = || {
+            format!(
+                "{} script on redis key {:?} at {}",
+                script.name,
+                keys.first().copied().unwrap_or(""),
+                self.shared.endpoint
+            )
+        };
         let timeout = self.shared.command_timeout;
         let mut conn = self.conn.clone();
         // Sized up front: a growing command buffer reallocates once per argument.
@@ -686,14 +692,7 @@ where
         }
         pipe.cmd("GET").arg(scripts::MARKER_KEY).ignore_errors();
         let endpoint = &self.shared.endpoint;
-        let context = || match sets {
-            [one] => format!("SET NX on redis key {:?} at {endpoint}", one.key),
-            _ => format!(
-                "{} SET NX on redis keys from {:?} at {endpoint}",
-                sets.len(),
-                sets.first().map_or("", |s| s.key.as_str())
-            ),
-        };
+        let context = || coalesce::describe(sets, endpoint);
         let timeout = self.shared.command_timeout;
         let mut conn = self.conn.clone();
         let sent = pipe.query_async::<Vec<redis::RedisResult<Option<String>>>>(&mut conn);
@@ -770,7 +769,7 @@ where
     }
 
     fn endpoint(&self) -> String {
-        self.shared.endpoint.to_string()
+        self.shared.endpoint.clone()
     }
 
     fn capabilities(&self) -> Capabilities {
