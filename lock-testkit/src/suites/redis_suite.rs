@@ -881,7 +881,9 @@ pub async fn acquires_arriving_together_share_one_marker_read<D: RedisDriver>(dr
     let calls = command_calls(&server);
     let gets = calls.get("get").copied().unwrap_or(0);
     assert_eq!(calls.get("set"), Some(&64), "one SET each: {calls:?}");
-    assert!(gets <= 4, "64 acquires at once read the marker once per batch, not once each: {calls:?}");
+    // How many batches form depends on when the first replies come back while the 64 calls
+    // are being started (3 to 5 seen); one read per acquire would be 64.
+    assert!(gets <= 8, "64 acquires at once read the marker once per batch, not once each: {calls:?}");
     assert_eq!(calls.len(), 2, "no script ran: {calls:?}");
     for (i, r) in requests.iter().enumerate() {
         let stored = text(server.cmd(&["GET", &format!("lock:{{together:{i}}}")]).unwrap());
