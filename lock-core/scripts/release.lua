@@ -6,6 +6,9 @@
 -- fencing counter (same slot; only KEYS[1] is read unless the lock carries the waiters' mark)
 -- ARGV[1] owner token, ARGV[2] release notice channel ('' for a silent discard), ARGV[3] the
 -- pub/sub mode ('c', 'l' or 's'; see publish_mode in common_announce.lua)
+-- The short form passes KEYS[1] alone and ARGV[2] non-empty to announce (the release of a
+-- lock nobody was refused needs nothing more): it returns 2, changing nothing, when the release
+-- needs the rest, and the caller sends the full form.
 -- Returns 1 when deleted, 0 when the key is absent or held by another owner (nothing changed).
 -- A lock somebody was refused (its value ends in the waiters' mark '!', see mark_waited in
 -- common_mark.lua) goes on to release_contended.lua: it goes to the head of the fair queue at
@@ -15,7 +18,11 @@ local current = redis.call('GET', KEYS[1])
 if not current or string.sub(current, 1, 32) ~= ARGV[1] then
   return 0
 end
+local waited = ARGV[2] ~= '' and string.sub(current, -1) == '!'
+if waited and #KEYS == 1 then
+  return 2
+end
 redis.call('DEL', KEYS[1])
-if ARGV[2] == '' or string.sub(current, -1) ~= '!' then
+if not waited then
   return 1
 end

@@ -43,9 +43,10 @@ struct State {
 #[derive(Debug)]
 pub(crate) struct Shared {
     key: LockKey,
-    /// The backend's name, for metrics only: without the feature no lease pays for a copy.
+    /// The metrics' keys (the backend's name), for metrics only: without the feature no lease
+    /// pays for them.
     #[cfg(feature = "metrics")]
-    backend: Arc<str>,
+    backend: crate::telemetry::Label,
     #[cfg(feature = "metrics")]
     acquired_at: Instant,
     token: Token,
@@ -250,9 +251,9 @@ pub(crate) struct LeaseCtx {
     pub(crate) config: Arc<LockConfig>,
     /// Renews the leases of this client in batches (one per client; clones share it).
     pub(crate) renewer: Arc<Renewer>,
-    /// The backend's name, shared by every lease's metrics (not copied per lease).
+    /// The metrics' keys with the backend's name, shared by every lease (not built per event).
     #[cfg(feature = "metrics")]
-    pub(crate) name: Arc<str>,
+    pub(crate) name: crate::telemetry::Label,
 }
 
 impl LeaseCtx {
@@ -267,7 +268,7 @@ impl LeaseCtx {
     pub(crate) fn new(backend: Arc<dyn LockBackend>, config: LockConfig) -> Self {
         Self {
             #[cfg(feature = "metrics")]
-            name: backend.name().into(),
+            name: crate::telemetry::label(backend.name()),
             backend,
             config: Arc::new(config),
             renewer: Arc::default(),

@@ -139,6 +139,12 @@ pub const EXTEND: LuaScript = LuaScript {
 /// queued, a notice goes to the broadcast channel. KEYS: lock, queue, waiters, fence. ARGV:
 /// token, channel, [`PubSubMode::flag`]. Returns 1 or 0.
 ///
+/// Its **short form** passes the lock key alone, with ARGV token and `"1"` to announce (`""`
+/// for a discard): the same command as the textbook release, for the release of a lock
+/// nobody was refused (the common case). When the lock carries the waiters' mark and the
+/// release announces, it changes nothing and returns 2: the caller sends the full form
+/// ([`release`] does).
+///
 /// Its text is `release.lua`, then the shared helpers the rest needs, then
 /// `release_contended.lua`, so an uncontended release returns before any helper is built.
 pub const RELEASE: LuaScript = LuaScript {
@@ -151,7 +157,7 @@ pub const RELEASE: LuaScript = LuaScript {
         include_str!("../scripts/common_queue.lua"),
         include_str!("../scripts/release_contended.lua")
     ),
-    sha1: "232281fc31966731d092d2a059e88aaf805d8872",
+    sha1: "9fba876a764ad3f7c9cc3f480fa51712438e7d77",
 };
 
 /// `fence.lua`: raise the fencing counter to at least a token (RedLock's write-back) and
@@ -467,6 +473,8 @@ const FENCE_SUFFIX: &str = ":fence";
 const CHANNEL_SUFFIX: &str = ":released";
 const QUEUE_SUFFIX: &str = ":queue";
 const WAITERS_SUFFIX: &str = ":waiters";
+/// ARGV\[2\] of [`RELEASE`]'s short form (the lock key alone) for a release that announces.
+const SHORT_ANNOUNCE: &str = "1";
 
 /// The Redis names of one lock (see the module docs for the layout).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1121,7 +1129,10 @@ pub async fn extend_many<R: ScriptRunner + ?Sized>(
 }
 
 /// [`crate::LockBackend::release`] (with `announce`) or [`crate::LockBackend::discard`]
-/// (without) through the shared [`RELEASE`] script: one round trip.
+/// (without) through the shared [`RELEASE`] script: one round trip of its short form (one key,
+/// two arguments), and a second of its full form only when somebody was refused the lock
+/// while it was held and the release announces (the full form hands it to the fair queue or
+/// publishes the notice).
 ///
 /// # Errors
 /// The runner's errors.
@@ -1154,7 +1165,16 @@ pub async fn release<R: ScriptRunner + ?Sized>(
     announce: bool,
 ) -> Result<crate::ReleaseOutcome, BackendError> {
     let lock = RedisKeys::lock_name(key);
-    let args = if announce { release_args(token, &lock, announce_flag(runner)) } else { discard_args(token) };
+    // The short form first: the lock alone, as a lock nobody was refused needs (the common
+    // case). It changes nothing and answers 2 when the release needs the rest.
+    let value = token.to_redis_value();
+    let short = [value, if announce { SHORT_ANNOUNCE } else { "" }.to_string()];
+    match runner.run_int(&RELEASE, &[&lock], &short).await? {
+        1 => return Ok(crate::ReleaseOutcome::Released),
+        2 if announce => {}
+        _ => return Ok(crate::ReleaseOutcome::NotHeld),
+    }
+    let args = release_args(token, &lock, announce_flag(runner));
     // The four key names in one string (one allocation, not four; see `concat`).
     let names = concat(&[&lock, &lock, QUEUE_SUFFIX, &lock, WAITERS_SUFFIX, &lock, FENCE_SUFFIX]);
     let queue = 2 * lock.len() + QUEUE_SUFFIX.len();
