@@ -690,6 +690,35 @@ pub trait LockBackend: Send + Sync + 'static {
         self.release(key, token).await
     }
 
+    /// [`LockBackend::release`] of a lock somebody was likely refused while it was held: one
+    /// its holder waited for, or a fair lock. The core calls it for those; its answer and
+    /// guarantees are `release`'s. A backend whose release first tries a cheaper form that
+    /// serves only a lock nobody waited for (the Redis drivers, see
+    /// [`crate::scripts::release`]) sends its full release at once, so a hand-over costs no
+    /// extra round trip. The default calls [`LockBackend::release`].
+    ///
+    /// # Errors
+    /// As [`LockBackend::release`].
+    ///
+    /// # Cancel safety
+    /// As [`LockBackend::release`].
+    ///
+    /// # Examples
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), lock_core::BackendError> {
+    /// use std::time::Duration;
+    /// use lock_core::*;
+    /// let backend = lock_testkit::MemoryBackend::new();
+    /// let (key, token) = (LockKey::new("k").unwrap(), Token::random());
+    /// let req = AcquireRequest { key: key.clone(), token, ttl: Duration::from_secs(5), fencing: true };
+    /// backend.acquire(&req).await?;
+    /// assert_eq!(backend.release_contended(&key, &token).await?, ReleaseOutcome::Released);
+    /// # Ok(()) }
+    /// ```
+    async fn release_contended(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError> {
+        self.release(key, token).await
+    }
+
     /// Raises the fencing counter of `key` to at least `fence`, and records `fence` as the
     /// fencing token of the acquisition when `token` holds the key. RedLock writes the token it
     /// hands out back to a majority with this, so every later majority sees at least it.
@@ -908,6 +937,9 @@ macro_rules! forward_backend {
             }
             async fn discard(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError> {
                 (**self).discard(key, token).await
+            }
+            async fn release_contended(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError> {
+                (**self).release_contended(key, token).await
             }
             async fn raise_fence(
                 &self,

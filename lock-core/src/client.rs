@@ -542,7 +542,7 @@ impl Drop for PendingAcquire {
             let (backend, key, token, ask) =
                 (Arc::clone(&self.backend), self.key.clone(), self.token, self.ask);
             rt.spawn(async move {
-                let outcome = release_on(backend.as_ref(), ask.members(), &key, &token).await;
+                let outcome = release_on(backend.as_ref(), ask.members(), &key, &token, false).await;
                 debug!(%key, ?outcome, "released an acquisition that was never handed out");
                 if let (true, Some(shared)) = (ask.queues(), backend.shared()) {
                     let left = shared.release_member(Members::Writers, &key, &token).await;
@@ -651,6 +651,9 @@ pub(crate) async fn acquire_inner(
                         started,
                         valid_until,
                         crate::lease::Renew::watchdog(watchdog.unwrap_or(config.watchdog()), started, config),
+                        // Refused before: others likely wait too, so its release goes straight
+                        // to the form that announces it.
+                        contended,
                     );
                     return Ok(Some(Guard { inner }));
                 }

@@ -118,6 +118,9 @@ pub(crate) async fn acquire(
                         started,
                         valid_until,
                         Renew::watchdog(watchdog.unwrap_or(config.watchdog()), started, config),
+                        // A fair lock's release hands it to the head of its queue: the full
+                        // release at once.
+                        true,
                     );
                     return Ok(Some(Guard { inner }));
                 }
@@ -249,6 +252,7 @@ fn handed(
         (false, true) => Renew::Once(due),
         (false, false) => Renew::Off,
     };
-    let inner = LeaseInner::start(ctx.clone(), key.clone(), token, None, fence, from, valid_until, renew);
+    let inner =
+        LeaseInner::start(ctx.clone(), key.clone(), token, None, fence, from, valid_until, renew, true);
     Some(Guard { inner })
 }

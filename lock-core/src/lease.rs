@@ -62,6 +62,9 @@ pub(crate) struct Shared {
     changed: Notify,
     /// Renewal has stopped: the lease is being released (or was dropped).
     stopped: AtomicBool,
+    /// Somebody was likely refused this lock while it is held (its holder waited for it, or it
+    /// is a fair lock): released by [`LockBackend::release_contended`].
+    contended: bool,
 }
 
 impl Shared {
@@ -295,6 +298,7 @@ impl LeaseInner {
         acquired_at: Instant,
         valid_until: Instant,
         renew: Renew,
+        contended: bool,
     ) -> Arc<Self> {
         let max_hold_until = ctx.config.max_hold().and_then(|d| acquired_at.checked_add(d));
         let state = std::sync::Mutex::new(State { valid_until, status: Status::Held, capped: false });
@@ -311,6 +315,7 @@ impl LeaseInner {
             state,
             changed: Notify::new(),
             stopped: AtomicBool::new(false),
+            contended,
         });
         let runtime = Handle::try_current().ok();
         if let Some(rt) = &runtime {
@@ -348,7 +353,10 @@ impl LeaseInner {
         let mut attempt = 0;
         let result = loop {
             attempt += 1;
-            match release_on(self.ctx.backend.as_ref(), self.shared.members, key, &self.shared.token).await {
+            let shared = &self.shared;
+            match release_on(self.ctx.backend.as_ref(), shared.members, key, &shared.token, shared.contended)
+                .await
+            {
                 Err(e) if e.is_retryable() && attempt < RELEASE_ATTEMPTS => {
                     debug!(%key, error = %e, "release failed, retrying");
                     tokio::time::sleep(backoff.next_delay()).await;
@@ -383,13 +391,13 @@ impl Drop for LeaseInner {
         let backend = Arc::clone(&self.ctx.backend);
         let key = self.shared.key.clone();
         let token = self.shared.token;
-        let members = self.shared.members;
+        let (members, contended) = (self.shared.members, self.shared.contended);
         let runtime = self.runtime.clone().or_else(|| Handle::try_current().ok());
         match runtime {
             // Never block in Drop: hand the release to the runtime (S8).
             Some(rt) => {
                 rt.spawn(async move {
-                    match release_on(backend.as_ref(), members, &key, &token).await {
+                    match release_on(backend.as_ref(), members, &key, &token, contended).await {
                         Ok(outcome) => debug!(%key, ?outcome, "background release"),
                         Err(e) => {
                             warn!(%key, error = %e, "background release failed; the key expires by its ttl")
@@ -402,14 +410,17 @@ impl Drop for LeaseInner {
     }
 }
 
-/// Releases a lease (announced) wherever its owner token lives.
+/// Releases a lease (announced) wherever its owner token lives; a lock somebody likely waited
+/// for (`contended`) by [`LockBackend::release_contended`].
 pub(crate) async fn release_on(
     backend: &dyn LockBackend,
     members: Option<Members>,
     key: &LockKey,
     token: &Token,
+    contended: bool,
 ) -> Result<ReleaseOutcome, BackendError> {
     match (members, backend.shared()) {
+        (None, _) if contended => backend.release_contended(key, token).await,
         (None, _) => backend.release(key, token).await,
         (Some(set), Some(shared)) => shared.release_member(set, key, token).await,
         (Some(_), None) => Err(no_shared_holds(backend.name())),

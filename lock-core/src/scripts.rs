@@ -1170,13 +1170,57 @@ pub async fn release<R: ScriptRunner + ?Sized>(
     let value = token.to_redis_value();
     let short = [value, if announce { SHORT_ANNOUNCE } else { "" }.to_string()];
     match runner.run_int(&RELEASE, &[&lock], &short).await? {
-        1 => return Ok(crate::ReleaseOutcome::Released),
-        2 if announce => {}
-        _ => return Ok(crate::ReleaseOutcome::NotHeld),
+        1 => Ok(crate::ReleaseOutcome::Released),
+        2 if announce => full_release(runner, &lock, token).await,
+        _ => Ok(crate::ReleaseOutcome::NotHeld),
     }
-    let args = release_args(token, &lock, announce_flag(runner));
+}
+
+/// [`crate::LockBackend::release_contended`] through the shared [`RELEASE`] script: its full
+/// form at once (one round trip), for a lock somebody was likely refused while it was held,
+/// whose release hands it over or announces it.
+///
+/// # Errors
+/// The runner's errors.
+///
+/// # Cancel safety
+/// As [`crate::LockBackend::release`]: owner-checked and idempotent.
+///
+/// # Examples
+/// ```
+/// # use lock_core::scripts::{LuaScript, ScriptRunner};
+/// # use lock_core::*;
+/// # struct Fake;
+/// # #[async_trait::async_trait]
+/// # impl ScriptRunner for Fake {
+/// #     async fn run_ints(&self, _: &LuaScript, _: &[&str], _: &[String]) -> Result<Vec<i64>, BackendError> { Ok(vec![1, 7]) }
+/// #     async fn run_int(&self, _: &LuaScript, keys: &[&str], _: &[String]) -> Result<i64, BackendError> {
+/// #         assert_eq!(keys.len(), 4, "the full form"); Ok(1) }
+/// # }
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), BackendError> {
+/// # let runner = Fake;
+/// let (key, token) = (LockKey::new("k").unwrap(), Token::random());
+/// let outcome = lock_core::scripts::release_contended(&runner, &key, &token).await?;
+/// assert_eq!(outcome, ReleaseOutcome::Released);
+/// # Ok(()) }
+/// ```
+pub async fn release_contended<R: ScriptRunner + ?Sized>(
+    runner: &R,
+    key: &LockKey,
+    token: &Token,
+) -> Result<crate::ReleaseOutcome, BackendError> {
+    full_release(runner, &RedisKeys::lock_name(key), token).await
+}
+
+/// The full form of [`RELEASE`] for the lock key `lock`, announced.
+async fn full_release<R: ScriptRunner + ?Sized>(
+    runner: &R,
+    lock: &str,
+    token: &Token,
+) -> Result<crate::ReleaseOutcome, BackendError> {
+    let args = release_args(token, lock, announce_flag(runner));
     // The four key names in one string (one allocation, not four; see `concat`).
-    let names = concat(&[&lock, &lock, QUEUE_SUFFIX, &lock, WAITERS_SUFFIX, &lock, FENCE_SUFFIX]);
+    let names = concat(&[lock, lock, QUEUE_SUFFIX, lock, WAITERS_SUFFIX, lock, FENCE_SUFFIX]);
     let queue = 2 * lock.len() + QUEUE_SUFFIX.len();
     let waiters = queue + lock.len() + WAITERS_SUFFIX.len();
     let (lock_key, rest) = names.split_at(lock.len());

@@ -792,6 +792,10 @@ where
         scripts::release(self, key, token, true).await
     }
 
+    async fn release_contended(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError> {
+        scripts::release_contended(self, key, token).await
+    }
+
     async fn node_identity(&self) -> Result<Option<u64>, BackendError> {
         scripts::node_identity(self).await
     }

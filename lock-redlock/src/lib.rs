@@ -303,7 +303,8 @@ impl<B: LockBackend> RedLock<B> {
     }
 
     /// Releases `key` on every node, concurrently; waits for each answer up to `deadline`.
-    /// With `announce` false it discards silently (partial grants of a failed round).
+    /// `how` says which release each node sends ([`How::Silent`] for the partial grants of a
+    /// failed round).
     ///
     /// A node that answers later is not cancelled: its call finishes in the background (as the
     /// acquire's fan-out does), so a slow node frees the key when its answer lands instead of
@@ -314,7 +315,7 @@ impl<B: LockBackend> RedLock<B> {
         key: &LockKey,
         token: &Token,
         deadline: Duration,
-        announce: bool,
+        how: How,
         skip: &[bool],
         members: Option<Members>,
     ) -> Vec<Answer<ReleaseOutcome>> {
@@ -331,8 +332,11 @@ impl<B: LockBackend> RedLock<B> {
                 let (key, token, node) = (key.clone(), *token, Arc::clone(node));
                 async move {
                     let answer = match (members, node.shared()) {
-                        (None, _) if announce => node.release(&key, &token).await,
-                        (None, _) => node.discard(&key, &token).await,
+                        (None, _) => match how {
+                            How::Announced => node.release(&key, &token).await,
+                            How::Contended => node.release_contended(&key, &token).await,
+                            How::Silent => node.discard(&key, &token).await,
+                        },
                         (Some(set), Some(shared)) => shared.release_member(set, &key, &token).await,
                         (Some(_), None) => Err(no_shared(&node)),
                     };
@@ -421,7 +425,7 @@ impl<B: LockBackend> RedLock<B> {
         }
         // Silently: these partial grants never formed a lock, so no waiter should wake for them
         // (announcing them would wake every waiter, whose failed rounds announce again: a storm).
-        let released = self.release_all(&req.key, &req.token, deadline, false, &clean, members).await;
+        let released = self.release_all(&req.key, &req.token, deadline, How::Silent, &clean, members).await;
         debug!(key = %req.key, ?released, "failed round cleaned up");
     }
 
@@ -525,7 +529,9 @@ impl<B: LockBackend> RedLock<B> {
                     let (this, key, token) = (self.clone(), req.key.clone(), req.token);
                     tokio::spawn(async move {
                         let writers = Some(Members::Writers);
-                        let left = this.release_all(&key, &token, deadline, true, &granted_at, writers).await;
+                        let left = this
+                            .release_all(&key, &token, deadline, How::Announced, &granted_at, writers)
+                            .await;
                         debug!(%key, answers = ?left, "the writer left the other nodes' waiting writers");
                     });
                 }
@@ -685,11 +691,15 @@ impl<B: LockBackend> LockBackend for RedLock<B> {
     }
 
     async fn release(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError> {
-        self.release_quorum(key, token, true, None).await
+        self.release_quorum(key, token, How::Announced, None).await
+    }
+
+    async fn release_contended(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError> {
+        self.release_quorum(key, token, How::Contended, None).await
     }
 
     async fn discard(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError> {
-        self.release_quorum(key, token, false, None).await
+        self.release_quorum(key, token, How::Silent, None).await
     }
 
     async fn raise_fence(
@@ -800,12 +810,12 @@ impl<B: LockBackend> RedLock<B> {
         &self,
         key: &LockKey,
         token: &Token,
-        announce: bool,
+        how: How,
         members: Option<Members>,
     ) -> Result<ReleaseOutcome, BackendError> {
         self.forget(key, token);
         let deadline = self.node_timeout(Duration::from_secs(2));
-        let answers = self.release_all(key, token, deadline, announce, &[], members).await;
+        let answers = self.release_all(key, token, deadline, how, &[], members).await;
         let released = answers.iter().filter(|(_, a)| matches!(a, Ok(ReleaseOutcome::Released))).count();
         let failures: Vec<(String, BackendError)> = answers
             .into_iter()
@@ -1042,11 +1052,22 @@ impl<B: LockBackend> SharedBackend for RedLock<B> {
         key: &LockKey,
         token: &Token,
     ) -> Result<ReleaseOutcome, BackendError> {
-        self.release_quorum(key, token, true, Some(set)).await
+        self.release_quorum(key, token, How::Announced, Some(set)).await
     }
 }
 
 /// One node's answer to a round's request: the mutex, or a read or write lock.
+/// Which release each node is sent (see [`LockBackend::release`] and its siblings).
+#[derive(Debug, Clone, Copy)]
+enum How {
+    /// [`LockBackend::release`]: announced to waiters.
+    Announced,
+    /// [`LockBackend::release_contended`]: announced, for a lock somebody likely waited for.
+    Contended,
+    /// [`LockBackend::discard`]: no notice (the partial grants of a failed round).
+    Silent,
+}
+
 async fn node_acquire<B: LockBackend>(
     node: &B,
     req: &AcquireRequest,

@@ -174,11 +174,10 @@ async fn raw_fred(name: &str, server: &RedisServer) -> Result<RawFred, Box<dyn s
 
 /// The lock's own commands sent raw, with no library code around them: the acquire's
 /// `SET NX PX` with the data-loss marker's `GET` behind it in the same round trip, then the
-/// release script with its four keys (lock, fair queue, fair waiters, fence), the notice
-/// channel and the notice mode (the lock carries no waiters' mark, so the script's fast path
-/// runs: a GET and a DEL, as in the raw row). Set beside the raw row before it, it shows what
-/// the command shape costs (the guard's read, the release's extra keys and arguments); set
-/// beside the library's row after it, what the library's code costs.
+/// release script's short form (the lock key alone, the token and the announce flag: a lock
+/// nobody was refused needs no more; see `scripts::RELEASE`), which is the raw row's release
+/// but for the flag. Set beside the raw row before it, it shows what the command shape costs
+/// (the guard's read); set beside the library's row after it, what the library's code costs.
 struct Shape {
     name: String,
     conn: Option<MultiplexedConnection>,
@@ -186,16 +185,12 @@ struct Shape {
 }
 
 /// The names and arguments of one cycle of [`Shape`]: the lock key, the token and the
-/// release's keys and arguments, built by the same functions the library's release uses.
-fn shape_names(key: &str) -> Result<(String, String, [String; 4], [String; 3]), String> {
+/// release's keys and arguments, as the library's release sends them.
+fn shape_names(key: &str) -> Result<(String, String, [String; 1], [String; 2]), String> {
     let key = lock_core::LockKey::new(key).map_err(|e| e.to_string())?;
     let lock = scripts::RedisKeys::lock_name(&key);
-    let token = Token::random();
-    let (keys, args) = (
-        scripts::release_keys(&lock),
-        scripts::release_args(&token, &lock, scripts::PubSubMode::Classic.flag(false)),
-    );
-    Ok((lock, token.to_redis_value(), keys, args))
+    let token = Token::random().to_redis_value();
+    Ok((lock.clone(), token.clone(), [lock], [token, "1".to_string()]))
 }
 
 impl Contender for Shape {

@@ -605,6 +605,9 @@ impl<B: LockBackend> LockBackend for Recording<B> {
     async fn discard(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError> {
         self.inner.discard(key, token).await
     }
+    async fn release_contended(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError> {
+        self.inner.release_contended(key, token).await
+    }
     async fn raise_fence(
         &self,
         key: &LockKey,

@@ -19,7 +19,7 @@ pub enum Op {
     Acquire,
     /// [`LockBackend::extend`] (and each item of `extend_many`).
     Extend,
-    /// [`LockBackend::release`].
+    /// [`LockBackend::release`] (and `discard`, `release_contended`).
     Release,
     /// [`LockBackend::raise_fence`].
     Fence,
@@ -221,6 +221,9 @@ impl<B: LockBackend> LockBackend for Faulty<B> {
     }
     async fn discard(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError> {
         self.run(Op::Release, self.inner.discard(key, token)).await
+    }
+    async fn release_contended(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError> {
+        self.run(Op::Release, self.inner.release_contended(key, token)).await
     }
     async fn raise_fence(
         &self,

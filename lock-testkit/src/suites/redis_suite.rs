@@ -1305,6 +1305,23 @@ pub async fn only_a_lock_refused_to_somebody_announces_its_release<D: RedisDrive
         "a marked release must look for waiters: {calls:?}"
     );
     assert_eq!(text(server.cmd(&["EXISTS", "lock:{marked}"]).unwrap()), "0", "released");
+    // `release_contended` (a lock its holder waited for, a fair lock) sends the full form at
+    // once: one call, marked or not.
+    assert!(matches!(backend.acquire(&req(holder)).await.unwrap(), AcquireOutcome::Acquired(_)));
+    assert!(matches!(backend.acquire(&req(other)).await.unwrap(), AcquireOutcome::Held { .. }));
+    server.cmd(&["CONFIG", "RESETSTAT"]).unwrap();
+    assert_eq!(backend.release_contended(&key, &holder).await.unwrap(), ReleaseOutcome::Released);
+    let calls = command_calls(&server);
+    assert_eq!(
+        (calls.get("evalsha"), calls.get("exists"), calls.get("pubsub|numsub")),
+        (Some(&1), Some(&1), Some(&1)),
+        "a contended release is the full form at once: {calls:?}"
+    );
+    assert!(matches!(backend.acquire(&req(holder)).await.unwrap(), AcquireOutcome::Acquired(_)));
+    server.cmd(&["CONFIG", "RESETSTAT"]).unwrap();
+    assert_eq!(backend.release_contended(&key, &holder).await.unwrap(), ReleaseOutcome::Released);
+    assert_eq!(command_calls(&server).get("evalsha"), Some(&1), "unmarked too");
+
     assert!(matches!(backend.acquire(&req(holder)).await.unwrap(), AcquireOutcome::Acquired(_)));
     server.cmd(&["CONFIG", "RESETSTAT"]).unwrap();
     backend.release(&key, &holder).await.unwrap();
