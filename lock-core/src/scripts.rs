@@ -77,6 +77,13 @@
 //! hand-over, a writer that readers wait behind) is marked at once. A lock whose holder
 //! vanished is not released at all: waiters find it free when its TTL runs out, as before.
 //!
+//! The release is sent in its **short form** first ([`release`]): the lock key alone, with the
+//! token and an announce flag, the textbook compare-and-delete call. Only a marked lock needs
+//! the other keys; its short form changes nothing and the full form follows. A lock its holder
+//! waited for, and every fair lock, is likely marked: the core releases those through
+//! [`crate::LockBackend::release_contended`], which sends the full form at once
+//! ([`release_contended`]), so a hand-over costs no extra round trip.
+//!
 //! # Shared helpers
 //! The scripts share Lua helpers, kept once in `lock-core/scripts/common_*.lua` (the pub/sub
 //! notice, the server clock, the data-loss marker, fencing tokens, the waiters' mark, taking a
