@@ -117,6 +117,20 @@ pub struct LuaScript {
     pub sha1: &'static str,
 }
 
+impl LuaScript {
+    /// How a driver names one call of this script in an error: the script, its first key (if
+    /// any) and the server.
+    ///
+    /// ```
+    /// use lock_core::scripts::RELEASE;
+    /// assert_eq!(RELEASE.describe_call(&["lock:{a}"], "127.0.0.1:6379"), "release script on redis key \"lock:{a}\" at 127.0.0.1:6379");
+    /// assert_eq!(RELEASE.describe_call(&[], "127.0.0.1:6379"), "release script on redis key \"\" at 127.0.0.1:6379");
+    /// ```
+    pub fn describe_call(&self, keys: &[&str], endpoint: &str) -> String {
+        format!("{} script on redis key {:?} at {endpoint}", self.name, keys.first().copied().unwrap_or(""))
+    }
+}
+
 /// `acquire.lua`: SET NX PX, or refresh for the same owner, with an optional fence.
 /// KEYS: lock, fence, \[marker\]. ARGV: token, ttl ms, `"1"` to fence, guard. Returns `{1, fence}`,
 /// `{0, pttl}` or `{2, quarantine ms left}`.

@@ -641,14 +641,7 @@ where
         keys: &[&str],
         args: &[String],
     ) -> Result<T, BackendError> {
-        let context = || {
-            format!(
-                "{} script on redis key {:?} at {}",
-                script.name,
-                keys.first().copied().unwrap_or(""),
-                self.shared.endpoint
-            )
-        };
+        let context = || script.describe_call(keys, &self.shared.endpoint);
         let timeout = self.shared.command_timeout;
         let mut conn = self.conn.clone();
         // Sized up front: a growing command buffer reallocates once per argument.
