@@ -504,71 +504,14 @@ async fn the_scheduler_stops_when_nothing_is_held_and_starts_again() {
     g.release().await.unwrap();
 }
 
-/// Counts which release each lease is given (see `releases_of_waited_and_fair_locks_skip_the_short_form`).
-#[derive(Clone)]
-struct ReleaseKinds {
-    inner: MemoryBackend,
-    plain: Arc<std::sync::atomic::AtomicUsize>,
-    contended: Arc<std::sync::atomic::AtomicUsize>,
-}
-
-#[async_trait::async_trait]
-impl LockBackend for ReleaseKinds {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-    fn endpoint(&self) -> String {
-        self.inner.endpoint()
-    }
-    fn capabilities(&self) -> lock_core::Capabilities {
-        self.inner.capabilities()
-    }
-    async fn acquire(
-        &self,
-        req: &lock_core::AcquireRequest,
-    ) -> Result<lock_core::AcquireOutcome, BackendError> {
-        self.inner.acquire(req).await
-    }
-    async fn extend(&self, req: &lock_core::ExtendRequest) -> Result<lock_core::ExtendOutcome, BackendError> {
-        self.inner.extend(req).await
-    }
-    async fn release(
-        &self,
-        key: &lock_core::LockKey,
-        token: &Token,
-    ) -> Result<lock_core::ReleaseOutcome, BackendError> {
-        self.plain.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        self.inner.release(key, token).await
-    }
-    async fn release_contended(
-        &self,
-        key: &lock_core::LockKey,
-        token: &Token,
-    ) -> Result<lock_core::ReleaseOutcome, BackendError> {
-        self.contended.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        self.inner.release_contended(key, token).await
-    }
-    async fn watch_releases(
-        &self,
-        key: &lock_core::LockKey,
-    ) -> Result<Option<lock_core::ReleaseWatch>, BackendError> {
-        self.inner.watch_releases(key).await
-    }
-    fn fair(&self) -> Option<&dyn lock_core::FairBackend> {
-        self.inner.fair()
-    }
-}
-
 /// A lease its holder had to wait for, and every fair lock's, is released through
 /// `release_contended` (somebody likely waits: the Redis drivers then send their full release
 /// at once, with no short first try); a lock taken at the first try, through `release`. A
 /// dropped guard's background release follows the same rule.
 #[tokio::test(start_paused = true)]
 async fn releases_of_waited_and_fair_locks_skip_the_short_form() {
-    use std::sync::atomic::Ordering::SeqCst;
-    let backend =
-        ReleaseKinds { inner: MemoryBackend::new(), plain: Arc::default(), contended: Arc::default() };
-    let counts = |b: &ReleaseKinds| (b.plain.load(SeqCst), b.contended.load(SeqCst));
+    let backend = MemoryBackend::new();
+    let counts = |b: &MemoryBackend| (b.op_counts().release, b.op_counts().release_contended);
     let locks = client(backend.clone());
 
     // At the first try: the plain release.
@@ -586,7 +529,7 @@ async fn releases_of_waited_and_fair_locks_skip_the_short_form() {
     let second = waiter.await.unwrap();
     assert_eq!(counts(&backend), (2, 0), "the first holder got it at once");
     second.release().await.unwrap();
-    assert_eq!(counts(&backend), (2, 1), "the waiter's release is the contended one");
+    assert_eq!(counts(&backend), (3, 1), "the waiter's release is the contended one");
 
     // Dropped after a wait: the background release is the contended one too.
     let first = locks.mutex("k").unwrap().lock().await.unwrap();
@@ -598,9 +541,9 @@ async fn releases_of_waited_and_fair_locks_skip_the_short_form() {
     first.release().await.unwrap();
     drop(waiter.await.unwrap());
     settle().await;
-    assert_eq!(counts(&backend), (3, 2));
+    assert_eq!(counts(&backend), (5, 2));
 
     // A fair lock, even uncontended: its release hands the lock over in the same call.
     locks.fair_mutex("f").unwrap().lock().await.unwrap().release().await.unwrap();
-    assert_eq!(counts(&backend), (3, 3));
+    assert_eq!(counts(&backend), (6, 3));
 }

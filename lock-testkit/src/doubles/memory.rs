@@ -109,8 +109,11 @@ pub struct OpCounts {
     pub acquire: u64,
     /// Extend calls (each item of `extend_many` counts).
     pub extend: u64,
-    /// Release calls.
+    /// Release calls (`release`, `discard` and `release_contended`).
     pub release: u64,
+    /// Of those, `release_contended` calls: the releases of locks their holders waited for, and
+    /// of fair locks.
+    pub release_contended: u64,
     /// Raise-fence calls.
     pub fence: u64,
     /// Fair acquire calls.
@@ -736,6 +739,14 @@ impl LockBackend for MemoryBackend {
     async fn discard(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError> {
         self.count(|c| c.release += 1);
         Ok(self.delete(key, token, false))
+    }
+
+    async fn release_contended(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError> {
+        self.count(|c| {
+            c.release += 1;
+            c.release_contended += 1;
+        });
+        Ok(self.delete(key, token, true))
     }
 
     async fn raise_fence(
