@@ -38,8 +38,8 @@ end
 -- that set that deadline, so its own validity is counted from before the grant): a head that
 -- died blocks the queue no longer than it would have as a waiter, and a live head's first
 -- renewal sets its own TTL. A fence is minted when the lock has a fencing counter (a fencing
--- waiter creates it when it queues); 0 otherwise. The grant carries the waiters' mark while
--- others are still queued, so its release hands over to the next.
+-- waiter creates it when it queues); 0 otherwise. The grant carries the fair waiters' mark '?'
+-- while others are still queued, so its release hands over to the next.
 local function grant_head(lock_key, fence_key, queue, waiters, head, deadline, now)
   redis.call('ZREM', queue, head)
   redis.call('ZREM', waiters, head)
@@ -50,7 +50,7 @@ local function grant_head(lock_key, fence_key, queue, waiters, head, deadline, n
   local shown = string.format('%.0f', fence)
   local mark = ''
   if redis.call('EXISTS', queue) == 1 then
-    mark = '!'
+    mark = '?'
   end
   redis.call('SET', lock_key, head .. ':' .. shown .. mark, 'PX', math.max(deadline - now, 1))
   announce(lock_key .. ':turn', 'g:' .. head .. ':' .. shown)

@@ -18,8 +18,8 @@ local function held_reply(lock_key, token, ttl)
 end
 
 -- Takes the free lock at `lock_key` for `token` for `ttl` ms, with a fencing token minted from
--- `fence_key` when `fencing` is '1' (else 0), with the waiters' mark when `mark` is '!' (else
--- ''). Returns the grant {1, fence}.
+-- `fence_key` when `fencing` is '1' (else 0), with the waiters' mark `mark` ('!', '?' or '',
+-- see common_mark.lua). Returns the grant {1, fence}.
 local function take_lock(lock_key, fence_key, token, ttl, fencing, mark)
   local fence = 0
   if fencing == '1' then

@@ -45,7 +45,7 @@ if not current and (not head or head == token) then
   -- Marked while others are queued, so its release hands over to the next.
   local mark = ''
   if redis.call('EXISTS', KEYS[3]) == 1 then
-    mark = '!'
+    mark = '?'
   end
   return take_lock(KEYS[1], KEYS[2], token, ttl, fencing, mark)
 end
@@ -55,11 +55,12 @@ if not current then
   grant_head(KEYS[1], KEYS[2], KEYS[3], KEYS[4], head, head_deadline, now)
 end
 -- Held now, by another: the state changes by itself when its TTL runs out, or its release
--- hands over (marked here, also a grant_head's just above: this caller may queue below).
+-- hands over (marked here, also a grant_head's just above: this caller may queue below; a try
+-- that does not queue marks it as a plain waiter would).
 local wait = redis.call('PTTL', KEYS[1])
 local holder = current or redis.call('GET', KEYS[1])
 if holder then
-  mark_waited(KEYS[1], holder, wait)
+  mark_waited(KEYS[1], holder, wait, wait_ms == 0 and '!' or '?')
 end
 if wait_ms == 0 then
   return {0, wait, redis.call('ZCARD', KEYS[3])}

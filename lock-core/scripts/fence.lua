@@ -26,10 +26,10 @@ if current and string.sub(current, 1, 32) == ARGV[1] then
   local recorded = tonumber(string.match(current, '^%d+', 34)) or 0
   local minted_here = string.sub(current, 33, 33) == ':'
   if ttl > 0 and (minted_here or recorded < wanted) then
-    -- Keeps the waiters' mark, a trailing '!' (see mark_waited in common_mark.lua).
-    local mark = ''
-    if string.sub(current, -1) == '!' then
-      mark = '!'
+    -- Keeps the waiters' mark, a trailing '!' or '?' (see mark_waited in common_mark.lua).
+    local mark = string.sub(current, -1)
+    if mark ~= '!' and mark ~= '?' then
+      mark = ''
     end
     redis.call('SET', KEYS[1], ARGV[1] .. '=' .. ARGV[2] .. mark, 'PX', ttl)
   end

@@ -690,12 +690,12 @@ pub trait LockBackend: Send + Sync + 'static {
         self.release(key, token).await
     }
 
-    /// [`LockBackend::release`] of a lock somebody was likely refused while it was held: one
-    /// its holder waited for, or a fair lock. The core calls it for those; its answer and
-    /// guarantees are `release`'s. A backend whose release first tries a cheaper form that
-    /// serves only a lock nobody waited for (the Redis drivers, see
-    /// [`crate::scripts::release`]) sends its full release at once, so a hand-over costs no
-    /// extra round trip. The default calls [`LockBackend::release`].
+    /// [`LockBackend::release`] of a lock that fair waiters are likely queued for: the core
+    /// calls it for every fair lock; its answer and guarantees are `release`'s. A backend whose
+    /// release first tries a cheaper form that serves every lock but one with fair waiters
+    /// queued (the Redis drivers, see [`crate::scripts::release`]) sends its full release at
+    /// once, so a hand-over costs no extra round trip. The default calls
+    /// [`LockBackend::release`].
     ///
     /// # Errors
     /// As [`LockBackend::release`].

@@ -651,9 +651,9 @@ pub(crate) async fn acquire_inner(
                         started,
                         valid_until,
                         crate::lease::Renew::watchdog(watchdog.unwrap_or(config.watchdog()), started, config),
-                        // Refused before: others likely wait too, so its release goes straight
-                        // to the form that announces it.
-                        contended,
+                        // No fair queue: the short release serves it, waited for or not (it
+                        // announces the release itself when somebody was refused).
+                        false,
                     );
                     return Ok(Some(Guard { inner }));
                 }

@@ -62,8 +62,8 @@ pub(crate) struct Shared {
     changed: Notify,
     /// Renewal has stopped: the lease is being released (or was dropped).
     stopped: AtomicBool,
-    /// Somebody was likely refused this lock while it is held (its holder waited for it, or it
-    /// is a fair lock): released by [`LockBackend::release_contended`].
+    /// Fair waiters are likely queued for this lock (a fair lock): released by
+    /// [`LockBackend::release_contended`], which hands it over in one call.
     contended: bool,
 }
 
@@ -410,8 +410,8 @@ impl Drop for LeaseInner {
     }
 }
 
-/// Releases a lease (announced) wherever its owner token lives; a lock somebody likely waited
-/// for (`contended`) by [`LockBackend::release_contended`].
+/// Releases a lease (announced) wherever its owner token lives; a lock fair waiters are likely
+/// queued for (`contended`) by [`LockBackend::release_contended`].
 pub(crate) async fn release_on(
     backend: &dyn LockBackend,
     members: Option<Members>,

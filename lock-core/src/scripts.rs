@@ -67,20 +67,23 @@
 //!
 //! # A release announces itself only when somebody waits
 //! Every script that refuses a held lock to a caller that may wait (the acquire, fair, read
-//! and write scripts) appends the **waiters' mark** `!` to the lock's value in the same call,
-//! and scripts that rewrite a held lock's value keep it. The release script reads the value it
-//! deletes anyway: only a marked lock goes on to the fair hand-over and the notice; an
-//! uncontended release is a `GET` and a `DEL`, with no pub/sub or queue probe, and in a Redis
-//! Cluster with classic pub/sub no notice crosses the cluster bus. A waiter subscribes before
-//! its last try, and that try either takes the lock or marks it, so it never misses the notice
-//! of the release it waits for. A grant made while others are still queued behind it (a fair
-//! hand-over, a writer that readers wait behind) is marked at once. A lock whose holder
-//! vanished is not released at all: waiters find it free when its TTL runs out, as before.
+//! and write scripts) appends a **waiters' mark** to the lock's value in the same call, and
+//! scripts that rewrite a held lock's value keep it: `!` when the waiters wait for the notice
+//! on the lock's broadcast channel (the mutex, the read-write lock), `?` when fair waiters may
+//! be queued for it (`?` outranks `!`). The release script reads the value it deletes anyway:
+//! only a marked lock goes on to the notice and the fair hand-over; an uncontended release is
+//! a `GET` and a `DEL`, with no pub/sub or queue probe, and in a Redis Cluster with classic
+//! pub/sub no notice crosses the cluster bus. A waiter subscribes before its last try, and
+//! that try either takes the lock or marks it, so it never misses the notice of the release
+//! it waits for. A grant made while others are still queued behind it (a fair hand-over, a
+//! writer that readers wait behind) is marked at once. A lock whose holder vanished is not
+//! released at all: waiters find it free when its TTL runs out, as before.
 //!
-//! The release is sent in its **short form** first ([`release`]): the lock key alone, with the
-//! token and an announce flag, the textbook compare-and-delete call. Only a marked lock needs
-//! the other keys; its short form changes nothing and the full form follows. A lock its holder
-//! waited for, and every fair lock, is likely marked: the core releases those through
+//! The release is sent in its **short form** ([`release`]): the lock key alone, with the token
+//! and the pub/sub mode, the textbook compare-and-delete call. It announces a `!`-marked
+//! release itself, on `<lock key>:released`. Only the fair hand-over needs the other keys: on
+//! a `?`-marked lock the short form changes nothing and the full form follows. Every fair lock
+//! is likely marked so: the core releases it through
 //! [`crate::LockBackend::release_contended`], which sends the full form at once
 //! ([`release_contended`]), so a hand-over costs no extra round trip.
 //!
@@ -144,7 +147,7 @@ pub const ACQUIRE: LuaScript = LuaScript {
         include_str!("../scripts/common_take.lua"),
         include_str!("../scripts/acquire.lua")
     ),
-    sha1: "1a6918b3fe8c4d455d1b1ace2099688d02db3865",
+    sha1: "b77f32b8c92dedd6d1f6f73f0af3d9d8ec94aeb0",
 };
 
 /// `extend.lua`: owner-checked PEXPIRE. KEYS: lock. ARGV: token, ttl ms. Returns 1 or 0.
@@ -160,11 +163,11 @@ pub const EXTEND: LuaScript = LuaScript {
 /// queued, a notice goes to the broadcast channel. KEYS: lock, queue, waiters, fence. ARGV:
 /// token, channel, [`PubSubMode::flag`]. Returns 1 or 0.
 ///
-/// Its **short form** passes the lock key alone, with ARGV token and `"1"` to announce (`""`
-/// for a discard): the same command as the textbook release, for the release of a lock
-/// nobody was refused (the common case). When the lock carries the waiters' mark and the
-/// release announces, it changes nothing and returns 2: the caller sends the full form
-/// ([`release`] does).
+/// Its **short form** passes the lock key alone, with ARGV token and the
+/// [`PubSubMode::flag`] to announce (`""` for a discard): the same command as the textbook
+/// release. It does all a release needs, the notice to plain waiters included, but the fair
+/// hand-over: when the lock carries the fair waiters' mark and the release announces, it
+/// changes nothing and returns 2, and the caller sends the full form ([`release`] does).
 ///
 /// Its text is `release.lua`, then the shared helpers the rest needs, then
 /// `release_contended.lua`, so an uncontended release returns before any helper is built.
@@ -178,7 +181,7 @@ pub const RELEASE: LuaScript = LuaScript {
         include_str!("../scripts/common_queue.lua"),
         include_str!("../scripts/release_contended.lua")
     ),
-    sha1: "9fba876a764ad3f7c9cc3f480fa51712438e7d77",
+    sha1: "9ef5a58009bebefdbfd9b91de7db72e60236e86b",
 };
 
 /// `fence.lua`: raise the fencing counter to at least a token (RedLock's write-back) and
@@ -187,7 +190,7 @@ pub const RELEASE: LuaScript = LuaScript {
 pub const FENCE: LuaScript = LuaScript {
     name: "fence",
     source: include_str!("../scripts/fence.lua"),
-    sha1: "6b897ef48b29dd73466fc20c91638f20128d5bd2",
+    sha1: "b57117da900a20fef70f8e9cb06c3d1c4fdf26ba",
 };
 
 /// `fair.lua`: the fair lock's acquire: granted only at the head of the queue, else queued
@@ -207,7 +210,7 @@ pub const FAIR: LuaScript = LuaScript {
         include_str!("../scripts/common_queue.lua"),
         include_str!("../scripts/fair.lua")
     ),
-    sha1: "5b764bfa4bd6a00e1ab779920f957fc1123e58ef",
+    sha1: "7675a87879706f3ce16d9b6550a12e8cf9d77727",
 };
 
 /// `leave.lua`: a fair waiter leaves the queue (releasing the lock if a lost reply or a lost
@@ -223,7 +226,7 @@ pub const LEAVE: LuaScript = LuaScript {
         include_str!("../scripts/common_queue.lua"),
         include_str!("../scripts/leave.lua")
     ),
-    sha1: "42dfd41741b0ca7a7ab18b963cf423cf9261fcdc",
+    sha1: "09a91b86ae4b9f06864a782446493869d57d069f",
 };
 
 /// `read.lua`: a read lock of a read-write lock: granted unless a writer holds the lock or a
@@ -239,7 +242,7 @@ pub const READ: LuaScript = LuaScript {
         include_str!("../scripts/common_mark.lua"),
         include_str!("../scripts/read.lua")
     ),
-    sha1: "9428e1e3e99a624b2a292ed6e0490154df7f948f",
+    sha1: "2bb695987a7ea134bebd84bf74cb70b6042696bb",
 };
 
 /// `write.lua`: the write lock of a read-write lock: the mutex key, granted only when no live
@@ -256,7 +259,7 @@ pub const WRITE: LuaScript = LuaScript {
         include_str!("../scripts/common_take.lua"),
         include_str!("../scripts/write.lua")
     ),
-    sha1: "bb2638ea7b3cc4a80e858fde1d34f4cd7a5afce6",
+    sha1: "5562c618a732e5aa034d8fe65dcac091b9ef03ac",
 };
 
 /// `permit.lua`: one permit of a semaphore, each permit a lease of its own.
@@ -494,8 +497,6 @@ const FENCE_SUFFIX: &str = ":fence";
 const CHANNEL_SUFFIX: &str = ":released";
 const QUEUE_SUFFIX: &str = ":queue";
 const WAITERS_SUFFIX: &str = ":waiters";
-/// ARGV\[2\] of [`RELEASE`]'s short form (the lock key alone) for a release that announces.
-const SHORT_ANNOUNCE: &str = "1";
 
 /// The Redis names of one lock (see the module docs for the layout).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1186,10 +1187,10 @@ pub async fn release<R: ScriptRunner + ?Sized>(
     announce: bool,
 ) -> Result<crate::ReleaseOutcome, BackendError> {
     let lock = RedisKeys::lock_name(key);
-    // The short form first: the lock alone, as a lock nobody was refused needs (the common
-    // case). It changes nothing and answers 2 when the release needs the rest.
+    // The short form first: the lock alone, all a release needs unless fair waiters are
+    // queued for it. It changes nothing and answers 2 when the release needs the rest.
     let value = token.to_redis_value();
-    let short = [value, if announce { SHORT_ANNOUNCE } else { "" }.to_string()];
+    let short = [value, if announce { announce_flag(runner) } else { "" }.to_string()];
     match runner.run_int(&RELEASE, &[&lock], &short).await? {
         1 => Ok(crate::ReleaseOutcome::Released),
         2 if announce => full_release(runner, &lock, token).await,

@@ -504,12 +504,13 @@ async fn the_scheduler_stops_when_nothing_is_held_and_starts_again() {
     g.release().await.unwrap();
 }
 
-/// A lease its holder had to wait for, and every fair lock's, is released through
-/// `release_contended` (somebody likely waits: the Redis drivers then send their full release
-/// at once, with no short first try); a lock taken at the first try, through `release`. A
-/// dropped guard's background release follows the same rule.
+/// Every fair lock's lease is released through `release_contended` (fair waiters are likely
+/// queued: the Redis drivers then send their full release, which hands the lock over, at once,
+/// with no short first try); every other lock through `release`, waited for or not (the short
+/// release announces a lock plain waiters were refused). A dropped guard's background release
+/// follows the same rule.
 #[tokio::test(start_paused = true)]
-async fn releases_of_waited_and_fair_locks_skip_the_short_form() {
+async fn only_fair_locks_release_through_the_full_form() {
     let backend = MemoryBackend::new();
     let counts = |b: &MemoryBackend| (b.op_counts().release, b.op_counts().release_contended);
     let locks = client(backend.clone());
@@ -518,7 +519,8 @@ async fn releases_of_waited_and_fair_locks_skip_the_short_form() {
     locks.mutex("k").unwrap().lock().await.unwrap().release().await.unwrap();
     assert_eq!(counts(&backend), (1, 0));
 
-    // Waited for: refused once while another handle held it.
+    // Waited for: refused once while another handle held it. The short release announces a
+    // lock plain waiters were refused, so the waiter's release is the plain one too.
     let first = locks.mutex("k").unwrap().lock().await.unwrap();
     let waiter = {
         let locks = locks.clone();
@@ -529,21 +531,17 @@ async fn releases_of_waited_and_fair_locks_skip_the_short_form() {
     let second = waiter.await.unwrap();
     assert_eq!(counts(&backend), (2, 0), "the first holder got it at once");
     second.release().await.unwrap();
-    assert_eq!(counts(&backend), (3, 1), "the waiter's release is the contended one");
-
-    // Dropped after a wait: the background release is the contended one too.
-    let first = locks.mutex("k").unwrap().lock().await.unwrap();
-    let waiter = {
-        let locks = locks.clone();
-        tokio::spawn(async move { locks.mutex("k").unwrap().lock().await.unwrap() })
-    };
-    tokio::time::sleep(50 * MS).await;
-    first.release().await.unwrap();
-    drop(waiter.await.unwrap());
-    settle().await;
-    assert_eq!(counts(&backend), (5, 2));
+    assert_eq!(counts(&backend), (3, 0), "a mutex waiter's release is the plain one");
 
     // A fair lock, even uncontended: its release hands the lock over in the same call.
     locks.fair_mutex("f").unwrap().lock().await.unwrap().release().await.unwrap();
-    assert_eq!(counts(&backend), (6, 3));
+    assert_eq!(counts(&backend), (4, 1));
+
+    // Dropped: the background release of a fair lock is the full one too.
+    drop(locks.fair_mutex("f").unwrap().lock().await.unwrap());
+    settle().await;
+    assert_eq!(counts(&backend), (5, 2));
+    drop(locks.mutex("k").unwrap().lock().await.unwrap());
+    settle().await;
+    assert_eq!(counts(&backend), (6, 2), "a dropped mutex guard's release is the plain one");
 }

@@ -174,9 +174,9 @@ async fn raw_fred(name: &str, server: &RedisServer) -> Result<RawFred, Box<dyn s
 
 /// The lock's own commands sent raw, with no library code around them: the acquire's
 /// `SET NX PX` with the data-loss marker's `GET` behind it in the same round trip, then the
-/// release script's short form (the lock key alone, the token and the announce flag: a lock
-/// nobody was refused needs no more; see `scripts::RELEASE`), which is the raw row's release
-/// but for the flag. Set beside the raw row before it, it shows what the command shape costs
+/// release script's short form (the lock key alone, the token and the pub/sub mode: a lock no
+/// fair waiter is queued for needs no more; see `scripts::RELEASE`), which is the raw row's
+/// release but for the mode. Set beside the raw row before it, it shows what the command shape costs
 /// (the guard's read); set beside the library's row after it, what the library's code costs.
 struct Shape {
     name: String,
@@ -190,7 +190,8 @@ fn shape_names(key: &str) -> Result<(String, String, [String; 1], [String; 2]), 
     let key = lock_core::LockKey::new(key).map_err(|e| e.to_string())?;
     let lock = scripts::RedisKeys::lock_name(&key);
     let token = Token::random().to_redis_value();
-    Ok((lock.clone(), token.clone(), [lock], [token, "1".to_string()]))
+    // The announce argument is the pub/sub mode, "l" on one server (`PubSubMode::flag`).
+    Ok((lock.clone(), token.clone(), [lock], [token, "l".to_string()]))
 }
 
 impl Contender for Shape {

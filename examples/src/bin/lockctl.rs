@@ -201,10 +201,14 @@ async fn inspect(key: &str, urls: &[String]) -> Result<ExitCode, Box<dyn std::er
             // The owner token is a secret: show only enough of it to tell owners apart.
             Some(v) => {
                 // `<32 hex owner>:<fence>` (minted here) or `<owner>=<fence>` (written back),
-                // with a trailing `!` once somebody was refused it (the waiters' mark).
+                // with a trailing `!` once somebody was refused it, `?` once fair waiters may
+                // be queued for it (the waiters' marks).
                 let (owner, rest) = (v.get(..32).unwrap_or(v.as_str()), v.get(33..).unwrap_or("?"));
-                let (fence, refused) =
-                    rest.strip_suffix('!').map_or((rest, ""), |f| (f, ", refused to a waiter"));
+                let (fence, refused) = match (rest.strip_suffix('!'), rest.strip_suffix('?')) {
+                    (Some(f), _) => (f, ", refused to a waiter"),
+                    (None, Some(f)) if !f.is_empty() => (f, ", fair waiters queued"),
+                    _ => (rest, ""),
+                };
                 let shown: String = owner.chars().take(4).collect();
                 format!("held by {shown}\u{2026} (fence {fence}{refused}), {pttl} ms left")
             }

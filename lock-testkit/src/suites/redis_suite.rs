@@ -1288,9 +1288,8 @@ pub async fn only_a_lock_refused_to_somebody_announces_its_release<D: RedisDrive
     backend.extend(&renew).await.unwrap();
     assert!(stored().ends_with('!'));
 
-    // A marked release probes the fair queue and who listens; an unmarked one does not. The
-    // release script's short form (the lock key alone) finds the mark and changes nothing; its
-    // full form, sent next, does the rest: two calls here, one for an unmarked release. (A
+    // A release marked by plain waiters ('!') looks for listeners and announces itself in the
+    // short form of the release script (the lock key alone): one call, no fair-queue probe. (A
     // release of a free key first loads the script, so no NOSCRIPT retry is counted.)
     assert_eq!(
         backend.release(&LockKey::new("warm-up").unwrap(), &holder).await.unwrap(),
@@ -1300,13 +1299,39 @@ pub async fn only_a_lock_refused_to_somebody_announces_its_release<D: RedisDrive
     backend.release(&key, &holder).await.unwrap();
     let calls = command_calls(&server);
     assert_eq!(
-        (calls.get("exists"), calls.get("pubsub|numsub"), calls.get("evalsha"), calls.get("del")),
-        (Some(&1), Some(&1), Some(&2), Some(&1)),
-        "a marked release must look for waiters: {calls:?}"
+        (calls.get("evalsha"), calls.get("pubsub|numsub"), calls.get("del"), calls.get("exists")),
+        (Some(&1), Some(&1), Some(&1), None),
+        "a release plain waiters were refused must look for them, in one call: {calls:?}"
     );
     assert_eq!(text(server.cmd(&["EXISTS", "lock:{marked}"]).unwrap()), "0", "released");
-    // `release_contended` (a lock its holder waited for, a fair lock) sends the full form at
-    // once: one call, marked or not.
+
+    // A fair waiter queued behind a plain holder marks the lock '?': the short form changes
+    // nothing and the full form, sent next, hands the lock over to it (two calls).
+    assert!(matches!(backend.acquire(&req(holder)).await.unwrap(), AcquireOutcome::Acquired(_)));
+    let fair = backend.fair().expect("the Redis drivers serve the fair lock");
+    let queued = lock_core::FairRequest {
+        key: key.clone(),
+        token: other,
+        ttl: 30_000 * MS,
+        fencing: true,
+        wait: Some(30_000 * MS),
+    };
+    assert!(matches!(fair.fair_acquire(&queued).await.unwrap(), lock_core::FairOutcome::Waiting { .. }));
+    assert!(stored().ends_with('?'), "a queued fair waiter marks the lock '?': {}", stored());
+    assert!(matches!(backend.acquire(&req(Token::random())).await.unwrap(), AcquireOutcome::Held { .. }));
+    assert!(stored().ends_with('?'), "'?' outranks a plain waiter's '!': {}", stored());
+    server.cmd(&["CONFIG", "RESETSTAT"]).unwrap();
+    assert_eq!(backend.release(&key, &holder).await.unwrap(), ReleaseOutcome::Released);
+    let calls = command_calls(&server);
+    assert_eq!(
+        calls.get("evalsha"),
+        Some(&2),
+        "a release fair waiters are queued for: the short form, then the full one: {calls:?}"
+    );
+    assert_eq!(&stored()[..32], other.to_redis_value(), "handed over to the queued fair waiter");
+    assert_eq!(backend.release_contended(&key, &other).await.unwrap(), ReleaseOutcome::Released);
+
+    // `release_contended` (a fair lock) sends the full form at once: one call, marked or not.
     assert!(matches!(backend.acquire(&req(holder)).await.unwrap(), AcquireOutcome::Acquired(_)));
     assert!(matches!(backend.acquire(&req(other)).await.unwrap(), AcquireOutcome::Held { .. }));
     server.cmd(&["CONFIG", "RESETSTAT"]).unwrap();
@@ -1338,8 +1363,8 @@ pub async fn only_a_lock_refused_to_somebody_announces_its_release<D: RedisDrive
         "an unmarked release is one call, a GET and a DEL: {calls:?}"
     );
 
-    // A reader refused by a writer marks the write lock; so does a fair waiter refused by a
-    // plain holder.
+    // A reader refused by a writer marks the write lock; so does a fair try refused by a plain
+    // holder (it does not queue: the plain mark).
     let config = LockConfig::builder().watchdog(false).build().unwrap();
     let locks = LockClient::with_config(backend.clone(), config).unwrap();
     let writer = locks.rw_lock("marked-rw").unwrap().write().await.unwrap();
@@ -1350,7 +1375,7 @@ pub async fn only_a_lock_refused_to_somebody_announces_its_release<D: RedisDrive
     assert!(locks.fair_mutex("marked-fair").unwrap().try_lock().await.unwrap().is_none());
     assert!(
         text(server.cmd(&["GET", "lock:{marked-fair}"]).unwrap()).ends_with('!'),
-        "a refused fair waiter marks"
+        "a refused fair try marks"
     );
     plain.release().await.unwrap();
 }
