@@ -37,8 +37,30 @@ async fn inspect_and_doctor() {
     assert!(other.mutex("orders:1").unwrap().try_lock().await.unwrap().is_none());
     let (_, out) = lockctl(&["inspect", "orders:1", "--url", &url]);
     assert!(out.contains(&format!("fence {counter}, refused to a waiter")), "{out}");
+    // A fair waiter queues for it: the fair waiters' mark, which outranks the other.
+    let fair = other.fair_mutex("orders:1").unwrap();
+    let waiter = tokio::spawn(async move { fair.lock().await.map(drop) });
+    let mut out = String::new();
+    for _ in 0..100 {
+        out = lockctl(&["inspect", "orders:1", "--url", &url]).1;
+        if out.contains("fair waiters queued") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(out.contains(&format!("fence {counter}, fair waiters queued")), "{out}");
     guard.release().await.unwrap();
-    let (_, out) = lockctl(&["inspect", "orders:1", "--url", &url]);
+    // Handed over to the fair waiter, whose guard is dropped at once (released in the
+    // background).
+    waiter.await.unwrap().unwrap();
+    let mut out = String::new();
+    for _ in 0..100 {
+        out = lockctl(&["inspect", "orders:1", "--url", &url]).1;
+        if out.contains("free") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     assert!(out.contains("free"), "{out}");
 
     let (code, out) = lockctl(&["doctor", "--url", &url]);
