@@ -313,7 +313,10 @@ pub async fn extend_many_answers_in_order<B: LockBackend>(b: B) {
         let mine = Token::random();
         if i != gone {
             let owner = if i == taken { Token::random() } else { mine };
-            must_acquire(&b, &req(&key, owner, 600 * MS, false)).await;
+            // Long enough that the first of 300 acquires still holds when the last is taken
+            // (a debug build on 2 busy cores once took longer than 600 ms for 300 RedLock
+            // acquires over 5 nodes), short enough that only a renewal keeps it past the sleep.
+            must_acquire(&b, &req(&key, owner, 2_000 * MS, false)).await;
         }
         renewals.push(Renewal::key(ExtendRequest { key, token: mine, ttl: 10_000 * MS }));
     }
@@ -327,7 +330,7 @@ pub async fn extend_many_answers_in_order<B: LockBackend>(b: B) {
         }
     }
     // The renewed leases outlive their first TTL; the one taken over was left to its owner.
-    tokio::time::sleep(900 * MS).await;
+    tokio::time::sleep(2_300 * MS).await;
     for (i, r) in renewals.iter().enumerate() {
         let other = AcquireRequest {
             key: r.req.key.clone(),
