@@ -12,6 +12,19 @@ fn lockctl(args: &[&str]) -> (i32, String) {
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// `lockctl inspect orders:1` until its output contains `want` (at most 2 s), or the last.
+async fn inspect_until(url: &str, want: &str) -> String {
+    let mut out = String::new();
+    for _ in 0..100 {
+        out = lockctl(&["inspect", "orders:1", "--url", url]).1;
+        if out.contains(want) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inspect_and_doctor() {
     let server = RedisServer::start().expect("redis-server");
@@ -40,27 +53,13 @@ async fn inspect_and_doctor() {
     // A fair waiter queues for it: the fair waiters' mark, which outranks the other.
     let fair = other.fair_mutex("orders:1").unwrap();
     let waiter = tokio::spawn(async move { fair.lock().await.map(drop) });
-    let mut out = String::new();
-    for _ in 0..100 {
-        out = lockctl(&["inspect", "orders:1", "--url", &url]).1;
-        if out.contains("fair waiters queued") {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let out = inspect_until(&url, "fair waiters queued").await;
     assert!(out.contains(&format!("fence {counter}, fair waiters queued")), "{out}");
     guard.release().await.unwrap();
     // Handed over to the fair waiter, whose guard is dropped at once (released in the
     // background).
     waiter.await.unwrap().unwrap();
-    let mut out = String::new();
-    for _ in 0..100 {
-        out = lockctl(&["inspect", "orders:1", "--url", &url]).1;
-        if out.contains("free") {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let out = inspect_until(&url, "free").await;
     assert!(out.contains("free"), "{out}");
 
     let (code, out) = lockctl(&["doctor", "--url", &url]);
