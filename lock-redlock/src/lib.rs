@@ -1062,7 +1062,8 @@ impl<B: LockBackend> SharedBackend for RedLock<B> {
 enum How {
     /// [`LockBackend::release`]: announced to waiters.
     Announced,
-    /// [`LockBackend::release_contended`]: announced, for a lock somebody likely waited for.
+    /// [`LockBackend::release_contended`]: announced, for a lock fair waiters are likely
+    /// queued for.
     Contended,
     /// [`LockBackend::discard`]: no notice (the partial grants of a failed round).
     Silent,

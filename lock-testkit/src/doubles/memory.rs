@@ -111,8 +111,7 @@ pub struct OpCounts {
     pub extend: u64,
     /// Release calls (`release`, `discard` and `release_contended`).
     pub release: u64,
-    /// Of those, `release_contended` calls: the releases of locks their holders waited for, and
-    /// of fair locks.
+    /// Of those, `release_contended` calls: the core sends them for fair locks.
     pub release_contended: u64,
     /// Raise-fence calls.
     pub fence: u64,
