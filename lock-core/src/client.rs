@@ -651,8 +651,8 @@ pub(crate) async fn acquire_inner(
                         started,
                         valid_until,
                         crate::lease::Renew::watchdog(watchdog.unwrap_or(config.watchdog()), started, config),
-                        // No fair queue: the short release serves it, waited for or not (it
-                        // announces the release itself when somebody was refused).
+                        // Not a fair lock: the short release serves it, waited for or not
+                        // (it announces the release itself when somebody was refused).
                         false,
                     );
                     return Ok(Some(Guard { inner }));

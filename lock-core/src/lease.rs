@@ -64,7 +64,7 @@ pub(crate) struct Shared {
     stopped: AtomicBool,
     /// Fair waiters are likely queued for this lock (a fair lock): released by
     /// [`LockBackend::release_contended`], which hands it over in one call.
-    contended: bool,
+    fair: bool,
 }
 
 impl Shared {
@@ -298,7 +298,7 @@ impl LeaseInner {
         acquired_at: Instant,
         valid_until: Instant,
         renew: Renew,
-        contended: bool,
+        fair: bool,
     ) -> Arc<Self> {
         let max_hold_until = ctx.config.max_hold().and_then(|d| acquired_at.checked_add(d));
         let state = std::sync::Mutex::new(State { valid_until, status: Status::Held, capped: false });
@@ -315,7 +315,7 @@ impl LeaseInner {
             state,
             changed: Notify::new(),
             stopped: AtomicBool::new(false),
-            contended,
+            fair,
         });
         let runtime = Handle::try_current().ok();
         if let Some(rt) = &runtime {
@@ -354,8 +354,7 @@ impl LeaseInner {
         let result = loop {
             attempt += 1;
             let shared = &self.shared;
-            match release_on(self.ctx.backend.as_ref(), shared.members, key, &shared.token, shared.contended)
-                .await
+            match release_on(self.ctx.backend.as_ref(), shared.members, key, &shared.token, shared.fair).await
             {
                 Err(e) if e.is_retryable() && attempt < RELEASE_ATTEMPTS => {
                     debug!(%key, error = %e, "release failed, retrying");
@@ -391,13 +390,13 @@ impl Drop for LeaseInner {
         let backend = Arc::clone(&self.ctx.backend);
         let key = self.shared.key.clone();
         let token = self.shared.token;
-        let (members, contended) = (self.shared.members, self.shared.contended);
+        let (members, fair) = (self.shared.members, self.shared.fair);
         let runtime = self.runtime.clone().or_else(|| Handle::try_current().ok());
         match runtime {
             // Never block in Drop: hand the release to the runtime (S8).
             Some(rt) => {
                 rt.spawn(async move {
-                    match release_on(backend.as_ref(), members, &key, &token, contended).await {
+                    match release_on(backend.as_ref(), members, &key, &token, fair).await {
                         Ok(outcome) => debug!(%key, ?outcome, "background release"),
                         Err(e) => {
                             warn!(%key, error = %e, "background release failed; the key expires by its ttl")
@@ -411,16 +410,16 @@ impl Drop for LeaseInner {
 }
 
 /// Releases a lease (announced) wherever its owner token lives; a lock fair waiters are likely
-/// queued for (`contended`) by [`LockBackend::release_contended`].
+/// queued for (`fair`) by [`LockBackend::release_contended`].
 pub(crate) async fn release_on(
     backend: &dyn LockBackend,
     members: Option<Members>,
     key: &LockKey,
     token: &Token,
-    contended: bool,
+    fair: bool,
 ) -> Result<ReleaseOutcome, BackendError> {
     match (members, backend.shared()) {
-        (None, _) if contended => backend.release_contended(key, token).await,
+        (None, _) if fair => backend.release_contended(key, token).await,
         (None, _) => backend.release(key, token).await,
         (Some(set), Some(shared)) => shared.release_member(set, key, token).await,
         (Some(_), None) => Err(no_shared_holds(backend.name())),

@@ -203,11 +203,13 @@ async fn inspect(key: &str, urls: &[String]) -> Result<ExitCode, Box<dyn std::er
                 // `<32 hex owner>:<fence>` (minted here) or `<owner>=<fence>` (written back),
                 // with a trailing `!` once somebody was refused it, `?` once fair waiters may
                 // be queued for it (the waiters' marks).
-                let (owner, rest) = (v.get(..32).unwrap_or(v.as_str()), v.get(33..).unwrap_or("?"));
-                let (fence, refused) = match (rest.strip_suffix('!'), rest.strip_suffix('?')) {
-                    (Some(f), _) => (f, ", refused to a waiter"),
-                    (None, Some(f)) if !f.is_empty() => (f, ", fair waiters queued"),
-                    _ => (rest, ""),
+                let (owner, rest) = (v.get(..32).unwrap_or(v.as_str()), v.get(33..).unwrap_or("unknown"));
+                let (fence, refused) = if let Some(f) = rest.strip_suffix('!') {
+                    (f, ", refused to a waiter")
+                } else if let Some(f) = rest.strip_suffix('?') {
+                    (f, ", fair waiters queued")
+                } else {
+                    (rest, "")
                 };
                 let shown: String = owner.chars().take(4).collect();
                 format!("held by {shown}\u{2026} (fence {fence}{refused}), {pttl} ms left")
