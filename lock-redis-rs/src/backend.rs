@@ -276,9 +276,13 @@ impl RedisBackendBuilder {
         let endpoint = client.get_connection_info().addr().to_string();
         // Reconnect at once, then back off 10, 20, 40 ... ms up to 1 s, and never give up for
         // good: each failed command starts a new round.
+        // No response timeout of the connection's own: every call is already bounded by one
+        // timer of this backend (`eval`, `send_sets`...), which also covers a call waiting for
+        // a reconnect (the manager's response timeout does not), so a second timer per command
+        // would only cost a timer-wheel entry on every command.
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
-            .set_response_timeout(Some(self.command_timeout))
+            .set_response_timeout(None)
             .set_exponent_base(2.0)
             .set_min_delay(Duration::from_millis(10))
             .set_max_delay(Duration::from_secs(1))
@@ -328,9 +332,10 @@ impl RedisBackendBuilder {
     ) -> Result<RedisBackend<MultiplexedConnection>, BackendError> {
         let client = self.open(url)?;
         let endpoint = client.get_connection_info().addr().to_string();
+        // Every call is bounded by one timer of its own (see `connect`).
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
-            .set_response_timeout(Some(self.command_timeout));
+            .set_response_timeout(None);
         let what = format!("connecting to {endpoint}");
         let conn = self.within(&what, client.get_multiplexed_async_connection_with_config(&config)).await?;
         Ok(self.finish(conn, endpoint, Some(PubsubSource::client(client)), true))

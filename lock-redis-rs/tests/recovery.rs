@@ -67,3 +67,33 @@ async fn bare_connection_does_not_recover() {
     let err = locks.mutex("bare").unwrap().try_lock().await.unwrap_err();
     assert!(matches!(err, lock_core::LockError::Backend { .. }), "{err}");
 }
+
+/// The bare connection has no response timeout of its own either: each call is bounded by the
+/// backend's one timer, so a silent server still fails every call in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bare_connection_times_out_on_a_silent_server() {
+    struct Bare;
+
+    #[async_trait::async_trait]
+    impl lock_testkit::redis_suite::RedisDriver for Bare {
+        type Backend = RedisBackend<lock_redis_rs::redis::aio::MultiplexedConnection>;
+
+        async fn connect(
+            &self,
+            url: &str,
+            options: lock_testkit::redis_suite::DriverOptions,
+        ) -> Result<Self::Backend, lock_core::BackendError> {
+            RedisBackend::builder()
+                .connect_timeout(options.connect_timeout)
+                .command_timeout(options.command_timeout)
+                .connect_without_reconnect(url)
+                .await
+        }
+
+        fn subscribed_channels(backend: &Self::Backend) -> usize {
+            backend.subscribed_channels()
+        }
+    }
+
+    lock_testkit::redis_suite::silent_server_times_out_each_call(Bare).await;
+}

@@ -49,7 +49,8 @@ struct Args {
     #[arg(long)]
     lock_path_only: bool,
     /// With --lock-path-only: only the contenders whose name contains this, or one of these
-    /// comma-separated parts (e.g. to profile one, or `raw-1,redis-rs`).
+    /// comma-separated parts (e.g. to profile one, or `raw-1,redis-rs`); a part starting with
+    /// `=` names one contender exactly (`=fred` is the library on fred alone).
     #[arg(long)]
     only: Option<String>,
     /// Internal: run one row of the watchdog section (spawned by the bench itself).
@@ -475,6 +476,11 @@ async fn raw(name: &str, servers: &[&RedisServer]) -> Result<Raw, Box<dyn std::e
     Ok(Raw { name: name.to_string(), conns })
 }
 
+/// Whether an `--only` part picks the contender `name`: `=name` exactly, else a substring.
+fn picks(part: &str, name: &str) -> bool {
+    part.strip_prefix('=').map_or_else(|| name.contains(part), |exact| name == exact)
+}
+
 fn config() -> LockConfig {
     // The watchdog is off: a cycle is lock + unlock, nothing in between to renew.
     LockConfig::builder().watchdog(false).build().unwrap_or_default()
@@ -488,9 +494,13 @@ async fn sequential(
 ) -> Vec<serde_json::Value> {
     let mut lat: Vec<Vec<Duration>> = vec![Vec::new(); contenders.len()];
     let mut busy = vec![Duration::ZERO; contenders.len()];
+    let mut switches = vec![0i64; contenders.len()];
+    let mut seq_cpu = vec![Duration::ZERO; contenders.len()];
     let mut n = 0u64;
     for round in 0..rounds + 1 {
         for (i, c) in contenders.iter().enumerate() {
+            let switched = context_switches();
+            let cpu0 = cpu_time();
             for _ in 0..slice {
                 n += 1;
                 let key = format!("seq:{n}");
@@ -505,13 +515,20 @@ async fn sequential(
                     busy[i] += d;
                 }
             }
+            if round > 0 {
+                switches[i] += context_switches() - switched;
+                seq_cpu[i] += cpu_time().saturating_sub(cpu0);
+            }
         }
     }
     println!(
         "\n1. sequential lock+unlock, one task, distinct keys ({} cycles each, interleaved)",
         rounds * slice
     );
-    println!("   {:<16} {:>12} {:>10} {:>10} {:>9}", "contender", "cycles/s", "p50 us", "p99 us", "vs raw");
+    println!(
+        "   {:<16} {:>12} {:>10} {:>10} {:>9} {:>14} {:>8}",
+        "contender", "cycles/s", "p50 us", "p99 us", "vs raw", "client us/cyc", "csw/cyc"
+    );
     let mut out = Vec::new();
     let mut base = Vec::new();
     for (i, c) in contenders.iter().enumerate() {
@@ -525,9 +542,25 @@ async fn sequential(
             base = vec![rate, us(p50)];
         }
         let ratio = if base.is_empty() { 0.0 } else { rate / base[0] };
-        println!("   {:<16} {:>12.0} {:>10.1} {:>10.1} {:>8.2}x", c.name(), rate, us(p50), us(p99), ratio);
+        // Context switches of the whole process per cycle: each thread hand-off along a cycle
+        // (a reply waking a parked thread) costs latency that CPU time does not show.
+        let csw = switches[i] as f64 / l.len().max(1) as f64;
+        // This process's CPU per cycle (all threads): parking and waking the runtime's threads
+        // around each reply is most of it, one task alone.
+        let cpu = us(seq_cpu[i]) / l.len().max(1) as f64;
+        println!(
+            "   {:<16} {:>12.0} {:>10.1} {:>10.1} {:>8.2}x {:>14.1} {:>8.2}",
+            c.name(),
+            rate,
+            us(p50),
+            us(p99),
+            ratio,
+            cpu,
+            csw
+        );
         out.push(serde_json::json!({
             "contender": c.name(), "cycles_per_s": rate, "p50_us": us(p50), "p99_us": us(p99), "ratio_vs_raw": ratio,
+            "client_us_per_cycle": cpu, "context_switches_per_cycle": csw,
             "quantiles_us": quantiles_us(&l)
         }));
     }
@@ -896,6 +929,13 @@ fn handoff_stats(name: &str, mut events: Vec<HandoffEvent>, run: Duration) -> se
     })
 }
 
+/// Context switches (voluntary and not) of this process's threads so far.
+fn context_switches() -> i64 {
+    use nix::sys::resource::{UsageWho, getrusage};
+    getrusage(UsageWho::RUSAGE_SELF)
+        .map_or(0, |u| u.voluntary_context_switches() + u.involuntary_context_switches())
+}
+
 /// CPU time (user + system) of this process so far.
 fn cpu_time() -> Duration {
     use nix::sys::resource::{UsageWho, getrusage};
@@ -1190,6 +1230,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }),
             &one,
         ),
+        // The same commands on the library's own fred client: its configuration (fred's
+        // timeout on every command) costs what separates this row from the one before.
+        (
+            Arc::new(Shape {
+                name: "shape-1 fred timed".into(),
+                conn: None,
+                fred: Some(fred1.client().clone()),
+            }),
+            &one,
+        ),
         (
             Arc::new(Ours { name: "fred".into(), client: LockClient::with_config(fred1.clone(), config())? }),
             &one,
@@ -1217,11 +1267,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .iter()
         .filter(|(c, _)| {
             !args.lock_path_only
-                || args.only.as_deref().is_none_or(|o| o.split(',').any(|o| c.name().contains(o)))
+                || args.only.as_deref().is_none_or(|o| o.split(',').any(|o| picks(o, c.name())))
         })
         .map(|(c, _)| Arc::clone(c))
         .collect();
     let seq = sequential(&contenders, rounds, slice).await;
+    if std::env::var_os("BENCH_SEQ_ONLY").is_some() {
+        return Ok(());
+    }
     let pids: Vec<u32> = servers.iter().filter_map(RedisServer::pid).collect();
     let par = parallel("2. 64 tasks on distinct keys", &contenders, &pids, par_slices, par_slice).await;
     if args.lock_path_only {

@@ -497,6 +497,76 @@ pub async fn unreachable_address_errors_within_the_timeout<D: RedisDriver>(drive
     drop(silent);
 }
 
+/// A server that stops answering while the connection stays open (a blackholed peer) fails
+/// every call of a lease's life, the acquire, the renewal and the release, with a retryable
+/// timeout within the command timeout; none hangs. The drivers bound each call with one timer
+/// (redis-rs: the backend's own, not the connection's; fred: fred's command timeout), so this
+/// fails if that timer is lost.
+///
+/// # Errors
+/// None: a driver that misbehaves fails the test (this panics).
+///
+/// # Cancel safety
+/// Test code: cancelling abandons the check; the servers it spawned are killed on drop.
+///
+/// # Examples
+/// A driver crate runs the whole suite with [`crate::redis_suite!`]; one test alone:
+/// ```no_run
+/// # async fn demo<D: lock_testkit::redis_suite::RedisDriver>(my_driver: D) {
+/// lock_testkit::redis_suite::silent_server_times_out_each_call(my_driver).await;
+/// # }
+/// ```
+pub async fn silent_server_times_out_each_call<D: RedisDriver>(driver: D) {
+    use lock_core::{AcquireOutcome, AcquireRequest, ExtendRequest, LockKey, Token};
+    let server = server();
+    let proxy = crate::FaultProxy::start(server.addr().parse().unwrap()).await.unwrap();
+    let lane = proxy.lane("client").await.unwrap();
+    let command_timeout = 300 * MS;
+    let options = DriverOptions { command_timeout, ..DriverOptions::default() };
+    let backend =
+        driver.connect(&format!("redis://{lane}/"), options).await.unwrap_or_else(|e| panic!("{e}"));
+    let (key, token, ttl) = (LockKey::new("silent-server").unwrap(), Token::random(), 10_000 * MS);
+    let acquire = AcquireRequest { key: key.clone(), token, ttl, fencing: false };
+    let granted = backend.acquire(&acquire).await.unwrap();
+    assert!(matches!(granted, AcquireOutcome::Acquired(_)), "{granted:?}");
+    assert!(proxy.set_lane_mode("client", crate::ProxyMode::Blackhole));
+    // Generous against a busy machine, far below "hangs": the calls must end on a timer.
+    let bound = command_timeout * 4;
+    let other = AcquireRequest {
+        key: LockKey::new("silent-server-2").unwrap(),
+        token: Token::random(),
+        ttl,
+        fencing: false,
+    };
+    let renew = ExtendRequest { key: key.clone(), token, ttl };
+    let err = within("acquire", bound, backend.acquire(&other)).await;
+    assert!(err.is_err(), "a silent server granted a lock: {err:?}");
+    let err = within("extend", bound, backend.extend(&renew)).await;
+    assert!(err.is_err(), "a silent server renewed a lease: {err:?}");
+    let err = within("release", bound, backend.release(&key, &token)).await;
+    assert!(err.is_err(), "a silent server released a lock: {err:?}");
+    assert!(proxy.stats().faults() > 0, "the proxy discarded nothing: the fault did not happen");
+}
+
+/// Runs `call`, which must fail with a retryable timeout before `bound`; it panics if the
+/// call is still out then.
+async fn within<T: std::fmt::Debug>(
+    call: &str,
+    bound: Duration,
+    fut: impl Future<Output = Result<T, BackendError>>,
+) -> Result<T, BackendError> {
+    let started = Instant::now();
+    let Ok(result) = tokio::time::timeout(bound, fut).await else {
+        panic!("{call} on a silent server was still waiting after {bound:?}: no timer bounds it");
+    };
+    if let Err(err) = &result {
+        assert_eq!(err.kind(), BackendErrorKind::Timeout, "{call} on a silent server: {err}");
+        assert!(err.is_retryable(), "{call} on a silent server: {err}");
+        assert!(started.elapsed() < bound, "{call} on a silent server took {:?}", started.elapsed());
+    }
+    result
+}
+
 /// A wrong or missing password gives a permanent authentication error, quickly.
 ///
 /// # Errors
@@ -1390,6 +1460,7 @@ macro_rules! redis_suite {
             server_killed_while_held_fires_lost_by_the_deadline,
             server_restart_is_survived,
             unreachable_address_errors_within_the_timeout,
+            silent_server_times_out_each_call,
             auth_failure_gives_a_clear_error,
             acl_user_with_the_documented_rules_can_lock,
             two_hundred_waiters_each_get_the_lock_once,
