@@ -291,8 +291,11 @@ impl Batch {
         let answers = std::mem::take(&mut self.answers);
         match reply {
             Ok(replies) if replies.sets.len() == answers.len() => {
-                for (answer, set) in answers.into_iter().zip(replies.sets) {
-                    let _ = answer.send(set.map(|set| (set, replies.marker.clone())));
+                let (last, mut marker) = (answers.len().saturating_sub(1), replies.marker);
+                for (n, (answer, set)) in answers.into_iter().zip(replies.sets).enumerate() {
+                    // The last member takes the marker itself (a batch of one copies nothing).
+                    let marker = if n == last { marker.take() } else { marker.clone() };
+                    let _ = answer.send(set.map(|set| (set, marker)));
                 }
             }
             Ok(replies) => {

@@ -118,10 +118,13 @@ impl Token {
     /// [`Token::to_redis_value`] followed by `suffix`, in one string allocated at its final size.
     pub(crate) fn redis_value_with(&self, suffix: &str) -> String {
         const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut out = String::with_capacity(32 + suffix.len());
-        for shift in (0..32).rev() {
-            out.push(char::from(HEX[((self.0 >> (shift * 4)) & 0xf) as usize]));
+        let mut digits = [b'0'; 32];
+        for (i, digit) in digits.iter_mut().enumerate() {
+            *digit = HEX[((self.0 >> ((31 - i) * 4)) & 0xf) as usize];
         }
+        let mut out = String::with_capacity(32 + suffix.len());
+        // Every byte is an ASCII hex digit, so this never falls back.
+        out.push_str(std::str::from_utf8(&digits).unwrap_or_default());
         out.push_str(suffix);
         out
     }

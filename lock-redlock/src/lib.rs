@@ -262,20 +262,27 @@ impl<B: LockBackend> RedLock<B> {
     /// The votes of the nodes at `indices`: one per distinct server (nodes with the same data
     /// identity count once; nodes of unknown identity count one each).
     fn votes(&self, indices: impl Iterator<Item = usize>) -> usize {
-        // A handful of nodes: a short list beats a hash set.
-        let mut seen: Vec<u64> = Vec::with_capacity(self.inner.nodes.len());
+        // A handful of nodes: a short list on the stack (read once per answer of a round, so
+        // no allocation), spilling to the heap past 16 distinct servers.
+        let (mut seen, mut len, mut spilled) = ([0u64; 16], 0, Vec::new());
         let mut unknown = 0;
         for i in indices {
             match self.identity(i) {
                 Identity::Known(id) => {
-                    if !seen.contains(&id) {
-                        seen.push(id);
+                    if !seen[..len].contains(&id) && !spilled.contains(&id) {
+                        match seen.get_mut(len) {
+                            Some(slot) => {
+                                *slot = id;
+                                len += 1;
+                            }
+                            None => spilled.push(id),
+                        }
                     }
                 }
                 _ => unknown += 1,
             }
         }
-        seen.len() + unknown
+        len + spilled.len() + unknown
     }
 
     fn node_timeout(&self, ttl: Duration) -> Duration {
@@ -331,6 +338,9 @@ impl<B: LockBackend> RedLock<B> {
             .map(|(i, node)| {
                 let (key, token, node) = (key.clone(), *token, Arc::clone(node));
                 async move {
+                    // Called on `B` itself: through the `Arc`'s forwarding impl each call would
+                    // box one more future.
+                    let node: &B = &node;
                     let answer = match (members, node.shared()) {
                         (None, _) => match how {
                             How::Announced => node.release(&key, &token).await,
@@ -338,7 +348,7 @@ impl<B: LockBackend> RedLock<B> {
                             How::Silent => node.discard(&key, &token).await,
                         },
                         (Some(set), Some(shared)) => shared.release_member(set, &key, &token).await,
-                        (Some(_), None) => Err(no_shared(&node)),
+                        (Some(_), None) => Err(no_shared(node)),
                     };
                     (i, answer)
                 }
@@ -386,7 +396,7 @@ impl<B: LockBackend> RedLock<B> {
         let (key, token) = (req.key.clone(), req.token);
         let mut answers = self.fan_out(deadline, move |_, node| {
             let key = key.clone();
-            async move { node.raise_fence(&key, &token, fence).await }
+            async move { B::raise_fence(&node, &key, &token, fence).await }
         });
         let n = self.inner.nodes.len();
         let (mut ok, mut failures) = (0, Vec::new());
@@ -587,7 +597,7 @@ impl<B: LockBackend> RedLock<B> {
         let batch: Arc<[Renewal]> = renewals.into();
         let mut answers = self.fan_out(self.node_timeout(shortest), move |_, node| {
             let batch = Arc::clone(&batch);
-            async move { Ok(node.extend_many(&batch).await) }
+            async move { Ok(B::extend_many(&node, &batch).await) }
         });
         let mut extended: Vec<Vec<usize>> = vec![Vec::new(); m];
         let mut not_held: Vec<Vec<usize>> = vec![Vec::new(); m];
@@ -862,7 +872,7 @@ impl<B: LockBackend> RedLock<B> {
         let acquire = AcquireRequest { key: req.key.clone(), token: req.token, ttl: req.ttl, fencing: false };
         for i in missing {
             if let Some(node) = self.inner.nodes.get(i) {
-                match node.acquire(&acquire).await {
+                match B::acquire(node, &acquire).await {
                     Ok(outcome) => debug!(key = %acquire.key, node = i, ?outcome, "repair"),
                     Err(e) => warn!(key = %acquire.key, node = i, error = %e, "repair failed"),
                 }

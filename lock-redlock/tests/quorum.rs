@@ -468,3 +468,24 @@ async fn a_batch_is_decided_per_lease_at_a_majority() {
     assert!(matches!(answers[2], Ok(lock_core::ExtendOutcome::NotHeld)), "a majority lost it");
     assert_eq!(nodes[0].inner().op_counts().extend, 6, "each batch reaches every node: 3 leases, twice");
 }
+
+/// Votes count distinct servers by their identity, kept in a short list on the stack that
+/// spills to the heap past 16 servers: with 33 known servers a majority (17) needs the spilled
+/// ones counted too.
+#[tokio::test(start_paused = true)]
+async fn more_than_sixteen_known_servers_are_each_counted() {
+    let nodes = nodes(33);
+    let rl = quorum(&nodes);
+    assert_eq!(rl.quorum(), 17);
+    let first = req("many", 10 * SEC);
+    assert!(matches!(rl.acquire(&first).await.unwrap(), AcquireOutcome::Acquired(_)));
+    assert_eq!(rl.release(&first.key, &first.token).await.unwrap(), ReleaseOutcome::Released);
+    // Past the identity recheck: the next round asks every node again, and each now knows its id.
+    tokio::time::sleep(11 * SEC).await;
+    for round in 0..2 {
+        let r = req("many", 10 * SEC);
+        let outcome = rl.acquire(&r).await.unwrap_or_else(|e| panic!("round {round}: {e}"));
+        assert!(matches!(outcome, AcquireOutcome::Acquired(_)), "round {round}: {outcome:?}");
+        assert_eq!(rl.release(&r.key, &r.token).await.unwrap(), ReleaseOutcome::Released);
+    }
+}

@@ -1272,9 +1272,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|(c, _)| Arc::clone(c))
         .collect();
     let seq = sequential(&contenders, rounds, slice).await;
-    if std::env::var_os("BENCH_SEQ_ONLY").is_some() {
-        return Ok(());
-    }
     let pids: Vec<u32> = servers.iter().filter_map(RedisServer::pid).collect();
     let par = parallel("2. 64 tasks on distinct keys", &contenders, &pids, par_slices, par_slice).await;
     if args.lock_path_only {
