@@ -526,7 +526,7 @@ async fn sequential(
         rounds * slice
     );
     println!(
-        "   {:<16} {:>12} {:>10} {:>10} {:>9} {:>14} {:>8}",
+        "   {:<18} {:>12} {:>10} {:>10} {:>9} {:>14} {:>8}",
         "contender", "cycles/s", "p50 us", "p99 us", "vs raw", "client us/cyc", "csw/cyc"
     );
     let mut out = Vec::new();
@@ -549,7 +549,7 @@ async fn sequential(
         // around each reply is most of it, one task alone.
         let cpu = us(seq_cpu[i]) / l.len().max(1) as f64;
         println!(
-            "   {:<16} {:>12.0} {:>10.1} {:>10.1} {:>8.2}x {:>14.1} {:>8.2}",
+            "   {:<18} {:>12.0} {:>10.1} {:>10.1} {:>8.2}x {:>14.1} {:>8.2}",
             c.name(),
             rate,
             us(p50),
@@ -627,7 +627,7 @@ async fn parallel(
     // redis-server this bench started (on 2 cores the two share the machine), so the
     // library's own cost shows apart from the server's.
     println!(
-        "   {:<16} {:>12} {:>9} {:>14} {:>14}",
+        "   {:<18} {:>12} {:>9} {:>14} {:>14}",
         "contender", "cycles/s", "vs raw", "client us/cyc", "server us/cyc"
     );
     let mut base = 0.0;
@@ -641,7 +641,7 @@ async fn parallel(
         let client_us = cpu[i].as_secs_f64() * 1e6 / (counts[i].max(1) as f64);
         let server_us = server_cpu[i].as_secs_f64() * 1e6 / (counts[i].max(1) as f64);
         println!(
-            "   {:<16} {:>12.0} {:>8.2}x {:>14.1} {:>14.1}",
+            "   {:<18} {:>12.0} {:>8.2}x {:>14.1} {:>14.1}",
             c.name(),
             rate,
             ratio,
