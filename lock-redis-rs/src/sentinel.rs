@@ -166,6 +166,9 @@ impl ConnectionLike for SentinelConnection {
 }
 
 /// How long [`SentinelConnection`] waits for the sentinels and the primary when connecting.
+/// Unlike the plain connections (see `RedisBackendBuilder::connect`), it keeps a response
+/// timeout of its own: a command that times out is how it notices a primary that stopped
+/// answering, and asks the sentinels again (the backend's timer would only drop the call).
 pub(crate) fn connection_config(connect: Duration, command: Duration) -> AsyncConnectionConfig {
     AsyncConnectionConfig::new().set_connection_timeout(Some(connect)).set_response_timeout(Some(command))
 }
