@@ -499,8 +499,7 @@ async fn sequential(
     let mut n = 0u64;
     for round in 0..rounds + 1 {
         for (i, c) in contenders.iter().enumerate() {
-            let switched = context_switches();
-            let cpu0 = cpu_time();
+            let before = Usage::now();
             for _ in 0..slice {
                 n += 1;
                 let key = format!("seq:{n}");
@@ -516,8 +515,9 @@ async fn sequential(
                 }
             }
             if round > 0 {
-                switches[i] += context_switches() - switched;
-                seq_cpu[i] += cpu_time().saturating_sub(cpu0);
+                let after = Usage::now();
+                switches[i] += after.switches - before.switches;
+                seq_cpu[i] += after.cpu.saturating_sub(before.cpu);
             }
         }
     }
@@ -929,25 +929,32 @@ fn handoff_stats(name: &str, mut events: Vec<HandoffEvent>, run: Duration) -> se
     })
 }
 
-/// Context switches (voluntary and not) of this process's threads so far.
-fn context_switches() -> i64 {
-    use nix::sys::resource::{UsageWho, getrusage};
-    getrusage(UsageWho::RUSAGE_SELF)
-        .map_or(0, |u| u.voluntary_context_switches() + u.involuntary_context_switches())
+/// This process's resource use so far (all its threads), from one `getrusage`.
+#[derive(Clone, Copy, Default)]
+struct Usage {
+    /// CPU time, user + system.
+    cpu: Duration,
+    /// Context switches, voluntary and not.
+    switches: i64,
+}
+
+impl Usage {
+    fn now() -> Self {
+        use nix::sys::resource::{UsageWho, getrusage};
+        let Ok(u) = getrusage(UsageWho::RUSAGE_SELF) else { return Self::default() };
+        let tv = |t: nix::sys::time::TimeVal| {
+            Duration::new(t.tv_sec().max(0) as u64, (t.tv_usec().max(0) as u32) * 1000)
+        };
+        Self {
+            cpu: tv(u.user_time()) + tv(u.system_time()),
+            switches: u.voluntary_context_switches() + u.involuntary_context_switches(),
+        }
+    }
 }
 
 /// CPU time (user + system) of this process so far.
 fn cpu_time() -> Duration {
-    use nix::sys::resource::{UsageWho, getrusage};
-    match getrusage(UsageWho::RUSAGE_SELF) {
-        Ok(u) => {
-            let tv = |t: nix::sys::time::TimeVal| {
-                Duration::new(t.tv_sec().max(0) as u64, (t.tv_usec().max(0) as u32) * 1000)
-            };
-            tv(u.user_time()) + tv(u.system_time())
-        }
-        Err(_) => Duration::ZERO,
-    }
+    Usage::now().cpu
 }
 
 /// CPU time (user + system) of the given processes so far, from `/proc/<pid>/stat` (fields 14
