@@ -6,6 +6,7 @@ mod backoff;
 mod client;
 pub mod coalesce;
 mod config;
+pub mod deadline;
 pub mod doctor;
 mod error;
 mod fair;

@@ -10,6 +10,7 @@ use fred::prelude::{Builder, Config, ReconnectPolicy, ServerConfig};
 use fred::types::{ClusterHash, CustomCommand, Expiration, FromValue, SetOptions};
 use lock_core::FencingToken;
 use lock_core::coalesce::{self, Coalescer, SetNx, SetPipeline, SetReplies};
+use lock_core::deadline;
 use lock_core::doctor::{CONFIG_NAMES, NodeFacts};
 use lock_core::hub::HubTask;
 use lock_core::scripts::{self, LuaScript, NodeGuard, PubSubMode, RedisKeys, ScriptRunner};
@@ -706,7 +707,8 @@ where
         if self.shared.fred_times_out {
             Some(call.await)
         } else {
-            tokio::time::timeout(limit, call).await.ok()
+            // None of its own under a RedLock round's bound (`lock_core::deadline`).
+            deadline::within(limit, call).await
         }
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use lock_core::FencingToken;
 use lock_core::coalesce::{self, Coalescer, SetNx, SetPipeline, SetReplies};
+use lock_core::deadline;
 use lock_core::doctor::{CONFIG_NAMES, NodeFacts};
 use lock_core::hub::HubTask;
 use lock_core::scripts::{self, LuaScript, NodeGuard, PubSubMode, RedisKeys, ScriptRunner};
@@ -656,18 +657,19 @@ where
             + args.iter().map(|a| a.len() + 16).sum::<usize>();
         let mut evalsha = redis::Cmd::with_capacity(3 + keys.len() + args.len(), size);
         evalsha.arg("EVALSHA").arg(script.sha1).arg(keys.len()).arg(keys).arg(args);
-        let first = tokio::time::timeout(timeout, evalsha.query_async::<T>(&mut conn)).await;
+        // One bound per call: none of its own under a RedLock round's (`lock_core::deadline`).
+        let first = deadline::within(timeout, evalsha.query_async::<T>(&mut conn)).await;
         let result = match first {
-            Ok(Err(e)) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+            Some(Err(e)) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
                 let mut eval = redis::cmd("EVAL");
                 eval.arg(script.source).arg(keys.len()).arg(keys).arg(args);
-                tokio::time::timeout(timeout, eval.query_async::<T>(&mut conn)).await
+                deadline::within(timeout, eval.query_async::<T>(&mut conn)).await
             }
             other => other,
         };
         match result {
-            Ok(r) => r.map_err(|e| map_error(e, &context())),
-            Err(_) => Err(BackendError::retryable(
+            Some(r) => r.map_err(|e| map_error(e, &context())),
+            None => Err(BackendError::retryable(
                 BackendErrorKind::Timeout,
                 format!("{}: no reply within {timeout:?}", context()),
             )),
@@ -694,9 +696,9 @@ where
         let timeout = self.shared.command_timeout;
         let mut conn = self.conn.clone();
         let sent = pipe.query_async::<Vec<redis::RedisResult<Option<String>>>>(&mut conn);
-        let replies = match tokio::time::timeout(timeout, sent).await {
-            Ok(r) => r.map_err(|e| map_error(e, &context()))?,
-            Err(_) => {
+        let replies = match deadline::within(timeout, sent).await {
+            Some(r) => r.map_err(|e| map_error(e, &context()))?,
+            None => {
                 return Err(BackendError::retryable(
                     BackendErrorKind::Timeout,
                     format!("{}: no reply within {timeout:?}", context()),
@@ -742,11 +744,11 @@ where
         let mut conn = self.conn.clone();
         let mut set = redis::cmd("SET");
         set.arg(key).arg(value).arg("NX").arg("PX").arg(ttl_ms);
-        match tokio::time::timeout(timeout, set.query_async::<Option<String>>(&mut conn)).await {
-            Ok(r) => r.map(|ok| Some(ok.is_some())).map_err(|e| {
+        match deadline::within(timeout, set.query_async::<Option<String>>(&mut conn)).await {
+            Some(r) => r.map(|ok| Some(ok.is_some())).map_err(|e| {
                 map_error(e, &format!("SET NX on redis key {key:?} at {}", self.shared.endpoint))
             }),
-            Err(_) => Err(BackendError::retryable(
+            None => Err(BackendError::retryable(
                 BackendErrorKind::Timeout,
                 format!(
                     "SET NX on redis key {key:?} at {}: no reply within {timeout:?}",

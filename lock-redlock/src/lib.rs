@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use futures::future::join_all;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
+use lock_core::deadline;
 use lock_core::{
     AcquireOutcome, AcquireRequest, BackendError, BackendErrorKind, Capabilities, ExtendOutcome,
     ExtendRequest, FencingToken, Grant, Hold, HoldOutcome, HoldRequest, Instant, LockBackend, LockError,
@@ -301,12 +302,15 @@ impl<B: LockBackend> RedLock<B> {
         Fut: Future<Output = Result<T, BackendError>> + Send + 'static,
     {
         let calls = FuturesUnordered::new();
+        let until = Instant::now() + deadline;
         for (i, node) in self.inner.nodes.iter().enumerate() {
             let fut = call(i, Arc::clone(node));
-            let call: NodeCall<T> = Box::pin(async move { (i, fut.await) });
+            // The round's deadline bounds every node call (the FanOut drops those still out
+            // then, even in the background), so the nodes arm no timer of their own.
+            let call: NodeCall<T> = Box::pin(deadline::bounded_by(until, async move { (i, fut.await) }));
             calls.push(call);
         }
-        FanOut::new(calls, deadline, Arc::clone(&self.inner.endpoints))
+        FanOut::new(calls, until, deadline, Arc::clone(&self.inner.endpoints))
     }
 
     /// Releases `key` on every node, concurrently; waits for each answer up to `deadline`.
@@ -327,8 +331,10 @@ impl<B: LockBackend> RedLock<B> {
         members: Option<Members>,
     ) -> Vec<Answer<ReleaseOutcome>> {
         let limit = deadline.saturating_mul(BACKGROUND_RELEASE_LIMIT);
+        let until = Instant::now() + deadline;
         // Polled here, on the caller's task (no task per node); only the calls still in flight
-        // at the deadline move to one background task.
+        // at the deadline move to one background task. The deadline bounds each call (and
+        // `limit` those that go on in the background), so the nodes arm no timer of their own.
         let mut calls: FuturesUnordered<_> = self
             .inner
             .nodes
@@ -337,7 +343,7 @@ impl<B: LockBackend> RedLock<B> {
             .filter(|(i, _)| !skip.get(*i).copied().unwrap_or(false))
             .map(|(i, node)| {
                 let (key, token, node) = (key.clone(), *token, Arc::clone(node));
-                async move {
+                deadline::bounded_by(until, async move {
                     // Called on `B` itself: through the `Arc`'s forwarding impl each call would
                     // box one more future.
                     let node: &B = &node;
@@ -351,13 +357,13 @@ impl<B: LockBackend> RedLock<B> {
                         (Some(_), None) => Err(no_shared(node)),
                     };
                     (i, answer)
-                }
+                })
             })
             .collect();
         let mut answers = Vec::with_capacity(calls.len());
         let mut waiting: Vec<usize> =
             (0..self.inner.nodes.len()).filter(|i| !skip.get(*i).copied().unwrap_or(false)).collect();
-        let timer = tokio::time::sleep(deadline);
+        let timer = tokio::time::sleep_until(until);
         tokio::pin!(timer);
         loop {
             tokio::select! {
@@ -903,13 +909,18 @@ struct FanOut<T: Send + 'static> {
 }
 
 impl<T: Send + 'static> FanOut<T> {
-    fn new(calls: FuturesUnordered<NodeCall<T>>, limit: Duration, endpoints: Arc<[String]>) -> Self {
+    fn new(
+        calls: FuturesUnordered<NodeCall<T>>,
+        deadline: Instant,
+        limit: Duration,
+        endpoints: Arc<[String]>,
+    ) -> Self {
         let pending = vec![true; calls.len()];
         Self {
             calls,
             ready: std::collections::VecDeque::new(),
             started: false,
-            deadline: Instant::now() + limit,
+            deadline,
             limit,
             timer: None,
             pending,
@@ -918,7 +929,7 @@ impl<T: Send + 'static> FanOut<T> {
     }
 
     fn empty() -> Self {
-        Self::new(FuturesUnordered::new(), Duration::ZERO, Arc::from(Vec::new()))
+        Self::new(FuturesUnordered::new(), Instant::now(), Duration::ZERO, Arc::from(Vec::new()))
     }
 
     fn answered(&mut self, answer: Answer<T>) -> Answer<T> {

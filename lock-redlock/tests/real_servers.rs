@@ -177,3 +177,53 @@ async fn stop_three_nodes_acquire_fails_fast_and_holders_see_lost_then_recover()
     no_key_left(&servers.iter().collect::<Vec<_>>(), "stop-three").await;
     no_key_left(&servers.iter().collect::<Vec<_>>(), "stop-three-other").await;
 }
+
+/// A round's deadline bounds the calls it makes to its nodes, which then arm no timer of their
+/// own (`lock_core::deadline`): with node command timeouts far above the round's deadline, a
+/// stopped node still costs a round no more than its deadline. And the bound ends with the
+/// round: the same node called directly afterwards is bounded by its own command timeout
+/// again (were the round's bound to leak past it, that call would arm no timer and hang).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_bounds_its_node_calls_and_the_bound_ends_with_it() {
+    use lock_core::{AcquireRequest, BackendErrorKind, LockKey, Token};
+    let servers = start_nodes(3).unwrap_or_else(|e| panic!("{e}"));
+    let command_timeout = Duration::from_millis(1_500);
+    let mut nodes = Vec::new();
+    for s in &servers {
+        let node = RedisBackend::builder().command_timeout(command_timeout).connect(&s.url()).await;
+        nodes.push(node.unwrap_or_else(|e| panic!("{e}")));
+    }
+    let silent = nodes[0].clone();
+    let options = RedLockOptions::new().node_timeout(Duration::from_millis(100));
+    let locks =
+        LockClient::with_config(RedLock::with_options(nodes, options).unwrap(), fast_config()).unwrap();
+    servers[0].pause().unwrap();
+    let start = tokio::time::Instant::now();
+    let guard = locks.mutex("round-bound").unwrap().try_lock().await.unwrap().expect("2 of 3 answer");
+    guard.release().await.unwrap();
+    // Generous against a loaded machine, and still below one node command timeout.
+    assert!(start.elapsed() < Duration::from_millis(1_000), "the round took {:?}", start.elapsed());
+
+    let req = AcquireRequest {
+        key: LockKey::new("after-the-round").unwrap(),
+        token: Token::random(),
+        ttl: Duration::from_secs(5),
+        fencing: false,
+    };
+    let start = tokio::time::Instant::now();
+    let Ok(direct) = tokio::time::timeout(command_timeout * 4, silent.acquire(&req)).await else {
+        panic!(
+            "a call after the round was still waiting after {:?}: no timer bounds it",
+            command_timeout * 4
+        );
+    };
+    let err = direct.expect_err("a stopped server granted a lock");
+    assert_eq!(err.kind(), BackendErrorKind::Timeout, "{err}");
+    // Its own timer ended it, not some leftover of the round's (100 ms) deadline.
+    assert!(
+        start.elapsed() >= command_timeout - Duration::from_millis(50),
+        "ended after {:?}",
+        start.elapsed()
+    );
+    servers[0].resume().unwrap();
+}

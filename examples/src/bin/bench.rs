@@ -183,6 +183,9 @@ struct Shape {
     name: String,
     conn: Option<MultiplexedConnection>,
     fred: Option<lock_fred::fred::clients::Client>,
+    /// Each call bounded by its own tokio timer (redis-rs only), as the library's calls are
+    /// outside a RedLock round.
+    timed: bool,
 }
 
 /// The names and arguments of one cycle of [`Shape`]: the lock key, the token and the
@@ -210,6 +213,37 @@ impl Contender for Shape {
             let value = format!("{token}:0");
             if let Some(conn) = &self.conn {
                 let mut c = conn.clone();
+                if self.timed {
+                    let t = Duration::from_secs(5);
+                    let p = lock_redis_rs::redis::pipe()
+                        .cmd("SET")
+                        .arg(&lock)
+                        .arg(&value)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(30_000)
+                        .cmd("GET")
+                        .arg(scripts::MARKER_KEY)
+                        .clone();
+                    let (_, _): (Option<String>, Option<String>) =
+                        tokio::time::timeout(t, p.query_async(&mut c))
+                            .await
+                            .map_err(|e| e.to_string())?
+                            .map_err(|e| e.to_string())?;
+                    let _: i64 = tokio::time::timeout(
+                        t,
+                        lock_redis_rs::redis::cmd("EVALSHA")
+                            .arg(scripts::RELEASE.sha1)
+                            .arg(keys.len())
+                            .arg(&keys)
+                            .arg(&args)
+                            .query_async(&mut c),
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?;
+                    return Ok(());
+                }
                 let (_, _): (Option<String>, Option<String>) = lock_redis_rs::redis::pipe()
                     .cmd("SET")
                     .arg(&lock)
@@ -1210,6 +1244,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 name: "shape-1".into(),
                 conn: Some(raw("", &one).await?.conns.remove(0)),
                 fred: None,
+                timed: false,
+            }),
+            &one,
+        ),
+        // The same with one tokio timer per call, as the library arms: what a timer costs.
+        (
+            Arc::new(Shape {
+                name: "shape-1 timed".into(),
+                conn: Some(raw("", &one).await?.conns.remove(0)),
+                fred: None,
+                timed: true,
             }),
             &one,
         ),
@@ -1234,6 +1279,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 name: "shape-1 fred".into(),
                 conn: None,
                 fred: Some(raw_fred("", &servers[0]).await?.client),
+                timed: false,
             }),
             &one,
         ),
@@ -1244,6 +1290,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 name: "shape-1 fred timed".into(),
                 conn: None,
                 fred: Some(fred1.client().clone()),
+                timed: false,
             }),
             &one,
         ),
