@@ -3,9 +3,10 @@
 //! Every driver call must end, with a retryable timeout, when its server stops answering, so a
 //! driver bounds each call by its command timeout ([`within`]). A RedLock round bounds the
 //! calls it makes to its nodes too, by one deadline for the whole round, and drops the calls
-//! still out when it passes. Armed twice, the node call's own timer only costs: registering
-//! and cancelling a tokio timer is about as dear as the rest of the client's work for a call
-//! (in the bench, RedLock-3 made 8 timers per lock/unlock cycle and rslock none).
+//! still out when it passes. Armed twice, the node call's own timer only costs: a tokio timer
+//! takes the timer wheel's lock when it is registered and again when it is cancelled, and may
+//! wake the thread that drives the timers (a RedLock-3 lock/unlock cycle armed 8, where rslock
+//! arms none; now 2).
 //!
 //! So a caller that bounds the calls it drives says so with [`bounded_by`], and [`within`]
 //! arms no timer under a bound that ends no later than its own limit would. The bound is a

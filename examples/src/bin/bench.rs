@@ -198,6 +198,21 @@ fn shape_names(key: &str) -> Result<(String, String, [String; 1], [String; 2]), 
     Ok((lock.clone(), token.clone(), [lock], [token, "l".to_string()]))
 }
 
+impl Shape {
+    /// One call of the redis-rs form, bounded by a tokio timer of its own when the row is timed.
+    async fn call<T>(
+        &self,
+        call: impl Future<Output = lock_redis_rs::redis::RedisResult<T>>,
+    ) -> Result<T, String> {
+        let reply = if self.timed {
+            tokio::time::timeout(Duration::from_secs(5), call).await.map_err(|e| e.to_string())?
+        } else {
+            call.await
+        };
+        reply.map_err(|e| e.to_string())
+    }
+}
+
 impl Contender for Shape {
     fn name(&self) -> &str {
         &self.name
@@ -213,57 +228,13 @@ impl Contender for Shape {
             let value = format!("{token}:0");
             if let Some(conn) = &self.conn {
                 let mut c = conn.clone();
-                if self.timed {
-                    let t = Duration::from_secs(5);
-                    let p = lock_redis_rs::redis::pipe()
-                        .cmd("SET")
-                        .arg(&lock)
-                        .arg(&value)
-                        .arg("NX")
-                        .arg("PX")
-                        .arg(30_000)
-                        .cmd("GET")
-                        .arg(scripts::MARKER_KEY)
-                        .clone();
-                    let (_, _): (Option<String>, Option<String>) =
-                        tokio::time::timeout(t, p.query_async(&mut c))
-                            .await
-                            .map_err(|e| e.to_string())?
-                            .map_err(|e| e.to_string())?;
-                    let _: i64 = tokio::time::timeout(
-                        t,
-                        lock_redis_rs::redis::cmd("EVALSHA")
-                            .arg(scripts::RELEASE.sha1)
-                            .arg(keys.len())
-                            .arg(&keys)
-                            .arg(&args)
-                            .query_async(&mut c),
-                    )
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| e.to_string())?;
-                    return Ok(());
-                }
-                let (_, _): (Option<String>, Option<String>) = lock_redis_rs::redis::pipe()
-                    .cmd("SET")
-                    .arg(&lock)
-                    .arg(&value)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(30_000)
-                    .cmd("GET")
-                    .arg(scripts::MARKER_KEY)
-                    .query_async(&mut c)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let _: i64 = lock_redis_rs::redis::cmd("EVALSHA")
-                    .arg(scripts::RELEASE.sha1)
-                    .arg(keys.len())
-                    .arg(&keys)
-                    .arg(&args)
-                    .query_async(&mut c)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let mut acquire = lock_redis_rs::redis::pipe();
+                acquire.cmd("SET").arg(&lock).arg(&value).arg("NX").arg("PX").arg(30_000);
+                acquire.cmd("GET").arg(scripts::MARKER_KEY);
+                let mut release = lock_redis_rs::redis::cmd("EVALSHA");
+                release.arg(scripts::RELEASE.sha1).arg(keys.len()).arg(&keys).arg(&args);
+                let (_, _): (Option<String>, Option<String>) = self.call(acquire.query_async(&mut c)).await?;
+                let _: i64 = self.call(release.query_async(&mut c)).await?;
             } else if let Some(c) = &self.fred {
                 let set = c.set::<Option<String>, _, _>(
                     &lock,
