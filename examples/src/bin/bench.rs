@@ -61,13 +61,16 @@ struct Args {
     handoff_child: Option<String>,
 }
 
-type BoxFut<'a> = Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
+/// One cycle's future: how long its acquire took (from the cycle's start until the lock was
+/// held), or what went wrong. The rest of the cycle is the release.
+type BoxFut<'a> = Pin<Box<dyn Future<Output = Result<Duration, String>> + Send + 'a>>;
 
 /// One lock+unlock cycle on a key.
 trait Contender: Send + Sync {
     fn name(&self) -> &str;
     /// Which commands this contender sends itself (the rest run inside scripts).
     fn client_commands(&self) -> &'static [&'static str];
+    /// Locks `key` and unlocks it; answers how long the lock took (see [`BoxFut`]).
     fn cycle<'a>(&'a self, key: &'a str) -> BoxFut<'a>;
 }
 
@@ -87,6 +90,7 @@ impl Contender for Raw {
     }
     fn cycle<'a>(&'a self, key: &'a str) -> BoxFut<'a> {
         Box::pin(async move {
+            let started = Instant::now();
             let token = Token::random().to_redis_value();
             let name = format!("raw:{{{key}}}");
             let sets = self.conns.iter().map(|c| {
@@ -106,6 +110,7 @@ impl Contender for Raw {
             for r in join_all(sets).await {
                 r.map_err(|e| e.to_string())?;
             }
+            let acquired = started.elapsed();
             let dels = self.conns.iter().map(|c| {
                 let mut c = c.clone();
                 let (name, token) = (name.clone(), token.clone());
@@ -123,7 +128,7 @@ impl Contender for Raw {
             for r in join_all(dels).await {
                 r.map_err(|e| e.to_string())?;
             }
-            Ok(())
+            Ok(acquired)
         })
     }
 }
@@ -147,6 +152,7 @@ impl Contender for RawFred {
         use lock_fred::fred::interfaces::{KeysInterface, LuaInterface};
         use lock_fred::fred::types::{Expiration, SetOptions};
         Box::pin(async move {
+            let started = Instant::now();
             let token = Token::random().to_redis_value();
             let name = format!("raw:{{{key}}}");
             let _: Option<String> = self
@@ -154,12 +160,13 @@ impl Contender for RawFred {
                 .set(&name, token.as_str(), Some(Expiration::PX(30_000)), Some(SetOptions::NX), false)
                 .await
                 .map_err(|e| e.to_string())?;
+            let acquired = started.elapsed();
             let _: i64 = self
                 .client
                 .evalsha(scripts::RELEASE.sha1, vec![name], vec![token, String::new()])
                 .await
                 .map_err(|e| e.to_string())?;
-            Ok(())
+            Ok(acquired)
         })
     }
 }
@@ -224,6 +231,8 @@ impl Contender for Shape {
         use lock_fred::fred::interfaces::{KeysInterface, LuaInterface};
         use lock_fred::fred::types::{Expiration, SetOptions};
         Box::pin(async move {
+            let started = Instant::now();
+            let mut acquired = Duration::ZERO;
             let (lock, token, keys, args) = shape_names(key)?;
             let value = format!("{token}:0");
             if let Some(conn) = &self.conn {
@@ -231,9 +240,10 @@ impl Contender for Shape {
                 let mut acquire = lock_redis_rs::redis::pipe();
                 acquire.cmd("SET").arg(&lock).arg(&value).arg("NX").arg("PX").arg(30_000);
                 acquire.cmd("GET").arg(scripts::MARKER_KEY);
+                let (_, _): (Option<String>, Option<String>) = self.call(acquire.query_async(&mut c)).await?;
+                acquired = started.elapsed();
                 let mut release = lock_redis_rs::redis::cmd("EVALSHA");
                 release.arg(scripts::RELEASE.sha1).arg(keys.len()).arg(&keys).arg(&args);
-                let (_, _): (Option<String>, Option<String>) = self.call(acquire.query_async(&mut c)).await?;
                 let _: i64 = self.call(release.query_async(&mut c)).await?;
             } else if let Some(c) = &self.fred {
                 let set = c.set::<Option<String>, _, _>(
@@ -246,12 +256,13 @@ impl Contender for Shape {
                 let _ = futures::future::try_join(set, c.get::<Option<String>, _>(scripts::MARKER_KEY))
                     .await
                     .map_err(|e| e.to_string())?;
+                acquired = started.elapsed();
                 let _: i64 = c
                     .evalsha(scripts::RELEASE.sha1, keys.to_vec(), args.to_vec())
                     .await
                     .map_err(|e| e.to_string())?;
             }
-            Ok(())
+            Ok(acquired)
         })
     }
 }
@@ -274,9 +285,12 @@ impl<B: LockBackend> Contender for Ours<B> {
     }
     fn cycle<'a>(&'a self, key: &'a str) -> BoxFut<'a> {
         Box::pin(async move {
+            let started = Instant::now();
             let guard =
                 self.client.mutex(key).map_err(|e| e.to_string())?.lock().await.map_err(|e| e.to_string())?;
-            guard.release().await.map_err(|e| e.to_string())
+            let acquired = started.elapsed();
+            guard.release().await.map_err(|e| e.to_string())?;
+            Ok(acquired)
         })
     }
 }
@@ -302,6 +316,7 @@ impl Contender for RawRead {
             let key =
                 lock_core::LockKey::new(self.shared.as_deref().unwrap_or(key)).map_err(|e| e.to_string())?;
             let k = scripts::RedisKeys::for_key(&key);
+            let started = Instant::now();
             let token = Token::random().to_redis_value();
             let mut c = self.conn.clone();
             let granted: Vec<i64> = lock_redis_rs::redis::cmd("EVALSHA")
@@ -321,6 +336,7 @@ impl Contender for RawRead {
             if granted.first() != Some(&1) {
                 return Err(format!("read refused: {granted:?}"));
             }
+            let acquired = started.elapsed();
             let _: i64 = lock_redis_rs::redis::cmd("EVALSHA")
                 .arg(scripts::MEMBER.sha1)
                 .arg(1)
@@ -332,7 +348,7 @@ impl Contender for RawRead {
                 .query_async(&mut c)
                 .await
                 .map_err(|e| e.to_string())?;
-            Ok(())
+            Ok(acquired)
         })
     }
 }
@@ -354,9 +370,13 @@ impl<B: LockBackend> Contender for OursRw<B> {
     }
     fn cycle<'a>(&'a self, key: &'a str) -> BoxFut<'a> {
         Box::pin(async move {
+            let started = Instant::now();
             let rw = self.client.rw_lock(self.shared.as_deref().unwrap_or(key)).map_err(|e| e.to_string())?;
             let guard = if self.write { rw.write().await } else { rw.read().await };
-            guard.map_err(|e| e.to_string())?.release().await.map_err(|e| e.to_string())
+            let guard = guard.map_err(|e| e.to_string())?;
+            let acquired = started.elapsed();
+            guard.release().await.map_err(|e| e.to_string())?;
+            Ok(acquired)
         })
     }
 }
@@ -433,13 +453,15 @@ impl Contender for Rslock {
     }
     fn cycle<'a>(&'a self, key: &'a str) -> BoxFut<'a> {
         Box::pin(async move {
+            let started = Instant::now();
             let lock = self
                 .manager
                 .lock(format!("rslock:{key}").as_bytes(), Duration::from_secs(30))
                 .await
                 .map_err(|e| format!("{e:?}"))?;
+            let acquired = started.elapsed();
             self.manager.unlock(&lock).await;
-            Ok(())
+            Ok(acquired)
         })
     }
 }
@@ -501,6 +523,8 @@ async fn sequential(
     let mut busy = vec![Duration::ZERO; contenders.len()];
     let mut switches = vec![0i64; contenders.len()];
     let mut seq_cpu = vec![Duration::ZERO; contenders.len()];
+    // Time to the lock, summed: the acquire's share of `busy`, the rest is the release's.
+    let mut acquiring = vec![Duration::ZERO; contenders.len()];
     let mut n = 0u64;
     for round in 0..rounds + 1 {
         for (i, c) in contenders.iter().enumerate() {
@@ -509,14 +533,16 @@ async fn sequential(
                 n += 1;
                 let key = format!("seq:{n}");
                 let t = Instant::now();
-                if let Err(e) = c.cycle(&key).await {
+                let acquired = c.cycle(&key).await.unwrap_or_else(|e| {
                     eprintln!("{}: {e}", c.name());
-                }
+                    Duration::ZERO
+                });
                 let d = t.elapsed();
                 // Round 0 is the warm-up.
                 if round > 0 {
                     lat[i].push(d);
                     busy[i] += d;
+                    acquiring[i] += acquired;
                 }
             }
             if round > 0 {
@@ -531,8 +557,16 @@ async fn sequential(
         rounds * slice
     );
     println!(
-        "   {:<18} {:>12} {:>10} {:>10} {:>9} {:>14} {:>8}",
-        "contender", "cycles/s", "p50 us", "p99 us", "vs raw", "client us/cyc", "csw/cyc"
+        "   {:<18} {:>12} {:>10} {:>10} {:>9} {:>14} {:>8} {:>9} {:>9}",
+        "contender",
+        "cycles/s",
+        "p50 us",
+        "p99 us",
+        "vs raw",
+        "client us/cyc",
+        "csw/cyc",
+        "lock us",
+        "unlock us"
     );
     let mut out = Vec::new();
     let mut base = Vec::new();
@@ -553,19 +587,25 @@ async fn sequential(
         // This process's CPU per cycle (all threads): parking and waking the runtime's threads
         // around each reply is most of it, one task alone.
         let cpu = us(seq_cpu[i]) / l.len().max(1) as f64;
+        // Mean time to the lock and from it to the end of the cycle: which half a gap is in.
+        let lock_us = us(acquiring[i]) / l.len().max(1) as f64;
+        let unlock_us = us(busy[i].saturating_sub(acquiring[i])) / l.len().max(1) as f64;
         println!(
-            "   {:<18} {:>12.0} {:>10.1} {:>10.1} {:>8.2}x {:>14.1} {:>8.2}",
+            "   {:<18} {:>12.0} {:>10.1} {:>10.1} {:>8.2}x {:>14.1} {:>8.2} {:>9.1} {:>9.1}",
             c.name(),
             rate,
             us(p50),
             us(p99),
             ratio,
             cpu,
-            csw
+            csw,
+            lock_us,
+            unlock_us
         );
         out.push(serde_json::json!({
             "contender": c.name(), "cycles_per_s": rate, "p50_us": us(p50), "p99_us": us(p99), "ratio_vs_raw": ratio,
             "client_us_per_cycle": cpu, "context_switches_per_cycle": csw,
+            "mean_lock_us": lock_us, "mean_unlock_us": unlock_us,
             "quantiles_us": quantiles_us(&l)
         }));
     }
@@ -600,7 +640,7 @@ async fn parallel(
                     while Instant::now() < stop {
                         k += 1;
                         match c.cycle(&format!("par:{round}:{t}:{k}")).await {
-                            Ok(()) => {
+                            Ok(_) => {
                                 done.fetch_add(1, Ordering::Relaxed);
                             }
                             Err(e) => {
