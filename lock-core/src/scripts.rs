@@ -60,9 +60,11 @@
 //! the default TTL).
 //!
 //! What the marker cannot see: a restart that reloads an **old snapshot** (the marker survives,
-//! the recent locks do not) and a **failover to a replica that lagged** (keys lost while the
-//! marker replicated long ago). For those, use `appendfsync always` (or delayed restarts) and
-//! fencing tokens at the resource. Redis Cluster has no per-node marker (a script can only touch
+//! the recent locks do not), a **failover to a replica that lagged** (keys lost while the
+//! marker replicated long ago), and a `SWAPDB` that swaps in another database holding lock data
+//! with an open marker of its own (the read checks that the marker is open, not whose it is; a
+//! database without a marker is caught). For the first two, use `appendfsync always` (or
+//! delayed restarts) and fencing tokens at the resource; keep `SWAPDB` away from lock servers. Redis Cluster has no per-node marker (a script can only touch
 //! one slot), so there the protection is off and the same advice applies.
 //!
 //! # A release announces itself only when somebody waits
