@@ -1,5 +1,7 @@
 //! The benchmark: our lock against the physical limit (raw commands on the same kind of
-//! connection), measured side by side, interleaved in short slices so machine noise cancels.
+//! connection), measured side by side, interleaved in short slices so machine noise cancels
+//! (in an order shuffled anew each round, so no contender always runs first or after the same
+//! neighbour), with each ratio also given round by round so the noise left over shows.
 //!
 //! ```text
 //! cargo run --release -p lock-examples --bin bench -- [--quick] [--json PATH]
@@ -466,6 +468,18 @@ impl Contender for Rslock {
     }
 }
 
+/// The order the contenders run in, in one round: shuffled anew each round (seeded by the
+/// round, so a run is repeatable), so that no contender is always the one that runs first,
+/// after the same neighbour, or last: an effect of position (a connection idle since the last
+/// round, the work the previous contender leaves behind) falls on every contender alike.
+fn round_order(contenders: usize, round: usize) -> Vec<usize> {
+    use rand::SeedableRng;
+    use rand::seq::SliceRandom;
+    let mut order: Vec<usize> = (0..contenders).collect();
+    order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(round as u64));
+    order
+}
+
 /// The spread of one contender's per-round ratio to another's (round by round, each pair
 /// measured back to back): the 10th and 90th percentile of those ratios, so one round that
 /// machine noise hit does not set it. `None` without rounds to compare (or for the row itself
@@ -553,7 +567,8 @@ async fn sequential(
     let mut round_p50: Vec<Vec<f64>> = vec![Vec::new(); contenders.len()];
     let mut n = 0u64;
     for round in 0..rounds + 1 {
-        for (i, c) in contenders.iter().enumerate() {
+        for i in round_order(contenders.len(), round) {
+            let c = &contenders[i];
             let before = Usage::now();
             let first = lat[i].len();
             for _ in 0..slice {
@@ -666,7 +681,8 @@ async fn parallel(
     let mut errors: Vec<(usize, String)> = vec![(0, String::new()); contenders.len()];
     let mut round_rate: Vec<Vec<f64>> = vec![Vec::new(); contenders.len()];
     for round in 0..slices + 1 {
-        for (i, c) in contenders.iter().enumerate() {
+        for i in round_order(contenders.len(), round) {
+            let c = &contenders[i];
             let done = Arc::new(AtomicU64::new(0));
             let failed = Arc::new(std::sync::Mutex::new(Vec::new()));
             let cpu0 = cpu_time();
