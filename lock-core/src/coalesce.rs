@@ -29,6 +29,14 @@
 //! pipeline (a timeout, a broken connection) is every member's error; a `SET` answered with an
 //! error is its own member's error.
 //!
+//! What the caller must not do: send a release for a key while an acquire of it is still
+//! **running** on the same backend, not awaited (left to finish in the background). Until that
+//! acquire's batch is sent, its `SET` is held back here, so the release would reach the server
+//! first, find nothing, and the `SET` landing after it would hold the key until its TTL. A
+//! caller that lets acquires go on after deciding without them (RedLock's nodes that answer
+//! after the majority did) waits for each to end before releasing that node; an ended acquire
+//! was either sent or never will be.
+//!
 //! # Examples
 //! A driver implements [`SetPipeline`] (one pipeline on one connection) and keeps one
 //! [`Coalescer`] per server:

@@ -85,6 +85,9 @@ struct Inner<B> {
     /// The fencing token of each lease this client handed out, while it is valid: a
     /// re-acquire by the same owner shows it again (see [`RedLock::fence_of`]).
     handed: std::sync::Mutex<std::collections::HashMap<(LockKey, Token), (FencingToken, Instant)>>,
+    /// The acquires of each lease that were still out when its round was decided, per node: a
+    /// release of the lease waits on that node until its acquire is done (see [`Late`]).
+    late: std::sync::Mutex<std::collections::HashMap<(LockKey, Token), Late>>,
 }
 
 /// Above this many remembered leases, expired ones are dropped at the next grant.
@@ -204,6 +207,7 @@ impl<B: LockBackend> RedLock<B> {
                 endpoint,
                 capabilities,
                 handed: std::sync::Mutex::default(),
+                late: std::sync::Mutex::default(),
             }),
         })
     }
@@ -321,15 +325,20 @@ impl<B: LockBackend> RedLock<B> {
     /// acquire's fan-out does), so a slow node frees the key when its answer lands instead of
     /// keeping it until its TTL. The call is bounded by [`BACKGROUND_RELEASE_LIMIT`] node
     /// timeouts: past that the key has long expired.
+    ///
+    /// `to` says which nodes are skipped, and for which the release waits for the end of this
+    /// lease's acquire, still out when its round was decided (see [`Late`]; within the same
+    /// deadline).
     async fn release_all(
         &self,
         key: &LockKey,
         token: &Token,
         deadline: Duration,
         how: How,
-        skip: &[bool],
+        to: ReleaseTo<'_>,
         members: Option<Members>,
     ) -> Vec<Answer<ReleaseOutcome>> {
+        let ReleaseTo { skip, mut late } = to;
         let limit = deadline.saturating_mul(BACKGROUND_RELEASE_LIMIT);
         let until = Instant::now() + deadline;
         // Polled here, on the caller's task (no task per node); only the calls still in flight
@@ -343,7 +352,13 @@ impl<B: LockBackend> RedLock<B> {
             .filter(|(i, _)| !skip.get(*i).copied().unwrap_or(false))
             .map(|(i, node)| {
                 let (key, token, node) = (key.clone(), *token, Arc::clone(node));
+                let acquiring = late.take(i);
                 deadline::bounded_by(until, async move {
+                    if let Some(acquiring) = acquiring {
+                        // Ends when the acquire is answered or dropped: either way, a release
+                        // sent now queues behind its command, or there is none.
+                        let _ = acquiring.await;
+                    }
                     // Called on `B` itself: through the `Arc`'s forwarding impl each call would
                     // box one more future.
                     let node: &B = &node;
@@ -441,7 +456,9 @@ impl<B: LockBackend> RedLock<B> {
         }
         // Silently: these partial grants never formed a lock, so no waiter should wake for them
         // (announcing them would wake every waiter, whose failed rounds announce again: a storm).
-        let released = self.release_all(&req.key, &req.token, deadline, How::Silent, &clean, members).await;
+        let released = self
+            .release_all(&req.key, &req.token, deadline, How::Silent, ReleaseTo::except(&clean), members)
+            .await;
         debug!(key = %req.key, ?released, "failed round cleaned up");
     }
 
@@ -535,8 +552,12 @@ impl<B: LockBackend> RedLock<B> {
                 }
                 // Nodes that grant after the decision are part of this lease, not orphans: its
                 // extensions and its release reach all N nodes. Keeping them lets the lease
-                // survive more node failures.
-                drop(answers);
+                // survive more node failures. Their calls finish in the background, and the
+                // lease's release waits for each before it releases that node.
+                let late = answers.finish_in_background();
+                if !late.is_empty() {
+                    self.remember_late(&req.key, &req.token, late);
+                }
                 if let Some(Hold::Write { wait: Some(_) }) = hold {
                     // A node that refused this writer may still list it among its waiting
                     // writers, holding new readers back there until the record's deadline.
@@ -546,7 +567,14 @@ impl<B: LockBackend> RedLock<B> {
                     tokio::spawn(async move {
                         let writers = Some(Members::Writers);
                         let left = this
-                            .release_all(&key, &token, deadline, How::Announced, &granted_at, writers)
+                            .release_all(
+                                &key,
+                                &token,
+                                deadline,
+                                How::Announced,
+                                ReleaseTo::except(&granted_at),
+                                writers,
+                            )
                             .await;
                         debug!(%key, answers = ?left, "the writer left the other nodes' waiting writers");
                     });
@@ -822,6 +850,26 @@ impl<B: LockBackend> RedLock<B> {
         self.inner.handed.lock().unwrap_or_else(|p| p.into_inner()).remove(&(key.clone(), *token));
     }
 
+    /// Keeps the signals of a decided round's late acquires until the lease is released.
+    fn remember_late(&self, key: &LockKey, token: &Token, late: Late) {
+        let mut all = self.inner.late.lock().unwrap_or_else(|p| p.into_inner());
+        if all.len() >= HANDED_SWEEP {
+            // Leases whose late calls all ended need nothing kept (a release then waits for
+            // nothing): forgotten, so leases never released here do not pile up.
+            all.retain(|_, late| !late.ended());
+        }
+        all.insert((key.clone(), *token), late);
+    }
+
+    fn take_late(&self, key: &LockKey, token: &Token) -> Late {
+        self.inner
+            .late
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(key.clone(), *token))
+            .unwrap_or_else(Late::none)
+    }
+
     async fn release_quorum(
         &self,
         key: &LockKey,
@@ -830,8 +878,9 @@ impl<B: LockBackend> RedLock<B> {
         members: Option<Members>,
     ) -> Result<ReleaseOutcome, BackendError> {
         self.forget(key, token);
+        let late = self.take_late(key, token);
         let deadline = self.node_timeout(Duration::from_secs(2));
-        let answers = self.release_all(key, token, deadline, how, &[], members).await;
+        let answers = self.release_all(key, token, deadline, how, ReleaseTo::after(late), members).await;
         let released = answers.iter().filter(|(_, a)| matches!(a, Ok(ReleaseOutcome::Released))).count();
         let failures: Vec<(String, BackendError)> = answers
             .into_iter()
@@ -983,6 +1032,95 @@ impl<T: Send + 'static> FanOut<T> {
                 self.ready.pop_front()
             }
         }
+    }
+}
+
+impl<T: Send + 'static> FanOut<T> {
+    /// Lets the calls still out finish in one background task (as dropping does), and answers
+    /// a signal per node whose call was still out: it ends when that call is answered, or is
+    /// dropped at the deadline.
+    fn finish_in_background(mut self) -> Late {
+        if self.calls.is_empty() {
+            return Late::none();
+        }
+        let mut ends: Vec<Option<tokio::sync::oneshot::Sender<()>>> = Vec::new();
+        let mut signals = Vec::new();
+        for pending in &self.pending {
+            let (end, signal) = if *pending {
+                let (end, signal) = tokio::sync::oneshot::channel();
+                (Some(end), Some(signal))
+            } else {
+                (None, None)
+            };
+            ends.push(end);
+            signals.push(signal);
+        }
+        let mut calls = std::mem::take(&mut self.calls);
+        let deadline = self.deadline;
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            // Bounded by the same deadline as when they were read; the senders left in `ends`
+            // drop with the task, which ends every signal.
+            rt.spawn(tokio::time::timeout_at(deadline, async move {
+                while let Some((i, _)) = calls.next().await {
+                    if let Some(end) = ends.get_mut(i) {
+                        end.take();
+                    }
+                }
+            }));
+        }
+        Late(signals)
+    }
+}
+
+/// Which nodes a release goes to, and when ([`RedLock::release_all`]).
+struct ReleaseTo<'a> {
+    /// Nodes skipped (`true`); missing entries are not.
+    skip: &'a [bool],
+    /// Nodes released only once the lease's late acquire there ended.
+    late: Late,
+}
+
+impl<'a> ReleaseTo<'a> {
+    /// Every node but those marked in `skip`, at once.
+    fn except(skip: &'a [bool]) -> Self {
+        Self { skip, late: Late::none() }
+    }
+
+    /// Every node, each after its late acquire (if any) ended.
+    fn after(late: Late) -> Self {
+        Self { skip: &[], late }
+    }
+}
+
+/// Per node, the end of a lease's acquire that was still out when its round was decided.
+///
+/// Such a call may not have reached its node yet: a node's backend may hold an acquire back
+/// on the client before sending it (a driver gathers the `SET`s of one moment into one pipeline,
+/// `lock_core::coalesce`). A release sent meanwhile would reach the node first, find nothing,
+/// and the `SET` landing after it would hold the key until its TTL, orphaned. So the release
+/// of such a node waits for its acquire to end (answered, or dropped at the round's deadline,
+/// and so never sent if it was still held back); a release sent after that queues behind it.
+#[derive(Debug, Default)]
+struct Late(Vec<Option<tokio::sync::oneshot::Receiver<()>>>);
+
+impl Late {
+    fn none() -> Self {
+        Self(Vec::new())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.iter().all(Option::is_none)
+    }
+
+    /// Node `i`'s signal, if its acquire was late.
+    fn take(&mut self, i: usize) -> Option<tokio::sync::oneshot::Receiver<()>> {
+        self.0.get_mut(i).and_then(Option::take)
+    }
+
+    /// Whether every late call has ended.
+    fn ended(&mut self) -> bool {
+        use tokio::sync::oneshot::error::TryRecvError;
+        self.0.iter_mut().flatten().all(|r| !matches!(r.try_recv(), Err(TryRecvError::Empty)))
     }
 }
 

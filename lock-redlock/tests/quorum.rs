@@ -489,3 +489,39 @@ async fn more_than_sixteen_known_servers_are_each_counted() {
         assert_eq!(rl.release(&r.key, &r.token).await.unwrap(), ReleaseOutcome::Released);
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_release_right_after_the_decision_waits_for_a_late_acquire_to_land() {
+    let nodes = nodes(3);
+    // Node 0's acquire is applied only after 200 ms (within its 500 ms node timeout), as a SET
+    // held back on the client in a batch of coalesced acquires is: the round is decided by the
+    // other two before it lands.
+    nodes[0].inject(Op::Acquire, Fault::Delay(200 * MS));
+    let rl = quorum(&nodes);
+    let r = req("held-back", 10 * SEC);
+    assert!(matches!(rl.acquire(&r).await.unwrap(), AcquireOutcome::Acquired(_)));
+    assert_eq!(nodes[0].inner().holder("held-back"), None, "node 0's acquire has not landed yet");
+    // Released at once, while node 0's acquire is still on its way.
+    assert_eq!(rl.release(&r.key, &r.token).await.unwrap(), ReleaseOutcome::Released);
+    tokio::time::sleep(SEC).await;
+    settle().await;
+    assert!(
+        nodes.iter().all(|n| n.inner().holder("held-back").is_none()),
+        "node 0's acquire landed after the release and holds the key until its TTL, orphaned"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_late_acquire_dropped_at_its_deadline_does_not_hold_back_the_release() {
+    let nodes = nodes(3);
+    // Node 0 never answers: its call is dropped at the node timeout (500 ms).
+    nodes[0].inject(Op::Acquire, Fault::Hang);
+    let rl = quorum(&nodes);
+    let r = req("hung", 10 * SEC);
+    assert!(matches!(rl.acquire(&r).await.unwrap(), AcquireOutcome::Acquired(_)));
+    tokio::time::sleep(SEC).await;
+    let started = Instant::now();
+    assert_eq!(rl.release(&r.key, &r.token).await.unwrap(), ReleaseOutcome::Released);
+    assert_eq!(Instant::now(), started, "the release waited for an acquire that had already ended");
+    assert!(nodes.iter().all(|n| n.inner().holder("hung").is_none()));
+}
