@@ -339,6 +339,7 @@ impl<B: LockBackend> RedLock<B> {
         members: Option<Members>,
     ) -> Vec<Answer<ReleaseOutcome>> {
         let ReleaseTo { skip, mut late } = to;
+        let is_late: Vec<bool> = (0..self.inner.nodes.len()).map(|i| late.still_out(i)).collect();
         let limit = deadline.saturating_mul(BACKGROUND_RELEASE_LIMIT);
         let until = Instant::now() + deadline;
         // Polled here, on the caller's task (no task per node); only the calls still in flight
@@ -380,27 +381,34 @@ impl<B: LockBackend> RedLock<B> {
             (0..self.inner.nodes.len()).filter(|i| !skip.get(*i).copied().unwrap_or(false)).collect();
         let timer = tokio::time::sleep_until(until);
         tokio::pin!(timer);
+        let mut released = 0;
         loop {
             tokio::select! {
                 next = calls.next() => match next {
                     Some((i, answer)) => {
                         waiting.retain(|w| *w != i);
+                        released += usize::from(matches!(answer, Ok(ReleaseOutcome::Released)));
                         answers.push((i, answer));
                     }
                     None => break,
                 },
                 () = &mut timer => break,
             }
+            // A majority released: the nodes whose release still waits for their late acquire
+            // are not waited for (usually that acquire is answered a moment later); their
+            // releases go on in the background.
+            if released >= self.inner.quorum && waiting.iter().all(|w| is_late.get(*w) == Some(&true)) {
+                break;
+            }
         }
         if !calls.is_empty() {
             for i in waiting {
-                answers.push((
-                    i,
-                    Err(BackendError::retryable(
-                        BackendErrorKind::Timeout,
-                        "release did not answer in time (it goes on in the background)",
-                    )),
-                ));
+                let why = if is_late.get(i) == Some(&true) {
+                    "release goes on in the background, after this node's late acquire"
+                } else {
+                    "release did not answer in time (it goes on in the background)"
+                };
+                answers.push((i, Err(BackendError::retryable(BackendErrorKind::Timeout, why))));
             }
             tokio::spawn(tokio::time::timeout(limit, async move { while calls.next().await.is_some() {} }));
         }
@@ -1110,6 +1118,17 @@ impl Late {
 
     fn is_empty(&self) -> bool {
         self.0.iter().all(Option::is_none)
+    }
+
+    /// Whether node `i`'s late acquire is still running (one that ended is forgotten).
+    fn still_out(&mut self, i: usize) -> bool {
+        use tokio::sync::oneshot::error::TryRecvError;
+        let Some(slot) = self.0.get_mut(i) else { return false };
+        let out = slot.as_mut().is_some_and(|r| matches!(r.try_recv(), Err(TryRecvError::Empty)));
+        if !out {
+            *slot = None;
+        }
+        out
     }
 
     /// Node `i`'s signal, if its acquire was late.
