@@ -1044,31 +1044,34 @@ impl<T: Send + 'static> FanOut<T> {
 }
 
 impl<T: Send + 'static> FanOut<T> {
-    /// Lets the calls still out finish in one background task (as dropping does), and answers
-    /// a signal per node whose call was still out: it ends when that call is answered, or is
-    /// dropped at the deadline.
+    /// Lets the calls still out finish in one background task, whether or not anyone still
+    /// listens, and answers a signal per node whose call was still out: it ends when that call
+    /// is answered, or is dropped at the deadline.
     fn finish_in_background(mut self) -> Late {
+        self.detach(true)
+    }
+
+    /// Moves the calls still out to one background task, bounded by the same deadline as when
+    /// they were read; with `signal`, a [`Late`] tells when each ends (the senders drop with
+    /// the task at the latest, which ends every signal).
+    fn detach(&mut self, signal: bool) -> Late {
         if self.calls.is_empty() {
             return Late::none();
         }
-        let mut ends: Vec<Option<tokio::sync::oneshot::Sender<()>>> = Vec::new();
-        let mut signals = Vec::new();
-        for pending in &self.pending {
-            let (end, signal) = if *pending {
-                let (end, signal) = tokio::sync::oneshot::channel();
-                (Some(end), Some(signal))
-            } else {
-                (None, None)
-            };
-            ends.push(end);
-            signals.push(signal);
-        }
+        let (mut ends, signals): (Vec<_>, Vec<_>) = if signal {
+            self.pending
+                .iter()
+                .map(|pending| match pending.then(tokio::sync::oneshot::channel) {
+                    Some((end, signal)) => (Some(end), Some(signal)),
+                    None => (None, None),
+                })
+                .unzip()
+        } else {
+            (Vec::new(), Vec::new())
+        };
         let mut calls = std::mem::take(&mut self.calls);
-        let deadline = self.deadline;
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            // Bounded by the same deadline as when they were read; the senders left in `ends`
-            // drop with the task, which ends every signal.
-            rt.spawn(tokio::time::timeout_at(deadline, async move {
+            rt.spawn(tokio::time::timeout_at(self.deadline, async move {
                 while let Some((i, _)) = calls.next().await {
                     if let Some(end) = ends.get_mut(i) {
                         end.take();
@@ -1122,9 +1125,8 @@ impl Late {
 
     /// Whether node `i`'s late acquire is still running (one that ended is forgotten).
     fn still_out(&mut self, i: usize) -> bool {
-        use tokio::sync::oneshot::error::TryRecvError;
         let Some(slot) = self.0.get_mut(i) else { return false };
-        let out = slot.as_mut().is_some_and(|r| matches!(r.try_recv(), Err(TryRecvError::Empty)));
+        let out = slot.as_mut().is_some_and(running);
         if !out {
             *slot = None;
         }
@@ -1138,22 +1140,18 @@ impl Late {
 
     /// Whether every late call has ended.
     fn ended(&mut self) -> bool {
-        use tokio::sync::oneshot::error::TryRecvError;
-        self.0.iter_mut().flatten().all(|r| !matches!(r.try_recv(), Err(TryRecvError::Empty)))
+        !self.0.iter_mut().flatten().any(running)
     }
+}
+
+/// Whether the call a [`Late`] signal stands for is still running.
+fn running(end: &mut tokio::sync::oneshot::Receiver<()>) -> bool {
+    matches!(end.try_recv(), Err(tokio::sync::oneshot::error::TryRecvError::Empty))
 }
 
 impl<T: Send + 'static> Drop for FanOut<T> {
     fn drop(&mut self) {
-        if self.calls.is_empty() {
-            return;
-        }
-        let mut calls = std::mem::take(&mut self.calls);
-        let deadline = self.deadline;
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            // Bounded by the same deadline as when they were read.
-            rt.spawn(tokio::time::timeout_at(deadline, async move { while calls.next().await.is_some() {} }));
-        }
+        self.detach(false);
     }
 }
 

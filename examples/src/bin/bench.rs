@@ -481,13 +481,9 @@ fn round_order(contenders: usize, round: usize) -> Vec<usize> {
 }
 
 /// The spread of one contender's per-round ratio to another's (round by round, each pair
-/// measured back to back): the 10th and 90th percentile of those ratios, so one round that
-/// machine noise hit does not set it. `None` without rounds to compare (or for the row itself
-/// that is the base).
+/// measured in the same round): the 10th and 90th percentile of those ratios, so one round
+/// that machine noise hit does not set it. `None` without rounds to compare.
 fn ratio_spread(rounds: &[f64], base: &[f64]) -> Option<(f64, f64)> {
-    if std::ptr::eq(rounds, base) {
-        return None;
-    }
     let mut ratios: Vec<f64> =
         rounds.iter().zip(base).filter(|(_, b)| **b > 0.0).map(|(r, b)| r / b).collect();
     if ratios.is_empty() {
@@ -626,12 +622,13 @@ async fn sequential(
         let p50 = percentile(&l, 0.5);
         let p99 = percentile(&l, 0.99);
         // Each "raw-N" row is the baseline of the contenders after it.
-        if c.name().starts_with("raw") {
+        let is_base = c.name().starts_with("raw");
+        if is_base {
             base = vec![rate, us(p50)];
             base_rounds = &round_rate[i];
         }
         let ratio = if base.is_empty() { 0.0 } else { rate / base[0] };
-        let spread = ratio_spread(&round_rate[i], base_rounds);
+        let spread = if is_base { None } else { ratio_spread(&round_rate[i], base_rounds) };
         // Context switches of the whole process per cycle: each thread hand-off along a cycle
         // (a reply waking a parked thread) costs latency that CPU time does not show.
         let csw = switches[i] as f64 / l.len().max(1) as f64;
@@ -738,12 +735,13 @@ async fn parallel(
     let mut out = Vec::new();
     for (i, c) in contenders.iter().enumerate() {
         let rate = counts[i] as f64 / time[i].as_secs_f64().max(1e-9);
-        if c.name().starts_with("raw") {
+        let is_base = c.name().starts_with("raw");
+        if is_base {
             base = rate;
             base_rounds = &round_rate[i];
         }
         let ratio = if base > 0.0 { rate / base } else { 0.0 };
-        let spread = ratio_spread(&round_rate[i], base_rounds);
+        let spread = if is_base { None } else { ratio_spread(&round_rate[i], base_rounds) };
         let client_us = cpu[i].as_secs_f64() * 1e6 / (counts[i].max(1) as f64);
         let server_us = server_cpu[i].as_secs_f64() * 1e6 / (counts[i].max(1) as f64);
         println!(
