@@ -186,6 +186,20 @@ pub const RELEASE: LuaScript = LuaScript {
     sha1: "9ef5a58009bebefdbfd9b91de7db72e60236e86b",
 };
 
+/// `release_many.lua`: the releases of one server that arrive together, in one call
+/// ([`Releases`]), each decided alone as [`RELEASE`]'s short form decides it. KEYS: per
+/// release, the lock key. ARGV: the [`PubSubMode::flag`], then per release the token and `"1"`
+/// to announce it (`""` for a discard). Returns one integer per release: 1 released, 0 not
+/// held, 2 the full form of [`RELEASE`] is needed (nothing changed), -1 a key of another type.
+pub const RELEASE_MANY: LuaScript = LuaScript {
+    name: "release_many",
+    source: concat!(
+        include_str!("../scripts/common_announce.lua"),
+        include_str!("../scripts/release_many.lua")
+    ),
+    sha1: "0f020ca86922c69fd4d638feaf6b507509eb1492",
+};
+
 /// `fence.lua`: raise the fencing counter to at least a token (RedLock's write-back) and
 /// record it on the lock if this owner holds it. KEYS: lock, fence. ARGV: token, fence.
 /// Returns the counter.
@@ -897,6 +911,15 @@ pub trait ScriptRunner: Send + Sync {
     fn pubsub_mode(&self) -> PubSubMode {
         PubSubMode::Classic
     }
+
+    /// The batcher of this server's releases ([`crate::coalesce::Releases`]), or `None`, the
+    /// default: every release is its own call. With one, the releases that arrive while two
+    /// batches of them are out go together in one [`RELEASE_MANY`] call; a lone release is
+    /// the same single call as without. Not used in a Cluster ([`ScriptRunner::cluster`]),
+    /// where one script may only touch keys of one slot.
+    fn releases(&self) -> Option<&crate::coalesce::Releases> {
+        None
+    }
 }
 
 /// [`crate::LockBackend::acquire`]: one round trip when the lock is free. Without fencing it
@@ -1192,12 +1215,54 @@ pub async fn release<R: ScriptRunner + ?Sized>(
     // The short form first: the lock alone, all a release needs unless fair waiters are
     // queued for it. It changes nothing and answers 2 when the release needs the rest.
     let value = token.to_redis_value();
-    let short = [value, if announce { announce_flag(runner) } else { "" }.to_string()];
-    match runner.run_int(&RELEASE, &[&lock], &short).await? {
+    let reply = match runner.releases() {
+        Some(releases) if !runner.cluster() => {
+            let release = crate::coalesce::Release { lock, token: value, announce };
+            releases.call(release, |batch| release_batch(runner, batch)).await?
+        }
+        _ => {
+            let short = [value, if announce { announce_flag(runner) } else { "" }.to_string()];
+            runner.run_int(&RELEASE, &[&lock], &short).await?
+        }
+    };
+    match reply {
         1 => Ok(crate::ReleaseOutcome::Released),
-        2 if announce => full_release(runner, &lock, token).await,
+        2 if announce => full_release(runner, &RedisKeys::lock_name(key), token).await,
         _ => Ok(crate::ReleaseOutcome::NotHeld),
     }
+}
+
+/// Sends one batch of [`release`]s: a lone one as [`RELEASE`]'s short form, several as one
+/// [`RELEASE_MANY`] call. One answer per release: its script reply (1, 0 or 2), or a
+/// [`BackendErrorKind::WrongType`] error for a key of another type.
+async fn release_batch<R: ScriptRunner + ?Sized>(
+    runner: &R,
+    mut batch: Vec<crate::coalesce::Release>,
+) -> Result<Vec<Result<i64, BackendError>>, BackendError> {
+    let flag = announce_flag(runner);
+    if batch.len() == 1 {
+        let Some(one) = batch.pop() else { return Ok(Vec::new()) };
+        let short = [one.token, if one.announce { flag } else { "" }.to_string()];
+        return Ok(vec![Ok(runner.run_int(&RELEASE, &[&one.lock], &short).await?)]);
+    }
+    let mut args = Vec::with_capacity(1 + 2 * batch.len());
+    args.push(flag.to_string());
+    for r in &mut batch {
+        args.extend([std::mem::take(&mut r.token), if r.announce { "1" } else { "" }.to_string()]);
+    }
+    let keys: Vec<&str> = batch.iter().map(|r| r.lock.as_str()).collect();
+    let codes = runner.run_ints(&RELEASE_MANY, &keys, &args).await?;
+    Ok(codes
+        .into_iter()
+        .zip(&batch)
+        .map(|(code, r)| match code {
+            -1 => Err(BackendError::permanent(
+                BackendErrorKind::WrongType,
+                format!("WRONGTYPE: redis key {:?} holds another type", r.lock),
+            )),
+            code => Ok(code),
+        })
+        .collect())
 }
 
 /// [`crate::LockBackend::release_contended`] through the shared [`RELEASE`] script: its full
@@ -1520,8 +1585,21 @@ mod tests {
     use super::*;
 
     /// Every script of this module.
-    const ALL: [LuaScript; 12] =
-        [ACQUIRE, EXTEND, RELEASE, FENCE, NODE, FAIR, LEAVE, READ, WRITE, PERMIT, MEMBER, RENEW];
+    const ALL: [LuaScript; 13] = [
+        ACQUIRE,
+        EXTEND,
+        RELEASE,
+        RELEASE_MANY,
+        FENCE,
+        NODE,
+        FAIR,
+        LEAVE,
+        READ,
+        WRITE,
+        PERMIT,
+        MEMBER,
+        RENEW,
+    ];
 
     fn sha1_hex(s: &str) -> String {
         sha1_smol::Sha1::from(s).digest().to_string()

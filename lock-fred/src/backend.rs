@@ -9,7 +9,7 @@ use fred::interfaces::{ClientLike, KeysInterface, LuaInterface};
 use fred::prelude::{Builder, Config, ReconnectPolicy, ServerConfig};
 use fred::types::{ClusterHash, CustomCommand, Expiration, FromValue, SetOptions};
 use lock_core::FencingToken;
-use lock_core::coalesce::{self, Coalescer, SetNx, SetPipeline, SetReplies};
+use lock_core::coalesce::{self, Coalescer, Releases, SetNx, SetPipeline, SetReplies};
 use lock_core::deadline;
 use lock_core::doctor::{CONFIG_NAMES, NodeFacts};
 use lock_core::hub::HubTask;
@@ -47,6 +47,8 @@ struct Shared {
     in_order: std::sync::OnceLock<bool>,
     /// Gathers the uncontended acquires of this server into pipelines (one marker read each).
     sets: Coalescer,
+    /// Gathers the releases of this server that arrive together into one script call.
+    releases: Releases,
 }
 
 /// A lock backend over the `fred` crate.
@@ -354,6 +356,7 @@ impl FredBackendBuilder {
                 fred_times_out,
                 in_order: std::sync::OnceLock::new(),
                 sets: Coalescer::new(),
+                releases: Releases::new(),
             }),
         }
     }
@@ -631,6 +634,7 @@ where
             fred_times_out: self.shared.fred_times_out,
             in_order: std::sync::OnceLock::new(),
             sets: Coalescer::new(),
+            releases: Releases::new(),
         };
         Self { client: self.client, shared: Arc::new(shared) }
     }
@@ -819,6 +823,10 @@ where
 
     async fn run_int(&self, script: &LuaScript, keys: &[&str], args: &[String]) -> Result<i64, BackendError> {
         self.eval(script, keys, args).await
+    }
+
+    fn releases(&self) -> Option<&Releases> {
+        Some(&self.shared.releases)
     }
 
     fn node_guard(&self) -> Option<&NodeGuard> {

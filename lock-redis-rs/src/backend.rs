@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use lock_core::FencingToken;
-use lock_core::coalesce::{self, Coalescer, SetNx, SetPipeline, SetReplies};
+use lock_core::coalesce::{self, Coalescer, Releases, SetNx, SetPipeline, SetReplies};
 use lock_core::deadline;
 use lock_core::doctor::{CONFIG_NAMES, NodeFacts};
 use lock_core::hub::HubTask;
@@ -32,6 +32,8 @@ struct Shared {
     command_timeout: Duration,
     /// Gathers the uncontended acquires of this server into pipelines (one marker read each).
     sets: Coalescer,
+    /// Gathers the releases of this server that arrive together into one script call.
+    releases: Releases,
     /// The data-loss guard (single nodes); `None` in Cluster.
     guard: Option<NodeGuard>,
     /// Where release notices are subscribed; `None` turns wake-up off.
@@ -227,6 +229,7 @@ impl RedisBackendBuilder {
                 endpoint,
                 command_timeout: self.command_timeout,
                 sets: Coalescer::new(),
+                releases: Releases::new(),
                 guard: guarded.then(|| NodeGuard::new(self.quarantine)),
                 pubsub_client: pubsub.filter(|_| self.wake_up),
                 sentinel_master: None,
@@ -596,6 +599,7 @@ where
             endpoint: self.shared.endpoint.clone(),
             command_timeout: self.shared.command_timeout,
             sets: Coalescer::new(),
+            releases: Releases::new(),
             guard: None,
             pubsub_client: self.shared.pubsub_client.clone(),
             sentinel_master: self.shared.sentinel_master.clone(),
@@ -612,6 +616,7 @@ where
             endpoint: self.shared.endpoint.clone(),
             command_timeout: self.shared.command_timeout,
             sets: Coalescer::new(),
+            releases: Releases::new(),
             guard: self.shared.guard.clone(),
             pubsub_client: Some(PubsubSource::client(client)),
             sentinel_master: self.shared.sentinel_master.clone(),
@@ -725,6 +730,10 @@ where
 
     async fn run_int(&self, script: &LuaScript, keys: &[&str], args: &[String]) -> Result<i64, BackendError> {
         self.eval(script, keys, args).await
+    }
+
+    fn releases(&self) -> Option<&Releases> {
+        Some(&self.shared.releases)
     }
 
     fn node_guard(&self) -> Option<&NodeGuard> {

@@ -1000,6 +1000,177 @@ pub async fn acquires_arriving_together_share_one_marker_read<D: RedisDriver>(dr
     }
 }
 
+/// Releases of one server that arrive together go out in **one** script call (see
+/// [`lock_core::coalesce::Releases`] and [`lock_core::scripts::RELEASE_MANY`]): 64 at once
+/// cost the server three calls (two lone releases, then one batch of 62), and each release in
+/// a batch is decided alone, as its own call would decide it: released, not held (another
+/// owner's, or free), a key of another type (a clear error for that release only), a silent
+/// discard, a release plain waiters were refused (announced to them), and a release fair
+/// waiters are queued for (handed over to the head of the queue by the full form, sent next).
+/// A flushed script cache is loaded again by the batch that finds it empty.
+///
+/// # Errors
+/// None: a driver that misbehaves fails the test (this panics).
+///
+/// # Cancel safety
+/// Test code: cancelling abandons the check; the servers it spawned are killed on drop.
+///
+/// # Examples
+/// A driver crate runs the whole suite with [`crate::redis_suite!`]; one test alone:
+/// ```no_run
+/// # async fn demo<D: lock_testkit::redis_suite::RedisDriver>(my_driver: D) {
+/// lock_testkit::redis_suite::releases_arriving_together_share_one_script_call(my_driver).await;
+/// # }
+/// ```
+pub async fn releases_arriving_together_share_one_script_call<D: RedisDriver>(driver: D) {
+    use lock_core::{AcquireOutcome, AcquireRequest, LockKey, ReleaseOutcome, Token};
+    let server = server();
+    let backend = connect(&driver, &server).await;
+    let key = |name: &str| LockKey::new(name).unwrap();
+    let take = |name: &str, token: Token| {
+        let backend = backend.clone();
+        let req = AcquireRequest { key: key(name), token, ttl: 30_000 * MS, fencing: false };
+        async move {
+            let outcome = backend.acquire(&req).await.unwrap();
+            assert!(matches!(outcome, AcquireOutcome::Acquired(_)), "{}: {outcome:?}", req.key);
+        }
+    };
+    let stored = |name: &str| text(server.cmd(&["GET", &format!("lock:{{{name}}}")]).unwrap());
+    // The server holds back scripts for a moment (`CLIENT PAUSE ... WRITE`): the first two
+    // batches (one release each: a lone release goes at once) wait for their replies through
+    // it, so every later release joins the third however slowly this machine starts them.
+    let pause = || server.cmd(&["CLIENT", "PAUSE", "300", "WRITE"]).unwrap();
+
+    // Loads both release scripts (a batch of free keys), so no NOSCRIPT retry is counted.
+    let owner = Token::random();
+    pause();
+    let warm: Vec<_> = (0..8).map(|i| key(&format!("warm:{i}"))).collect();
+    for outcome in futures::future::join_all(warm.iter().map(|k| backend.release(k, &owner))).await {
+        assert_eq!(outcome.unwrap(), ReleaseOutcome::NotHeld);
+    }
+
+    // 64 at once: three calls, each lock released.
+    let keys: Vec<_> = (0..64).map(|i| key(&format!("many:{i}"))).collect();
+    for k in &keys {
+        take(k.as_str(), owner).await;
+    }
+    server.cmd(&["CONFIG", "RESETSTAT"]).unwrap();
+    pause();
+    for (i, outcome) in futures::future::join_all(keys.iter().map(|k| backend.release(k, &owner)))
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        assert_eq!(outcome.unwrap(), ReleaseOutcome::Released, "release {i}");
+    }
+    let calls = command_calls(&server);
+    assert_eq!(calls.get("del"), Some(&64), "each lock deleted: {calls:?}");
+    assert_eq!(
+        calls.get("evalsha"),
+        Some(&3),
+        "64 releases at once are three script calls (two alone, then one batch), not 64: {calls:?}"
+    );
+    for k in &keys {
+        assert_eq!(stored(k.as_str()), "", "{k} released");
+    }
+
+    // One batch of every kind of release, each decided alone.
+    let (other, waiter) = (Token::random(), Token::random());
+    for name in ["first", "second", "mine", "discarded", "announced", "fair"] {
+        take(name, owner).await;
+    }
+    take("others", other).await;
+    server.cmd(&["LPUSH", "lock:{listed}", "x"]).unwrap();
+    // Plain waiters were refused "discarded" and "announced" (marked '!'); somebody listens
+    // for "announced"'s release.
+    for name in ["discarded", "announced"] {
+        let refused = AcquireRequest { key: key(name), token: other, ttl: 30_000 * MS, fencing: false };
+        assert!(matches!(backend.acquire(&refused).await.unwrap(), AcquireOutcome::Held { .. }));
+        assert!(stored(name).ends_with('!'), "{name} marked: {}", stored(name));
+    }
+    let mut watch = backend.watch_releases(&key("announced")).await.unwrap().expect("wake-up is on");
+    let listening = || {
+        let reply = text(server.cmd(&["PUBSUB", "NUMSUB", "lock:{announced}:released"]).unwrap());
+        reply.lines().nth(1).is_some_and(|n| n != "0")
+    };
+    let started = Instant::now();
+    while !listening() {
+        assert!(started.elapsed() < 5_000 * MS, "the watch never subscribed");
+        tokio::time::sleep(10 * MS).await;
+    }
+    // A fair waiter is queued for "fair" (marked '?').
+    let queued = lock_core::FairRequest {
+        key: key("fair"),
+        token: waiter,
+        ttl: 30_000 * MS,
+        fencing: true,
+        wait: Some(30_000 * MS),
+    };
+    let fair = backend.fair().expect("the Redis drivers serve the fair lock");
+    assert!(matches!(fair.fair_acquire(&queued).await.unwrap(), lock_core::FairOutcome::Waiting { .. }));
+    assert!(stored("fair").ends_with('?'), "fair marked: {}", stored("fair"));
+
+    server.cmd(&["CONFIG", "RESETSTAT"]).unwrap();
+    pause();
+    let names = ["first", "second", "mine", "others", "free", "listed", "discarded", "announced", "fair"];
+    let named: Vec<LockKey> = names.iter().map(|name| key(name)).collect();
+    let mut outcomes = futures::future::join_all(named.iter().map(|k| {
+        let backend = &backend;
+        async move {
+            if k.as_str() == "discarded" {
+                backend.discard(k, &owner).await
+            } else {
+                backend.release(k, &owner).await
+            }
+        }
+    }))
+    .await
+    .into_iter();
+    let mut next = || outcomes.next().unwrap();
+    let (first, second, mine, others, free, listed, discarded, announced, fair_held) =
+        (next(), next(), next(), next(), next(), next(), next(), next(), next());
+    for (name, outcome) in [("first", first), ("second", second), ("mine", mine)] {
+        assert_eq!(outcome.unwrap(), ReleaseOutcome::Released, "{name}");
+    }
+    assert_eq!(others.unwrap(), ReleaseOutcome::NotHeld, "another owner's lock is left alone");
+    assert_eq!(stored("others")[..32], other.to_redis_value());
+    assert_eq!(free.unwrap(), ReleaseOutcome::NotHeld, "a free key");
+    match listed {
+        Err(e) => {
+            assert_eq!(e.kind(), BackendErrorKind::WrongType, "{e}");
+            assert!(e.message().contains("lock:{listed}"), "the error names the key: {e}");
+        }
+        Ok(outcome) => panic!("a release of a list key got {outcome:?}"),
+    }
+    assert_eq!(discarded.unwrap(), ReleaseOutcome::Released, "a discard");
+    assert_eq!(announced.unwrap(), ReleaseOutcome::Released);
+    assert_eq!(fair_held.unwrap(), ReleaseOutcome::Released);
+    let calls = command_calls(&server);
+    assert_eq!(
+        calls.get("evalsha"),
+        Some(&4),
+        "two alone, one batch of the other seven, then the full form for the fair waiter: {calls:?}"
+    );
+    assert_eq!(calls.get("del"), Some(&6), "the six locks of this owner, nothing else: {calls:?}");
+    assert!(
+        tokio::time::timeout(5_000 * MS, watch.notified()).await.unwrap(),
+        "the release plain waiters were refused is announced to them"
+    );
+    assert_eq!(stored("fair")[..32], waiter.to_redis_value(), "handed over to the queued fair waiter");
+    assert_eq!(text(server.cmd(&["TYPE", "lock:{listed}"]).unwrap()), "list", "the list is left alone");
+
+    // A flushed script cache: a batch loads its script again.
+    let keys: Vec<_> = (0..8).map(|i| key(&format!("flushed:{i}"))).collect();
+    for k in &keys {
+        take(k.as_str(), owner).await;
+    }
+    server.cmd(&["SCRIPT", "FLUSH"]).unwrap();
+    pause();
+    for outcome in futures::future::join_all(keys.iter().map(|k| backend.release(k, &owner))).await {
+        assert_eq!(outcome.unwrap(), ReleaseOutcome::Released, "after SCRIPT FLUSH");
+    }
+}
+
 fn quarantine_config(ttl: Duration) -> LockConfig {
     LockConfig::builder().ttl(ttl).retry_backoff(5 * MS, 50 * MS).fencing(true).build().unwrap()
 }
@@ -1472,6 +1643,7 @@ macro_rules! redis_suite {
             permit_release_wakes_one_waiter,
             unfenced_lock_is_one_round_trip_that_checks_the_marker,
             acquires_arriving_together_share_one_marker_read,
+            releases_arriving_together_share_one_script_call,
             flushall_starts_a_quarantine_every_client_sees,
             lost_fence_counter_keeps_tokens_rising,
             declared_fresh_server_grants_at_once,
