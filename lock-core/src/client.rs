@@ -624,8 +624,21 @@ pub(crate) async fn acquire_inner(
     // When the holder's lease ends, as the last refusal reported it.
     let mut holder_ends: Option<Instant> = None;
 
+    let mut called = false;
+
     loop {
         let started = Instant::now();
+        if let Some(deadline) = deadline
+            && started >= deadline
+            && called
+        {
+            // No call that would only be cut off at once (a wait that ran to the deadline):
+            // it would tell the caller "did not answer in time" of a lock that was merely
+            // held, and a SET it left applied would be undone only in the background.
+            crate::telemetry::timed_out(ctx.label());
+            return Err(LockError::Timeout { key: key.clone(), waited: started - start, last_error });
+        }
+        called = true;
         // A grant that arrives after ttl - drift is worthless, so no call waits longer.
         let Some(validity_end) = validity_deadline(started, config.ttl(), config.drift()) else {
             return Err(LockError::Config { field: "ttl", reason: "leaves no validity after drift".into() });

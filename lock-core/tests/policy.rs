@@ -402,6 +402,25 @@ async fn transient_acquire_errors_end_in_a_timeout_naming_the_last_error() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_lock_held_past_the_timeout_ends_in_a_timeout_without_a_call_at_the_deadline() {
+    let store = MemoryBackend::new();
+    store.force_hold("busy", Token::random(), 30 * SEC).unwrap();
+    // Each call takes 5 ms: one sent with no time left would be cut off and reported as
+    // "did not answer in time", of a lock that was only held.
+    let faulty = Faulty::new(store.clone());
+    faulty.inject_always(Op::Acquire, Fault::Delay(5 * MS));
+    let start = Instant::now();
+    let err =
+        client(faulty).mutex("busy").unwrap().lock_with(LockOptions::new().timeout(SEC)).await.unwrap_err();
+    assert!(matches!(err, LockError::Timeout { last_error: None, .. }), "held all along: {err}");
+    assert_eq!(Instant::now() - start, SEC, "it gives up at the deadline, not after one more call");
+    let calls = store.op_counts().acquire;
+    settle().await;
+    tokio::time::sleep(SEC).await;
+    assert_eq!(store.op_counts().acquire, calls, "no call left running past the deadline");
+}
+
+#[tokio::test(start_paused = true)]
 async fn mutual_exclusion_16_tasks_by_100_increments() {
     lock_testkit::conformance::mutual_exclusion_race(MemoryBackend::new()).await;
 }
