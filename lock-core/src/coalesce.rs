@@ -21,9 +21,13 @@
 //! No task is spawned: every waiting acquire also waits for a free slot, and the first one that
 //! gets it while its own `SET` is still in the open batch sends the whole batch and hands each
 //! member its answer (one whose `SET` already went out just waits for its answer). Cancellation: an acquire dropped while its batch
-//! is still open leaves it (its `SET` is never sent); once sent, its `SET` may be applied, as a
-//! cancelled lone `SET` may, and the caller's cleanup releases it (owner-checked; it queues
-//! behind the `SET` on the same connection). An acquire dropped while it sends a batch ends
+//! is still open leaves it (its `SET` is never sent); once its batch is taken to be sent, its
+//! `SET` may be applied, as a cancelled lone `SET` may, and the caller's cleanup releases it
+//! (owner-checked). That release could be ready before the `SET` is on the wire: another
+//! member takes the batch and writes it a moment later, or, on a descheduled thread, much
+//! later. So every release of a key first waits until no batch holding a `SET` of that key is
+//! out ([`Coalescer::settled`]; at once in the usual case), and reaches the server after it
+//! on any connection. An acquire dropped while it sends a batch ends
 //! that batch: the other members get a retryable error and try again (an applied `SET` of
 //! theirs is their own token, which the acquire script takes again). A failure of the whole
 //! pipeline (a timeout, a broken connection) is every member's error; a `SET` answered with an
@@ -71,10 +75,12 @@
 //! # Ok(()) }
 //! ```
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::hash::{Hash, Hasher};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::{Notify, Semaphore, oneshot};
 
 use crate::error::{BackendError, BackendErrorKind};
 
@@ -199,15 +205,40 @@ type Answer = Result<(bool, Option<String>), BackendError>;
 
 /// Gathers the uncontended acquires of one server into pipelines: see the module docs. Drivers
 /// keep one per server, shared by every clone of the backend.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Coalescer {
     batches: Batcher<SetNx, (bool, Option<String>)>,
+}
+
+impl Default for Coalescer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The identity a key is tracked by in a [`Coalescer`].
+fn key_id(key: &str) -> u64 {
+    let mut hasher = std::hash::DefaultHasher::new();
+    key.hash(&mut hasher);
+    hasher.finish()
 }
 
 impl Coalescer {
     /// A coalescer with no batch yet.
     pub fn new() -> Self {
-        Self::default()
+        Self { batches: Batcher::tracking(|set| key_id(&set.key)) }
+    }
+
+    /// Returns once no `SET` of the key `key` is in a batch that was taken to be sent and has
+    /// not been answered: a release sent after it reaches the server after every such `SET`,
+    /// on any connection. [`crate::scripts::release`] waits for it, so the release undoing a
+    /// cancelled acquire cannot overtake the acquire's `SET` still on its way in another
+    /// member's batch (see the module docs). At once in the usual case.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: it only waits.
+    pub async fn settled(&self, key: &str) {
+        self.batches.settled(key_id(key)).await;
     }
 
     /// `SET key value NX PX ttl`, sent with the other acquires of this moment, and the node
@@ -251,9 +282,19 @@ pub struct Release {
 
 /// The releases of one server, batched: the releases that arrive while [`IN_FLIGHT`] batches
 /// of them wait for their replies go out together in one [`crate::scripts::RELEASE_MANY`]
-/// call. Drivers keep one per server and offer it through
-/// [`crate::scripts::ScriptRunner::releases`].
+/// call. Drivers keep one per connection, in [`Batches`].
 pub type Releases = Batcher<Release, i64>;
+
+/// The batching of one connection: its coalesced acquires and its releases. A driver keeps
+/// one per connection the commands of a key go over (one per server, or one per client of a
+/// pool) and offers it through [`crate::scripts::ScriptRunner::batches`].
+#[derive(Debug, Default)]
+pub struct Batches {
+    /// The uncontended acquires ([`Coalescer::set_nx_px_then_get`]).
+    pub sets: Coalescer,
+    /// The releases ([`crate::scripts::release`]).
+    pub releases: Releases,
+}
 
 /// The batching under [`Coalescer`], for any request `Q` answered with `A`: the calls of one
 /// server that arrive while [`IN_FLIGHT`] batches of it wait for their replies gather into
@@ -276,6 +317,13 @@ pub type Releases = Batcher<Release, i64>;
 pub struct Batcher<Q, A> {
     open: Mutex<Open<Q, A>>,
     in_flight: Semaphore,
+    /// What a request is known by while its batch is out, when tracked ([`Batcher::tracking`]).
+    track: Option<fn(&Q) -> u64>,
+    /// How many requests of each identity are in batches taken and not yet ended (answered,
+    /// or dropped unanswered). Locked after `open` when both are (in [`Batch::take`]).
+    out: Mutex<HashMap<u64, u32>>,
+    /// Notified when a tracked batch ends.
+    ended: Notify,
 }
 
 /// The open batch: its requests and, in the same order, where each member waits for its answer.
@@ -309,12 +357,58 @@ impl<Q, A> Batcher<Q, A> {
         Self {
             open: Mutex::new(Open { items: Vec::new(), answers: Vec::new(), next: 0, first: 0 }),
             in_flight: Semaphore::new(IN_FLIGHT),
+            track: None,
+            out: Mutex::new(HashMap::new()),
+            ended: Notify::new(),
         }
+    }
+
+    /// A batcher that knows which requests are on their way ([`Batcher::settled`]), each by
+    /// the identity `id` gives it (a hash of its key: two requests of one identity are taken
+    /// for each other, which only makes [`Batcher::settled`] wait longer).
+    ///
+    /// ```
+    /// use lock_core::coalesce::Batcher;
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let batcher: Batcher<u64, u64> = Batcher::tracking(|n| *n);
+    /// batcher.settled(7).await; // nothing of 7 is on its way: at once
+    /// # }
+    /// ```
+    pub fn tracking(id: fn(&Q) -> u64) -> Self {
+        Self { track: Some(id), ..Self::new() }
     }
 
     fn open(&self) -> MutexGuard<'_, Open<Q, A>> {
         // Held only for bookkeeping that cannot panic.
         self.open.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn out(&self) -> MutexGuard<'_, HashMap<u64, u32>> {
+        // Held only for bookkeeping that cannot panic.
+        self.out.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Returns once no request of identity `id` is in a batch that was taken to be sent and
+    /// has not ended (answered, or dropped unanswered), so a command sent after it reaches the
+    /// server after every such request that was sent; at once when none is, or when the
+    /// batcher does not track ([`Batcher::tracking`]). A request still in the open batch is
+    /// not waited for: it is sent only if its caller still waits for it.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: it only waits.
+    pub async fn settled(&self, id: u64) {
+        if !self.out().contains_key(&id) {
+            return;
+        }
+        loop {
+            let ended = self.ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            if !self.out().contains_key(&id) {
+                return;
+            }
+            ended.await;
+        }
     }
 
     /// Sends `item` with the other calls of this moment and returns its answer. `send` is how
@@ -350,7 +444,7 @@ impl<Q, A> Batcher<Q, A> {
             let mut open = self.open();
             // Only a member of the open batch sends it: one whose request already went out
             // waits for that batch's answer rather than hold its caller for another round trip.
-            (open.first <= number).then(|| Batch::take(&mut open))
+            (open.first <= number).then(|| Batch::take(self, &mut open))
         };
         if let Some((mut batch, items)) = batch {
             let reply = send(items).await;
@@ -363,14 +457,20 @@ impl<Q, A> Batcher<Q, A> {
     }
 }
 
-/// A batch being sent: answers every member, and fails them (retryable) if dropped first.
-struct Batch<A> {
+/// A batch being sent: answers every member, and fails them (retryable) if dropped first;
+/// ends its tracked requests either way.
+struct Batch<'a, Q, A> {
+    batcher: &'a Batcher<Q, A>,
     answers: Vec<oneshot::Sender<Result<A, BackendError>>>,
+    /// The identities of its requests, when tracked.
+    tracked: Vec<u64>,
 }
 
-impl<A> Batch<A> {
-    /// Closes the open batch, leaving out members that are gone (cancelled before it was sent).
-    fn take<Q>(open: &mut Open<Q, A>) -> (Self, Vec<Q>) {
+impl<'a, Q, A> Batch<'a, Q, A> {
+    /// Closes the open batch, leaving out members that are gone (cancelled before it was
+    /// sent), and counts its requests as out (before `open` is unlocked, so before it can be
+    /// sent).
+    fn take(batcher: &'a Batcher<Q, A>, open: &mut Open<Q, A>) -> (Self, Vec<Q>) {
         open.first = open.next;
         let (mut items, mut answers) = (std::mem::take(&mut open.items), std::mem::take(&mut open.answers));
         if answers.iter().any(oneshot::Sender::is_closed) {
@@ -381,7 +481,14 @@ impl<A> Batch<A> {
             let mut left = gone.iter();
             answers.retain(|_| !left.next().copied().unwrap_or(true));
         }
-        (Self { answers }, items)
+        let tracked: Vec<u64> = batcher.track.map(|id| items.iter().map(id).collect()).unwrap_or_default();
+        if !tracked.is_empty() {
+            let mut out = batcher.out();
+            for id in &tracked {
+                *out.entry(*id).or_default() += 1;
+            }
+        }
+        (Self { batcher, answers, tracked }, items)
     }
 
     fn answer(&mut self, reply: Result<Vec<Result<A, BackendError>>, BackendError>) {
@@ -408,11 +515,24 @@ impl<A> Batch<A> {
     }
 }
 
-impl<A> Drop for Batch<A> {
+impl<Q, A> Drop for Batch<'_, Q, A> {
     fn drop(&mut self) {
         // Not answered: the call sending it was cancelled. Its members try again.
         for answer in self.answers.drain(..) {
             let _ = answer.send(Err(lost()));
+        }
+        if !self.tracked.is_empty() {
+            let mut out = self.batcher.out();
+            for id in &self.tracked {
+                if let Some(n) = out.get_mut(id) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        out.remove(id);
+                    }
+                }
+            }
+            drop(out);
+            self.batcher.ended.notify_waiters();
         }
     }
 }
@@ -611,6 +731,116 @@ mod tests {
         // The first two go alone (each answered with nothing), the other three together.
         assert!(got.iter().all(|r| matches!(r, Err(e) if e.kind() == BackendErrorKind::Protocol)), "{got:?}");
         assert_eq!(batcher.in_flight.available_permits(), IN_FLIGHT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn settled_waits_for_a_taken_batch_holding_the_key_and_no_longer() {
+        let (sets, pipe) = (Coalescer::new(), Recorder::new(10));
+        let start = tokio::time::Instant::now();
+        let (got, (other_at, key_at)) = futures::join!(sets.set_nx_px_then_get(&pipe, set("k")), async {
+            tokio::task::yield_now().await;
+            sets.settled("other").await;
+            let other_at = start.elapsed();
+            sets.settled("k").await;
+            (other_at, start.elapsed())
+        });
+        assert!(got.unwrap().0);
+        assert_eq!(other_at, Duration::ZERO, "nothing of another key is on its way");
+        assert_eq!(key_at, Duration::from_millis(10), "until the batch holding k is answered");
+        assert!(sets.batches.out().is_empty(), "nothing left counted as out");
+        sets.settled("k").await;
+        assert_eq!(start.elapsed(), Duration::from_millis(10), "and at once after");
+    }
+
+    /// The defect `settled` closes: an acquire cancelled after another member took its `SET`
+    /// into a batch, but before that member put the batch on the connection (here the pipe
+    /// waits 5 ms before it "writes", as a sender descheduled between the two would), was
+    /// undone by a release that reached the server first; the `SET` landing after it held the
+    /// key until its TTL. [`crate::scripts::release`] now waits for the batch.
+    #[tokio::test(start_paused = true)]
+    async fn the_release_undoing_a_cancelled_acquire_reaches_the_server_after_its_set() {
+        use crate::scripts::{LuaScript, NodeGuard, ScriptRunner};
+
+        #[derive(Default)]
+        struct Server {
+            log: Mutex<Vec<String>>,
+            batches: Batches,
+            guard: Option<NodeGuard>,
+        }
+        impl SetPipeline for Server {
+            async fn send_sets(&self, sets: &[SetNx]) -> Result<SetReplies, BackendError> {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                self.log.lock().unwrap().extend(sets.iter().map(|s| format!("SET {}", s.key)));
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                Ok(SetReplies {
+                    sets: sets.iter().map(|_| Ok(true)).collect(),
+                    marker: Some("000000000001:0".into()),
+                })
+            }
+        }
+        #[async_trait::async_trait]
+        impl ScriptRunner for Server {
+            async fn run_ints(
+                &self,
+                _: &LuaScript,
+                keys: &[&str],
+                _: &[String],
+            ) -> Result<Vec<i64>, BackendError> {
+                self.log.lock().unwrap().extend(keys.iter().map(|k| format!("RELEASE {k}")));
+                Ok(vec![1; keys.len()])
+            }
+            async fn run_int(&self, _: &LuaScript, keys: &[&str], _: &[String]) -> Result<i64, BackendError> {
+                self.log.lock().unwrap().extend(keys.iter().map(|k| format!("RELEASE {k}")));
+                Ok(1)
+            }
+            fn node_guard(&self) -> Option<&NodeGuard> {
+                self.guard.as_ref()
+            }
+            fn batches(&self, _lock: &str) -> Option<&Batches> {
+                Some(&self.batches)
+            }
+            async fn set_nx_px_then_get(
+                &self,
+                set: SetNx,
+            ) -> Result<Option<(bool, Option<String>)>, BackendError> {
+                self.batches.sets.set_nx_px_then_get(self, set).await.map(Some)
+            }
+        }
+
+        let server = Server { guard: Some(NodeGuard::new(Duration::from_secs(60))), ..Server::default() };
+        let acquire = |name: &str| {
+            let req = crate::AcquireRequest {
+                key: crate::LockKey::new(name).unwrap(),
+                token: crate::Token::random(),
+                ttl: Duration::from_secs(30),
+                fencing: false,
+            };
+            let server = &server;
+            async move { crate::scripts::acquire(server, &req).await.map(|_| req) }
+        };
+        // x and y fill both slots until 10 ms; "sender" (polled first) then takes the batch
+        // holding its SET and "cancelled"'s at 10 ms and writes it at 15 ms; "cancelled" is cut
+        // off at 12 ms and undone at once, as a cancelled acquisition is.
+        let (x, y, sender, undone) = futures::join!(acquire("x"), acquire("y"), acquire("sender"), async {
+            let req = crate::AcquireRequest {
+                key: crate::LockKey::new("cancelled").unwrap(),
+                token: crate::Token::random(),
+                ttl: Duration::from_secs(30),
+                fencing: false,
+            };
+            let cut = tokio::time::timeout(Duration::from_millis(12), crate::scripts::acquire(&server, &req));
+            assert!(cut.await.is_err(), "cut off while its batch is out");
+            crate::scripts::release(&server, &req.key, &req.token, true).await
+        });
+        for got in [x, y, sender] {
+            got.unwrap();
+        }
+        undone.unwrap();
+        let log = server.log.lock().unwrap().clone();
+        let set = log.iter().position(|l| l == "SET lock:{cancelled}");
+        let release = log.iter().position(|l| l == "RELEASE lock:{cancelled}");
+        assert!(set.is_some() && release.is_some(), "{log:?}");
+        assert!(set < release, "the release must reach the server after the SET it undoes: {log:?}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

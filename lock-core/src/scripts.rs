@@ -187,7 +187,7 @@ pub const RELEASE: LuaScript = LuaScript {
 };
 
 /// `release_many.lua`: the releases of one server that arrive together, in one call
-/// ([`Releases`]), each decided alone as [`RELEASE`]'s short form decides it. KEYS: per
+/// ([`crate::coalesce::Releases`]), each decided alone as [`RELEASE`]'s short form decides it. KEYS: per
 /// release, the lock key. ARGV: the [`PubSubMode::flag`], then per release the token and `"1"`
 /// to announce it (`""` for a discard). Returns one integer per release: 1 released, 0 not
 /// held, 2 the full form of [`RELEASE`] is needed (nothing changed), -1 a key of another type.
@@ -912,12 +912,19 @@ pub trait ScriptRunner: Send + Sync {
         PubSubMode::Classic
     }
 
-    /// The batcher of this server's releases ([`crate::coalesce::Releases`]), or `None`, the
-    /// default: every release is its own call. With one, the releases that arrive while two
-    /// batches of them are out go together in one [`RELEASE_MANY`] call; a lone release is
-    /// the same single call as without. Not used in a Cluster ([`ScriptRunner::cluster`]),
-    /// where one script may only touch keys of one slot.
-    fn releases(&self) -> Option<&crate::coalesce::Releases> {
+    /// The batching of the connection the lock key `lock`'s commands go over
+    /// ([`crate::coalesce::Batches`]), or `None`, the default: every acquire and release is
+    /// its own call. With it, the uncontended acquires and the releases that arrive while two
+    /// batches of their kind are out go together ([`ScriptRunner::set_nx_px_then_get`] is the
+    /// driver's to route through `sets`; [`release`] uses `releases`, one [`RELEASE_MANY`]
+    /// call per batch); a lone one is the same single call as without. A driver that spreads
+    /// keys over several connections keeps one per connection and answers the one `lock`'s
+    /// commands go over (a release batch's call is made with its first key), so a release
+    /// still queues behind an acquire of its key on one connection. Releases are not batched
+    /// in a Cluster ([`ScriptRunner::cluster`]), where one script may only touch keys of one
+    /// slot.
+    fn batches(&self, lock: &str) -> Option<&crate::coalesce::Batches> {
+        let _ = lock;
         None
     }
 }
@@ -1215,10 +1222,14 @@ pub async fn release<R: ScriptRunner + ?Sized>(
     // The short form first: the lock alone, all a release needs unless fair waiters are
     // queued for it. It changes nothing and answers 2 when the release needs the rest.
     let value = token.to_redis_value();
-    let reply = match runner.releases() {
-        Some(releases) if !runner.cluster() => {
+    let reply = match runner.batches(&lock) {
+        Some(batches) if !runner.cluster() => {
+            // An acquire of this key cancelled after its SET was taken into another caller's
+            // batch is undone by a release like this one: it must not reach the server before
+            // that SET (see `coalesce::Coalescer::settled`).
+            let _ = crate::deadline::within(SETTLE_LIMIT, batches.sets.settled(&lock)).await;
             let release = crate::coalesce::Release { lock, token: value, announce };
-            releases.call(release, |batch| release_batch(runner, batch)).await?
+            batches.releases.call(release, |batch| release_batch(runner, batch)).await?
         }
         _ => {
             let short = [value, if announce { announce_flag(runner) } else { "" }.to_string()];
@@ -1231,6 +1242,12 @@ pub async fn release<R: ScriptRunner + ?Sized>(
         _ => Ok(crate::ReleaseOutcome::NotHeld),
     }
 }
+
+/// How long a release waits at most for a `SET` of its key still on its way in a batch
+/// ([`crate::coalesce::Coalescer::settled`]): a batch ends within its driver's command timeout
+/// unless the caller sending it stopped polling it without dropping it, and then the release
+/// goes anyway.
+const SETTLE_LIMIT: Duration = Duration::from_secs(5);
 
 /// Sends one batch of [`release`]s: a lone one as [`RELEASE`]'s short form, several as one
 /// [`RELEASE_MANY`] call. One answer per release: its script reply (1, 0 or 2), or a

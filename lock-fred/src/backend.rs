@@ -9,7 +9,7 @@ use fred::interfaces::{ClientLike, KeysInterface, LuaInterface};
 use fred::prelude::{Builder, Config, ReconnectPolicy, ServerConfig};
 use fred::types::{ClusterHash, CustomCommand, Expiration, FromValue, SetOptions};
 use lock_core::FencingToken;
-use lock_core::coalesce::{self, Coalescer, Releases, SetNx, SetPipeline, SetReplies};
+use lock_core::coalesce::{self, Batches, SetNx, SetPipeline, SetReplies};
 use lock_core::deadline;
 use lock_core::doctor::{CONFIG_NAMES, NodeFacts};
 use lock_core::hub::HubTask;
@@ -45,10 +45,15 @@ struct Shared {
     /// Whether fred hands a command to its connection on the command's first poll (see
     /// `set_nx_px_then_get`): known on the first acquire, from the client's blocking policy.
     in_order: std::sync::OnceLock<bool>,
-    /// Gathers the uncontended acquires of this server into pipelines (one marker read each).
-    sets: Coalescer,
-    /// Gathers the releases of this server that arrive together into one script call.
-    releases: Releases,
+    /// One per connection the commands of a key go over: one for a [`Client`], one per client
+    /// of a [`Pool`] (see [`FredBackend::lane`]).
+    lanes: Box<[Batches]>,
+}
+
+/// How many lanes a client needs: one per client of a [`Pool`], else one.
+fn lanes_for<C: 'static>(client: &C) -> Box<[Batches]> {
+    let size = (client as &dyn std::any::Any).downcast_ref::<Pool>().map_or(1, Pool::size).max(1);
+    (0..size).map(|_| Batches::default()).collect()
 }
 
 /// A lock backend over the `fred` crate.
@@ -57,6 +62,11 @@ struct Shared {
 /// or any client implementing [`LuaInterface`] through [`FredBackend::from_client`]. It runs
 /// the same shared scripts as every other driver of this workspace ([`lock_core::scripts`]),
 /// so locks taken through fred exclude locks taken through the `redis` crate and the reverse.
+///
+/// On a [`Pool`], every command of one lock goes over the same client of the pool (chosen by
+/// the key's hash slot; fred alone would send each command to its next client), so the
+/// commands of a key reach the server in the order they were sent, as on one connection, and
+/// different keys spread over the pool.
 ///
 /// fred resends commands that were in flight when a connection broke; the scripts are
 /// idempotent for the same owner token, so a resent acquire neither mints a second fencing
@@ -335,7 +345,7 @@ impl FredBackendBuilder {
             .map_err(|e| map_error(&e, "building the subscriber client"))
     }
 
-    fn finish<C>(
+    fn finish<C: 'static>(
         &self,
         client: C,
         endpoint: String,
@@ -344,7 +354,6 @@ impl FredBackendBuilder {
         fred_times_out: bool,
     ) -> FredBackend<C> {
         FredBackend {
-            client,
             shared: Arc::new(Shared {
                 endpoint,
                 command_timeout: self.command_timeout,
@@ -355,9 +364,9 @@ impl FredBackendBuilder {
                 cluster_pubsub: None,
                 fred_times_out,
                 in_order: std::sync::OnceLock::new(),
-                sets: Coalescer::new(),
-                releases: Releases::new(),
+                lanes: lanes_for(&client),
             }),
+            client,
         }
     }
 
@@ -633,8 +642,7 @@ where
             cluster_pubsub: self.shared.cluster_pubsub,
             fred_times_out: self.shared.fred_times_out,
             in_order: std::sync::OnceLock::new(),
-            sets: Coalescer::new(),
-            releases: Releases::new(),
+            lanes: lanes_for(&self.client),
         };
         Self { client: self.client, shared: Arc::new(shared) }
     }
@@ -656,8 +664,12 @@ where
         keys: &[&str],
         args: &[String],
     ) -> BoxedCall<'_, T> {
+        let on = keys.first().and_then(|key| self.pooled(key));
         let keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
-        boxed(self.client.evalsha(script.sha1, keys, args.to_vec()))
+        match on {
+            Some(client) => boxed(client.evalsha(script.sha1, keys, args.to_vec())),
+            None => boxed(self.client.evalsha(script.sha1, keys, args.to_vec())),
+        }
     }
 
     /// Loads `script` (on every primary in a cluster) and runs it again by EVALSHA.
@@ -717,30 +729,63 @@ where
     }
 }
 
+/// Which connection a key's commands go over.
+///
+/// On a [`Pool`], fred sends each command to its next client in turn, so two commands of one
+/// key could take two connections and reach the server in either order: the cleanup release
+/// of a cancelled acquire could run before the acquire's `SET` and leave the key held until
+/// its TTL. So every command of a key goes over one client of the pool, its **lane**, chosen
+/// by the key's hash slot (the keys of one lock share a hash tag, so they share a lane), and
+/// each lane batches its own acquires and releases: what holds on one connection holds on a
+/// pool, key by key.
 impl<C: 'static> FredBackend<C> {
-    /// The client a pipeline goes out on, where the GET must run after the SETs on one
-    /// connection: a [`Client`], or a [`Pool`]'s next client. `None` for other client types.
-    fn pipelined(&self) -> Option<&Client> {
+    /// The lane of `key`: always 0 but on a pool of several clients.
+    fn lane(&self, key: &str) -> usize {
+        match self.shared.lanes.len() {
+            0 | 1 => 0,
+            n => usize::from(scripts::slot(key)) % n,
+        }
+    }
+
+    /// The client of `lane`, where a pipeline goes out (its GET must run after its SETs on
+    /// one connection): a [`Client`], or that client of a [`Pool`]. `None` for other client
+    /// types.
+    fn lane_client(&self, lane: usize) -> Option<&Client> {
         let any = &self.client as &dyn std::any::Any;
-        any.downcast_ref::<Client>().or_else(|| any.downcast_ref::<Pool>().map(Pool::next))
+        any.downcast_ref::<Client>()
+            .or_else(|| any.downcast_ref::<Pool>().and_then(|p| p.clients().get(lane)))
+    }
+
+    /// On a [`Pool`], the client `key`'s commands go over; `None` for other client types,
+    /// which choose their own connection.
+    fn pooled(&self, key: &str) -> Option<&Client> {
+        let pool = (&self.client as &dyn std::any::Any).downcast_ref::<Pool>()?;
+        pool.clients().get(self.lane(key))
     }
 }
 
+/// One lane of a backend (see [`FredBackend::lane`]): what its coalesced acquires go out on.
+struct OnLane<'a, C> {
+    backend: &'a FredBackend<C>,
+    lane: usize,
+}
+
 /// The coalesced acquires' pipeline (see [`lock_core::coalesce`]).
-impl<C> SetPipeline for FredBackend<C>
+impl<C> SetPipeline for OnLane<'_, C>
 where
     C: LuaInterface + KeysInterface + Clone + Send + Sync + 'static,
 {
     async fn send_sets(&self, sets: &[SetNx]) -> Result<SetReplies, BackendError> {
-        let endpoint = &self.shared.endpoint;
+        let backend = self.backend;
+        let endpoint = &backend.shared.endpoint;
         let context = || coalesce::describe(sets, endpoint);
-        let Some(client) = self.pipelined() else {
+        let Some(client) = backend.lane_client(self.lane) else {
             return Err(BackendError::permanent(
                 BackendErrorKind::Other,
                 format!("{}: not a fred Client or Pool", context()),
             ));
         };
-        let timeout = self.shared.command_timeout;
+        let timeout = backend.shared.command_timeout;
         let px = |set: &SetNx| Some(Expiration::PX(i64::try_from(set.ttl_ms).unwrap_or(i64::MAX)));
         // fred hands a command to its connection task on the command's first poll, through
         // one ordered queue, and writes queued commands back to back (auto-pipelining): a lone
@@ -749,7 +794,7 @@ where
         // is the `Interrupt` blocking policy, under which a command may first await a
         // `CLIENT UNBLOCK` of a blocked connection and so lose its place: a pipeline then, as
         // for a batch of several SETs.
-        let in_order = *self
+        let in_order = *backend
             .shared
             .in_order
             .get_or_init(|| client.client_config().blocking != fred::types::config::Blocking::Interrupt);
@@ -794,7 +839,7 @@ where
             }
         };
         let replies: Vec<fred::prelude::FredResult<Option<String>>> =
-            match self.timed(timeout * 2, sent).await {
+            match backend.timed(timeout * 2, sent).await {
                 Some(r) => r.map_err(|e: fred::error::Error| map_error(&e, &context()))?,
                 None => {
                     return Err(BackendError::retryable(
@@ -825,8 +870,8 @@ where
         self.eval(script, keys, args).await
     }
 
-    fn releases(&self) -> Option<&Releases> {
-        Some(&self.shared.releases)
+    fn batches(&self, lock: &str) -> Option<&Batches> {
+        self.shared.lanes.get(self.lane(lock))
     }
 
     fn node_guard(&self) -> Option<&NodeGuard> {
@@ -843,19 +888,27 @@ where
             // Other client types are not offered it: the acquire script is used.
             return Ok(None);
         }
-        self.shared.sets.set_nx_px_then_get(self, set).await.map(Some)
+        let lane = self.lane(&set.key);
+        let Some(sets) = self.shared.lanes.get(lane).map(|l| &l.sets) else { return Ok(None) };
+        sets.set_nx_px_then_get(&OnLane { backend: self, lane }, set).await.map(Some)
     }
 
     async fn set_nx_px(&self, key: &str, value: &str, ttl_ms: u64) -> Result<Option<bool>, BackendError> {
         let timeout = self.shared.command_timeout;
         let ttl = i64::try_from(ttl_ms).unwrap_or(i64::MAX);
-        let set = boxed(self.client.set::<Option<String>, _, _>(
-            key,
-            value,
-            Some(Expiration::PX(ttl)),
-            Some(SetOptions::NX),
-            false,
-        ));
+        let expiry = Some(Expiration::PX(ttl));
+        let set = match self.pooled(key) {
+            Some(client) => {
+                boxed(client.set::<Option<String>, _, _>(key, value, expiry, Some(SetOptions::NX), false))
+            }
+            None => boxed(self.client.set::<Option<String>, _, _>(
+                key,
+                value,
+                expiry,
+                Some(SetOptions::NX),
+                false,
+            )),
+        };
         let context = || format!("SET NX on redis key {key:?} at {}", self.shared.endpoint);
         match self.timed(timeout * 2, set).await {
             Some(r) => r.map(|ok| Some(ok.is_some())).map_err(|e| map_error(&e, &context())),

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use lock_core::FencingToken;
-use lock_core::coalesce::{self, Coalescer, Releases, SetNx, SetPipeline, SetReplies};
+use lock_core::coalesce::{self, Batches, SetNx, SetPipeline, SetReplies};
 use lock_core::deadline;
 use lock_core::doctor::{CONFIG_NAMES, NodeFacts};
 use lock_core::hub::HubTask;
@@ -31,9 +31,7 @@ struct Shared {
     endpoint: String,
     command_timeout: Duration,
     /// Gathers the uncontended acquires of this server into pipelines (one marker read each).
-    sets: Coalescer,
-    /// Gathers the releases of this server that arrive together into one script call.
-    releases: Releases,
+    batches: Batches,
     /// The data-loss guard (single nodes); `None` in Cluster.
     guard: Option<NodeGuard>,
     /// Where release notices are subscribed; `None` turns wake-up off.
@@ -228,8 +226,7 @@ impl RedisBackendBuilder {
             shared: Arc::new(Shared {
                 endpoint,
                 command_timeout: self.command_timeout,
-                sets: Coalescer::new(),
-                releases: Releases::new(),
+                batches: Batches::default(),
                 guard: guarded.then(|| NodeGuard::new(self.quarantine)),
                 pubsub_client: pubsub.filter(|_| self.wake_up),
                 sentinel_master: None,
@@ -598,8 +595,7 @@ where
         let shared = Shared {
             endpoint: self.shared.endpoint.clone(),
             command_timeout: self.shared.command_timeout,
-            sets: Coalescer::new(),
-            releases: Releases::new(),
+            batches: Batches::default(),
             guard: None,
             pubsub_client: self.shared.pubsub_client.clone(),
             sentinel_master: self.shared.sentinel_master.clone(),
@@ -615,8 +611,7 @@ where
         let shared = Shared {
             endpoint: self.shared.endpoint.clone(),
             command_timeout: self.shared.command_timeout,
-            sets: Coalescer::new(),
-            releases: Releases::new(),
+            batches: Batches::default(),
             guard: self.shared.guard.clone(),
             pubsub_client: Some(PubsubSource::client(client)),
             sentinel_master: self.shared.sentinel_master.clone(),
@@ -732,8 +727,8 @@ where
         self.eval(script, keys, args).await
     }
 
-    fn releases(&self) -> Option<&Releases> {
-        Some(&self.shared.releases)
+    fn batches(&self, _lock: &str) -> Option<&Batches> {
+        Some(&self.shared.batches)
     }
 
     fn node_guard(&self) -> Option<&NodeGuard> {
@@ -745,7 +740,7 @@ where
     }
 
     async fn set_nx_px_then_get(&self, set: SetNx) -> Result<Option<(bool, Option<String>)>, BackendError> {
-        self.shared.sets.set_nx_px_then_get(self, set).await.map(Some)
+        self.shared.batches.sets.set_nx_px_then_get(self, set).await.map(Some)
     }
 
     async fn set_nx_px(&self, key: &str, value: &str, ttl_ms: u64) -> Result<Option<bool>, BackendError> {
