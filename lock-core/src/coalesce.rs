@@ -168,6 +168,49 @@ impl SetReplies {
     }
 }
 
+impl SetReplies {
+    /// Reads the reply of one [`crate::scripts::SET_MANY`] call for `sets` (per `SET`, `OK`
+    /// or nil, then the marker), as [`SetReplies::from_pipeline`] reads a pipeline's.
+    ///
+    /// # Errors
+    /// [`BackendErrorKind::Protocol`] when the number of replies is not one per `SET` plus one.
+    ///
+    /// ```
+    /// use lock_core::coalesce::{SetNx, SetReplies};
+    /// let set = |key: &str| SetNx { key: key.into(), value: "t:0".into(), ttl_ms: 5_000 };
+    /// let sets = [set("lock:{a}"), set("lock:{b}")];
+    /// let read = SetReplies::from_script(vec![Some("OK".into()), None, Some("0a1b2c3d4e5f:0".into())], &sets, "h:1")?;
+    /// assert!(matches!(read.sets[..], [Ok(true), Ok(false)]));
+    /// # Ok::<(), lock_core::BackendError>(())
+    /// ```
+    pub fn from_script(
+        replies: Vec<Option<String>>,
+        sets: &[SetNx],
+        endpoint: &str,
+    ) -> Result<Self, BackendError> {
+        let replies: Vec<Result<Option<String>, std::convert::Infallible>> =
+            replies.into_iter().map(Ok).collect();
+        Self::from_pipeline(replies, sets, endpoint, |never, _| match never {})
+    }
+}
+
+/// The keys and arguments of one [`crate::scripts::SET_MANY`] call for `sets`: the lock keys
+/// and then the node marker; per lock its value and TTL.
+///
+/// ```
+/// use lock_core::coalesce::{set_many_call, SetNx};
+/// let sets = [SetNx { key: "lock:{a}".into(), value: "t:0".into(), ttl_ms: 5_000 }];
+/// let (keys, args) = set_many_call(&sets);
+/// assert_eq!(keys, ["lock:{a}", lock_core::scripts::MARKER_KEY]);
+/// assert_eq!(args, ["t:0", "5000"]);
+/// ```
+pub fn set_many_call(sets: &[SetNx]) -> (Vec<&str>, Vec<String>) {
+    let mut keys: Vec<&str> = sets.iter().map(|s| s.key.as_str()).collect();
+    keys.push(crate::scripts::MARKER_KEY);
+    let args = sets.iter().flat_map(|s| [s.value.clone(), s.ttl_ms.to_string()]).collect();
+    (keys, args)
+}
+
 /// What a batch is, for error messages: `SET NX on redis key "lock:{a}" at host:port`, or
 /// `3 SET NX on redis keys from "lock:{a}" at host:port`.
 ///
@@ -189,8 +232,11 @@ pub fn describe(sets: &[SetNx], endpoint: &str) -> String {
 }
 
 /// A driver's half: send `sets` as `SET key value NX PX ttl` each, in order, then one `GET` of
-/// the node marker ([`crate::scripts::MARKER_KEY`]), as one pipeline on **one** connection, so
-/// the server runs them in that order, bounded by the driver's command timeout.
+/// the node marker ([`crate::scripts::MARKER_KEY`]), as one pipeline on **one** connection or
+/// as one [`crate::scripts::SET_MANY`] call ([`set_many_call`], [`SetReplies::from_script`]),
+/// so the server runs them in that order, bounded by the driver's command timeout. Which is
+/// cheaper depends on the client: a pipeline costs redis-rs little more than one command,
+/// while fred's work is per command.
 pub trait SetPipeline: Send + Sync {
     /// Sends one batch.
     ///

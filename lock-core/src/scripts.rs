@@ -186,6 +186,18 @@ pub const RELEASE: LuaScript = LuaScript {
     sha1: "9ef5a58009bebefdbfd9b91de7db72e60236e86b",
 };
 
+/// `set_many.lua`: the uncontended unfenced acquires of one server that arrive together
+/// ([`crate::coalesce`]), as one call: a plain `SET NX PX` per lock, then one `GET` of the
+/// node marker behind them, so the server parses one command, and the client sends and reads
+/// one, for a whole batch. KEYS: the lock keys, then [`MARKER_KEY`]. ARGV: per lock its value
+/// (`<token>:0`) and its TTL in milliseconds. Returns what the pipeline of the same commands
+/// would: per lock `OK` or nil, then the marker's value or nil.
+pub const SET_MANY: LuaScript = LuaScript {
+    name: "set_many",
+    source: include_str!("../scripts/set_many.lua"),
+    sha1: "0807e24bec668ec83820160d4a3ed3a8e23de9ea",
+};
+
 /// `release_many.lua`: the releases of one server that arrive together, in one call
 /// ([`crate::coalesce::Releases`]), each decided alone as [`RELEASE`]'s short form decides it. KEYS: per
 /// release, the lock key. ARGV: the [`PubSubMode::flag`], then per release the token and `"1"`

@@ -683,7 +683,11 @@ where
     C: ConnectionLike + Clone + Send + Sync + 'static,
 {
     async fn send_sets(&self, sets: &[SetNx]) -> Result<SetReplies, BackendError> {
-        // One pipeline on one connection: the SETs, then the marker, run in that order.
+        let endpoint = &self.shared.endpoint;
+        // One pipeline on one connection: the SETs, then the marker, run in that order. (Not
+        // one SET_MANY script call, as fred sends: redis-rs's client handles a pipeline for
+        // little more than one command, and a script costs the server more than the SETs:
+        // 0.82x / 0.83x of raw-1 under 64 tasks against 0.94x / 0.94x with the pipeline.)
         let mut pipe = redis::Pipeline::with_capacity(sets.len() + 1);
         for set in sets {
             let mut cmd = redis::Cmd::with_capacity(6, 32 + set.key.len() + set.value.len());
@@ -691,7 +695,6 @@ where
             pipe.add_command(cmd);
         }
         pipe.cmd("GET").arg(scripts::MARKER_KEY).ignore_errors();
-        let endpoint = &self.shared.endpoint;
         let context = || coalesce::describe(sets, endpoint);
         let timeout = self.shared.command_timeout;
         let mut conn = self.conn.clone();
