@@ -1614,11 +1614,12 @@ mod tests {
     use super::*;
 
     /// Every script of this module.
-    const ALL: [LuaScript; 13] = [
+    const ALL: [LuaScript; 14] = [
         ACQUIRE,
         EXTEND,
         RELEASE,
         RELEASE_MANY,
+        SET_MANY,
         FENCE,
         NODE,
         FAIR,
