@@ -166,9 +166,7 @@ impl SetReplies {
             .collect();
         Ok(Self { sets, marker })
     }
-}
 
-impl SetReplies {
     /// Reads the reply of one [`crate::scripts::SET_MANY`] call for `sets` (per `SET`, `OK`
     /// or nil, then the marker), as [`SetReplies::from_pipeline`] reads a pipeline's.
     ///

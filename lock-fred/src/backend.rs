@@ -802,8 +802,7 @@ where
         // SET and the GET polled in order go out as one round trip, SET first, for less client
         // work than a pipeline object (about 2 us per cycle under 64 tasks). The one exception
         // is the `Interrupt` blocking policy, under which a command may first await a
-        // `CLIENT UNBLOCK` of a blocked connection and so lose its place: a pipeline then, as
-        // for a batch of several SETs.
+        // `CLIENT UNBLOCK` of a blocked connection and so lose its place: a pipeline then.
         let in_order = *backend
             .shared
             .in_order
