@@ -1173,10 +1173,7 @@ pub async fn extend_many<R: ScriptRunner + ?Sized>(
                 Ok(codes) => match (codes.get(n), Grant::from_start(started, req.ttl, None)) {
                     (Some(1), Some(g)) => Ok(crate::ExtendOutcome::Extended { valid_until: g.valid_until }),
                     (Some(1 | 0), _) => Ok(crate::ExtendOutcome::NotHeld),
-                    (Some(-1), _) => Err(BackendError::permanent(
-                        BackendErrorKind::WrongType,
-                        format!("WRONGTYPE: redis key {:?} holds another type", names[i].0),
-                    )),
+                    (Some(-1), _) => Err(wrong_type(&names[i].0)),
                     (other, _) => Err(BackendError::permanent(
                         BackendErrorKind::Protocol,
                         format!("unexpected reply {other:?} from the renew script for {}", req.key),
@@ -1255,6 +1252,14 @@ pub async fn release<R: ScriptRunner + ?Sized>(
     }
 }
 
+/// What a batch script reports of an item whose key holds another type (-1).
+fn wrong_type(key: &str) -> BackendError {
+    BackendError::permanent(
+        BackendErrorKind::WrongType,
+        format!("WRONGTYPE: redis key {key:?} holds another type"),
+    )
+}
+
 /// How long a release waits at most for a `SET` of its key still on its way in a batch
 /// ([`crate::coalesce::Coalescer::settled`]): a batch ends within its driver's command timeout
 /// unless the caller sending it stopped polling it without dropping it, and then the release
@@ -1285,10 +1290,7 @@ async fn release_batch<R: ScriptRunner + ?Sized>(
         .into_iter()
         .zip(&batch)
         .map(|(code, r)| match code {
-            -1 => Err(BackendError::permanent(
-                BackendErrorKind::WrongType,
-                format!("WRONGTYPE: redis key {:?} holds another type", r.lock),
-            )),
+            -1 => Err(wrong_type(&r.lock)),
             code => Ok(code),
         })
         .collect())
