@@ -49,7 +49,8 @@ impl RedLockOptions {
     /// Re-take the key on nodes that lost it (e.g. restarted empty), during a successful
     /// extension, while a majority still holds it. Off by default: a re-taken node gets no
     /// fencing write-back, and a node that restarted empty has lost its fencing counter
-    /// anyway, which is the unsafe deployment the crate docs warn about.
+    /// anyway, which is the unsafe deployment the crate docs warn about. A release of the
+    /// lease while a re-take is on its way releases each node after the re-take ended.
     #[must_use]
     pub fn repair(mut self, on: bool) -> Self {
         self.repair = on;
@@ -913,6 +914,21 @@ impl<B: LockBackend> RedLock<B> {
         late: FanOut<Vec<Result<ExtendOutcome, BackendError>>>,
     ) {
         let this = self.clone();
+        // A release of one of these leases while its repair is on its way would reach a node
+        // before the re-take, and the re-take landing after it would hold the key there until
+        // its TTL: each lease's release waits for its repair to end, as for a late acquire
+        // (see `Late`). A signal already kept for the lease (its acquire's) is awaited first.
+        let n = self.inner.nodes.len();
+        let mut repairs = Vec::with_capacity(owed.len());
+        for (_, req, _) in &owed {
+            let before = self.take_late(&req.key, &req.token);
+            let (ends, signals): (Vec<_>, Vec<_>) = (0..n)
+                .map(|_| tokio::sync::oneshot::channel::<()>())
+                .map(|(end, signal)| (end, Some(signal)))
+                .unzip();
+            self.remember_late(&req.key, &req.token, Late(signals));
+            repairs.push((before, ends));
+        }
         tokio::spawn(async move {
             let mut owed = owed;
             let mut late = late;
@@ -924,8 +940,15 @@ impl<B: LockBackend> RedLock<B> {
                     }
                 }
             }
-            for (_, req, missing) in owed {
+            for ((_, req, missing), (mut before, ends)) in owed.into_iter().zip(repairs) {
+                for i in 0..n {
+                    if let Some(acquiring) = before.take(i) {
+                        let _ = acquiring.await;
+                    }
+                }
                 this.retake(&req, missing).await;
+                // Ends the signals: a release waiting for this repair goes on.
+                drop(ends);
             }
         });
     }

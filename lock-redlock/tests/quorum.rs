@@ -247,6 +247,30 @@ async fn repair_retakes_a_node_that_lost_the_key_while_a_majority_holds() {
     guard.release().await.unwrap();
 }
 
+/// A release while a repair is on its way: the re-take must not land after the release and
+/// hold the key on that node until its TTL.
+#[tokio::test(start_paused = true)]
+async fn a_release_during_a_repair_leaves_no_key_behind() {
+    let nodes = nodes(3);
+    let rl = RedLock::with_options(nodes.clone(), RedLockOptions::new().repair(true)).unwrap();
+    let locks = LockClient::with_config(rl, config()).unwrap();
+    let guard = locks.mutex("repairing").unwrap().lock().await.unwrap();
+    nodes[2].inner().evict("repairing");
+    // The re-take reaches node 2 only 500 ms after it is sent.
+    nodes[2].inject(Op::Acquire, Fault::Delay(500 * MS));
+    // The renewal at 3 s finds node 2 empty and starts the repair; the lease is released
+    // while the re-take is on its way.
+    tokio::time::sleep(3100 * MS).await;
+    settle().await;
+    guard.release().await.unwrap();
+    tokio::time::sleep(2 * SEC).await;
+    settle().await;
+    assert_eq!(nodes[2].injected(), 1, "the re-take was sent (and delayed)");
+    for (i, node) in nodes.iter().enumerate() {
+        assert!(node.inner().holder("repairing").is_none(), "node {i} still holds the released key");
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn release_reports_whether_a_majority_still_owned_the_lock() {
     let nodes = nodes(3);
