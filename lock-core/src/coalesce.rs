@@ -25,9 +25,9 @@
 //! `SET` may be applied, as a cancelled lone `SET` may, and the caller's cleanup releases it
 //! (owner-checked). That release could be ready before the `SET` is on the wire: another
 //! member takes the batch and writes it a moment later, or, on a descheduled thread, much
-//! later. So every release of a key first waits until no batch holding a `SET` of that key is
-//! out ([`Coalescer::settled`]; at once in the usual case), and reaches the server after it
-//! on any connection. An acquire dropped while it sends a batch ends
+//! later. So every release first waits until no batch holding a `SET` of its key for its owner
+//! token is out ([`Coalescer::settled`]; at once in the usual case, and never for another
+//! owner's tries), and reaches the server after it on any connection. An acquire dropped while it sends a batch ends
 //! that batch: the other members get a retryable error and try again (an applied `SET` of
 //! theirs is their own token, which the acquire script takes again). A failure of the whole
 //! pipeline (a timeout, a broken connection) is every member's error; a `SET` answered with an
@@ -260,29 +260,37 @@ impl Default for Coalescer {
     }
 }
 
-/// The identity a key is tracked by in a [`Coalescer`].
-fn key_id(key: &str) -> u64 {
+/// The identity a `SET` is tracked by in a [`Coalescer`]: its key and its owner token (the
+/// value is `<token>:0`).
+fn set_id(key: &str, token: &str) -> u64 {
     let mut hasher = std::hash::DefaultHasher::new();
     key.hash(&mut hasher);
+    token.hash(&mut hasher);
     hasher.finish()
 }
 
 impl Coalescer {
     /// A coalescer with no batch yet.
     pub fn new() -> Self {
-        Self { batches: Batcher::tracking(|set| key_id(&set.key)) }
+        Self {
+            batches: Batcher::tracking(|set| {
+                set_id(&set.key, set.value.split_once(':').map_or(set.value.as_str(), |(token, _)| token))
+            }),
+        }
     }
 
-    /// Returns once no `SET` of the key `key` is in a batch that was taken to be sent and has
-    /// not been answered: a release sent after it reaches the server after every such `SET`,
-    /// on any connection. [`crate::scripts::release`] waits for it, so the release undoing a
-    /// cancelled acquire cannot overtake the acquire's `SET` still on its way in another
-    /// member's batch (see the module docs). At once in the usual case.
+    /// Returns once no `SET` of the key `key` for the owner `token` (32 hex digits, as stored)
+    /// is in a batch that was taken to be sent and has not been answered: a release sent after
+    /// it reaches the server after every such `SET`, on any connection.
+    /// [`crate::scripts::release`] waits for it, so the release undoing a cancelled acquire
+    /// cannot overtake the acquire's `SET` still on its way in another member's batch (see the
+    /// module docs). The `SET`s of other owners are not waited for: a holder's release does not
+    /// wait for the waiters' tries. At once in the usual case.
     ///
     /// # Cancel safety
     /// Cancel-safe: it only waits.
-    pub async fn settled(&self, key: &str) {
-        self.batches.settled(key_id(key)).await;
+    pub async fn settled(&self, key: &str, token: &str) {
+        self.batches.settled(set_id(key, token)).await;
     }
 
     /// `SET key value NX PX ttl`, sent with the other acquires of this moment, and the node
@@ -778,21 +786,23 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn settled_waits_for_a_taken_batch_holding_the_key_and_no_longer() {
+    async fn settled_waits_for_a_taken_batch_holding_the_owners_set_and_no_longer() {
         let (sets, pipe) = (Coalescer::new(), Recorder::new(10));
         let start = tokio::time::Instant::now();
         let (got, (other_at, key_at)) = futures::join!(sets.set_nx_px_then_get(&pipe, set("k")), async {
             tokio::task::yield_now().await;
-            sets.settled("other").await;
+            sets.settled("other", "t").await;
+            // A holder releasing k does not wait for another owner's try of it.
+            sets.settled("k", "another-owner").await;
             let other_at = start.elapsed();
-            sets.settled("k").await;
+            sets.settled("k", "t").await;
             (other_at, start.elapsed())
         });
         assert!(got.unwrap().0);
-        assert_eq!(other_at, Duration::ZERO, "nothing of another key is on its way");
+        assert_eq!(other_at, Duration::ZERO, "nothing of another key or owner is on its way");
         assert_eq!(key_at, Duration::from_millis(10), "until the batch holding k is answered");
         assert!(sets.batches.out().is_empty(), "nothing left counted as out");
-        sets.settled("k").await;
+        sets.settled("k", "t").await;
         assert_eq!(start.elapsed(), Duration::from_millis(10), "and at once after");
     }
 

@@ -1236,7 +1236,7 @@ pub async fn release<R: ScriptRunner + ?Sized>(
             // An acquire of this key cancelled after its SET was taken into another caller's
             // batch is undone by a release like this one: it must not reach the server before
             // that SET (see `coalesce::Coalescer::settled`).
-            let _ = crate::deadline::within(SETTLE_LIMIT, batches.sets.settled(&lock)).await;
+            let _ = crate::deadline::within(SETTLE_LIMIT, batches.sets.settled(&lock, &value)).await;
             let release = crate::coalesce::Release { lock, token: value, announce };
             batches.releases.call(release, |batch| release_batch(runner, batch)).await?
         }
