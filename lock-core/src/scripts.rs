@@ -1240,10 +1240,7 @@ pub async fn release<R: ScriptRunner + ?Sized>(
             let release = crate::coalesce::Release { lock, token: value, announce };
             batches.releases.call(release, |batch| release_batch(runner, batch)).await?
         }
-        _ => {
-            let short = [value, if announce { announce_flag(runner) } else { "" }.to_string()];
-            runner.run_int(&RELEASE, &[&lock], &short).await?
-        }
+        _ => short_release(runner, &lock, value, announce).await?,
     };
     match reply {
         1 => Ok(crate::ReleaseOutcome::Released),
@@ -1266,6 +1263,18 @@ fn wrong_type(key: &str) -> BackendError {
 /// goes anyway.
 const SETTLE_LIMIT: Duration = Duration::from_secs(5);
 
+/// [`RELEASE`]'s short form for the lock key `lock` and the owner `token` (as stored): its
+/// reply, 1, 0 or 2.
+async fn short_release<R: ScriptRunner + ?Sized>(
+    runner: &R,
+    lock: &str,
+    token: String,
+    announce: bool,
+) -> Result<i64, BackendError> {
+    let short = [token, if announce { announce_flag(runner) } else { "" }.to_string()];
+    runner.run_int(&RELEASE, &[lock], &short).await
+}
+
 /// Sends one batch of [`release`]s: a lone one as [`RELEASE`]'s short form, several as one
 /// [`RELEASE_MANY`] call. One answer per release: its script reply (1, 0 or 2), or a
 /// [`BackendErrorKind::WrongType`] error for a key of another type.
@@ -1273,14 +1282,12 @@ async fn release_batch<R: ScriptRunner + ?Sized>(
     runner: &R,
     mut batch: Vec<crate::coalesce::Release>,
 ) -> Result<Vec<Result<i64, BackendError>>, BackendError> {
-    let flag = announce_flag(runner);
     if batch.len() == 1 {
         let Some(one) = batch.pop() else { return Ok(Vec::new()) };
-        let short = [one.token, if one.announce { flag } else { "" }.to_string()];
-        return Ok(vec![Ok(runner.run_int(&RELEASE, &[&one.lock], &short).await?)]);
+        return Ok(vec![Ok(short_release(runner, &one.lock, one.token, one.announce).await?)]);
     }
     let mut args = Vec::with_capacity(1 + 2 * batch.len());
-    args.push(flag.to_string());
+    args.push(announce_flag(runner).to_string());
     for r in &mut batch {
         args.extend([std::mem::take(&mut r.token), if r.announce { "1" } else { "" }.to_string()]);
     }
