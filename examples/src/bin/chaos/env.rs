@@ -154,9 +154,10 @@ impl Env {
         Ok(())
     }
 
-    /// With `CHAOS_KEEP` set, the worker logs are kept (and their folder printed) for study.
-    pub(crate) fn keep_logs(&mut self) {
-        if std::env::var_os("CHAOS_KEEP").is_some() {
+    /// Keeps the worker logs (and prints their folder) for study: always after a violation
+    /// (`violated`), and after every scenario with `CHAOS_KEEP` set.
+    pub(crate) fn keep_logs(&mut self, violated: bool) {
+        if violated || std::env::var_os("CHAOS_KEEP").is_some() {
             let dir = std::mem::replace(
                 &mut self.dir,
                 match tempfile::tempdir() {

@@ -202,6 +202,9 @@ async fn run(args: &Args) -> Result<bool, DynError> {
         for s in o.samples.iter().chain(&o.problems) {
             println!("  {}: {s}", o.scenario);
         }
+        for line in &o.trace {
+            println!("    {line}");
+        }
     }
     if let Some(path) = &args.json {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {

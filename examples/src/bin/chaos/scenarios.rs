@@ -209,6 +209,10 @@ pub(crate) struct Outcome {
     pub(crate) samples: Vec<String>,
     /// Expectations not met, worker failures, errors.
     pub(crate) problems: Vec<String>,
+    /// For a must-pass scenario that was violated: what the workers logged about the key
+    /// around each sampled violation (see [`trace`]), so a rare failure in CI can be read.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) trace: Vec<String>,
     /// What the SVG timeline is drawn from (not in the JSON).
     #[serde(skip)]
     pub(crate) timeline: Option<Timeline>,
@@ -231,6 +235,7 @@ impl Outcome {
             timeline: None,
             samples: Vec::new(),
             problems: vec![format!("error: {error}")],
+            trace: Vec::new(),
         }
     }
 
@@ -269,15 +274,82 @@ impl Outcome {
             ok,
             samples: report.violations.iter().take(3).map(|v| format!("{}: {}", v.check, v.what)).collect(),
             problems,
+            trace: Vec::new(),
             timeline: None,
         }
     }
 
-    /// Keeps what the run's timeline is drawn from.
+    /// Keeps what the run's timeline is drawn from; a violated must-pass scenario also keeps
+    /// its [`trace`].
     pub(crate) fn with_timeline(mut self, history: History, faults: Vec<FaultSpan>, report: &Report) -> Self {
+        if self.kind == Kind::MustPass {
+            self.trace = trace(&history, report);
+        }
         self.timeline = Some(Timeline { history, faults, violations: report.violations.clone() });
         self
     }
+}
+
+/// What the workers logged about the key of each of the first three violations (with
+/// sections), from a TTL-sized window before the violating grant to just after the sections
+/// end: every section of the key, fair acquire calls and leaves, renewals sent. Times are in
+/// ms from the violating grant. Empty without a violation.
+pub(crate) fn trace(history: &History, report: &Report) -> Vec<String> {
+    let mut out = Vec::new();
+    for v in report.violations.iter().filter(|v| !v.sections.is_empty()).take(3) {
+        let key = &v.sections[0].key;
+        let at = v.sections.iter().map(|s| s.t_acquired).max().unwrap_or(0);
+        let from = v.sections.iter().map(|s| s.t_acquired).min().unwrap_or(0).saturating_sub(1_500_000_000);
+        let to = v.sections.iter().map(|s| s.effective_end().min(s.t_released.unwrap_or(u64::MAX))).max();
+        let to = to.unwrap_or(at).max(at).saturating_add(100_000_000);
+        let ms = |t: u64| (t as f64 - at as f64) / 1e6;
+        out.push(format!("trace of {} {}: {}", v.check, key, v.what));
+        let mut lines: Vec<(u64, String)> = Vec::new();
+        for s in history
+            .sections
+            .iter()
+            .filter(|s| &s.key == key && s.t_acquired <= to && s.effective_end() >= from)
+        {
+            lines.push((
+                s.t_acquired,
+                format!(
+                    "{:>10.3} ms  section {} ({}) fence {:?} valid until {:.3} released {:?} lost {:?} {:?}",
+                    ms(s.t_acquired),
+                    s.acquisition,
+                    s.worker,
+                    s.fence,
+                    ms(s.valid_until),
+                    s.t_released.map(ms),
+                    s.t_lost.map(ms),
+                    s.ended
+                ),
+            ));
+        }
+        for c in history.fair_calls.iter().filter(|c| &c.key == key && (from..=to).contains(&c.t_sent)) {
+            lines.push((
+                c.t_sent,
+                format!(
+                    "{:>10.3} ms  fair call by {} waiter {:016x} answered {:?} at {:.3} (wait {:?} ms)",
+                    ms(c.t_sent),
+                    c.worker,
+                    c.waiter,
+                    c.answer,
+                    ms(c.t_reply),
+                    c.wait_ms
+                ),
+            ));
+        }
+        for l in history.fair_leaves.iter().filter(|l| &l.key == key && (from..=to).contains(&l.t)) {
+            lines
+                .push((l.t, format!("{:>10.3} ms  leave by {} waiter {:016x}", ms(l.t), l.worker, l.waiter)));
+        }
+        for e in history.extends.iter().filter(|e| &e.key == key && (from..=to).contains(&e.t)) {
+            lines.push((e.t, format!("{:>10.3} ms  renewal sent by {}", ms(e.t), e.worker)));
+        }
+        lines.sort_by_key(|(t, _)| *t);
+        out.extend(lines.into_iter().map(|(_, l)| l));
+    }
+    out
 }
 
 pub(crate) fn print_header() {
@@ -447,7 +519,7 @@ async fn with_workers(
         faults_injected: faults,
     };
     let report = check(&history, &obs);
-    env.keep_logs();
+    env.keep_logs(kind == Kind::MustPass && !report.violations.is_empty());
     expectations(name, p, &history, &report, &injected, &mut problems);
     let spans = std::mem::take(&mut injected.spans);
     Ok(Outcome::judge(name, kind, p, &report, faults, expected, problems)
@@ -842,5 +914,81 @@ impl Tail {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use lock_testkit::checker::{Observations, check};
+    use lock_testkit::history::{Ending, Event, FairAnswer, FairCall, History};
+
+    use super::trace;
+
+    const MS: u64 = 1_000_000;
+
+    #[test]
+    fn a_violation_is_traced_with_the_keys_sections_and_calls_around_it() {
+        let at = 10_000 * MS;
+        let events = vec![
+            Event::Acquired {
+                worker: "w2".into(),
+                acq: "w2-1".into(),
+                key: "k".into(),
+                fence: Some(1),
+                t: at - 5 * MS,
+                valid_until: at + 995 * MS,
+            },
+            Event::Ended {
+                acq: "w2-1".into(),
+                t: at + 2 * MS,
+                valid_until: at + 995 * MS,
+                how: Ending::Released,
+            },
+            Event::FairCall(FairCall {
+                worker: "w1".into(),
+                key: "k".into(),
+                waiter: 7,
+                t_sent: at - MS,
+                t_reply: at,
+                wait_ms: Some(1000),
+                answer: FairAnswer::Acquired,
+            }),
+            Event::Acquired {
+                worker: "w1".into(),
+                acq: "w1-1".into(),
+                key: "k".into(),
+                fence: Some(2),
+                t: at,
+                valid_until: at + 999 * MS,
+            },
+            // Another key, and a section long before the window: not in the trace.
+            Event::Acquired {
+                worker: "w3".into(),
+                acq: "w3-1".into(),
+                key: "other".into(),
+                fence: Some(1),
+                t: at,
+                valid_until: at + 999 * MS,
+            },
+            Event::Acquired {
+                worker: "w3".into(),
+                acq: "w3-0".into(),
+                key: "k".into(),
+                fence: None,
+                t: at - 5_000 * MS,
+                valid_until: at - 4_000 * MS,
+            },
+        ];
+        let history = History::from_events(events);
+        let report = check(&history, &Observations::default());
+        let lines = trace(&history, &report);
+        let text = lines.join("\n");
+        assert!(lines[0].starts_with("trace of C1 k: w1-1 (w1) acquired k while w2-1 (w2)"), "{text}");
+        assert!(text.contains("section w2-1 (w2)") && text.contains("section w1-1 (w1)"), "{text}");
+        assert!(text.contains("fair call by w1 waiter 0000000000000007 answered Acquired"), "{text}");
+        assert!(!text.contains("w3-"), "{text}");
+        // Sorted by time, from the violating grant: w2's grant 5 ms before it.
+        assert!(lines[1].trim_start().starts_with("-5.000 ms  section w2-1"), "{text}");
+        assert!(trace(&History::default(), &check(&History::default(), &Observations::default())).is_empty());
     }
 }
