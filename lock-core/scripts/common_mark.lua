@@ -11,8 +11,10 @@
 -- refusal, so a waiter (which subscribes before its last try) never misses the notice; a
 -- rewrite of a lock's value keeps the mark (`marked`). `pttl` is the lock's PTTL, read in the
 -- same call: the SET keeps that expiry (never shorter: the server's clock only moves on) with
--- no command beyond those the lock's ACL rules allow and no KEEPTTL (Redis >= 6). `mark` is
--- '!' or '?' ('!' when nil).
+-- no command beyond those the lock's ACL rules allow and no KEEPTTL (Redis >= 6). A lock in
+-- its last millisecond answers PTTL 0 (it expires when the clock passes its expiry): it keeps
+-- 1 ms, never no expiry at all, which would hold it for good. -1 (a key without expiry, not
+-- one of ours) stays without. `mark` is '!' or '?' ('!' when nil).
 local function mark_waited(lock_key, current, pttl, mark)
   mark = mark or '!'
   local last = string.sub(current, -1)
@@ -23,8 +25,8 @@ local function mark_waited(lock_key, current, pttl, mark)
   if last == '!' then
     value = string.sub(current, 1, -2) .. mark
   end
-  if pttl > 0 then
-    redis.call('SET', lock_key, value, 'PX', pttl)
+  if pttl >= 0 then
+    redis.call('SET', lock_key, value, 'PX', math.max(pttl, 1))
   else
     redis.call('SET', lock_key, value)
   end

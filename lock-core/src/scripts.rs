@@ -149,7 +149,7 @@ pub const ACQUIRE: LuaScript = LuaScript {
         include_str!("../scripts/common_take.lua"),
         include_str!("../scripts/acquire.lua")
     ),
-    sha1: "b77f32b8c92dedd6d1f6f73f0af3d9d8ec94aeb0",
+    sha1: "64d4b7618ea708e3a4e03533f77361be9fd75a40",
 };
 
 /// `extend.lua`: owner-checked PEXPIRE. KEYS: lock. ARGV: token, ttl ms. Returns 1 or 0.
@@ -238,7 +238,7 @@ pub const FAIR: LuaScript = LuaScript {
         include_str!("../scripts/common_queue.lua"),
         include_str!("../scripts/fair.lua")
     ),
-    sha1: "7675a87879706f3ce16d9b6550a12e8cf9d77727",
+    sha1: "a5ccac5c80d4c8c9cdb7757e8e30d1c5bbefe8da",
 };
 
 /// `leave.lua`: a fair waiter leaves the queue (releasing the lock if a lost reply or a lost
@@ -270,7 +270,7 @@ pub const READ: LuaScript = LuaScript {
         include_str!("../scripts/common_mark.lua"),
         include_str!("../scripts/read.lua")
     ),
-    sha1: "2bb695987a7ea134bebd84bf74cb70b6042696bb",
+    sha1: "5603b2ba675248b47160cf6fe86bc4189ad4f4f7",
 };
 
 /// `write.lua`: the write lock of a read-write lock: the mutex key, granted only when no live
@@ -287,7 +287,7 @@ pub const WRITE: LuaScript = LuaScript {
         include_str!("../scripts/common_take.lua"),
         include_str!("../scripts/write.lua")
     ),
-    sha1: "5562c618a732e5aa034d8fe65dcac091b9ef03ac",
+    sha1: "adfc8d54714756767a5cf2b3d3058e4336ae8951",
 };
 
 /// `permit.lua`: one permit of a semaphore, each permit a lease of its own.
