@@ -32,10 +32,12 @@ end
 
 -- The lock is free: give it to `head`, the waiter at the head of the queue (with its
 -- `deadline`), and say so on the lock's turn channel `<lock key>:turn` with the message
--- 'g:<owner token>:<fence>' (only that waiter wakes; its process subscribes once per lock, not
--- per waiter). So the head holds the lock from this instant, without a call of its own. The
--- grant expires at the head's waiter deadline (its lease starts from its last call, the one
--- that set that deadline, so its own validity is counted from before the grant): a head that
+-- 'g:<owner token>:<fence>:<deadline>' (only that waiter wakes; its process subscribes once
+-- per lock, not per waiter). So the head holds the lock from this instant, without a call of
+-- its own. The grant expires at the head's waiter deadline (its lease starts from its last
+-- call, the one that set that deadline, so its own validity is counted from before the grant;
+-- the waiter checks the message names the deadline its last call set, so a notice of an
+-- earlier grant that expired before that call, read late, is never taken for one): a head that
 -- died blocks the queue no longer than it would have as a waiter, and a live head's first
 -- renewal sets its own TTL. A fence is minted when the lock has a fencing counter (a fencing
 -- waiter creates it when it queues); 0 otherwise. The grant carries the fair waiters' mark '?'
@@ -53,7 +55,7 @@ local function grant_head(lock_key, fence_key, queue, waiters, head, deadline, n
     mark = '?'
   end
   redis.call('SET', lock_key, head .. ':' .. shown .. mark, 'PX', math.max(deadline - now, 1))
-  announce(lock_key .. ':turn', 'g:' .. head .. ':' .. shown)
+  announce(lock_key .. ':turn', 'g:' .. head .. ':' .. shown .. ':' .. string.format('%.0f', deadline))
 end
 
 -- The lock was just freed: hand it over to the live head of the queue, if any (see

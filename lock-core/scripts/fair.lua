@@ -7,10 +7,11 @@
 --          <pub/sub mode: c, l or s, as in release.lua>:<quarantine ms>:<fresh 12 hex node id>' (one argument: at most 10 elements, so an
 --          unauthenticated client is told NOAUTH, as in acquire.lua)
 -- Returns {1, fence}        the lock is ours (granted, or already ours: the expiry refreshed),
---         {0, wait, ahead}  not ours yet: `ahead` waiters are before this one (queued, its
---                           deadline renewed) or in the queue (a try); `wait` is how long,
---                           in ms, until the state can change by itself (the holder's PTTL;
---                           -1 when unknown),
+--         {0, wait, ahead, deadline}
+--                           not ours yet: `ahead` waiters are before this one (queued, its
+--                           deadline renewed to `deadline`, server ms) or in the queue (a try,
+--                           without `deadline`); `wait` is how long, in ms, until the state can
+--                           change by itself (the holder's PTTL; -1 when unknown),
 --         {2, left}         the node lost its data, as in acquire.lua.
 -- Idempotent for the same token: a resent call finds itself queued, or holding the lock.
 local ttl, fencing, wait_ms, mode, guard = string.match(ARGV[2], '^(%d+):([01]):(%d+):([cls]):(.*)$')
@@ -81,4 +82,6 @@ redis.call('ZADD', KEYS[4], deadline, token)
 local latest = tonumber(redis.call('ZRANGE', KEYS[4], -1, -1, 'WITHSCORES')[2]) or deadline
 redis.call('PEXPIREAT', KEYS[3], latest)
 redis.call('PEXPIREAT', KEYS[4], latest)
-return {0, wait, ahead}
+-- The deadline goes back to the waiter: a hand-over names the deadline it grants until, and
+-- the waiter trusts only one that names the deadline of its latest call (see grant_head).
+return {0, wait, ahead, deadline}

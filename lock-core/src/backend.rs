@@ -66,7 +66,26 @@ pub enum FairOutcome {
         /// How long until the state can change by itself (the holder's TTL, or the head's
         /// waiter deadline), when known; a waiter retries by then at the latest.
         retry_in: Option<Duration>,
+        /// The waiter deadline this call set, as the backend names it (server milliseconds in
+        /// Redis): a hand-over names the deadline it grants until ([`HandOver::deadline`]),
+        /// and the waiter takes only one naming the deadline of its latest call. `None` for a
+        /// try (never queued).
+        deadline: Option<u64>,
     },
+}
+
+/// A hand-over notice (see [`FairBackend`]): the lock was granted to the waiter it names,
+/// with `fence`, until the waiter deadline `deadline`.
+///
+/// A waiter takes it only when `deadline` is the one its latest call set
+/// ([`FairOutcome::Waiting::deadline`]): a notice of an earlier grant, one that expired before
+/// that call was served, names an earlier deadline, however late it is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HandOver {
+    /// The fencing token minted for the grant (0 when the lock has no fencing counter).
+    pub fence: u64,
+    /// The waiter deadline the grant expires at, as [`FairOutcome::Waiting::deadline`] names it.
+    pub deadline: u64,
 }
 
 /// A lock store that can serve waiters in arrival order: the fair lock.
@@ -84,7 +103,9 @@ pub enum FairOutcome {
 ///   would), with a fencing token minted if the lock has a fencing counter (a fencing waiter
 ///   creates it when it queues). It then tells that waiter alone, through its
 ///   [`FairBackend::watch_turn`] subscription, with [`ReleaseWatch::handed_over`] reporting
-///   the token. The waiter's lease counts from the call that last set its deadline.
+///   the token and that deadline ([`HandOver`]). The waiter's lease counts from the call that
+///   last set its deadline, and it takes the hand-over only when the notice names the deadline
+///   that call reported.
 /// - **fair_acquire** grants when the lock is free and this token is at the head of the queue
 ///   (or the queue is empty), and finds the lock its own when a hand-over (or an earlier call
 ///   whose reply was lost) already granted it: then it refreshes the expiry to `ttl` and
@@ -363,7 +384,7 @@ pub struct ReleaseWatch {
     rx: watch::Receiver<u64>,
     _keep: Option<Box<dyn Any + Send + Sync>>,
     rank: Option<Box<dyn Fn() -> usize + Send + Sync>>,
-    handover: Option<Box<dyn Fn() -> Option<u64> + Send + Sync>>,
+    handover: Option<Box<dyn Fn() -> Option<HandOver> + Send + Sync>>,
 }
 
 impl std::fmt::Debug for ReleaseWatch {
@@ -461,13 +482,14 @@ impl ReleaseWatch {
     /// channel; see [`ReleaseWatch::handed_over`]).
     ///
     /// ```
+    /// use lock_core::HandOver;
     /// let (tx, rx) = tokio::sync::watch::channel(0u64);
-    /// let watch = lock_core::ReleaseWatch::new(rx).with_handover(|| Some(7));
-    /// assert_eq!(watch.handed_over(), Some(7));
+    /// let watch = lock_core::ReleaseWatch::new(rx).with_handover(|| Some(HandOver { fence: 7, deadline: 1_000 }));
+    /// assert_eq!(watch.handed_over(), Some(HandOver { fence: 7, deadline: 1_000 }));
     /// # drop(tx);
     /// ```
     #[must_use]
-    pub fn with_handover(mut self, read: impl Fn() -> Option<u64> + Send + Sync + 'static) -> Self {
+    pub fn with_handover(mut self, read: impl Fn() -> Option<HandOver> + Send + Sync + 'static) -> Self {
         self.handover = Some(Box::new(read));
         self
     }
@@ -481,9 +503,9 @@ impl ReleaseWatch {
     /// let seen = Arc::new(AtomicU64::new(0));
     /// let log = Arc::clone(&seen);
     /// let watch = lock_core::ReleaseWatch::new(rx)
-    ///     .with_handover(|| Some(9))
+    ///     .with_handover(|| Some(lock_core::HandOver { fence: 9, deadline: 1_000 }))
     ///     .on_handover(move |fence| log.store(fence, Ordering::SeqCst));
-    /// assert_eq!(watch.handed_over(), Some(9));
+    /// assert_eq!(watch.handed_over().map(|h| h.fence), Some(9));
     /// assert_eq!(seen.load(Ordering::SeqCst), 9);
     /// ```
     #[must_use]
@@ -491,8 +513,8 @@ impl ReleaseWatch {
         if let Some(read) = self.handover.take() {
             self.handover = Some(Box::new(move || {
                 let handed = read();
-                if let Some(fence) = handed {
-                    seen(fence);
+                if let Some(h) = handed {
+                    seen(h.fence);
                 }
                 handed
             }));
@@ -500,11 +522,11 @@ impl ReleaseWatch {
         self
     }
 
-    /// `Some(fence)` when a notice on this watch handed the lock over to its waiter: the
-    /// backend already holds it for the waiter's token, with this fencing token (0 when the
-    /// lock has no fencing counter). `None` when no notice did, or the backend does not hand
-    /// over.
-    pub fn handed_over(&self) -> Option<u64> {
+    /// The latest notice on this watch that handed the lock over to its waiter: the backend
+    /// held it for the waiter's token, with this fencing token (0 when the lock has no fencing
+    /// counter), until this deadline (see [`HandOver`]: whether it is still the waiter's is
+    /// for the waiter to tell). `None` when no notice did, or the backend does not hand over.
+    pub fn handed_over(&self) -> Option<HandOver> {
         self.handover.as_ref().and_then(|read| read())
     }
 

@@ -78,9 +78,11 @@ pub(crate) async fn acquire(
     // A live waiter renews its place well before its deadline.
     let renew_every = waiter_timeout / 3;
     let mut calls = 0u32;
-    // When the last call that queued us (and set our waiter deadline) was sent: a lock handed
-    // over to us by a release is ours from no earlier than that.
-    let mut queued_at: Option<Instant> = None;
+    // The last call that queued us: when it was sent, and the waiter deadline it set. A lock
+    // handed over to us is ours from no earlier than that instant, and only by a hand-over
+    // that names that deadline: one naming an earlier deadline granted the lock before that
+    // call was served, and expired before it (the call would have found the lock ours).
+    let mut queued: Option<(Instant, u64)> = None;
 
     loop {
         let started = Instant::now();
@@ -127,15 +129,14 @@ pub(crate) async fn acquire(
                 // Never hand out a grant whose validity has passed (S2); the retry re-acquires.
                 last_error = Some(deadline_error("grant arrived after its validity deadline"));
             }
-            Ok(Ok(FairOutcome::Waiting { ahead, retry_in })) => {
+            Ok(Ok(FairOutcome::Waiting { ahead, retry_in, deadline: set })) => {
                 if !contended {
                     contended = true;
                     crate::telemetry::contended(ctx.label());
                 }
                 debug!(ahead, "queued (fair)");
-                if timeout.is_some() {
-                    queued_at = Some(started);
-                }
+                // A reply without a deadline (not queued) leaves no hand-over to trust.
+                queued = set.filter(|_| timeout.is_some()).map(|d| (started, d));
                 waiting = Some(retry_in);
             }
             Ok(Err(e)) if e.is_retryable() => {
@@ -191,8 +192,9 @@ pub(crate) async fn acquire(
         match &mut watch {
             Some(w) => {
                 if w.wait(wait).await {
-                    if let (Some(fence), Some(from)) = (w.handed_over(), queued_at)
-                        && let Some(guard) = handed(ctx, key, token, fence, from, watchdog)
+                    if let (Some(h), Some((from, set))) = (w.handed_over(), queued)
+                        && h.deadline == set
+                        && let Some(guard) = handed(ctx, key, token, h.fence, from, watchdog)
                     {
                         pending.armed = false;
                         let now = Instant::now();

@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tracing::debug;
 
-use crate::backend::ReleaseWatch;
+use crate::backend::{HandOver, ReleaseWatch};
 
 struct Channel {
     notices: watch::Sender<u64>,
@@ -31,7 +31,7 @@ struct Channel {
 struct Member {
     notices: watch::Sender<u64>,
     /// The fence of the hand-over a message announced to it.
-    handed: Arc<Mutex<Option<u64>>>,
+    handed: Arc<Mutex<Option<HandOver>>>,
 }
 
 struct Inner {
@@ -189,9 +189,9 @@ impl ReleaseHub {
     /// let mut a = hub.watch_member("lock:{k}:turn", "aa", Duration::from_secs(1)).await;
     /// let mut b = hub.watch_member("lock:{k}:turn", "bb", Duration::from_secs(1)).await;
     /// assert_eq!(hub.active_channels(), 1);
-    /// hub.deliver("lock:{k}:turn", b"g:bb:42");
+    /// hub.deliver("lock:{k}:turn", b"g:bb:42:1000");
     /// assert!(b.wait(Duration::from_secs(1)).await);
-    /// assert_eq!(b.handed_over(), Some(42));
+    /// assert_eq!(b.handed_over(), Some(lock_core::HandOver { fence: 42, deadline: 1000 }));
     /// assert!(!a.wait(Duration::from_millis(10)).await, "not addressed to a");
     /// # }
     /// ```
@@ -218,7 +218,7 @@ impl ReleaseHub {
     /// assert!(hub.watch_member_now("lock:{k}:turn", "aa").is_none(), "not subscribed yet");
     /// let _a = hub.watch_member("lock:{k}:turn", "aa", Duration::from_secs(1)).await;
     /// let mut b = hub.watch_member_now("lock:{k}:turn", "bb").expect("already subscribed");
-    /// hub.deliver("lock:{k}:turn", b"g:bb:7");
+    /// hub.deliver("lock:{k}:turn", b"g:bb:7:1000");
     /// assert!(b.wait(Duration::from_secs(1)).await);
     /// # }
     /// ```
@@ -326,9 +326,9 @@ impl ReleaseHub {
         let channels = self.inner.channels();
         let Some(ch) = channels.get(channel) else { return };
         match crate::scripts::parse_hand_over(message) {
-            Some((token, fence)) => {
+            Some((token, handed)) => {
                 if let Some(m) = ch.members.get(token) {
-                    *m.handed.lock().unwrap_or_else(|p| p.into_inner()) = Some(fence);
+                    *m.handed.lock().unwrap_or_else(|p| p.into_inner()) = Some(handed);
                     m.notices.send_modify(|n| *n = n.wrapping_add(1));
                 }
             }
@@ -367,7 +367,7 @@ impl ReleaseHub {
 /// count that keeps the subscription.
 struct Slot {
     notices: watch::Receiver<u64>,
-    handed: Option<Arc<Mutex<Option<u64>>>>,
+    handed: Option<Arc<Mutex<Option<HandOver>>>>,
     keep: Counted,
 }
 

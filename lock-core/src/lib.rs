@@ -20,8 +20,8 @@ mod types;
 
 pub use backend::{
     AcquireOutcome, AcquireRequest, Capabilities, ExtendOutcome, ExtendRequest, FairBackend, FairOutcome,
-    FairRequest, Hold, HoldOutcome, HoldRequest, LockBackend, Members, ReleaseOutcome, ReleaseWatch, Renewal,
-    SharedBackend,
+    FairRequest, HandOver, Hold, HoldOutcome, HoldRequest, LockBackend, Members, ReleaseOutcome,
+    ReleaseWatch, Renewal, SharedBackend,
 };
 pub use client::{FairMutex, LockClient, LockOptions, Mutex};
 pub use config::{DEFAULT_WAITER_TIMEOUT, LockConfig, LockConfigBuilder, MAX_TTL, MIN_TTL};

@@ -183,7 +183,7 @@ pub const RELEASE: LuaScript = LuaScript {
         include_str!("../scripts/common_queue.lua"),
         include_str!("../scripts/release_contended.lua")
     ),
-    sha1: "9ef5a58009bebefdbfd9b91de7db72e60236e86b",
+    sha1: "cf16d01dc4fc73ef702fea0b01144ad58c2d1aff",
 };
 
 /// `set_many.lua`: the uncontended unfenced acquires of one server that arrive together
@@ -238,7 +238,7 @@ pub const FAIR: LuaScript = LuaScript {
         include_str!("../scripts/common_queue.lua"),
         include_str!("../scripts/fair.lua")
     ),
-    sha1: "a5ccac5c80d4c8c9cdb7757e8e30d1c5bbefe8da",
+    sha1: "ed7f2fcf9ae57a0911d9e6783454ea422c74cf8a",
 };
 
 /// `leave.lua`: a fair waiter leaves the queue (releasing the lock if a lost reply or a lost
@@ -254,7 +254,7 @@ pub const LEAVE: LuaScript = LuaScript {
         include_str!("../scripts/common_queue.lua"),
         include_str!("../scripts/leave.lua")
     ),
-    sha1: "09a91b86ae4b9f06864a782446493869d57d069f",
+    sha1: "62dd72c49a69f08c37190a51a6b857cad335292b",
 };
 
 /// `read.lua`: a read lock of a read-write lock: granted unless a writer holds the lock or a
@@ -599,20 +599,28 @@ impl RedisKeys {
 }
 
 /// Reads a message on a lock's turn channel ([`RedisKeys::turn`]): `Some((owner token,
-/// fence))` when a release handed the lock to the fair waiter with that token
-/// (`'g:<token>:<fence>'`, fence 0 when none was minted), `None` for anything else.
+/// hand-over))` when a release handed the lock to the fair waiter with that token
+/// (`'g:<token>:<fence>:<deadline>'`, fence 0 when none was minted, the waiter deadline in
+/// server ms), `None` for anything else: also the `'g:<token>:<fence>'` of scripts before the
+/// deadline was named, which the waiter then treats as a plain wake-up (it calls, and finds
+/// the lock its own).
 ///
 /// ```
-/// use lock_core::scripts::parse_hand_over;
-/// assert_eq!(parse_hand_over(b"g:0af3:1733300000000001"), Some(("0af3", 1_733_300_000_000_001)));
-/// assert_eq!(parse_hand_over(b"g:0af3:0"), Some(("0af3", 0)));
+/// use lock_core::{HandOver, scripts::parse_hand_over};
+/// assert_eq!(
+///     parse_hand_over(b"g:0af3:1733300000000001:1733300000123"),
+///     Some(("0af3", HandOver { fence: 1_733_300_000_000_001, deadline: 1_733_300_000_123 }))
+/// );
+/// assert_eq!(parse_hand_over(b"g:0af3:0:5"), Some(("0af3", HandOver { fence: 0, deadline: 5 })));
+/// assert_eq!(parse_hand_over(b"g:0af3:7"), None);
 /// assert_eq!(parse_hand_over(b"1"), None);
-/// assert_eq!(parse_hand_over(b"g:0af3:x"), None);
+/// assert_eq!(parse_hand_over(b"g:0af3:x:5"), None);
 /// ```
-pub fn parse_hand_over(message: &[u8]) -> Option<(&str, u64)> {
+pub fn parse_hand_over(message: &[u8]) -> Option<(&str, crate::HandOver)> {
     let rest = std::str::from_utf8(message.strip_prefix(b"g:")?).ok()?;
+    let (rest, deadline) = rest.rsplit_once(':')?;
     let (token, fence) = rest.rsplit_once(':')?;
-    Some((token, fence.parse().ok()?))
+    Some((token, crate::HandOver { fence: fence.parse().ok()?, deadline: deadline.parse().ok()? }))
 }
 
 /// The ARGV of [`ACQUIRE`]. The quarantine used is never below the request's TTL.
@@ -1371,11 +1379,19 @@ pub fn fair_outcome(
         [0, wait, ahead] => Ok(FairOutcome::Waiting {
             ahead: u64::try_from(ahead).unwrap_or(0),
             retry_in: u64::try_from(wait).ok().filter(|ms| *ms > 0).map(Duration::from_millis),
+            deadline: None,
+        }),
+        [0, wait, ahead, deadline] => Ok(FairOutcome::Waiting {
+            ahead: u64::try_from(ahead).unwrap_or(0),
+            retry_in: u64::try_from(wait).ok().filter(|ms| *ms > 0).map(Duration::from_millis),
+            deadline: u64::try_from(deadline).ok(),
         }),
         [1, _] | [2, _] => match acquire_outcome(started, ttl, fencing, reply)? {
             AcquireOutcome::Acquired(grant) => Ok(FairOutcome::Acquired(grant)),
             // A grant that arrived with no validity left: not ours in any useful sense.
-            AcquireOutcome::Held { remaining } => Ok(FairOutcome::Waiting { ahead: 0, retry_in: remaining }),
+            AcquireOutcome::Held { remaining } => {
+                Ok(FairOutcome::Waiting { ahead: 0, retry_in: remaining, deadline: None })
+            }
         },
         _ => Err(BackendError::permanent(
             BackendErrorKind::Protocol,

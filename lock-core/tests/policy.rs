@@ -564,3 +564,61 @@ async fn only_fair_locks_release_through_the_full_form() {
     settle().await;
     assert_eq!(counts(&backend), (6, 2), "a dropped mutex guard's release is the plain one");
 }
+
+/// A hand-over notice is taken only when it names the waiter deadline of the waiter's latest
+/// call. Here the notice of a grant made on the deadline of the waiter's second call is read
+/// only during its third call (the waiter was descheduled, or the notice was slow), and that
+/// third call was served after the grant had expired: it queued the waiter again, with a new
+/// deadline. The grant is gone, so the notice must not make a lease (before the fix it did,
+/// with its validity counted from the third call: a holder the server no longer knew); the
+/// waiter calls again, and holds the lock only when the server grants it.
+#[tokio::test(start_paused = true)]
+async fn a_hand_over_notice_naming_an_earlier_deadline_makes_no_lease() {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use lock_core::{Capabilities, FairOutcome, FencingToken, Grant, HandOver, ReleaseOutcome, ReleaseWatch};
+    use lock_testkit::{MockBackend, MockFair, MockFairOps};
+
+    let (notices, rx) = tokio::sync::watch::channel(0u64);
+    let handed: Arc<Mutex<Option<HandOver>>> = Arc::default();
+    let calls = Arc::new(AtomicU64::new(0));
+    let mut lock = MockBackend::new();
+    lock.expect_name().return_const("mock".to_string());
+    lock.expect_capabilities().return_const(Capabilities::new(true, true));
+    lock.expect_release().times(1).returning(|_, _| Ok(ReleaseOutcome::Released));
+    let mut fair = MockFairOps::new();
+    let read = Arc::clone(&handed);
+    let watch = Mutex::new(Some(
+        ReleaseWatch::new(rx).with_handover(move || *read.lock().unwrap_or_else(|p| p.into_inner())),
+    ));
+    fair.expect_watch_turn().times(1).returning(move |_, _| Ok(watch.lock().unwrap().take()));
+    let (seen, told) = (Arc::clone(&calls), Arc::clone(&handed));
+    fair.expect_fair_acquire().returning(move |req| {
+        let waiting = |d| Ok(FairOutcome::Waiting { ahead: 0, retry_in: None, deadline: Some(d) });
+        match seen.fetch_add(1, Ordering::SeqCst) + 1 {
+            // Queued; queued again after subscribing (deadline 2).
+            n @ (1 | 2) => waiting(n),
+            // The notice of the grant made on deadline 2 arrives now; the call itself was
+            // served after that grant expired, and queued the waiter again.
+            3 => {
+                *told.lock().unwrap() = Some(HandOver { fence: 5, deadline: 2 });
+                notices.send_modify(|n| *n += 1);
+                waiting(3)
+            }
+            _ => Ok(FairOutcome::Acquired(
+                Grant::from_start(Instant::now(), req.ttl, Some(FencingToken(9))).unwrap(),
+            )),
+        }
+    });
+    let locks = client(MockFair { lock, fair });
+    let guard =
+        locks.fair_mutex("stale").unwrap().lock_with(LockOptions::new().watchdog(false)).await.unwrap();
+    assert_eq!(
+        guard.fencing_token(),
+        Some(FencingToken(9)),
+        "the lease is the server's grant, not the stale notice's"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 4, "the stale notice woke the waiter, which called again");
+    guard.release().await.unwrap();
+}

@@ -8,8 +8,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use lock_core::{
     AcquireOutcome, AcquireRequest, BackendError, Capabilities, ExtendOutcome, ExtendRequest, FairBackend,
-    FairOutcome, FairRequest, FencingToken, Grant, Hold, HoldOutcome, HoldRequest, Instant, LockBackend,
-    LockKey, Members, ReleaseOutcome, ReleaseWatch, SharedBackend, Token,
+    FairOutcome, FairRequest, FencingToken, Grant, HandOver, Hold, HoldOutcome, HoldRequest, Instant,
+    LockBackend, LockKey, Members, ReleaseOutcome, ReleaseWatch, SharedBackend, Token,
 };
 use tokio::sync::watch;
 
@@ -30,8 +30,11 @@ struct State {
     /// Fair locks' queues, as `lock:{k}:queue` and `lock:{k}:waiters` on a server.
     queues: HashMap<LockKey, Queue>,
     /// Fair waiters' turn notices (the hand-overs on `lock:{k}:turn` addressed to each), with
-    /// the fence of the hand-over the last one announced.
+    /// the hand-over the last one announced.
     turns: HashMap<(LockKey, Token), Turn>,
+    /// The last number given to a fair waiter's deadline (see `Queue::members`): never reused,
+    /// as a server's clock never gives a waiter the same deadline after a later one.
+    deadline_tags: u64,
     /// The node marker (see [`lock_core::scripts`]): `None` after data loss.
     marker: Option<Marker>,
     /// Read-write locks' readers and waiting writers, semaphores' permits: each owner token
@@ -64,20 +67,23 @@ impl State {
 #[derive(Debug)]
 struct Turn {
     notices: watch::Sender<u64>,
-    handed: Arc<Mutex<Option<u64>>>,
+    handed: Arc<Mutex<Option<HandOver>>>,
 }
 
 /// One fair lock's waiters: arrival order, and each one's deadline.
 #[derive(Debug, Default)]
 struct Queue {
     order: std::collections::BTreeMap<u64, Token>,
-    members: HashMap<Token, (u64, Instant)>,
+    /// Each waiter's place, its deadline, and the number naming that deadline in its
+    /// `Waiting` replies and hand-over notices (a fresh one per queueing call).
+    members: HashMap<Token, (u64, Instant, u64)>,
     next: u64,
 }
 
 impl Queue {
     fn drop_expired(&mut self, now: Instant) -> usize {
-        let dead: Vec<Token> = self.members.iter().filter(|(_, (_, d))| *d <= now).map(|(t, _)| *t).collect();
+        let dead: Vec<Token> =
+            self.members.iter().filter(|(_, (_, d, _))| *d <= now).map(|(t, _)| *t).collect();
         for t in &dead {
             self.remove(t);
         }
@@ -85,7 +91,7 @@ impl Queue {
     }
 
     fn remove(&mut self, token: &Token) {
-        if let Some((seq, _)) = self.members.remove(token) {
+        if let Some((seq, _, _)) = self.members.remove(token) {
             self.order.remove(&seq);
         }
     }
@@ -367,20 +373,22 @@ impl MemoryBackend {
     fn hand_over(&self, state: &mut State, key: &LockKey, now: Instant) -> bool {
         let Some(queue) = state.queues.get_mut(key) else { return false };
         queue.drop_expired(now);
-        let head = queue.head().and_then(|h| queue.members.get(&h).map(|(_, deadline)| (h, *deadline)));
-        if let Some((h, _)) = head {
+        let head =
+            queue.head().and_then(|h| queue.members.get(&h).map(|(_, deadline, tag)| (h, *deadline, *tag)));
+        if let Some((h, _, _)) = head {
             queue.remove(&h);
         }
         if queue.members.is_empty() {
             state.queues.remove(key);
         }
-        let Some((head, deadline)) = head else { return false };
+        let Some((head, deadline, tag)) = head else { return false };
         let fence = state.fences.contains_key(key).then(|| self.mint_fence(state, key));
         state.locks.insert(key.clone(), Entry { token: head, expires_at: deadline, fence });
         self.count(|c| c.turn_notices += 1);
         let slot = (key.clone(), head);
         if let Some(turn) = state.turns.get(&slot) {
-            *turn.handed.lock().unwrap_or_else(|p| p.into_inner()) = Some(fence.map_or(0, |f| f.0));
+            let handed = HandOver { fence: fence.map_or(0, |f| f.0), deadline: tag };
+            *turn.handed.lock().unwrap_or_else(|p| p.into_inner()) = Some(handed);
             turn.notices.send_modify(|n| *n += 1);
             if turn.notices.receiver_count() == 0 {
                 state.turns.remove(&slot);
@@ -400,7 +408,7 @@ impl MemoryBackend {
             .map(|(_, q)| {
                 q.order
                     .values()
-                    .filter(|t| q.members.get(*t).is_some_and(|(_, d)| *d > now))
+                    .filter(|t| q.members.get(*t).is_some_and(|(_, d, _)| *d > now))
                     .copied()
                     .collect()
             })
@@ -423,8 +431,10 @@ impl FairBackend for MemoryBackend {
             return Err(lock_core::scripts::quarantine_error(left));
         }
         let granted = |fence| {
-            Ok(Grant::from_start(started, req.ttl, fence)
-                .map_or(FairOutcome::Waiting { ahead: 0, retry_in: None }, FairOutcome::Acquired))
+            Ok(Grant::from_start(started, req.ttl, fence).map_or(
+                FairOutcome::Waiting { ahead: 0, retry_in: None, deadline: None },
+                FairOutcome::Acquired,
+            ))
         };
         if let Some(q) = state.queues.get_mut(&req.key) {
             q.drop_expired(started);
@@ -466,24 +476,26 @@ impl FairBackend for MemoryBackend {
         let retry_in = live(&mut state, &req.key, started).map(|e| e.expires_at - started);
         let Some(wait) = req.wait else {
             let ahead = state.queues.get(&req.key).map_or(0, |q| q.members.len() as u64);
-            return Ok(FairOutcome::Waiting { ahead, retry_in });
+            return Ok(FairOutcome::Waiting { ahead, retry_in, deadline: None });
         };
         if req.fencing {
             // A hand-over mints a fence only if the counter exists (as fair.lua).
             state.fences.entry(req.key.clone()).or_insert(0);
         }
+        state.deadline_tags += 1;
+        let tag = state.deadline_tags;
         let queue = state.queues.entry(req.key.clone()).or_default();
         let seq = match queue.members.get(&req.token) {
-            Some((seq, _)) => *seq,
+            Some((seq, _, _)) => *seq,
             None => {
                 queue.next += 1;
                 queue.order.insert(queue.next, req.token);
                 queue.next
             }
         };
-        queue.members.insert(req.token, (seq, started + wait));
+        queue.members.insert(req.token, (seq, started + wait, tag));
         let ahead = queue.order.range(..seq).count() as u64;
-        Ok(FairOutcome::Waiting { ahead, retry_in })
+        Ok(FairOutcome::Waiting { ahead, retry_in, deadline: Some(tag) })
     }
 
     async fn leave_queue(&self, key: &LockKey, token: &Token) -> Result<ReleaseOutcome, BackendError> {

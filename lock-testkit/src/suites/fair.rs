@@ -373,8 +373,9 @@ pub async fn release_wakes_only_the_head<B: LockBackend>(b: B) {
 
 /// A release hands the lock to the head of the queue at once: before the head calls again, the
 /// lock is already its own (a plain mutex on the name cannot slip in), its turn notice says so
-/// with a fencing token above the last holder's, and its next call finds the lock its own with
-/// that same token.
+/// with a fencing token above the last holder's and the waiter deadline its latest call set
+/// (its `Waiting` reply names it), and its next call finds the lock its own with that same
+/// token.
 ///
 /// # Errors
 /// None: a backend that breaks the contract fails the test (this panics).
@@ -400,7 +401,18 @@ pub async fn release_hands_the_lock_to_the_head<B: LockBackend>(b: B) {
     };
     let head = Token::random();
     let mut watch = if b.capabilities().wake_up { fair.watch_turn(&key, &head).await.unwrap() } else { None };
-    assert!(matches!(fair.fair_acquire(&req(head)).await.unwrap(), FairOutcome::Waiting { ahead: 0, .. }));
+    let FairOutcome::Waiting { ahead: 0, deadline: Some(_), .. } =
+        fair.fair_acquire(&req(head)).await.unwrap()
+    else {
+        panic!("{}: a waiter queued first is at the head, with its deadline", b.name())
+    };
+    // A waiter renews its place: the hand-over names the deadline its latest call set.
+    tokio::time::sleep(5 * MS).await;
+    let FairOutcome::Waiting { ahead: 0, deadline: Some(latest), .. } =
+        fair.fair_acquire(&req(head)).await.unwrap()
+    else {
+        panic!("{}: a queued waiter's next call keeps its place, with its deadline", b.name())
+    };
     assert_eq!(b.release(&key, &holder).await.unwrap(), ReleaseOutcome::Released);
     let plain =
         lock_core::AcquireRequest { key: key.clone(), token: Token::random(), ttl: 10_000 * MS, fencing };
@@ -415,9 +427,12 @@ pub async fn release_hands_the_lock_to_the_head<B: LockBackend>(b: B) {
         while w.handed_over().is_none() && Instant::now() < until {
             w.wait(until - Instant::now()).await;
         }
-        let handed = w.handed_over();
-        assert!(handed.is_some(), "{}: the head must be told the lock was handed over", b.name());
-        if let (Some(before), Some(fence)) = (first.fence, handed) {
+        let Some(handed) = w.handed_over() else {
+            panic!("{}: the head must be told the lock was handed over", b.name())
+        };
+        assert_eq!(handed.deadline, latest, "{}: the notice names the head's latest deadline", b.name());
+        if let Some(before) = first.fence {
+            let fence = handed.fence;
             assert!(fence > before.0, "{}: handed over with fence {fence} after {}", b.name(), before.0);
         }
     }
@@ -425,7 +440,12 @@ pub async fn release_hands_the_lock_to_the_head<B: LockBackend>(b: B) {
         panic!("{}: the head's next call must find the lock its own", b.name())
     };
     if let (Some(w), Some(fence)) = (&watch, grant.fence) {
-        assert_eq!(w.handed_over(), Some(fence.0), "{}: the same token as the notice", b.name());
+        assert_eq!(
+            w.handed_over().map(|h| h.fence),
+            Some(fence.0),
+            "{}: the same token as the notice",
+            b.name()
+        );
     }
     if let (Some(before), Some(after)) = (first.fence, grant.fence) {
         assert!(after > before, "{}: fence {after:?} after {before:?}", b.name());
