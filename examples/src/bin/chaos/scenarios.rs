@@ -33,7 +33,7 @@ impl Kind {
     }
 }
 
-pub(crate) const ALL: [(&str, Kind, &str); 28] = [
+pub(crate) const ALL: [(&str, Kind, &str); 29] = [
     ("none", Kind::MustPass, "no fault"),
     ("minority-kill", Kind::MustPass, "a minority node killed, restarted empty after more than the TTL"),
     ("minority-pause", Kind::MustPass, "a minority node SIGSTOPped past the TTL, then resumed"),
@@ -52,6 +52,11 @@ pub(crate) const ALL: [(&str, Kind, &str); 28] = [
         "client-kill-waiter",
         Kind::MustPass,
         "a client killed while it waits in the fair lock's queue (fair lock only)",
+    ),
+    (
+        "client-pause-waiter",
+        Kind::MustPass,
+        "a client SIGSTOPped for 1.5x TTL while it waits in the fair lock's queue (fair lock only)",
     ),
     ("cancel-storm", Kind::MustPass, "acquires aborted within 0-5 ms, guards dropped mid-renewal"),
     ("conn-resets", Kind::MustPass, "connections reset mid-command"),
@@ -106,7 +111,7 @@ pub(crate) const ALL: [(&str, Kind, &str); 28] = [
 
 /// The scenarios of the fair lock (`--primitive fair`): those whose faults keep the queue (a
 /// node that loses its data loses the queue, and C9 would judge an order nobody kept).
-pub(crate) const FAIR: [&str; 11] = [
+pub(crate) const FAIR: [&str; 12] = [
     "none",
     "minority-pause",
     "latency",
@@ -114,6 +119,7 @@ pub(crate) const FAIR: [&str; 11] = [
     "client-pause",
     "client-kill",
     "client-kill-waiter",
+    "client-pause-waiter",
     "cancel-storm",
     "conn-resets",
     "conn-kill-loop",
@@ -156,8 +162,13 @@ pub(crate) const SEMAPHORE: [&str; 10] = [
 ];
 
 /// Scenarios that only one primitive runs.
-pub(crate) const ONE_PRIMITIVE_ONLY: [&str; 4] =
-    ["client-kill-waiter", "mutant-fair-barging", "mutant-rw-ignore-readers", "mutant-sem-uncounted"];
+pub(crate) const ONE_PRIMITIVE_ONLY: [&str; 5] = [
+    "client-kill-waiter",
+    "client-pause-waiter",
+    "mutant-fair-barging",
+    "mutant-rw-ignore-readers",
+    "mutant-sem-uncounted",
+];
 
 /// The scenarios of a primitive, in table order.
 pub(crate) fn of_primitive(primitive: Primitive) -> Vec<(&'static str, Kind, &'static str)> {
@@ -292,8 +303,8 @@ impl Outcome {
 
 /// What the workers logged about the key of each of the first three violations (with
 /// sections), from a TTL-sized window before the violating grant to just after the sections
-/// end: every section of the key, fair acquire calls and leaves, renewals sent. Times are in
-/// ms from the violating grant. Empty without a violation.
+/// end: every section of the key, and the fair acquire calls, leaves and renewals of the
+/// workers involved. Times are in ms from the violating grant. Empty without a violation.
 pub(crate) fn trace(history: &History, report: &Report) -> Vec<String> {
     let mut out = Vec::new();
     for v in report.violations.iter().filter(|v| !v.sections.is_empty()).take(3) {
@@ -303,6 +314,7 @@ pub(crate) fn trace(history: &History, report: &Report) -> Vec<String> {
         let to = v.sections.iter().map(|s| s.effective_end().min(s.t_released.unwrap_or(u64::MAX))).max();
         let to = to.unwrap_or(at).max(at).saturating_add(100_000_000);
         let ms = |t: u64| (t as f64 - at as f64) / 1e6;
+        let involved = |w: &String| v.sections.iter().any(|s| &s.worker == w);
         out.push(format!("trace of {} {}: {}", v.check, key, v.what));
         let mut lines: Vec<(u64, String)> = Vec::new();
         for s in history
@@ -325,7 +337,11 @@ pub(crate) fn trace(history: &History, report: &Report) -> Vec<String> {
                 ),
             ));
         }
-        for c in history.fair_calls.iter().filter(|c| &c.key == key && (from..=to).contains(&c.t_sent)) {
+        for c in history
+            .fair_calls
+            .iter()
+            .filter(|c| &c.key == key && involved(&c.worker) && (from..=to).contains(&c.t_sent))
+        {
             lines.push((
                 c.t_sent,
                 format!(
@@ -339,11 +355,19 @@ pub(crate) fn trace(history: &History, report: &Report) -> Vec<String> {
                 ),
             ));
         }
-        for l in history.fair_leaves.iter().filter(|l| &l.key == key && (from..=to).contains(&l.t)) {
+        for l in history
+            .fair_leaves
+            .iter()
+            .filter(|l| &l.key == key && involved(&l.worker) && (from..=to).contains(&l.t))
+        {
             lines
                 .push((l.t, format!("{:>10.3} ms  leave by {} waiter {:016x}", ms(l.t), l.worker, l.waiter)));
         }
-        for e in history.extends.iter().filter(|e| &e.key == key && (from..=to).contains(&e.t)) {
+        for e in history
+            .extends
+            .iter()
+            .filter(|e| &e.key == key && involved(&e.worker) && (from..=to).contains(&e.t))
+        {
             lines.push((e.t, format!("{:>10.3} ms  renewal sent by {}", ms(e.t), e.worker)));
         }
         lines.sort_by_key(|(t, _)| *t);
@@ -579,6 +603,9 @@ fn expectations(
             if !history.sections.iter().any(|s| s.ended == Ending::Crashed && s.t_released.is_none()) =>
         {
             problems.push("no section was cut short by the kill".into());
+        }
+        "client-pause-waiter" if injected.pauses.is_empty() => {
+            problems.push("no waiter was paused in the queue".into());
         }
         "client-kill-waiter" => {
             let kills: Vec<u64> = injected.spans.iter().filter(|s| s.kind == "kill").map(|s| s.to).collect();
@@ -818,6 +845,34 @@ async fn schedule(
                     inj.span("kill", Some(env.workers[w].id.clone()), from);
                 }
                 tokio::time::sleep(ttl).await;
+                if !left(end, ttl * 2) {
+                    break;
+                }
+            }
+        }
+        "client-pause-waiter" => {
+            // A waiter descheduled for longer than its waiter deadline: a hand-over made to it
+            // meanwhile expires before it calls again, and its notice is read late. It must
+            // not take that notice for a grant (C1 otherwise: the lock went on to another).
+            let mut tail = Tail::default();
+            for _ in 0..MAX_ROUNDS {
+                let Some(within) = end.checked_duration_since(Instant::now() + ttl * 2) else { break };
+                if let Some(w) = tail.waiter(env, within.min(Duration::from_secs(2))).await {
+                    let from = mono_now_ns();
+                    env.workers[w].stop()?;
+                    inj.count += 1;
+                    tokio::time::sleep(ttl * 3 / 2).await;
+                    env.workers[w].cont()?;
+                    let to = mono_now_ns();
+                    inj.pauses.push(Pause { worker: env.workers[w].id.clone(), from, to });
+                    inj.spans.push(FaultSpan {
+                        kind: "pause",
+                        worker: Some(env.workers[w].id.clone()),
+                        from,
+                        to,
+                    });
+                }
+                tokio::time::sleep(ttl / 4).await;
                 if !left(end, ttl * 2) {
                     break;
                 }
