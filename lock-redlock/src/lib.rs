@@ -50,7 +50,8 @@ impl RedLockOptions {
     /// extension, while a majority still holds it. Off by default: a re-taken node gets no
     /// fencing write-back, and a node that restarted empty has lost its fencing counter
     /// anyway, which is the unsafe deployment the crate docs warn about. A release of the
-    /// lease while a re-take is on its way releases each node after the re-take ended.
+    /// lease while a re-take is on its way releases each node after the re-take ended; a
+    /// release that began before the extension was decided leaves the lease un-repaired.
     #[must_use]
     pub fn repair(mut self, on: bool) -> Self {
         self.repair = on;
@@ -86,10 +87,27 @@ struct Inner<B> {
     /// The fencing token of each lease this client handed out, while it is valid: a
     /// re-acquire by the same owner shows it again (see [`RedLock::fence_of`]).
     handed: std::sync::Mutex<std::collections::HashMap<(LockKey, Token), (FencingToken, Instant)>>,
-    /// The acquires of each lease that were still out when its round was decided, per node: a
-    /// release of the lease waits on that node until its acquire is done (see [`Late`]).
-    late: std::sync::Mutex<std::collections::HashMap<(LockKey, Token), Late>>,
+    /// The acquires (and repairs) of each lease still out when its round was decided, per
+    /// node: a release of the lease waits on that node until its call is done (see [`Late`]);
+    /// and, with `repair`, the leases whose release began (see [`Pending::released`]).
+    late: std::sync::Mutex<Pending>,
 }
+
+/// What [`Inner::late`] keeps, under one lock so that a release and a repair of one lease
+/// are ordered: whichever takes it first, the other sees it.
+#[derive(Default)]
+struct Pending {
+    late: std::collections::HashMap<(LockKey, Token), Late>,
+    /// With `repair`: each lease whose release began, and when. A renewal round decided after
+    /// that (it was sent before) re-takes nothing for the lease: the re-take could land after
+    /// the release and hold the key on that node until its TTL. Kept [`RELEASED_KEPT`].
+    released: std::collections::HashMap<(LockKey, Token), Instant>,
+}
+
+/// How long a release keeps a repair from re-taking its lease ([`Pending::released`]): far
+/// longer than a renewal round is decided in (its nodes' timeout); a round decided later
+/// still (its task descheduled that long) may re-take a key its TTL then frees.
+const RELEASED_KEPT: Duration = Duration::from_secs(5);
 
 /// Above this many remembered leases, expired ones are dropped at the next grant.
 const HANDED_SWEEP: usize = 1024;
@@ -861,22 +879,34 @@ impl<B: LockBackend> RedLock<B> {
 
     /// Keeps the signals of a decided round's late acquires until the lease is released.
     fn remember_late(&self, key: &LockKey, token: &Token, late: Late) {
-        let mut all = self.inner.late.lock().unwrap_or_else(|p| p.into_inner());
-        if all.len() >= HANDED_SWEEP {
-            // Leases whose late calls all ended need nothing kept (a release then waits for
-            // nothing): forgotten, so leases never released here do not pile up.
-            all.retain(|_, late| !late.ended());
-        }
-        all.insert((key.clone(), *token), late);
+        let mut pending = self.inner.late.lock().unwrap_or_else(|p| p.into_inner());
+        Self::sweep(&mut pending);
+        pending.late.insert((key.clone(), *token), late);
     }
 
+    /// Drops what needs keeping no more, once enough piled up: leases whose late calls all
+    /// ended (a release then waits for nothing), so leases never released here do not pile
+    /// up, and releases older than [`RELEASED_KEPT`].
+    fn sweep(pending: &mut Pending) {
+        if pending.late.len() >= HANDED_SWEEP {
+            pending.late.retain(|_, late| !late.ended());
+        }
+        if pending.released.len() >= HANDED_SWEEP {
+            let now = Instant::now();
+            pending.released.retain(|_, at| now.saturating_duration_since(*at) < RELEASED_KEPT);
+        }
+    }
+
+    /// What a release of the lease waits for, taken; with `repair`, the release is noted so a
+    /// repair decided from now on leaves the lease alone.
     fn take_late(&self, key: &LockKey, token: &Token) -> Late {
-        self.inner
-            .late
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&(key.clone(), *token))
-            .unwrap_or_else(Late::none)
+        let mut pending = self.inner.late.lock().unwrap_or_else(|p| p.into_inner());
+        let id = (key.clone(), *token);
+        if self.inner.options.repair {
+            Self::sweep(&mut pending);
+            pending.released.insert(id.clone(), Instant::now());
+        }
+        pending.late.remove(&id).unwrap_or_else(Late::none)
     }
 
     async fn release_quorum(
@@ -920,14 +950,29 @@ impl<B: LockBackend> RedLock<B> {
         // (see `Late`). A signal already kept for the lease (its acquire's) is awaited first.
         let n = self.inner.nodes.len();
         let mut repairs = Vec::with_capacity(owed.len());
-        for (_, req, _) in &owed {
-            let before = self.take_late(&req.key, &req.token);
-            let (ends, signals): (Vec<_>, Vec<_>) = (0..n)
-                .map(|_| tokio::sync::oneshot::channel::<()>())
-                .map(|(end, signal)| (end, Some(signal)))
-                .unzip();
-            self.remember_late(&req.key, &req.token, Late(signals));
-            repairs.push((before, ends));
+        let owed: Vec<_> = {
+            let mut pending = self.inner.late.lock().unwrap_or_else(|p| p.into_inner());
+            Self::sweep(&mut pending);
+            owed.into_iter()
+                .filter(|(_, req, _)| {
+                    let id = (req.key.clone(), req.token);
+                    // Its release began (this round was sent before): nothing to re-take.
+                    if pending.released.contains_key(&id) {
+                        return false;
+                    }
+                    let before = pending.late.remove(&id).unwrap_or_else(Late::none);
+                    let (ends, signals): (Vec<_>, Vec<_>) = (0..n)
+                        .map(|_| tokio::sync::oneshot::channel::<()>())
+                        .map(|(end, signal)| (end, Some(signal)))
+                        .unzip();
+                    pending.late.insert(id, Late(signals));
+                    repairs.push((before, ends));
+                    true
+                })
+                .collect()
+        };
+        if owed.is_empty() {
+            return;
         }
         tokio::spawn(async move {
             let mut owed = owed;

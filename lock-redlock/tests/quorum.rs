@@ -271,6 +271,33 @@ async fn a_release_during_a_repair_leaves_no_key_behind() {
     }
 }
 
+/// A release that begins while the renewal round that finds a node empty is still being
+/// decided (the renewal was sent before the release, its answers come after): the repair that
+/// round schedules must not re-take the key after the release, which would hold it on that
+/// node until its TTL.
+#[tokio::test(start_paused = true)]
+async fn a_release_before_its_renewal_round_is_decided_leaves_no_key_behind() {
+    let nodes = nodes(3);
+    let rl = RedLock::with_options(nodes.clone(), RedLockOptions::new().repair(true)).unwrap();
+    let locks = LockClient::with_config(rl, config()).unwrap();
+    let guard = locks.mutex("deciding").unwrap().lock().await.unwrap();
+    nodes[2].inner().evict("deciding");
+    // The renewal at 3 s is served at once by nodes 0 and 1, but their answers take 300 ms;
+    // node 2 answers at once that it lost the key.
+    nodes[0].inject(Op::Extend, Fault::DelayReply(300 * MS));
+    nodes[1].inject(Op::Extend, Fault::DelayReply(300 * MS));
+    tokio::time::sleep(3100 * MS).await;
+    settle().await;
+    // Released while the round waits for its majority.
+    guard.release().await.unwrap();
+    tokio::time::sleep(2 * SEC).await;
+    settle().await;
+    assert_eq!(nodes[0].injected() + nodes[1].injected(), 2, "the renewal was sent (its answers delayed)");
+    for (i, node) in nodes.iter().enumerate() {
+        assert!(node.inner().holder("deciding").is_none(), "node {i} still holds the released key");
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn release_reports_whether_a_majority_still_owned_the_lock() {
     let nodes = nodes(3);
