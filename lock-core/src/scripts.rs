@@ -811,6 +811,14 @@ pub const ACL_RULES: &str = "resetkeys ~lock:* resetchannels &lock:* -@all \
 +zadd +zrem +zrange +zrangebyscore +zremrangebyscore +zrank +zscore +zcard +evalsha +eval +script|load \
 +subscribe +unsubscribe +ssubscribe +sunsubscribe +pubsub|numsub +pubsub|shardnumsub +ping +client|setname +client|id";
 
+/// The time a script's `PTTL` reading (in ms) leaves: 0 is a key in its last millisecond (it
+/// expires once the server's clock passes its expiry), so 1 ms, not "unknown"; -1 (no expiry)
+/// and -2 (no key) are unknown. A waiter told 1 ms calls again right after the expiry instead
+/// of waiting out its backoff.
+fn pttl_left(ms: i64) -> Option<Duration> {
+    u64::try_from(ms).ok().map(|ms| Duration::from_millis(ms.max(1)))
+}
+
 /// A TTL in whole milliseconds for PX/PEXPIRE, at least 1 (Redis rejects 0).
 pub fn ttl_millis(ttl: Duration) -> u64 {
     u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
@@ -842,9 +850,7 @@ pub fn acquire_outcome(
             Ok(Grant::from_start(started, ttl, fence)
                 .map_or(AcquireOutcome::Held { remaining: None }, AcquireOutcome::Acquired))
         }
-        [0, pttl] => Ok(AcquireOutcome::Held {
-            remaining: u64::try_from(pttl).ok().filter(|ms| *ms > 0).map(Duration::from_millis),
-        }),
+        [0, pttl] => Ok(AcquireOutcome::Held { remaining: pttl_left(pttl) }),
         [2, left] => Err(quarantine_error(Duration::from_millis(left.unsigned_abs()))),
         _ => Err(BackendError::permanent(
             BackendErrorKind::Protocol,
@@ -1378,12 +1384,12 @@ pub fn fair_outcome(
     match *reply {
         [0, wait, ahead] => Ok(FairOutcome::Waiting {
             ahead: u64::try_from(ahead).unwrap_or(0),
-            retry_in: u64::try_from(wait).ok().filter(|ms| *ms > 0).map(Duration::from_millis),
+            retry_in: pttl_left(wait),
             deadline: None,
         }),
         [0, wait, ahead, deadline] => Ok(FairOutcome::Waiting {
             ahead: u64::try_from(ahead).unwrap_or(0),
-            retry_in: u64::try_from(wait).ok().filter(|ms| *ms > 0).map(Duration::from_millis),
+            retry_in: pttl_left(wait),
             deadline: u64::try_from(deadline).ok(),
         }),
         [1, _] | [2, _] => match acquire_outcome(started, ttl, fencing, reply)? {
@@ -1506,9 +1512,9 @@ pub fn hold_outcome(
         }
         (Hold::Read { .. }, [1, f]) => grant(if req.fencing { fence(*f) } else { None }),
         (Hold::Permit { .. }, [1, _]) => grant(None),
-        (Hold::Read { .. } | Hold::Permit { .. }, [0, wait]) => Ok(HoldOutcome::Held {
-            remaining: u64::try_from(*wait).ok().filter(|ms| *ms > 0).map(Duration::from_millis),
-        }),
+        (Hold::Read { .. } | Hold::Permit { .. }, [0, wait]) => {
+            Ok(HoldOutcome::Held { remaining: pttl_left(*wait) })
+        }
         (Hold::Read { .. } | Hold::Permit { .. }, [2, left]) => {
             Err(quarantine_error(Duration::from_millis(left.unsigned_abs())))
         }
@@ -1747,6 +1753,33 @@ mod tests {
             acquire_outcome(t0, ttl, false, &[0, -1]).unwrap(),
             AcquireOutcome::Held { remaining: None }
         );
+        // A holder in its last millisecond: the waiter calls again right after it, not after
+        // its backoff.
+        assert_eq!(
+            acquire_outcome(t0, ttl, false, &[0, 0]).unwrap(),
+            AcquireOutcome::Held { remaining: Some(Duration::from_millis(1)) }
+        );
         assert!(acquire_outcome(t0, ttl, false, &[2]).is_err());
+    }
+
+    #[test]
+    fn fair_replies_are_decoded() {
+        let t0 = Instant::now();
+        let ttl = Duration::from_secs(10);
+        assert_eq!(
+            fair_outcome(t0, ttl, false, &[0, 0, 2, 1_733_300_000_123]).unwrap(),
+            FairOutcome::Waiting {
+                ahead: 2,
+                retry_in: Some(Duration::from_millis(1)),
+                deadline: Some(1_733_300_000_123)
+            }
+        );
+        // A try (never queued) names no deadline; nor does a reply of an older script.
+        assert_eq!(
+            fair_outcome(t0, ttl, false, &[0, -1, 3]).unwrap(),
+            FairOutcome::Waiting { ahead: 3, retry_in: None, deadline: None }
+        );
+        assert!(matches!(fair_outcome(t0, ttl, true, &[1, 7]).unwrap(), FairOutcome::Acquired(_)));
+        assert!(fair_outcome(t0, ttl, false, &[0, 1, 2, 3, 4]).is_err());
     }
 }
