@@ -302,8 +302,10 @@ impl ReleaseHub {
     }
 
     /// A message arrived on `channel`: a hand-over (see [`crate::scripts::parse_hand_over`])
-    /// wakes the fair waiter it names, if it is one of this hub's, and nobody else; any other
-    /// message wakes the channel's plain waiters (as [`ReleaseHub::notify`]).
+    /// wakes the fair waiter it names, if it is one of this hub's, and nobody else (a
+    /// hand-over in an older script's form, `'g:<token>:<fence>'`, wakes it too, with nothing
+    /// to take: it calls, and finds the lock its own); any other message wakes the channel's
+    /// plain waiters (as [`ReleaseHub::notify`]).
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
@@ -320,19 +322,24 @@ impl ReleaseHub {
     /// hub.deliver("lock:{k}:released", b"1");
     /// assert!(watch.wait(Duration::from_secs(1)).await);
     /// assert_eq!(watch.handed_over(), None);
+    /// let mut waiter = hub.watch_member("lock:{k}:turn", "aa", Duration::from_secs(1)).await;
+    /// hub.deliver("lock:{k}:turn", b"g:aa:42");
+    /// assert!(waiter.wait(Duration::from_secs(1)).await, "an older script's hand-over wakes its waiter");
+    /// assert_eq!(waiter.handed_over(), None, "with nothing to take");
     /// # }
     /// ```
     pub fn deliver(&self, channel: &str, message: &[u8]) {
         let channels = self.inner.channels();
         let Some(ch) = channels.get(channel) else { return };
-        match crate::scripts::parse_hand_over(message) {
-            Some((token, handed)) => {
-                if let Some(m) = ch.members.get(token) {
-                    *m.handed.lock().unwrap_or_else(|p| p.into_inner()) = Some(handed);
-                    m.notices.send_modify(|n| *n = n.wrapping_add(1));
-                }
+        let Some(token) = crate::scripts::hand_over_token(message) else {
+            ch.notices.send_modify(|n| *n = n.wrapping_add(1));
+            return;
+        };
+        if let Some(m) = ch.members.get(token) {
+            if let Some((_, handed)) = crate::scripts::parse_hand_over(message) {
+                *m.handed.lock().unwrap_or_else(|p| p.into_inner()) = Some(handed);
             }
-            None => ch.notices.send_modify(|n| *n = n.wrapping_add(1)),
+            m.notices.send_modify(|n| *n = n.wrapping_add(1));
         }
     }
 

@@ -602,8 +602,8 @@ impl RedisKeys {
 /// hand-over))` when a release handed the lock to the fair waiter with that token
 /// (`'g:<token>:<fence>:<deadline>'`, fence 0 when none was minted, the waiter deadline in
 /// server ms), `None` for anything else: also the `'g:<token>:<fence>'` of scripts before the
-/// deadline was named, which the waiter then treats as a plain wake-up (it calls, and finds
-/// the lock its own).
+/// deadline was named, which only wakes its waiter (see [`crate::hub::ReleaseHub::deliver`]:
+/// it calls, and finds the lock its own).
 ///
 /// ```
 /// use lock_core::{HandOver, scripts::parse_hand_over};
@@ -621,6 +621,13 @@ pub fn parse_hand_over(message: &[u8]) -> Option<(&str, crate::HandOver)> {
     let (rest, deadline) = rest.rsplit_once(':')?;
     let (token, fence) = rest.rsplit_once(':')?;
     Some((token, crate::HandOver { fence: fence.parse().ok()?, deadline: deadline.parse().ok()? }))
+}
+
+/// The waiter a turn-channel message hands the lock to, in any form a script of this crate
+/// sends (`'g:<token>:...'`); `None` for anything else.
+pub(crate) fn hand_over_token(message: &[u8]) -> Option<&str> {
+    let rest = std::str::from_utf8(message.strip_prefix(b"g:")?).ok()?;
+    rest.split(':').next().filter(|t| !t.is_empty())
 }
 
 /// The ARGV of [`ACQUIRE`]. The quarantine used is never below the request's TTL.
