@@ -639,6 +639,19 @@ fn higher_before(history: &History, key: &str, write: &FencedWrite) -> bool {
         .any(|w| w.accepted && w.token > write.token && w.t.saturating_add(MARGIN_NS) < write.t)
 }
 
+/// SIGSTOPs worker `w` for `how_long`, then resumes it, and records the pause.
+async fn pause(env: &mut Env, w: usize, how_long: Duration, inj: &mut Injected) -> Result<(), DynError> {
+    let from = mono_now_ns();
+    env.workers[w].stop()?;
+    inj.count += 1;
+    tokio::time::sleep(how_long).await;
+    env.workers[w].cont()?;
+    let to = mono_now_ns();
+    inj.pauses.push(Pause { worker: env.workers[w].id.clone(), from, to });
+    inj.spans.push(FaultSpan { kind: "pause", worker: Some(env.workers[w].id.clone()), from, to });
+    Ok(())
+}
+
 fn left(end: Instant, need: Duration) -> bool {
     Instant::now() + need < end
 }
@@ -794,19 +807,7 @@ async fn schedule(
             let mut tail = Tail::default();
             for _ in 0..MAX_ROUNDS {
                 if let Some(h) = tail.holder(env, Duration::from_secs(2)).await {
-                    let from = mono_now_ns();
-                    env.workers[h].stop()?;
-                    inj.count += 1;
-                    tokio::time::sleep(ttl * 3 / 2).await;
-                    env.workers[h].cont()?;
-                    let to = mono_now_ns();
-                    inj.pauses.push(Pause { worker: env.workers[h].id.clone(), from, to });
-                    inj.spans.push(FaultSpan {
-                        kind: "pause",
-                        worker: Some(env.workers[h].id.clone()),
-                        from,
-                        to,
-                    });
+                    pause(env, h, ttl * 3 / 2, inj).await?;
                 }
                 tokio::time::sleep(ttl / 2).await;
                 if !left(end, ttl * 2) {
@@ -858,19 +859,7 @@ async fn schedule(
             for _ in 0..MAX_ROUNDS {
                 let Some(within) = end.checked_duration_since(Instant::now() + ttl * 2) else { break };
                 if let Some(w) = tail.waiter(env, within.min(Duration::from_secs(2))).await {
-                    let from = mono_now_ns();
-                    env.workers[w].stop()?;
-                    inj.count += 1;
-                    tokio::time::sleep(ttl * 3 / 2).await;
-                    env.workers[w].cont()?;
-                    let to = mono_now_ns();
-                    inj.pauses.push(Pause { worker: env.workers[w].id.clone(), from, to });
-                    inj.spans.push(FaultSpan {
-                        kind: "pause",
-                        worker: Some(env.workers[w].id.clone()),
-                        from,
-                        to,
-                    });
+                    pause(env, w, ttl * 3 / 2, inj).await?;
                 }
                 tokio::time::sleep(ttl / 4).await;
                 if !left(end, ttl * 2) {
