@@ -98,10 +98,35 @@ struct Inner<B> {
 #[derive(Default)]
 struct Pending {
     late: std::collections::HashMap<(LockKey, Token), Late>,
-    /// With `repair`: each lease whose release began, and when. A renewal round decided after
-    /// that (it was sent before) re-takes nothing for the lease: the re-take could land after
-    /// the release and hold the key on that node until its TTL. Kept [`RELEASED_KEPT`].
+    /// With `repair`: each lease whose release began, in that order, with when. A renewal
+    /// round decided after that (it was sent before) re-takes nothing for the lease: the
+    /// re-take could land after the release and hold the key on that node until its TTL. Kept
+    /// [`RELEASED_KEPT`]: `released_order` drops them from the front as they age.
     released: std::collections::HashMap<(LockKey, Token), Instant>,
+    released_order: std::collections::VecDeque<(Instant, (LockKey, Token))>,
+}
+
+impl Pending {
+    /// Notes the release of lease `id` now, and forgets those older than [`RELEASED_KEPT`].
+    fn released(&mut self, id: (LockKey, Token)) {
+        let now = Instant::now();
+        while let Some((at, _)) = self.released_order.front()
+            && now.saturating_duration_since(*at) >= RELEASED_KEPT
+        {
+            if let Some((at, old)) = self.released_order.pop_front()
+                && self.released.get(&old) == Some(&at)
+            {
+                self.released.remove(&old);
+            }
+        }
+        self.released.insert(id.clone(), now);
+        self.released_order.push_back((now, id));
+    }
+
+    /// Whether the release of lease `id` began (within [`RELEASED_KEPT`]).
+    fn was_released(&self, id: &(LockKey, Token)) -> bool {
+        self.released.contains_key(id)
+    }
 }
 
 /// How long a release keeps a repair from re-taking its lease ([`Pending::released`]): far
@@ -885,15 +910,10 @@ impl<B: LockBackend> RedLock<B> {
     }
 
     /// Drops what needs keeping no more, once enough piled up: leases whose late calls all
-    /// ended (a release then waits for nothing), so leases never released here do not pile
-    /// up, and releases older than [`RELEASED_KEPT`].
+    /// ended (a release then waits for nothing), so leases never released here do not pile up.
     fn sweep(pending: &mut Pending) {
         if pending.late.len() >= HANDED_SWEEP {
             pending.late.retain(|_, late| !late.ended());
-        }
-        if pending.released.len() >= HANDED_SWEEP {
-            let now = Instant::now();
-            pending.released.retain(|_, at| now.saturating_duration_since(*at) < RELEASED_KEPT);
         }
     }
 
@@ -903,8 +923,7 @@ impl<B: LockBackend> RedLock<B> {
         let mut pending = self.inner.late.lock().unwrap_or_else(|p| p.into_inner());
         let id = (key.clone(), *token);
         if self.inner.options.repair {
-            Self::sweep(&mut pending);
-            pending.released.insert(id.clone(), Instant::now());
+            pending.released(id.clone());
         }
         pending.late.remove(&id).unwrap_or_else(Late::none)
     }
@@ -957,7 +976,7 @@ impl<B: LockBackend> RedLock<B> {
                 .filter(|(_, req, _)| {
                     let id = (req.key.clone(), req.token);
                     // Its release began (this round was sent before): nothing to re-take.
-                    if pending.released.contains_key(&id) {
+                    if pending.was_released(&id) {
                         return false;
                     }
                     let before = pending.late.remove(&id).unwrap_or_else(Late::none);
@@ -1351,5 +1370,32 @@ impl Drop for AbortOnDrop {
         for h in &self.0 {
             h.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A release is remembered for `RELEASED_KEPT`, then forgotten (so releases do not pile
+    /// up), and a lease released again keeps its latest note.
+    #[tokio::test(start_paused = true)]
+    async fn a_release_is_kept_from_repairs_for_a_while_then_forgotten() {
+        let mut pending = Pending::default();
+        let lease = |k: &str| (LockKey::new(k).unwrap(), Token::random());
+        let (a, b) = (lease("a"), lease("b"));
+        pending.released(a.clone());
+        assert!(pending.was_released(&a) && !pending.was_released(&b));
+        tokio::time::sleep(RELEASED_KEPT / 2).await;
+        pending.released(b.clone());
+        pending.released(a.clone());
+        tokio::time::sleep(RELEASED_KEPT / 2 + Duration::from_millis(1)).await;
+        pending.released(lease("c"));
+        assert!(pending.was_released(&a), "released again half-way: kept from then");
+        assert!(pending.was_released(&b));
+        tokio::time::sleep(RELEASED_KEPT).await;
+        pending.released(lease("d"));
+        assert!(!pending.was_released(&a) && !pending.was_released(&b), "forgotten");
+        assert_eq!((pending.released.len(), pending.released_order.len()), (1, 1));
     }
 }
