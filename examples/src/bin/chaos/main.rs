@@ -18,7 +18,7 @@
 //! Must-pass scenarios must show no violation; known-unsafe ones (a deployment the design
 //! forbids, or a mutant of the backend) must be caught. The exit status is non-zero otherwise.
 //! Everything runs on 127.0.0.1, every loop is bounded, and only processes this runner spawned
-//! are signalled; Ctrl-C stops and cleans up.
+//! are signalled; Ctrl-C (or SIGTERM) stops and cleans up.
 
 mod common;
 mod env;
@@ -122,8 +122,24 @@ fn main() -> std::process::ExitCode {
                 eprintln!("interrupted: cleaned up");
                 std::process::ExitCode::from(130)
             }
+            () = terminated() => {
+                // `kill` (SIGTERM) cleans up as Ctrl-C does: the nodes are not its children
+                // in the sense of dying with it, and would stay behind.
+                eprintln!("terminated: cleaned up");
+                std::process::ExitCode::from(143)
+            }
         }
     })
+}
+
+/// Resolves when the process receives SIGTERM; never, if that cannot be listened for.
+async fn terminated() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            term.recv().await;
+        }
+        Err(_) => std::future::pending().await,
+    }
 }
 
 fn parse_nodes(s: &str) -> Result<usize, String> {
