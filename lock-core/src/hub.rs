@@ -331,13 +331,13 @@ impl ReleaseHub {
     pub fn deliver(&self, channel: &str, message: &[u8]) {
         let channels = self.inner.channels();
         let Some(ch) = channels.get(channel) else { return };
-        let Some(token) = crate::scripts::hand_over_token(message) else {
+        let Some((token, handed)) = crate::scripts::turn_message(message) else {
             ch.notices.send_modify(|n| *n = n.wrapping_add(1));
             return;
         };
         if let Some(m) = ch.members.get(token) {
-            if let Some((_, handed)) = crate::scripts::parse_hand_over(message) {
-                *m.handed.lock().unwrap_or_else(|p| p.into_inner()) = Some(handed);
+            if handed.is_some() {
+                *m.handed.lock().unwrap_or_else(|p| p.into_inner()) = handed;
             }
             m.notices.send_modify(|n| *n = n.wrapping_add(1));
         }

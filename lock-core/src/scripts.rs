@@ -617,17 +617,26 @@ impl RedisKeys {
 /// assert_eq!(parse_hand_over(b"g:0af3:x:5"), None);
 /// ```
 pub fn parse_hand_over(message: &[u8]) -> Option<(&str, crate::HandOver)> {
-    let rest = std::str::from_utf8(message.strip_prefix(b"g:")?).ok()?;
-    let (rest, deadline) = rest.rsplit_once(':')?;
-    let (token, fence) = rest.rsplit_once(':')?;
-    Some((token, crate::HandOver { fence: fence.parse().ok()?, deadline: deadline.parse().ok()? }))
+    let (token, handed) = turn_message(message)?;
+    Some((token, handed?))
 }
 
-/// The waiter a turn-channel message hands the lock to, in any form a script of this crate
-/// sends (`'g:<token>:...'`); `None` for anything else.
-pub(crate) fn hand_over_token(message: &[u8]) -> Option<&str> {
+/// A turn-channel message in any form a script of this crate sends (`'g:<token>:...'`): the
+/// waiter it hands the lock to, and the hand-over when the message is in the current form
+/// (see [`parse_hand_over`]); `None` for anything else.
+pub(crate) fn turn_message(message: &[u8]) -> Option<(&str, Option<crate::HandOver>)> {
     let rest = std::str::from_utf8(message.strip_prefix(b"g:")?).ok()?;
-    rest.split(':').next().filter(|t| !t.is_empty())
+    let mut parts = rest.split(':');
+    let token = parts.next().filter(|t| !t.is_empty())?;
+    let handed = match (parts.next(), parts.next(), parts.next()) {
+        (Some(fence), Some(deadline), None) => fence
+            .parse()
+            .ok()
+            .zip(deadline.parse().ok())
+            .map(|(fence, deadline)| crate::HandOver { fence, deadline }),
+        _ => None,
+    };
+    Some((token, handed))
 }
 
 /// The ARGV of [`ACQUIRE`]. The quarantine used is never below the request's TTL.
@@ -1389,15 +1398,11 @@ pub fn fair_outcome(
     reply: &[i64],
 ) -> Result<FairOutcome, BackendError> {
     match *reply {
-        [0, wait, ahead] => Ok(FairOutcome::Waiting {
+        // A queueing call names the deadline it set; a try (and an older script) does not.
+        [0, wait, ahead, ref deadline @ ..] if deadline.len() <= 1 => Ok(FairOutcome::Waiting {
             ahead: u64::try_from(ahead).unwrap_or(0),
             retry_in: pttl_left(wait),
-            deadline: None,
-        }),
-        [0, wait, ahead, deadline] => Ok(FairOutcome::Waiting {
-            ahead: u64::try_from(ahead).unwrap_or(0),
-            retry_in: pttl_left(wait),
-            deadline: u64::try_from(deadline).ok(),
+            deadline: deadline.first().and_then(|d| u64::try_from(*d).ok()),
         }),
         [1, _] | [2, _] => match acquire_outcome(started, ttl, fencing, reply)? {
             AcquireOutcome::Acquired(grant) => Ok(FairOutcome::Acquired(grant)),
