@@ -311,7 +311,7 @@ pub(crate) fn trace(history: &History, report: &Report) -> Vec<String> {
         let key = &v.sections[0].key;
         let at = v.sections.iter().map(|s| s.t_acquired).max().unwrap_or(0);
         let from = v.sections.iter().map(|s| s.t_acquired).min().unwrap_or(0).saturating_sub(1_500_000_000);
-        let to = v.sections.iter().map(|s| s.effective_end().min(s.t_released.unwrap_or(u64::MAX))).max();
+        let to = v.sections.iter().map(|s| s.effective_end()).max();
         let to = to.unwrap_or(at).max(at).saturating_add(100_000_000);
         let ms = |t: u64| (t as f64 - at as f64) / 1e6;
         let involved = |w: &String| v.sections.iter().any(|s| &s.worker == w);
