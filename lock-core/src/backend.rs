@@ -385,6 +385,7 @@ pub struct ReleaseWatch {
     _keep: Option<Box<dyn Any + Send + Sync>>,
     rank: Option<Box<dyn Fn() -> usize + Send + Sync>>,
     handover: Option<Box<dyn Fn() -> Option<HandOver> + Send + Sync>>,
+    taken: Option<Box<dyn Fn(HandOver) + Send + Sync>>,
 }
 
 impl std::fmt::Debug for ReleaseWatch {
@@ -396,12 +397,12 @@ impl std::fmt::Debug for ReleaseWatch {
 impl ReleaseWatch {
     /// A subscription on a receiver; the backend bumps the sender's value on every release.
     pub fn new(rx: watch::Receiver<u64>) -> Self {
-        Self { rx, _keep: None, rank: None, handover: None }
+        Self { rx, _keep: None, rank: None, handover: None, taken: None }
     }
 
     /// Like [`ReleaseWatch::new`], keeping `keep` alive (e.g. a subscriber count guard).
     pub fn with_keep(rx: watch::Receiver<u64>, keep: impl Any + Send + Sync) -> Self {
-        Self { rx, _keep: Some(Box::new(keep)), rank: None, handover: None }
+        Self { rx, _keep: Some(Box::new(keep)), rank: None, handover: None, taken: None }
     }
 
     /// Waits, without bound, for a release notice newer than the last one seen. Returns
@@ -494,32 +495,49 @@ impl ReleaseWatch {
         self
     }
 
-    /// Calls `seen` with the fence whenever [`ReleaseWatch::handed_over`] reports a hand-over
-    /// (a wrapper that logs grants, such as the chaos runner's recording backend).
+    /// Calls `taken` whenever the waiter takes a hand-over through
+    /// [`ReleaseWatch::take_hand_over`] (a wrapper that logs grants, such as the chaos
+    /// runner's recording backend). A notice the waiter does not take (one naming an earlier
+    /// deadline than its latest call's) is not reported: the lock was not handed to it then.
     ///
     /// ```
     /// use std::sync::{Arc, atomic::{AtomicU64, Ordering}};
+    /// use lock_core::HandOver;
     /// let (_tx, rx) = tokio::sync::watch::channel(0u64);
     /// let seen = Arc::new(AtomicU64::new(0));
     /// let log = Arc::clone(&seen);
     /// let watch = lock_core::ReleaseWatch::new(rx)
-    ///     .with_handover(|| Some(lock_core::HandOver { fence: 9, deadline: 1_000 }))
-    ///     .on_handover(move |fence| log.store(fence, Ordering::SeqCst));
-    /// assert_eq!(watch.handed_over().map(|h| h.fence), Some(9));
+    ///     .with_handover(|| Some(HandOver { fence: 9, deadline: 1_000 }))
+    ///     .on_handover(move |h| log.store(h.fence, Ordering::SeqCst));
+    /// assert_eq!(watch.take_hand_over(999), None, "a notice for an earlier deadline");
+    /// assert_eq!(seen.load(Ordering::SeqCst), 0, "is not taken, so not reported");
+    /// assert_eq!(watch.take_hand_over(1_000).map(|h| h.fence), Some(9));
     /// assert_eq!(seen.load(Ordering::SeqCst), 9);
     /// ```
     #[must_use]
-    pub fn on_handover(mut self, seen: impl Fn(u64) + Send + Sync + 'static) -> Self {
-        if let Some(read) = self.handover.take() {
-            self.handover = Some(Box::new(move || {
-                let handed = read();
-                if let Some(h) = handed {
-                    seen(h.fence);
-                }
-                handed
-            }));
-        }
+    pub fn on_handover(mut self, taken: impl Fn(HandOver) + Send + Sync + 'static) -> Self {
+        self.taken = Some(Box::new(taken));
         self
+    }
+
+    /// The hand-over the waiter takes: the latest notice ([`ReleaseWatch::handed_over`]) when
+    /// it names `deadline`, the waiter deadline its latest call set (see [`HandOver`]); else
+    /// `None`, and the waiter calls again. Reports a taken hand-over to the
+    /// [`ReleaseWatch::on_handover`] observer.
+    ///
+    /// ```
+    /// use lock_core::HandOver;
+    /// let (_tx, rx) = tokio::sync::watch::channel(0u64);
+    /// let watch = lock_core::ReleaseWatch::new(rx).with_handover(|| Some(HandOver { fence: 7, deadline: 5 }));
+    /// assert_eq!(watch.take_hand_over(5), Some(HandOver { fence: 7, deadline: 5 }));
+    /// assert_eq!(watch.take_hand_over(6), None, "granted until another deadline: not this call's");
+    /// ```
+    pub fn take_hand_over(&self, deadline: u64) -> Option<HandOver> {
+        let handed = self.handed_over().filter(|h| h.deadline == deadline)?;
+        if let Some(taken) = &self.taken {
+            taken(handed);
+        }
+        Some(handed)
     }
 
     /// The latest notice on this watch that handed the lock over to its waiter: the backend

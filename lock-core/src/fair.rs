@@ -192,8 +192,8 @@ pub(crate) async fn acquire(
         match &mut watch {
             Some(w) => {
                 if w.wait(wait).await {
-                    if let (Some(h), Some((from, set))) = (w.handed_over(), queued)
-                        && h.deadline == set
+                    if let Some((from, set)) = queued
+                        && let Some(h) = w.take_hand_over(set)
                         && let Some(guard) = handed(ctx, key, token, h.fence, from, watchdog)
                     {
                         pending.armed = false;

@@ -583,6 +583,9 @@ async fn a_hand_over_notice_naming_an_earlier_deadline_makes_no_lease() {
     let (notices, rx) = tokio::sync::watch::channel(0u64);
     let handed: Arc<Mutex<Option<HandOver>>> = Arc::default();
     let calls = Arc::new(AtomicU64::new(0));
+    // What a recording wrapper (the chaos runner's) is told the waiter took.
+    let taken: Arc<Mutex<Vec<HandOver>>> = Arc::default();
+    let taken_log = Arc::clone(&taken);
     let mut lock = MockBackend::new();
     lock.expect_name().return_const("mock".to_string());
     lock.expect_capabilities().return_const(Capabilities::new(true, true));
@@ -590,7 +593,9 @@ async fn a_hand_over_notice_naming_an_earlier_deadline_makes_no_lease() {
     let mut fair = MockFairOps::new();
     let read = Arc::clone(&handed);
     let watch = Mutex::new(Some(
-        ReleaseWatch::new(rx).with_handover(move || *read.lock().unwrap_or_else(|p| p.into_inner())),
+        ReleaseWatch::new(rx)
+            .with_handover(move || *read.lock().unwrap_or_else(|p| p.into_inner()))
+            .on_handover(move |h| taken_log.lock().unwrap().push(h)),
     ));
     fair.expect_watch_turn().times(1).returning(move |_, _| Ok(watch.lock().unwrap().take()));
     let (seen, told) = (Arc::clone(&calls), Arc::clone(&handed));
@@ -620,5 +625,6 @@ async fn a_hand_over_notice_naming_an_earlier_deadline_makes_no_lease() {
         "the lease is the server's grant, not the stale notice's"
     );
     assert_eq!(calls.load(Ordering::SeqCst), 4, "the stale notice woke the waiter, which called again");
+    assert_eq!(*taken.lock().unwrap(), Vec::new(), "a stale notice is not reported as taken");
     guard.release().await.unwrap();
 }

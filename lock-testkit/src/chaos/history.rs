@@ -729,11 +729,12 @@ impl<B: LockBackend> FairBackend for Recording<B> {
 }
 
 impl<B> Recording<B> {
-    /// A hand-over is a grant no call answered: log it when the waiter reads it.
+    /// A hand-over is a grant no call answered: log it when the waiter takes it (a notice it
+    /// does not take, one naming an earlier deadline than its latest call's, is no grant).
     fn log_hand_overs(&self, watch: ReleaseWatch, key: &LockKey, token: &Token) -> ReleaseWatch {
         let (recorder, worker, key, waiter) =
             (self.recorder.clone(), self.worker.clone(), key.as_str().to_string(), waiter_id(token));
-        watch.on_handover(move |_fence| {
+        watch.on_handover(move |_| {
             let t = recorder.now();
             recorder.record(Event::FairCall(FairCall {
                 worker: worker.clone(),
@@ -793,6 +794,40 @@ mod tests {
         assert_eq!(h.sections[0].writes.len(), 1);
         assert_eq!(h.sections[1].ended, Ending::Crashed);
         assert_eq!(h.sections[1].effective_end(), 190);
+    }
+
+    /// A release that hands the fair lock to a queued waiter is logged as one `Handed` call
+    /// of that waiter, when it takes the notice (a notice it does not take is no grant; see
+    /// `ReleaseWatch::take_hand_over` and the policy test for a stale notice).
+    #[tokio::test(start_paused = true)]
+    async fn a_taken_hand_over_is_logged_once_as_handed() {
+        use lock_core::LockClient;
+        let rec = Recorder::in_memory();
+        let backend = Recording::new(crate::MemoryBackend::new(), "w1", rec.clone());
+        let client = LockClient::new(backend);
+        let holder = client.fair_mutex("k").unwrap().lock().await.unwrap();
+        let waiter = tokio::spawn({
+            let client = client.clone();
+            async move { client.fair_mutex("k").unwrap().lock().await.unwrap() }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        holder.release().await.unwrap();
+        let guard = waiter.await.unwrap();
+        guard.release().await.unwrap();
+        let answers: Vec<FairAnswer> = rec
+            .events()
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::FairCall(c) => Some(c.answer),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            answers.iter().filter(|a| **a == FairAnswer::Handed).count(),
+            1,
+            "the waiter took the hand-over once: {answers:?}"
+        );
+        assert_eq!(answers.last(), Some(&FairAnswer::Handed), "and made no call after it: {answers:?}");
     }
 
     #[test]
