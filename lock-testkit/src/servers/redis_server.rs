@@ -153,7 +153,9 @@ impl RedisServer {
                 command(&self.addr(), &["PING"])
             };
             match reply {
-                Ok(Resp::Simple(s)) if s == "PONG" => return Ok(()),
+                // Ours, not a server another process started on the same port meanwhile (the
+                // port was free when picked; ours then exits failing to bind it).
+                Ok(Resp::Simple(s)) if s == "PONG" => return self.check_own_process(),
                 // A password-protected server answers NOAUTH: it is up.
                 Ok(Resp::Error(e)) if e.starts_with("NOAUTH") => return Ok(()),
                 _ => {}
@@ -167,6 +169,21 @@ impl RedisServer {
                 return Err(self.not_ready(format!("no PONG within {within:?}")));
             }
             std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Whether the server answering on our port is the process we started (`INFO server`'s
+    /// `process_id`).
+    fn check_own_process(&self) -> Result<(), HarnessError> {
+        let Some(pid) = self.pid() else { return Ok(()) };
+        let info = command(&self.addr(), &["INFO", "server"])?.text();
+        let answering = info.lines().find_map(|l| l.strip_prefix("process_id:")).map(str::trim);
+        if answering == Some(pid.to_string().as_str()) {
+            Ok(())
+        } else {
+            Err(self.not_ready(format!(
+                "another process answers on the port (process_id {answering:?}, ours {pid})"
+            )))
         }
     }
 
