@@ -314,7 +314,7 @@ impl Generation {
 impl ConnectionLike for Generation {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         Box::pin(async move {
-            let result = self.conn.send_packed_command(cmd).await;
+            let result = self.conn.req_packed_command(cmd).await;
             if let Err(e) = &result {
                 self.forget(e);
             }
@@ -329,7 +329,7 @@ impl ConnectionLike for Generation {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         Box::pin(async move {
-            let result = self.conn.send_packed_commands(pipeline, offset, count).await;
+            let result = self.conn.req_packed_commands(pipeline, offset, count).await;
             if let Err(e) = &result {
                 self.forget(e);
             }
@@ -342,17 +342,11 @@ impl ConnectionLike for Generation {
     }
 }
 
-/// The connection in use, straight (not through [`Generation`]'s own boxed future: one
-/// allocation per command less).
 impl ConnectionLike for TrackingConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         Box::pin(async move {
             let mut generation = self.generation().await?;
-            let result = generation.conn.send_packed_command(cmd).await;
-            if let Err(e) = &result {
-                generation.forget(e);
-            }
-            result
+            generation.req_packed_command(cmd).await
         })
     }
 
@@ -364,11 +358,7 @@ impl ConnectionLike for TrackingConnection {
     ) -> RedisFuture<'a, Vec<Value>> {
         Box::pin(async move {
             let mut generation = self.generation().await?;
-            let result = generation.conn.send_packed_commands(pipeline, offset, count).await;
-            if let Err(e) = &result {
-                generation.forget(e);
-            }
-            result
+            generation.req_packed_commands(pipeline, offset, count).await
         })
     }
 
