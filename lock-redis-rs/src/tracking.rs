@@ -36,10 +36,6 @@ use redis::{AsyncConnectionConfig, Cmd, Pipeline, PushInfo, RedisError, RedisFut
 
 /// How long one arming is trusted: the marker is read again at least this often by a
 /// connection in use (a bound for the one change tracking does not report, `SWAPDB`).
-///
-/// ```
-/// assert_eq!(lock_redis_rs::REARM_AFTER, std::time::Duration::from_secs(1));
-/// ```
 pub const REARM_AFTER: Duration = Duration::from_secs(1);
 
 /// What the connection knows of the node marker: see the module docs.
@@ -145,17 +141,6 @@ struct Inner {
 /// failed command itself fails (retryably): the lock policy retries within the caller's
 /// deadline. Each new connection starts unarmed and switches tracking on before any command
 /// is sent over it. Clones share the connection.
-///
-/// ```no_run
-/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-/// use lock_redis_rs::RedisBackend;
-/// let backend = RedisBackend::connect("redis://127.0.0.1:6379/").await?;
-/// // false for a server without RESP3 or a user not allowed CLIENT: the marker is then read
-/// // behind every SET, as on the other connections.
-/// println!("tracking: {}", backend.connection().tracking());
-/// println!("connections made: {}", backend.connection().connections());
-/// # Ok(()) }
-/// ```
 #[derive(Clone)]
 pub struct TrackingConnection {
     inner: Arc<Inner>,
