@@ -11,10 +11,8 @@ use lock_redis_rs::RedisBackend;
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (url, _server) = lock_examples_support::redis_url()?;
-    // The default connection reconnects by itself after a server restart, and tracks the
-    // server's data-loss marker so that an uncontended lock is a lone SET.
+    // A ConnectionManager reconnects by itself after a server restart.
     let backend = RedisBackend::builder().connect(&url).await?;
-    println!("client-side tracking of the marker: {}", backend.connection().tracking());
     let locks = LockClient::new(backend);
 
     let guard = locks.mutex("reports:daily")?.lock().await?;
