@@ -54,13 +54,6 @@
 //! placed after several `SET`s: the drivers send the uncontended acquires that arrive together
 //! on one server as one pipeline with one marker read behind them ([`crate::coalesce`]).
 //!
-//! A driver may vouch for the marker without reading it behind every `SET`: with Redis
-//! client-side tracking of the marker on the same connection, a `SET` whose reply came with no
-//! invalidation since a read that found the marker open is vouched for as that read would be
-//! (`lock_redis_rs::TrackingConnection`, the redis-rs driver's default connection, documents
-//! the rule; `docs/marker-tracking.md` the reasoning). Such a connection sees no `SWAPDB`, so
-//! it reads the marker again at least every second.
-//!
 //! Set the quarantine ([`NodeGuard::quarantine`], the drivers' builders' `quarantine(..)`) to at
 //! least the longest TTL any client uses on that server; the script also never uses less than
 //! the TTL of the request that noticed the loss. Default: [`DEFAULT_QUARANTINE`] (60 s, twice
@@ -70,8 +63,7 @@
 //! the recent locks do not), a **failover to a replica that lagged** (keys lost while the
 //! marker replicated long ago), and a `SWAPDB` that swaps in another database holding lock data
 //! with an open marker of its own (the read checks that the marker is open, not whose it is; a
-//! database without a marker is caught, within a second on a connection that tracks the
-//! marker). For the first two, use `appendfsync always` (or
+//! database without a marker is caught). For the first two, use `appendfsync always` (or
 //! delayed restarts) and fencing tokens at the resource; keep `SWAPDB` away from lock servers. Redis Cluster has no per-node marker (a script can only touch
 //! one slot), so there the protection is off and the same advice applies.
 //!
@@ -1068,14 +1060,7 @@ pub async fn acquire<R: ScriptRunner + ?Sized>(
 /// Whether a node marker read after a grant shows the node open: `<12 hex id>:0`. Missing
 /// means the node lost its data since; a non-zero `open_at` means a quarantine that is running
 /// or that no script has closed yet (the script decides then).
-///
-/// ```
-/// use lock_core::scripts::marker_open;
-/// assert!(marker_open(Some("0a1b2c3d4e5f:0")));
-/// assert!(!marker_open(Some("0a1b2c3d4e5f:1733400000000")), "a quarantine");
-/// assert!(!marker_open(None), "missing: the node lost its data");
-/// ```
-pub fn marker_open(marker: Option<&str>) -> bool {
+fn marker_open(marker: Option<&str>) -> bool {
     marker.and_then(|m| m.get(13..)) == Some("0")
 }
 

@@ -23,7 +23,6 @@ use redis::{AsyncConnectionConfig, ErrorKind, FromRedisValue, ServerErrorKind, V
 use crate::error::map_error;
 use crate::notifier::{self, ClassicSource, PubsubSource, ShardedSource};
 use crate::sentinel::{self, SentinelConnection};
-use crate::tracking::TrackingConnection;
 
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
@@ -48,21 +47,18 @@ struct Shared {
 
 /// A lock backend over the `redis` crate.
 ///
-/// `C` is the connection: [`TrackingConnection`], which reconnects by itself after a killed
-/// connection, a restarted server or an idle timeout, and tracks the node marker so that an
-/// uncontended acquire need not read it each time ([`RedisBackend::connect`], the default),
-/// a [`ConnectionManager`] (the same without tracking), the async [`ClusterConnection`]
-/// ([`RedisBackendBuilder::connect_cluster`]), or a bare
+/// `C` is the connection: [`ConnectionManager`], which reconnects by itself after a killed
+/// connection, a restarted server or an idle timeout ([`RedisBackend::connect`], the default),
+/// the async [`ClusterConnection`] ([`RedisBackendBuilder::connect_cluster`]), or a bare
 /// [`MultiplexedConnection`] that never reconnects
 /// ([`RedisBackendBuilder::connect_without_reconnect`]); any [`ConnectionLike`] works through
 /// [`RedisBackend::from_connection`]. Clones share the connection and the pub/sub subscriber.
 ///
 /// On a single node, every acquire also checks the server's data-loss marker in the same round
 /// trip (inside the acquire script, or, for an unfenced lock, a `GET` behind its `SET NX`,
-/// shared by the acquires sent together: [`lock_core::coalesce`]; on the default connection,
-/// no `GET` while client-side tracking vouches that the marker has not changed, see
-/// [`TrackingConnection`]): a server that lost its data grants nothing for its quarantine (see
-/// [`lock_core::scripts`] and [`RedisBackendBuilder::quarantine`]).
+/// shared by the acquires sent together: [`lock_core::coalesce`]): a server that lost its data
+/// grants nothing for its quarantine (see [`lock_core::scripts`] and
+/// [`RedisBackendBuilder::quarantine`]).
 ///
 /// Each operation is one `EVALSHA` of the shared scripts in [`lock_core::scripts`] (with `EVAL`
 /// as the fallback on `NOSCRIPT`), so a lock/unlock cycle is two round trips, and locks taken
@@ -79,7 +75,7 @@ struct Shared {
 /// guard.release().await?;
 /// # Ok(()) }
 /// ```
-pub struct RedisBackend<C = TrackingConnection> {
+pub struct RedisBackend<C = ConnectionManager> {
     conn: C,
     shared: Arc<Shared>,
 }
@@ -254,12 +250,9 @@ impl RedisBackendBuilder {
         }
     }
 
-    /// Connects to a single node through a [`TrackingConnection`], which reconnects by itself
-    /// after a killed connection, a restarted server or an idle timeout in between, and keeps
-    /// client-side tracking of the node marker on (an uncontended acquire then sends its `SET`
-    /// alone): the default, and what [`RedisBackend::connect`] runs. A server that refuses
-    /// RESP3 or `CLIENT TRACKING` is served the same way, with the marker read behind every
-    /// `SET`.
+    /// Connects to a single node through a [`ConnectionManager`], which reconnects by itself
+    /// after a killed connection, a restarted server or an idle timeout in between: the
+    /// default, and what [`RedisBackend::connect`] runs.
     ///
     /// # Errors
     /// An invalid URL, a wrong password, or a server that cannot be reached within the connect
@@ -279,37 +272,15 @@ impl RedisBackendBuilder {
     ///     .await?;
     /// # Ok(()) }
     /// ```
-    pub async fn connect(self, url: &str) -> Result<RedisBackend<TrackingConnection>, BackendError> {
-        let client = self.open(url)?;
-        let endpoint = client.get_connection_info().addr().to_string();
-        // No response timeout of the connection's own: every call is already bounded by one
-        // timer of this backend (`eval`, `send_sets`...), which also covers a call waiting for
-        // a reconnect, so a second timer per command would only cost a timer-wheel entry on
-        // every command.
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.connect_timeout))
-            .set_response_timeout(None);
-        let what = format!("connecting to {endpoint}");
-        let conn = self
-            .within(&what, TrackingConnection::connect(client.clone(), config, self.command_timeout))
-            .await?;
-        Ok(self.finish(conn, endpoint, Some(PubsubSource::client(client)), true))
-    }
-
-    /// Connects to a single node through redis-rs's [`ConnectionManager`], which reconnects by
-    /// itself like [`RedisBackendBuilder::connect`] but without client-side tracking: every
-    /// uncontended acquire reads the node marker behind its `SET`.
-    ///
-    /// # Errors
-    /// As [`RedisBackendBuilder::connect`].
-    ///
-    /// # Cancel safety
-    /// Cancel-safe: nothing is left behind but a half-open connection, which is closed.
-    pub async fn connect_managed(self, url: &str) -> Result<RedisBackend<ConnectionManager>, BackendError> {
+    pub async fn connect(self, url: &str) -> Result<RedisBackend<ConnectionManager>, BackendError> {
         let client = self.open(url)?;
         let endpoint = client.get_connection_info().addr().to_string();
         // Reconnect at once, then back off 10, 20, 40 ... ms up to 1 s, and never give up for
-        // good: each failed command starts a new round. No response timeout (see `connect`).
+        // good: each failed command starts a new round.
+        // No response timeout of the connection's own: every call is already bounded by one
+        // timer of this backend (`eval`, `send_sets`...), which also covers a call waiting for
+        // a reconnect (the manager's response timeout does not), so a second timer per command
+        // would only cost a timer-wheel entry on every command.
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
             .set_response_timeout(None)
@@ -326,6 +297,15 @@ impl RedisBackendBuilder {
         drop(self.within(&what, client.get_multiplexed_async_connection_with_config(&probe)).await?);
         let conn = self.within(&what, ConnectionManager::new_with_config(client.clone(), config)).await?;
         Ok(self.finish(conn, endpoint, Some(PubsubSource::client(client)), true))
+    }
+
+    /// The same as [`RedisBackendBuilder::connect`], which reconnects now.
+    ///
+    /// # Errors
+    /// As [`RedisBackendBuilder::connect`].
+    #[deprecated(since = "0.2.0", note = "`connect` reconnects by itself now; use it")]
+    pub async fn connect_managed(self, url: &str) -> Result<RedisBackend<ConnectionManager>, BackendError> {
+        self.connect(url).await
     }
 
     /// Connects one bare [`MultiplexedConnection`] that **never reconnects**: after one killed
@@ -424,19 +404,6 @@ impl RedisBackendBuilder {
             shared.cluster_pubsub = Some(mode);
         }
         Ok(backend)
-    }
-}
-
-/// A `CONFIG GET` reply as name, value, ...: an array over RESP2, a map over RESP3 (the
-/// default connection speaks RESP3 for client-side tracking).
-fn config_reply(reply: Value) -> redis::RedisResult<Vec<String>> {
-    match reply {
-        Value::Map(pairs) => pairs
-            .into_iter()
-            .flat_map(|(name, value)| [name, value])
-            .map(|v| String::from_redis_value(v).map_err(Into::into))
-            .collect(),
-        other => Ok(Vec::<String>::from_redis_value(other)?),
     }
 }
 
@@ -580,14 +547,14 @@ impl RedisBackend<SentinelConnection> {
     }
 }
 
-impl RedisBackend<TrackingConnection> {
+impl RedisBackend<ConnectionManager> {
     /// Options for connecting.
     pub fn builder() -> RedisBackendBuilder {
         RedisBackendBuilder::default()
     }
 
     /// Connects to a single node with the default options (see [`RedisBackendBuilder`]): a
-    /// [`TrackingConnection`] that reconnects by itself, wake-up on, the data-loss guard on.
+    /// [`ConnectionManager`] that reconnects by itself, wake-up on, the data-loss guard on.
     ///
     /// # Errors
     /// An invalid URL, a wrong password, or a server that cannot be reached within 5 s.
@@ -717,18 +684,21 @@ where
 {
     async fn send_sets(&self, sets: &[SetNx]) -> Result<SetReplies, BackendError> {
         let endpoint = &self.shared.endpoint;
+        // One pipeline on one connection: the SETs, then the marker, run in that order. (Not
+        // one SET_MANY script call, as fred sends: redis-rs's client handles a pipeline for
+        // little more than one command, and a script costs the server more than the SETs:
+        // 0.82x / 0.83x of raw-1 under 64 tasks against 0.94x / 0.94x with the pipeline.)
+        let mut pipe = redis::Pipeline::with_capacity(sets.len() + 1);
+        for set in sets {
+            let mut cmd = redis::Cmd::with_capacity(6, 32 + set.key.len() + set.value.len());
+            cmd.arg("SET").arg(&set.key).arg(&set.value).arg("NX").arg("PX").arg(set.ttl_ms);
+            pipe.add_command(cmd);
+        }
+        pipe.cmd("GET").arg(scripts::MARKER_KEY).ignore_errors();
         let context = || coalesce::describe(sets, endpoint);
         let timeout = self.shared.command_timeout;
-        let tracked = (&self.conn as &dyn std::any::Any).downcast_ref::<TrackingConnection>();
-        let sent = async {
-            match tracked {
-                Some(conn) => send_tracked(conn, sets).await,
-                None => {
-                    let mut conn = self.conn.clone();
-                    sets_pipeline(sets, true).query_async(&mut conn).await
-                }
-            }
-        };
+        let mut conn = self.conn.clone();
+        let sent = pipe.query_async::<Vec<redis::RedisResult<Option<String>>>>(&mut conn);
         let replies = match deadline::within(timeout, sent).await {
             Some(r) => r.map_err(|e| map_error(e, &context()))?,
             None => {
@@ -740,58 +710,6 @@ where
         };
         SetReplies::from_pipeline(replies, sets, endpoint, map_error)
     }
-}
-
-/// One pipeline on one connection: the SETs, then (`marker`) the marker's `GET`, run in that
-/// order. (Not one SET_MANY script call, as fred sends: redis-rs's client handles a pipeline
-/// for little more than one command, and a script costs the server more than the SETs: 0.82x /
-/// 0.83x of raw-1 under 64 tasks against 0.94x / 0.94x with the pipeline.)
-fn sets_pipeline(sets: &[SetNx], marker: bool) -> redis::Pipeline {
-    let mut pipe = redis::Pipeline::with_capacity(sets.len() + 1);
-    for set in sets {
-        let mut cmd = redis::Cmd::with_capacity(6, 32 + set.key.len() + set.value.len());
-        cmd.arg("SET").arg(&set.key).arg(&set.value).arg("NX").arg("PX").arg(set.ttl_ms);
-        pipe.add_command(cmd);
-    }
-    if marker {
-        pipe.cmd("GET").arg(scripts::MARKER_KEY);
-    }
-    // Each command's error in its own reply (the SETs' and the marker's are told apart).
-    pipe.ignore_errors();
-    pipe
-}
-
-type SetAnswers = Vec<redis::RedisResult<Option<String>>>;
-
-/// [`SetPipeline::send_sets`] over a [`TrackingConnection`] (see its module docs): while the
-/// connection is armed the SETs go alone, and the marker it read stands for the `GET` when no
-/// push came in by their reply; otherwise the marker is read behind them, as without tracking,
-/// and that read may arm the connection. The replies have the pipeline's shape either way.
-async fn send_tracked(conn: &TrackingConnection, sets: &[SetNx]) -> redis::RedisResult<SetAnswers> {
-    let mut generation = conn.generation().await?;
-    let tracking = generation.tracking();
-    if let Some((epoch, marker)) = tracking.armed() {
-        let mut replies: SetAnswers = sets_pipeline(sets, false).query_async(&mut generation).await?;
-        if tracking.unchanged_since(epoch) {
-            replies.push(Ok(Some(marker.to_string())));
-            return Ok(replies);
-        }
-        // A push came in (or the connection dropped) before the reply: read the marker now,
-        // behind the SETs on the same connection, as the pipeline would have.
-        let before = tracking.epoch();
-        let marker = redis::cmd("GET").arg(scripts::MARKER_KEY).query_async(&mut generation).await;
-        if let Ok(m) = &marker {
-            tracking.read(before, Option::as_deref(m));
-        }
-        replies.push(marker);
-        return Ok(replies);
-    }
-    let before = tracking.epoch();
-    let replies: SetAnswers = sets_pipeline(sets, true).query_async(&mut generation).await?;
-    if let Some(Ok(m)) = replies.last() {
-        tracking.read(before, m.as_deref());
-    }
-    Ok(replies)
 }
 
 #[async_trait]
@@ -931,8 +849,8 @@ where
         for name in CONFIG_NAMES {
             let mut get = redis::cmd("CONFIG");
             get.arg("GET").arg(name);
-            let reply = match tokio::time::timeout(timeout, get.query_async::<Value>(&mut conn)).await {
-                Ok(r) => r.and_then(config_reply).map_err(|e| e.to_string()),
+            let reply = match tokio::time::timeout(timeout, get.query_async::<Vec<String>>(&mut conn)).await {
+                Ok(r) => r.map_err(|e| e.to_string()),
                 Err(_) => Err(format!("no reply within {timeout:?}")),
             };
             for facts in &mut all {

@@ -5,9 +5,7 @@ mod backend;
 mod error;
 mod notifier;
 mod sentinel;
-mod tracking;
 
 pub use backend::{RedisBackend, RedisBackendBuilder};
 pub use redis;
 pub use sentinel::SentinelConnection;
-pub use tracking::{REARM_AFTER, TrackingConnection};

@@ -1,7 +1,6 @@
 //! The shared conformance suite against real `redis-server` processes, for every constructor:
-//! `RedisBackend::connect` (reconnecting, the default), the builder's `connect`,
-//! `connect_managed` (redis-rs's `ConnectionManager`), the bare `connect_without_reconnect`, and
-//! a 3-master Redis Cluster.
+//! `RedisBackend::connect` (reconnecting, the default), the builder's `connect`, the bare
+//! `connect_without_reconnect`, and a 3-master Redis Cluster.
 
 use std::sync::Arc;
 
@@ -17,13 +16,6 @@ async fn single_node() -> (RedisBackend, TestRedis) {
 async fn via_builder() -> (RedisBackend, TestRedis) {
     let server = TestRedis::from_env_or_spawn().unwrap_or_else(|e| panic!("{e}"));
     let backend = RedisBackend::builder().connect(server.url()).await.unwrap_or_else(|e| panic!("{e}"));
-    (backend, server)
-}
-
-async fn managed() -> (RedisBackend<lock_redis_rs::redis::aio::ConnectionManager>, TestRedis) {
-    let server = TestRedis::from_env_or_spawn().unwrap_or_else(|e| panic!("{e}"));
-    let backend =
-        RedisBackend::builder().connect_managed(server.url()).await.unwrap_or_else(|e| panic!("{e}"));
     (backend, server)
 }
 
@@ -59,13 +51,6 @@ mod builder {
     lock_testkit::conformance_suite!(super::via_builder());
     mod fair {
         lock_testkit::fair_suite!(super::super::via_builder());
-    }
-}
-
-mod connection_manager {
-    lock_testkit::conformance_suite!(super::managed());
-    mod fair {
-        lock_testkit::fair_suite!(super::super::managed());
     }
 }
 

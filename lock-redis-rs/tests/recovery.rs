@@ -1,6 +1,6 @@
 //! The recovery contracts (`lock_testkit::recovery`) on every constructor of `RedisBackend`
-//! that users reach: `RedisBackend::connect` (the shortest), the builder's `connect`,
-//! `connect_managed` (redis-rs's `ConnectionManager`), and a Redis Cluster. `connect_without_reconnect` is the documented exception: it never
+//! that users reach: `RedisBackend::connect` (the shortest), the builder's `connect`, and a
+//! Redis Cluster. `connect_without_reconnect` is the documented exception: it never
 //! reconnects (see `bare_connection_does_not_recover`).
 
 use std::time::Duration;
@@ -13,17 +13,6 @@ async fn builder(urls: Vec<String>, quarantine: Duration) -> RedisBackend {
 
 async fn shortest(urls: Vec<String>, _quarantine: Duration) -> RedisBackend {
     RedisBackend::connect(&urls[0]).await.unwrap_or_else(|e| panic!("{e}"))
-}
-
-async fn managed(
-    urls: Vec<String>,
-    quarantine: Duration,
-) -> RedisBackend<lock_redis_rs::redis::aio::ConnectionManager> {
-    RedisBackend::builder()
-        .quarantine(quarantine)
-        .connect_managed(&urls[0])
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 async fn cluster(
@@ -60,10 +49,6 @@ mod via_connect {
             .unwrap_or_else(|e| panic!("no reconnection after a restart: {e}"));
         guard.release().await.unwrap();
     }
-}
-
-mod via_connection_manager {
-    lock_testkit::recovery_suite!(connections, super::managed);
 }
 
 mod redis_cluster {

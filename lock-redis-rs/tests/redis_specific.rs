@@ -1,16 +1,17 @@
 //! The shared Redis-specific tests, run through `RedisBackend::builder().connect` (a
-//! reconnecting `TrackingConnection`, the default).
+//! reconnecting `ConnectionManager`).
 
 use async_trait::async_trait;
 use lock_core::BackendError;
 use lock_redis_rs::RedisBackend;
+use lock_redis_rs::redis::aio::ConnectionManager;
 use lock_testkit::redis_suite::{DriverOptions, RedisDriver};
 
 struct RedisRs;
 
 #[async_trait]
 impl RedisDriver for RedisRs {
-    type Backend = RedisBackend;
+    type Backend = RedisBackend<ConnectionManager>;
 
     async fn connect(&self, url: &str, options: DriverOptions) -> Result<Self::Backend, BackendError> {
         RedisBackend::builder()
@@ -23,10 +24,6 @@ impl RedisDriver for RedisRs {
 
     fn subscribed_channels(backend: &Self::Backend) -> usize {
         backend.subscribed_channels()
-    }
-
-    fn tracks_marker(&self) -> bool {
-        true
     }
 }
 

@@ -1292,10 +1292,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         redis_nodes.push(RedisBackend::connect(&s.url()).await?);
     }
     let redis1 = redis_nodes[0].clone();
-    // redis-rs's own reconnecting connection, without client-side tracking (every acquire
-    // reads the node marker), to show what tracking buys (the default, `RedisBackend::connect`,
-    // is the "redis-rs" row).
-    let redis1_managed = RedisBackend::builder().connect_managed(&servers[0].url()).await?;
+    // The bare connection that never reconnects, to show what reconnection costs (the
+    // default, `RedisBackend::connect`, is the "redis-rs" row).
+    let redis1_bare = RedisBackend::builder().connect_without_reconnect(&servers[0].url()).await?;
     let fred1 = FredBackend::connect(&servers[0].url()).await?;
     if args.watchdog_only {
         let wd = watchdog_section(&servers[0].url(), lease_counts).await?;
@@ -1340,8 +1339,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ),
         (
             Arc::new(Ours {
-                name: "redis-rs managed".into(),
-                client: LockClient::with_config(redis1_managed.clone(), config())?,
+                name: "redis-rs bare".into(),
+                client: LockClient::with_config(redis1_bare.clone(), config())?,
             }),
             &one,
         ),

@@ -46,12 +46,6 @@ pub trait RedisDriver: Send + Sync + 'static {
     async fn connect(&self, url: &str, options: DriverOptions) -> Result<Self::Backend, BackendError>;
     /// How many lock channels the backend is subscribed to now.
     fn subscribed_channels(backend: &Self::Backend) -> usize;
-    /// Whether the backend's connection tracks the node marker (Redis client-side tracking), so
-    /// that an acquire on an armed connection sends no marker `GET`: the suite then counts
-    /// none. Default `false`: a marker `GET` behind every `SET` (or batch of them).
-    fn tracks_marker(&self) -> bool {
-        false
-    }
 }
 
 fn server() -> RedisServer {
@@ -867,11 +861,9 @@ pub async fn unfenced_lock_is_one_round_trip_that_checks_the_marker<D: RedisDriv
     server.cmd(&["CONFIG", "RESETSTAT"]).unwrap();
     mutex.lock().await.unwrap().release().await.unwrap();
     let calls = command_calls(&server);
-    // SET + GET marker (one round trip; the SET alone on a connection the first cycle armed,
-    // when the driver tracks the marker), then the release script (GET and DEL: nobody was
+    // SET + GET marker (one round trip), then the release script (GET and DEL: nobody was
     // refused the lock, so nobody waits for a notice).
-    let marker_gets = u64::from(!driver.tracks_marker());
-    let expected: HashMap<String, u64> = [("set", 1), ("evalsha", 1), ("get", 1 + marker_gets), ("del", 1)]
+    let expected: HashMap<String, u64> = [("set", 1), ("evalsha", 1), ("get", 2), ("del", 1)]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
@@ -965,10 +957,8 @@ pub async fn acquires_arriving_together_share_one_marker_read<D: RedisDriver>(dr
     let calls = command_calls(&server);
     let gets = calls.get("get").copied().unwrap_or(0);
     assert_eq!(calls.get("set"), Some(&64), "one SET each: {calls:?}");
-    // Two lone acquires, then one batch of the other 62; one read per acquire would be 64. A
-    // connection that tracks the marker (armed by the first acquire) reads it for none.
-    let batches = if driver.tracks_marker() { 0 } else { 3 };
-    assert_eq!(gets, batches, "64 acquires at once read the marker once per batch, not once each: {calls:?}");
+    // Two lone acquires, then one batch of the other 62; one read per acquire would be 64.
+    assert_eq!(gets, 3, "64 acquires at once read the marker once per batch, not once each: {calls:?}");
     // The batch goes as a pipeline of the commands, or as one `SET_MANY` script call running
     // them (fred; a first call of it may find the script cache empty and load it): no other
     // command, and no acquire script.
