@@ -63,3 +63,21 @@ impl RedisDriver for FredInterrupt {
 async fn a_hand_built_client_with_the_interrupt_policy_still_checks_the_marker_in_one_round_trip() {
     lock_testkit::redis_suite::unfenced_lock_is_one_round_trip_that_checks_the_marker(FredInterrupt).await;
 }
+
+/// The doctor's facts over a RESP3 client: `CONFIG GET` answers a map there (an array over
+/// RESP2), and `INFO` a verbatim string; both are read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployment_facts_are_read_over_resp3() {
+    use lock_core::LockBackend;
+    let server = lock_testkit::RedisServer::start().unwrap();
+    let mut config = lock_fred::fred::prelude::Config::from_url(&server.url()).unwrap();
+    config.version = lock_fred::fred::types::RespVersion::RESP3;
+    let backend = lock_fred::FredBackend::builder().connect_config(config).await.unwrap();
+    let facts = backend.deployment_facts().await.unwrap();
+    assert_eq!(facts.len(), 1);
+    let facts = &facts[0];
+    assert_eq!(facts.unreadable, None, "{facts:?}");
+    assert_eq!(facts.appendonly.as_deref(), Some("no"), "{facts:?}");
+    assert!(facts.maxmemory_policy.is_some() && facts.appendfsync.is_some(), "{facts:?}");
+    assert!(facts.version.is_some() && facts.run_id.is_some(), "{facts:?}");
+}

@@ -407,6 +407,19 @@ impl RedisBackendBuilder {
     }
 }
 
+/// A `CONFIG GET` reply as name, value, ...: an array over RESP2, a map over RESP3 (a
+/// connection given to [`RedisBackend::from_connection`] may speak either).
+fn config_reply(reply: Value) -> redis::RedisResult<Vec<String>> {
+    match reply {
+        Value::Map(pairs) => pairs
+            .into_iter()
+            .flat_map(|(name, value)| [name, value])
+            .map(|v| String::from_redis_value(v).map_err(Into::into))
+            .collect(),
+        other => Ok(Vec::<String>::from_redis_value(other)?),
+    }
+}
+
 /// Whether the cluster takes `SPUBLISH` (Redis >= 7, and allowed for this user): one harmless
 /// publish on a channel no waiter listens on.
 async fn probe_sharded(conn: &mut ClusterConnection, timeout: Duration) -> PubSubMode {
@@ -849,8 +862,8 @@ where
         for name in CONFIG_NAMES {
             let mut get = redis::cmd("CONFIG");
             get.arg("GET").arg(name);
-            let reply = match tokio::time::timeout(timeout, get.query_async::<Vec<String>>(&mut conn)).await {
-                Ok(r) => r.map_err(|e| e.to_string()),
+            let reply = match tokio::time::timeout(timeout, get.query_async::<Value>(&mut conn)).await {
+                Ok(r) => r.and_then(config_reply).map_err(|e| e.to_string()),
                 Err(_) => Err(format!("no reply within {timeout:?}")),
             };
             for facts in &mut all {

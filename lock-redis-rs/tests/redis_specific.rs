@@ -28,3 +28,23 @@ impl RedisDriver for RedisRs {
 }
 
 lock_testkit::redis_suite!(RedisRs);
+
+/// The doctor's facts over a RESP3 connection built by hand: `CONFIG GET` answers a map there
+/// (an array over RESP2), and `INFO` a verbatim string; both are read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployment_facts_are_read_over_resp3() {
+    use lock_core::LockBackend;
+    let server = lock_testkit::RedisServer::start().unwrap();
+    let info = lock_redis_rs::redis::Client::open(server.url()).unwrap().get_connection_info().clone();
+    let settings = info.redis_settings().clone().set_protocol(lock_redis_rs::redis::ProtocolVersion::RESP3);
+    let client = lock_redis_rs::redis::Client::open(info.set_redis_settings(settings)).unwrap();
+    let conn = client.get_multiplexed_async_connection().await.unwrap();
+    let backend = RedisBackend::from_connection(conn, server.addr());
+    let facts = backend.deployment_facts().await.unwrap();
+    assert_eq!(facts.len(), 1);
+    let facts = &facts[0];
+    assert_eq!(facts.unreadable, None, "{facts:?}");
+    assert_eq!(facts.appendonly.as_deref(), Some("no"), "{facts:?}");
+    assert!(facts.maxmemory_policy.is_some() && facts.appendfsync.is_some(), "{facts:?}");
+    assert!(facts.version.is_some() && facts.run_id.is_some(), "{facts:?}");
+}
