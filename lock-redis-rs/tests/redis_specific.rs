@@ -40,11 +40,5 @@ async fn deployment_facts_are_read_over_resp3() {
     let client = lock_redis_rs::redis::Client::open(info.set_redis_settings(settings)).unwrap();
     let conn = client.get_multiplexed_async_connection().await.unwrap();
     let backend = RedisBackend::from_connection(conn, server.addr());
-    let facts = backend.deployment_facts().await.unwrap();
-    assert_eq!(facts.len(), 1);
-    let facts = &facts[0];
-    assert_eq!(facts.unreadable, None, "{facts:?}");
-    assert_eq!(facts.appendonly.as_deref(), Some("no"), "{facts:?}");
-    assert!(facts.maxmemory_policy.is_some() && facts.appendfsync.is_some(), "{facts:?}");
-    assert!(facts.version.is_some() && facts.run_id.is_some(), "{facts:?}");
+    lock_testkit::redis_suite::assert_facts_complete(&backend.deployment_facts().await.unwrap());
 }

@@ -84,6 +84,31 @@ fn command_calls(server: &RedisServer) -> HashMap<String, u64> {
         .collect()
 }
 
+/// Asserts that a backend's [`LockBackend::deployment_facts`] for one plain server (no
+/// persistence, as [`RedisServer`] starts it) read every fact the doctor needs: the `INFO`
+/// ones and each `CONFIG GET`, with nothing reported unreadable. For a driver's own tests of
+/// connections the suite does not build (e.g. one speaking RESP3, where `CONFIG GET` answers a
+/// map and `INFO` a verbatim string).
+///
+/// # Errors
+/// None: facts that are missing fail the test (this panics).
+///
+/// # Examples
+/// ```no_run
+/// # async fn demo(backend: impl lock_core::LockBackend) {
+/// let facts = backend.deployment_facts().await.unwrap();
+/// lock_testkit::redis_suite::assert_facts_complete(&facts);
+/// # }
+/// ```
+pub fn assert_facts_complete(facts: &[lock_core::doctor::NodeFacts]) {
+    assert_eq!(facts.len(), 1, "one server: {facts:?}");
+    let facts = &facts[0];
+    assert_eq!(facts.unreadable, None, "{facts:?}");
+    assert_eq!(facts.appendonly.as_deref(), Some("no"), "{facts:?}");
+    assert!(facts.maxmemory_policy.is_some() && facts.appendfsync.is_some(), "{facts:?}");
+    assert!(facts.version.is_some() && facts.run_id.is_some(), "{facts:?}");
+}
+
 /// `SCRIPT FLUSH` while locks are held and being taken: EVALSHA falls back to EVAL and every
 /// operation still works.
 ///
