@@ -91,6 +91,116 @@ struct Inner<B> {
     /// node: a release of the lease waits on that node until its call is done (see [`Late`]);
     /// and, with `repair`, the leases whose release began (see [`Pending::released`]).
     late: std::sync::Mutex<Pending>,
+    /// The cleanups of failed rounds still out: a later round of the same lease waits for
+    /// them node by node (see [`Cleanups`]).
+    cleanups: Arc<Cleanups>,
+}
+
+/// The cleanups of failed rounds still out, per lease and node.
+///
+/// The lock policy calls again with the **same** owner token after a failed round (a retry
+/// re-acquires idempotently), and a failed round releases its partial grants with that token.
+/// Such a release may reach its node after the next round's grant there: it can go on in the
+/// background past the round's deadline (a stalled node), and the node's backend may hold it
+/// back on the client before sending it (behind a full batch of releases, or behind the wait
+/// that keeps a release after a `SET` of its owner, which the next round's `SET` now is). Landing
+/// after the grant, it deletes the key the new round counted: the holder keeps fewer nodes than
+/// a majority while it believes it holds the lock, and another client can win one. So a round
+/// sends nothing to a node until every earlier cleanup of its lease there ended (answered, or
+/// dropped: one dropped before it was sent never will be, one sent queues ahead of the round's
+/// call), within the round's own deadline.
+#[derive(Debug, Default)]
+struct Cleanups {
+    /// Per lease (by [`lease_id`]), per node: how many cleanup calls are out.
+    out: std::sync::Mutex<std::collections::HashMap<u64, Vec<u32>>>,
+    /// How many leases have cleanups out: a round reads this alone in the usual case.
+    leases: std::sync::atomic::AtomicUsize,
+    /// Notified whenever a cleanup call ends.
+    ended: tokio::sync::Notify,
+}
+
+impl Cleanups {
+    fn out(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, Vec<u32>>> {
+        // Held only for bookkeeping that cannot panic.
+        self.out.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Counts a cleanup of lease `(key, token)` on each of `n` nodes as out from now: one
+    /// [`CleanupOut`] per node, which ends it when dropped. Called before anything of the
+    /// cleanup runs, and before the caller could start another round.
+    fn begin(self: &Arc<Self>, key: &LockKey, token: &Token, n: usize) -> Vec<Option<CleanupOut>> {
+        let id = lease_id(key, token);
+        {
+            let mut out = self.out();
+            let counts = out.entry(id).or_insert_with(|| {
+                self.leases.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                vec![0; n]
+            });
+            for c in counts.iter_mut() {
+                *c += 1;
+            }
+        }
+        (0..n).map(|node| Some(CleanupOut { cleanups: Arc::clone(self), id, node })).collect()
+    }
+
+    fn end(&self, id: u64, node: usize) {
+        {
+            let mut out = self.out();
+            if let Some(counts) = out.get_mut(&id) {
+                if let Some(c) = counts.get_mut(node) {
+                    *c = c.saturating_sub(1);
+                }
+                if counts.iter().all(|c| *c == 0) {
+                    out.remove(&id);
+                    self.leases.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+        }
+        self.ended.notify_waiters();
+    }
+
+    /// Returns once no cleanup of lease `(key, token)` is out on node `node`; at once when
+    /// none is (one atomic load when no lease has any).
+    async fn ended(&self, key: &LockKey, token: &Token, node: usize) {
+        if self.leases.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            return;
+        }
+        let id = lease_id(key, token);
+        let out = |this: &Self| this.out().get(&id).and_then(|c| c.get(node).copied()).unwrap_or(0) > 0;
+        loop {
+            let ended = self.ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            if !out(self) {
+                return;
+            }
+            ended.await;
+        }
+    }
+}
+
+/// One node's call of a failed round's cleanup, counted in [`Cleanups`] until dropped.
+#[derive(Debug)]
+struct CleanupOut {
+    cleanups: Arc<Cleanups>,
+    id: u64,
+    node: usize,
+}
+
+impl Drop for CleanupOut {
+    fn drop(&mut self) {
+        self.cleanups.end(self.id, self.node);
+    }
+}
+
+/// What [`Cleanups`] knows a lease by: a hash of its key and owner token (two leases taken
+/// for each other only make a round wait longer).
+fn lease_id(key: &LockKey, token: &Token) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    key.hash(&mut hasher);
+    token.hash(&mut hasher);
+    hasher.finish()
 }
 
 /// What [`Inner::late`] keeps, under one lock so that a release and a repair of one lease
@@ -252,6 +362,7 @@ impl<B: LockBackend> RedLock<B> {
                 capabilities,
                 handed: std::sync::Mutex::default(),
                 late: std::sync::Mutex::default(),
+                cleanups: Arc::default(),
             }),
         })
     }
@@ -382,7 +493,7 @@ impl<B: LockBackend> RedLock<B> {
         to: ReleaseTo<'_>,
         members: Option<Members>,
     ) -> Vec<Answer<ReleaseOutcome>> {
-        let ReleaseTo { skip, mut late } = to;
+        let ReleaseTo { skip, mut late, mut outs } = to;
         let is_late: Vec<bool> = (0..self.inner.nodes.len()).map(|i| late.still_out(i)).collect();
         let limit = deadline.saturating_mul(BACKGROUND_RELEASE_LIMIT);
         let until = Instant::now() + deadline;
@@ -398,7 +509,10 @@ impl<B: LockBackend> RedLock<B> {
             .map(|(i, node)| {
                 let (key, token, node) = (key.clone(), *token, Arc::clone(node));
                 let acquiring = late.take(i);
+                // Ends the node's cleanup when this call ends, answered or dropped.
+                let out = outs.get_mut(i).and_then(Option::take);
                 deadline::bounded_by(until, async move {
+                    let _out = out;
                     if let Some(acquiring) = acquiring {
                         // Ends when the acquire is answered or dropped: either way, a release
                         // sent now queues behind its command, or there is none.
@@ -420,6 +534,8 @@ impl<B: LockBackend> RedLock<B> {
                 })
             })
             .collect();
+        // The skipped nodes' cleanups end now: nothing goes to them.
+        drop(outs);
         let mut answers = Vec::with_capacity(calls.len());
         let mut waiting: Vec<usize> =
             (0..self.inner.nodes.len()).filter(|i| !skip.get(*i).copied().unwrap_or(false)).collect();
@@ -491,6 +607,12 @@ impl<B: LockBackend> RedLock<B> {
     /// Cleans up a failed round: waits for every node to answer (each is bounded by its
     /// deadline), then releases the key on every node, so nothing is left behind.
     /// Nodes that answered `Held` hold another owner's key, not ours: they are skipped.
+    /// Counts the cleanup of a failed round of `req`'s lease as out on every node, from now
+    /// until each node's call of it ends (see [`Cleanups`]).
+    fn begin_cleanup(&self, req: &AcquireRequest) -> Vec<Option<CleanupOut>> {
+        self.inner.cleanups.begin(&req.key, &req.token, self.inner.nodes.len())
+    }
+
     async fn fail_round(
         &self,
         req: &AcquireRequest,
@@ -498,6 +620,7 @@ impl<B: LockBackend> RedLock<B> {
         mut answers: FanOut<HoldOutcome>,
         deadline: Duration,
         mut clean: Vec<bool>,
+        outs: Vec<Option<CleanupOut>>,
     ) {
         while let Some((i, answer)) = answers.recv().await {
             if matches!(answer, Ok(HoldOutcome::Held { .. }))
@@ -508,9 +631,8 @@ impl<B: LockBackend> RedLock<B> {
         }
         // Silently: these partial grants never formed a lock, so no waiter should wake for them
         // (announcing them would wake every waiter, whose failed rounds announce again: a storm).
-        let released = self
-            .release_all(&req.key, &req.token, deadline, How::Silent, ReleaseTo::except(&clean), members)
-            .await;
+        let to = ReleaseTo::except(&clean).counted(outs);
+        let released = self.release_all(&req.key, &req.token, deadline, How::Silent, to, members).await;
         debug!(key = %req.key, ?released, "failed round cleaned up");
     }
 
@@ -533,6 +655,9 @@ impl<B: LockBackend> RedLock<B> {
             let request = request.clone();
             let this = this.clone();
             async move {
+                // Nothing goes to a node before an earlier round's cleanup of this lease there
+                // ended (see `Cleanups`); the round's deadline bounds the wait.
+                this.inner.cleanups.ended(&request.key, &request.token, i).await;
                 this.learn_identity(i, &node).await;
                 node_acquire(node.as_ref(), &request, hold).await
             }
@@ -579,7 +704,8 @@ impl<B: LockBackend> RedLock<B> {
             } else if req.fencing {
                 let top = granted.iter().filter_map(|(_, g)| g.fence).max();
                 let Some(top) = top else {
-                    self.fail_round(req, round.members, answers, deadline, clean).await;
+                    self.fail_round(req, round.members, answers, deadline, clean, self.begin_cleanup(req))
+                        .await;
                     return Err(BackendError::permanent(
                         BackendErrorKind::Protocol,
                         "fencing was asked for, but no granting node minted a token",
@@ -591,7 +717,8 @@ impl<B: LockBackend> RedLock<B> {
                 // nobody else acquired in between, so the old token is still the newest.
                 let fence = self.fence_of(&req.key, &req.token).unwrap_or(top);
                 if let Err(e) = self.write_back(req, fence, deadline).await {
-                    self.fail_round(req, round.members, answers, deadline, clean).await;
+                    self.fail_round(req, round.members, answers, deadline, clean, self.begin_cleanup(req))
+                        .await;
                     return Err(e);
                 }
                 Some(fence)
@@ -635,7 +762,7 @@ impl<B: LockBackend> RedLock<B> {
             }
         }
 
-        self.fail_round(req, round.members, answers, deadline, clean).await;
+        self.fail_round(req, round.members, answers, deadline, clean, self.begin_cleanup(req)).await;
         if votes >= quorum {
             return Err(BackendError::retryable(
                 BackendErrorKind::Timeout,
@@ -1176,17 +1303,25 @@ struct ReleaseTo<'a> {
     skip: &'a [bool],
     /// Nodes released only once the lease's late acquire there ended.
     late: Late,
+    /// Per node, what counts this release as a cleanup out until its call there ends (see
+    /// [`Cleanups`]); dropped at once for a node skipped.
+    outs: Vec<Option<CleanupOut>>,
 }
 
 impl<'a> ReleaseTo<'a> {
     /// Every node but those marked in `skip`, at once.
     fn except(skip: &'a [bool]) -> Self {
-        Self { skip, late: Late::none() }
+        Self { skip, late: Late::none(), outs: Vec::new() }
     }
 
     /// Every node, each after its late acquire (if any) ended.
     fn after(late: Late) -> Self {
-        Self { skip: &[], late }
+        Self { skip: &[], late, outs: Vec::new() }
+    }
+
+    /// The same, counted as a failed round's cleanup until each node's call ends.
+    fn counted(self, outs: Vec<Option<CleanupOut>>) -> Self {
+        Self { outs, ..self }
     }
 }
 
@@ -1276,7 +1411,9 @@ impl<B: LockBackend> Drop for Round<B> {
             (self.this.clone(), self.req.clone(), self.deadline, self.members);
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             let clean = std::mem::take(&mut self.clean);
-            rt.spawn(async move { this.fail_round(&req, members, rx, deadline, clean).await });
+            // Counted before the caller can start its next round (see `Cleanups`).
+            let outs = this.begin_cleanup(&req);
+            rt.spawn(async move { this.fail_round(&req, members, rx, deadline, clean, outs).await });
         }
     }
 }

@@ -579,3 +579,65 @@ async fn a_late_acquire_dropped_at_its_deadline_does_not_hold_back_the_release()
     assert_eq!(Instant::now(), started, "the release waited for an acquire that had already ended");
     assert!(nodes.iter().all(|n| n.inner().holder("hung").is_none()));
 }
+
+/// The lock policy retries a failed round with the same owner token, and a failed round
+/// releases its partial grants with that token. Those releases may reach a node late (held
+/// back on the client behind a full batch of releases to a stalled node, or behind the wait
+/// that keeps a release after its own `SET`), after the next round's grant there: they would
+/// delete the grant's key, leaving the holder fewer nodes than it counted, and another client
+/// could win a majority while it holds the lock (the long chaos run's `minority-pause` and
+/// `majority-pause` on 5 nodes found exactly this). A round sends nothing to a node until the
+/// cleanup of the lease's earlier rounds there ended.
+#[tokio::test(start_paused = true)]
+async fn a_failed_rounds_late_cleanup_never_deletes_the_next_rounds_grant() {
+    let nodes = nodes(3);
+    // Round 1: node 0 takes the key but its reply is lost, node 1 grants, node 2 fails: one
+    // vote of two. Its cleanup reaches nodes 0 and 1 only 2 s later.
+    nodes[0].inject(Op::Acquire, Fault::LoseReply);
+    nodes[2].inject(Op::Acquire, Fault::transient());
+    nodes[0].inject(Op::Release, Fault::Delay(2 * SEC));
+    nodes[1].inject(Op::Release, Fault::Delay(2 * SEC));
+    let first = LockClient::with_config(quorum(&nodes), config()).unwrap();
+    let guard = first.mutex("retried").unwrap().lock().await.unwrap();
+    let token = nodes[2].inner().holder("retried").expect("the holder's key on node 2");
+    // Past the late cleanup (2 s), before the first renewal (3 s after the grant).
+    tokio::time::sleep(2500 * MS).await;
+    settle().await;
+    let holding = nodes.iter().filter(|n| n.inner().holder("retried") == Some(token)).count();
+    assert!(holding >= 2, "the holder's key is left on {holding} node(s) of 3 while it holds the lock");
+    let second = LockClient::with_config(quorum(&nodes), config()).unwrap();
+    let taken = second.mutex("retried").unwrap().try_lock().await.unwrap();
+    assert!(taken.is_none(), "a second client won a majority while the first held the lock");
+    assert_eq!(nodes[0].injected() + nodes[1].injected() + nodes[2].injected(), 4, "every fault happened");
+    guard.release().await.unwrap();
+}
+
+/// The same when the round was cut off (the policy's deadline drops a round; its cleanup then
+/// runs in the background): the next call with the same token waits for it node by node.
+#[tokio::test(start_paused = true)]
+async fn an_abandoned_rounds_cleanup_never_deletes_the_next_rounds_grant() {
+    let nodes = nodes(3);
+    for n in &nodes {
+        n.inject(Op::Acquire, Fault::DelayReply(100 * MS));
+    }
+    nodes[0].inject(Op::Release, Fault::Delay(2 * SEC));
+    nodes[1].inject(Op::Release, Fault::Delay(2 * SEC));
+    let rl = quorum(&nodes);
+    let r = req("abandoned", 10 * SEC);
+    assert!(tokio::time::timeout(50 * MS, rl.acquire(&r)).await.is_err(), "the first round was cut off");
+    // The policy's next calls, with the same token, until one is granted.
+    let mut granted = false;
+    for _ in 0..50 {
+        if let Ok(AcquireOutcome::Acquired(_)) = rl.acquire(&r).await {
+            granted = true;
+            break;
+        }
+        tokio::time::sleep(100 * MS).await;
+    }
+    assert!(granted, "granted once the cleanup ended");
+    tokio::time::sleep(3 * SEC).await;
+    settle().await;
+    let holding = nodes.iter().filter(|n| n.inner().holder("abandoned") == Some(r.token)).count();
+    assert_eq!(holding, 3, "the abandoned round's cleanup deleted the grant on {} node(s)", 3 - holding);
+    assert_eq!(rl.release(&r.key, &r.token).await.unwrap(), ReleaseOutcome::Released);
+}
