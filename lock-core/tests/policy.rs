@@ -409,9 +409,19 @@ async fn a_lock_held_past_the_timeout_ends_in_a_timeout_without_a_call_at_the_de
     // "did not answer in time", of a lock that was only held.
     let faulty = Faulty::new(store.clone());
     faulty.inject_always(Op::Acquire, Fault::Delay(5 * MS));
+    // A fixed retry delay, so no call starts within 5 ms before the deadline (a jittered one
+    // did in about 1 run of 25, and was cut off mid-call, as it should be): the calls start
+    // at 0, 5, 110, ..., 950 ms, and the wait after the last ends at the deadline.
+    let config = LockConfig::builder()
+        .ttl(3 * SEC)
+        .renew_interval(SEC)
+        .retry_backoff(100 * MS, 100 * MS)
+        .fencing(true)
+        .build()
+        .unwrap();
+    let locks = LockClient::with_config(faulty, config).unwrap();
     let start = Instant::now();
-    let err =
-        client(faulty).mutex("busy").unwrap().lock_with(LockOptions::new().timeout(SEC)).await.unwrap_err();
+    let err = locks.mutex("busy").unwrap().lock_with(LockOptions::new().timeout(SEC)).await.unwrap_err();
     assert!(matches!(err, LockError::Timeout { last_error: None, .. }), "held all along: {err}");
     assert_eq!(Instant::now() - start, SEC, "it gives up at the deadline, not after one more call");
     let calls = store.op_counts().acquire;
