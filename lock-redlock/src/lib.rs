@@ -108,7 +108,7 @@ struct Inner<B> {
 /// a majority while it believes it holds the lock, and another client can win one. So a round
 /// sends nothing to a node until every earlier cleanup of its lease there ended (answered, or
 /// dropped: one dropped before it was sent never will be, one sent queues ahead of the round's
-/// call), within the round's own deadline.
+/// call), within the round's own deadline; nor does a repair's re-take of the lease's key.
 #[derive(Debug, Default)]
 struct Cleanups {
     /// Per lease (by [`lease_id`]), per node: how many cleanup calls are out.
@@ -1149,6 +1149,9 @@ impl<B: LockBackend> RedLock<B> {
         let acquire = AcquireRequest { key: req.key.clone(), token: req.token, ttl: req.ttl, fencing: false };
         for i in missing {
             if let Some(node) = self.inner.nodes.get(i) {
+                // A failed round's cleanup of the lease still out there would delete the
+                // re-take, as it would a round's grant (see `Cleanups`).
+                self.inner.cleanups.ended(&acquire.key, &acquire.token, i).await;
                 match B::acquire(node, &acquire).await {
                     Ok(outcome) => debug!(key = %acquire.key, node = i, ?outcome, "repair"),
                     Err(e) => warn!(key = %acquire.key, node = i, error = %e, "repair failed"),

@@ -641,3 +641,29 @@ async fn an_abandoned_rounds_cleanup_never_deletes_the_next_rounds_grant() {
     assert_eq!(holding, 3, "the abandoned round's cleanup deleted the grant on {} node(s)", 3 - holding);
     assert_eq!(rl.release(&r.key, &r.token).await.unwrap(), ReleaseOutcome::Released);
 }
+
+/// A repair re-takes a node with the lease's token too: it waits, as a round does, for the
+/// lease's earlier failed round's cleanup on that node to end, or the cleanup landing after
+/// the re-take would delete it.
+#[tokio::test(start_paused = true)]
+async fn a_failed_rounds_late_cleanup_never_deletes_a_repair() {
+    let nodes = nodes(3);
+    // Round 1: node 0 grants, node 1's reply is lost, node 2 fails: one vote. Its release
+    // reaches node 2 only 5 s later; round 2 is granted by nodes 0 and 1, its call to node 2
+    // waiting for that release until the round's deadline.
+    nodes[1].inject(Op::Acquire, Fault::LoseReply);
+    nodes[2].inject(Op::Acquire, Fault::transient());
+    nodes[2].inject(Op::Release, Fault::Delay(5 * SEC));
+    let rl = RedLock::with_options(nodes.clone(), RedLockOptions::new().repair(true)).unwrap();
+    let locks = LockClient::with_config(rl, config()).unwrap();
+    let guard = locks.mutex("repaired").unwrap().lock().await.unwrap();
+    let token = nodes[0].inner().holder("repaired").expect("the holder's key on node 0");
+    assert_eq!(nodes[2].inner().holder("repaired"), None, "node 2 was not granted");
+    // The renewal at 3 s finds node 2 without the key and repairs it; the release lands at 5 s,
+    // the next renewal is at 6 s.
+    tokio::time::sleep(5500 * MS).await;
+    settle().await;
+    assert_eq!(nodes[2].inner().holder("repaired"), Some(token), "the late cleanup deleted the repair");
+    assert!(guard.is_held(), "the lease holds");
+    guard.release().await.unwrap();
+}
