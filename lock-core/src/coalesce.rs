@@ -78,6 +78,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::{Notify, Semaphore, oneshot};
@@ -371,11 +372,9 @@ pub struct Batcher<Q, A> {
     in_flight: Semaphore,
     /// What a request is known by while its batch is out, when tracked ([`Batcher::tracking`]).
     track: Option<fn(&Q) -> u64>,
-    /// How many requests of each identity are in batches taken and not yet ended (answered,
-    /// or dropped unanswered). Locked after `open` when both are (in [`Batch::take`]).
-    out: Mutex<HashMap<u64, u32>>,
-    /// Notified when a tracked batch ends.
-    ended: Notify,
+    /// The requests of each identity in batches taken and not yet ended (answered, or
+    /// dropped unanswered). Counted while `open` is locked (in [`Batch::take`]).
+    out: InFlight,
 }
 
 /// The open batch: its requests and, in the same order, where each member waits for its answer.
@@ -410,8 +409,7 @@ impl<Q, A> Batcher<Q, A> {
             open: Mutex::new(Open { items: Vec::new(), answers: Vec::new(), next: 0, first: 0 }),
             in_flight: Semaphore::new(IN_FLIGHT),
             track: None,
-            out: Mutex::new(HashMap::new()),
-            ended: Notify::new(),
+            out: InFlight::new(),
         }
     }
 
@@ -435,11 +433,6 @@ impl<Q, A> Batcher<Q, A> {
         self.open.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn out(&self) -> MutexGuard<'_, HashMap<u64, u32>> {
-        // Held only for bookkeeping that cannot panic.
-        self.out.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// Returns once no request of identity `id` is in a batch that was taken to be sent and
     /// has not ended (answered, or dropped unanswered), so a command sent after it reaches the
     /// server after every such request that was sent; at once when none is, or when the
@@ -449,18 +442,7 @@ impl<Q, A> Batcher<Q, A> {
     /// # Cancel safety
     /// Cancel-safe: it only waits.
     pub async fn settled(&self, id: u64) {
-        if !self.out().contains_key(&id) {
-            return;
-        }
-        loop {
-            let ended = self.ended.notified();
-            tokio::pin!(ended);
-            ended.as_mut().enable();
-            if !self.out().contains_key(&id) {
-                return;
-            }
-            ended.await;
-        }
+        self.out.settled(id).await;
     }
 
     /// Sends `item` with the other calls of this moment and returns its answer. `send` is how
@@ -534,12 +516,7 @@ impl<'a, Q, A> Batch<'a, Q, A> {
             answers.retain(|_| !left.next().copied().unwrap_or(true));
         }
         let tracked: Vec<u64> = batcher.track.map(|id| items.iter().map(id).collect()).unwrap_or_default();
-        if !tracked.is_empty() {
-            let mut out = batcher.out();
-            for id in &tracked {
-                *out.entry(*id).or_default() += 1;
-            }
-        }
+        batcher.out.begin(tracked.iter().copied());
         (Self { batcher, answers, tracked }, items)
     }
 
@@ -573,18 +550,111 @@ impl<Q, A> Drop for Batch<'_, Q, A> {
         for answer in self.answers.drain(..) {
             let _ = answer.send(Err(lost()));
         }
-        if !self.tracked.is_empty() {
-            let mut out = self.batcher.out();
-            for id in &self.tracked {
-                if let Some(n) = out.get_mut(id) {
+        self.batcher.out.end(self.tracked.iter().copied());
+    }
+}
+
+/// Work in flight, counted per identity (a `u64`, e.g. a hash of a key and an owner token),
+/// and a wait until none of one identity is: what [`Batcher::settled`] keeps a release behind
+/// its owner's `SET` with, and what RedLock keeps a retried round behind its lease's earlier
+/// cleanups with (one identity per lease and node). While nothing is in flight, a wait costs
+/// one atomic load and takes no lock.
+///
+/// ```
+/// use lock_core::coalesce::InFlight;
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let work = InFlight::new();
+/// work.begin([7]);
+/// assert!(work.is_out(7) && !work.is_out(8));
+/// work.settled(8).await; // nothing of 8 is in flight: at once
+/// work.end([7]);
+/// work.settled(7).await;
+/// assert!(work.is_empty());
+/// # }
+/// ```
+#[derive(Debug, Default)]
+pub struct InFlight {
+    /// How much work of each identity is in flight (identities with none are absent).
+    out: Mutex<HashMap<u64, u32>>,
+    /// How many identities have work in flight (`out`'s length).
+    busy: AtomicUsize,
+    /// Notified whenever work ends.
+    ended: Notify,
+}
+
+impl InFlight {
+    /// Nothing in flight.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn out(&self) -> MutexGuard<'_, HashMap<u64, u32>> {
+        // Held only for bookkeeping that cannot panic.
+        self.out.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Counts one piece of work of each identity in `ids` as in flight (an identity given
+    /// twice counts twice).
+    pub fn begin(&self, ids: impl IntoIterator<Item = u64>) {
+        let mut ids = ids.into_iter().peekable();
+        if ids.peek().is_none() {
+            return;
+        }
+        let mut out = self.out();
+        for id in ids {
+            *out.entry(id).or_default() += 1;
+        }
+        self.busy.store(out.len(), Ordering::SeqCst);
+    }
+
+    /// Ends one piece of work of each identity in `ids` (begun with [`InFlight::begin`]) and
+    /// wakes the waits.
+    pub fn end(&self, ids: impl IntoIterator<Item = u64>) {
+        let mut ids = ids.into_iter().peekable();
+        if ids.peek().is_none() {
+            return;
+        }
+        {
+            let mut out = self.out();
+            for id in ids {
+                if let Some(n) = out.get_mut(&id) {
                     *n = n.saturating_sub(1);
                     if *n == 0 {
-                        out.remove(id);
+                        out.remove(&id);
                     }
                 }
             }
-            drop(out);
-            self.batcher.ended.notify_waiters();
+            self.busy.store(out.len(), Ordering::SeqCst);
+        }
+        self.ended.notify_waiters();
+    }
+
+    /// Whether work of identity `id` is in flight.
+    pub fn is_out(&self, id: u64) -> bool {
+        !self.is_empty() && self.out().contains_key(&id)
+    }
+
+    /// Whether no work at all is in flight (one atomic load).
+    pub fn is_empty(&self) -> bool {
+        self.busy.load(Ordering::SeqCst) == 0
+    }
+
+    /// Returns once no work of identity `id` is in flight; at once when none is.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: it only waits.
+    pub async fn settled(&self, id: u64) {
+        if !self.is_out(id) {
+            return;
+        }
+        loop {
+            let ended = self.ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            if !self.is_out(id) {
+                return;
+            }
+            ended.await;
         }
     }
 }
@@ -801,7 +871,7 @@ mod tests {
         assert!(got.unwrap().0);
         assert_eq!(other_at, Duration::ZERO, "nothing of another key or owner is on its way");
         assert_eq!(key_at, Duration::from_millis(10), "until the batch holding k is answered");
-        assert!(sets.batches.out().is_empty(), "nothing left counted as out");
+        assert!(sets.batches.out.is_empty(), "nothing left counted as out");
         sets.settled("k", "t").await;
         assert_eq!(start.elapsed(), Duration::from_millis(10), "and at once after");
     }

@@ -110,72 +110,25 @@ struct Inner<B> {
 /// dropped: one dropped before it was sent never will be, one sent queues ahead of the round's
 /// call), within the round's own deadline; nor does a repair's re-take of the lease's key.
 #[derive(Debug, Default)]
-struct Cleanups {
-    /// Per lease (by [`lease_id`]), per node: how many cleanup calls are out.
-    out: std::sync::Mutex<std::collections::HashMap<u64, Vec<u32>>>,
-    /// How many leases have cleanups out: a round reads this alone in the usual case.
-    leases: std::sync::atomic::AtomicUsize,
-    /// Notified whenever a cleanup call ends.
-    ended: tokio::sync::Notify,
-}
+struct Cleanups(lock_core::coalesce::InFlight);
 
 impl Cleanups {
-    fn out(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, Vec<u32>>> {
-        // Held only for bookkeeping that cannot panic.
-        self.out.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     /// Counts a cleanup of lease `(key, token)` on each of `n` nodes as out from now: one
     /// [`CleanupOut`] per node, which ends it when dropped. Called before anything of the
     /// cleanup runs, and before the caller could start another round.
     fn begin(self: &Arc<Self>, key: &LockKey, token: &Token, n: usize) -> Vec<Option<CleanupOut>> {
-        let id = lease_id(key, token);
-        {
-            let mut out = self.out();
-            let counts = out.entry(id).or_insert_with(|| {
-                self.leases.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                vec![0; n]
-            });
-            for c in counts.iter_mut() {
-                *c += 1;
-            }
-        }
-        (0..n).map(|node| Some(CleanupOut { cleanups: Arc::clone(self), id, node })).collect()
-    }
-
-    fn end(&self, id: u64, node: usize) {
-        {
-            let mut out = self.out();
-            if let Some(counts) = out.get_mut(&id) {
-                if let Some(c) = counts.get_mut(node) {
-                    *c = c.saturating_sub(1);
-                }
-                if counts.iter().all(|c| *c == 0) {
-                    out.remove(&id);
-                    self.leases.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-                }
-            }
-        }
-        self.ended.notify_waiters();
+        let ids: Vec<u64> = (0..n).map(|node| cleanup_id(key, token, node)).collect();
+        self.0.begin(ids.iter().copied());
+        ids.into_iter().map(|id| Some(CleanupOut { cleanups: Arc::clone(self), id })).collect()
     }
 
     /// Returns once no cleanup of lease `(key, token)` is out on node `node`; at once when
     /// none is (one atomic load when no lease has any).
     async fn ended(&self, key: &LockKey, token: &Token, node: usize) {
-        if self.leases.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        if self.0.is_empty() {
             return;
         }
-        let id = lease_id(key, token);
-        let out = |this: &Self| this.out().get(&id).and_then(|c| c.get(node).copied()).unwrap_or(0) > 0;
-        loop {
-            let ended = self.ended.notified();
-            tokio::pin!(ended);
-            ended.as_mut().enable();
-            if !out(self) {
-                return;
-            }
-            ended.await;
-        }
+        self.0.settled(cleanup_id(key, token, node)).await;
     }
 }
 
@@ -184,22 +137,22 @@ impl Cleanups {
 struct CleanupOut {
     cleanups: Arc<Cleanups>,
     id: u64,
-    node: usize,
 }
 
 impl Drop for CleanupOut {
     fn drop(&mut self) {
-        self.cleanups.end(self.id, self.node);
+        self.cleanups.0.end([self.id]);
     }
 }
 
-/// What [`Cleanups`] knows a lease by: a hash of its key and owner token (two leases taken
-/// for each other only make a round wait longer).
-fn lease_id(key: &LockKey, token: &Token) -> u64 {
+/// What [`Cleanups`] knows a lease's cleanup on one node by: a hash of the lease's key and
+/// owner token and the node (two taken for each other only make a round wait longer).
+fn cleanup_id(key: &LockKey, token: &Token, node: usize) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut hasher = std::hash::DefaultHasher::new();
     key.hash(&mut hasher);
     token.hash(&mut hasher);
+    node.hash(&mut hasher);
     hasher.finish()
 }
 
