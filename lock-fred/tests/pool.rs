@@ -131,3 +131,52 @@ async fn every_command_of_a_key_goes_over_one_client_of_the_pool() {
         assert_eq!(left, "0", "no key is left behind by a cancelled acquire: pooled:{i}");
     }
 }
+
+/// The data-loss guard of an unfenced acquire stands on command order: the marker `GET` must
+/// run **after** the acquire's `SET`, on the same connection (a flush between the two would
+/// otherwise go unseen). A lone acquire sends the two as separate fred commands, queued in the
+/// order they are first polled, and awaits both replies with one wake-up; this checks on the
+/// wire that every lone `SET`, on a client and on a pool, is followed by the marker `GET` on its
+/// own connection before anything else runs there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_acquire_reads_the_marker_after_its_set_on_the_same_connection() {
+    let server = RedisServer::start().unwrap();
+    let client = FredBackend::connect(&server.url()).await.unwrap();
+    let pool = FredBackend::builder().connect_pool(&server.url(), 2).await.unwrap();
+    let config = || LockConfig::builder().watchdog(false).build().unwrap();
+    let (on_client, on_pool) = (
+        LockClient::with_config(client, config()).unwrap(),
+        LockClient::with_config(pool, config()).unwrap(),
+    );
+    // Opens the node (creates its marker), so every acquire below is a plain SET.
+    on_client.mutex("first").unwrap().lock().await.unwrap().release().await.unwrap();
+
+    let monitor = Monitor::start(&server);
+    // One at a time: every acquire is a lone one (a batch is one script call).
+    for i in 0..20 {
+        on_client.mutex(format!("order:{i}")).unwrap().lock().await.unwrap().release().await.unwrap();
+        on_pool.mutex(format!("order:{i}")).unwrap().lock().await.unwrap().release().await.unwrap();
+    }
+    let commands = monitor.stop();
+
+    let mut sets = 0;
+    for (n, (addr, words)) in commands.iter().enumerate() {
+        if words.first().map(String::as_str) != Some("SET") {
+            continue;
+        }
+        sets += 1;
+        let next = commands[n + 1..].iter().find(|(other, _)| other == addr).map(|(_, words)| words);
+        assert_eq!(
+            next.map(|w| w.iter().map(String::as_str).collect::<Vec<_>>()),
+            Some(vec!["GET", "lock:node"]),
+            "after {words:?} on {addr}, the next command there must be the marker read"
+        );
+        let before = commands[..n].iter().rev().find(|(other, _)| other == addr).map(|(_, words)| words);
+        assert_ne!(
+            before.map(|w| w.iter().map(String::as_str).collect::<Vec<_>>()),
+            Some(vec!["GET", "lock:node"]),
+            "a marker read just before {words:?} on {addr} would vouch for nothing"
+        );
+    }
+    assert_eq!(sets, 40, "every acquire was a lone SET: {commands:?}");
+}
