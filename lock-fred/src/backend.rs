@@ -1137,66 +1137,65 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::task::{Context, Poll, Wake, Waker};
 
-    /// A call whose reply is a oneshot's value, counting how often it was polled.
-    fn call<T: Send + 'static>(
-        rx: tokio::sync::oneshot::Receiver<fred::prelude::FredResult<T>>,
-        polls: Arc<AtomicUsize>,
-    ) -> BoxedCall<'static, T> {
-        let mut rx = rx;
-        boxed(std::future::poll_fn(move |cx| {
+    type Reply = tokio::sync::oneshot::Sender<fred::prelude::FredResult<u8>>;
+    type Both = std::pin::Pin<Box<dyn Future<Output = fred::prelude::FredResult<(u8, u8)>> + Send>>;
+
+    /// A call whose reply is sent through the returned sender, counting how often it was polled.
+    fn call(polls: Arc<AtomicUsize>) -> (Reply, BoxedCall<'static, u8>) {
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        let call = boxed(std::future::poll_fn(move |cx| {
             polls.fetch_add(1, Ordering::SeqCst);
-            match std::pin::Pin::new(&mut rx).poll(cx) {
-                Poll::Ready(r) => Poll::Ready(r.unwrap_or_else(|_| Err(fred::error::Error::new_canceled()))),
-                Poll::Pending => Poll::Pending,
-            }
-        }))
+            std::pin::Pin::new(&mut rx)
+                .poll(cx)
+                .map(|r| r.unwrap_or_else(|_| Err(fred::error::Error::new_canceled())))
+        }));
+        (tx, call)
     }
 
+    /// `one_wake_up` of two calls, their reply senders and poll counts.
+    fn pair() -> (Reply, Reply, [Arc<AtomicUsize>; 2], Both) {
+        let polls = [Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0))];
+        let ((first_tx, first), (second_tx, second)) =
+            (call(Arc::clone(&polls[0])), call(Arc::clone(&polls[1])));
+        (first_tx, second_tx, polls, Box::pin(one_wake_up(first, second)))
+    }
+
+    /// A waker that counts its wake-ups.
     struct Count(AtomicUsize);
     impl Wake for Count {
         fn wake(self: Arc<Self>) {
             self.0.fetch_add(1, Ordering::SeqCst);
         }
     }
+    fn counting() -> (Arc<Count>, Waker) {
+        let wakes = Arc::new(Count(AtomicUsize::new(0)));
+        (Arc::clone(&wakes), Waker::from(wakes))
+    }
 
     #[test]
     fn the_first_reply_wakes_no_one_and_both_are_returned() {
-        let (first_tx, first_rx) = tokio::sync::oneshot::channel();
-        let (second_tx, second_rx) = tokio::sync::oneshot::channel();
-        let (first_polls, second_polls) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-        let mut both = Box::pin(one_wake_up(
-            call::<u8>(first_rx, Arc::clone(&first_polls)),
-            call::<u8>(second_rx, Arc::clone(&second_polls)),
-        ));
-        let wakes = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = Waker::from(Arc::clone(&wakes));
+        let (first, second, polls, mut both) = pair();
+        let (wakes, waker) = counting();
         let mut cx = Context::from_waker(&waker);
         assert!(both.as_mut().poll(&mut cx).is_pending());
-        // Polled in the order they are to be sent: the first, then the second.
-        assert_eq!((first_polls.load(Ordering::SeqCst), second_polls.load(Ordering::SeqCst)), (1, 1));
-        first_tx.send(Ok(1)).unwrap();
+        // Both polled (so both sent), the first before the second.
+        assert_eq!(polls.each_ref().map(|p| p.load(Ordering::SeqCst)), [1, 1]);
+        first.send(Ok(1)).unwrap();
         assert_eq!(wakes.0.load(Ordering::SeqCst), 0, "the first reply wakes no one");
-        second_tx.send(Ok(2)).unwrap();
+        second.send(Ok(2)).unwrap();
         assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "the second reply wakes the caller");
         assert!(matches!(both.as_mut().poll(&mut cx), Poll::Ready(Ok((1, 2)))));
     }
 
     #[test]
     fn a_first_reply_that_comes_last_is_awaited() {
-        let (first_tx, first_rx) = tokio::sync::oneshot::channel();
-        let (second_tx, second_rx) = tokio::sync::oneshot::channel();
-        let polls = Arc::new(AtomicUsize::new(0));
-        let mut both = Box::pin(one_wake_up(
-            call::<u8>(first_rx, Arc::clone(&polls)),
-            call::<u8>(second_rx, Arc::clone(&polls)),
-        ));
-        let wakes = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = Waker::from(Arc::clone(&wakes));
+        let (first, second, _, mut both) = pair();
+        let (wakes, waker) = counting();
         let mut cx = Context::from_waker(&waker);
         assert!(both.as_mut().poll(&mut cx).is_pending());
-        second_tx.send(Ok(2)).unwrap();
+        second.send(Ok(2)).unwrap();
         assert!(both.as_mut().poll(&mut cx).is_pending(), "the first is still out");
-        first_tx.send(Ok(1)).unwrap();
+        first.send(Ok(1)).unwrap();
         assert_eq!(wakes.0.load(Ordering::SeqCst), 2, "then its reply wakes the caller");
         assert!(matches!(both.as_mut().poll(&mut cx), Poll::Ready(Ok((1, 2)))));
     }
@@ -1204,19 +1203,18 @@ mod tests {
     #[test]
     fn an_error_of_either_is_returned() {
         for failing in [0, 1] {
-            let (first_tx, first_rx) = tokio::sync::oneshot::channel();
-            let (second_tx, second_rx) = tokio::sync::oneshot::channel();
-            let polls = Arc::new(AtomicUsize::new(0));
-            let mut both = Box::pin(one_wake_up(
-                call::<u8>(first_rx, Arc::clone(&polls)),
-                call::<u8>(second_rx, Arc::clone(&polls)),
-            ));
-            let waker = Waker::noop();
-            let mut cx = Context::from_waker(waker);
+            let (first, second, _, mut both) = pair();
+            let mut cx = Context::from_waker(Waker::noop());
             assert!(both.as_mut().poll(&mut cx).is_pending());
-            let error = || Err(fred::error::Error::new(fred::error::ErrorKind::IO, "gone"));
-            first_tx.send(if failing == 0 { error() } else { Ok(1) }).unwrap();
-            second_tx.send(if failing == 1 { error() } else { Ok(2) }).unwrap();
+            let reply = |n: u8| {
+                if n == failing {
+                    Err(fred::error::Error::new(fred::error::ErrorKind::IO, "gone"))
+                } else {
+                    Ok(n)
+                }
+            };
+            first.send(reply(0)).unwrap();
+            second.send(reply(1)).unwrap();
             match both.as_mut().poll(&mut cx) {
                 Poll::Ready(Err(e)) => assert_eq!(e.details(), "gone"),
                 other => panic!("call {failing} failed, got {other:?}"),
