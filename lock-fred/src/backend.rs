@@ -159,9 +159,10 @@ fn boxed<'a, T>(call: impl Future<Output = fred::prelude::FredResult<T>> + Send 
 /// its reply, `first` has had its own. `first` is therefore polled once with a waker that does
 /// nothing (its reply wakes no one) and then again after `second` is done. On one task alone
 /// every reply's wake-up is a cross-thread hand-off (a `futex`, a context switch and cold caches:
-/// about 1.7 more `futex` calls per lock cycle than the raw `SET` alone, `strace -c -f`), so the
-/// second one was most of what the marker `GET` cost fred one task alone. Correctness never
-/// rests on the order of replies: should `first` still be pending, it is awaited as usual.
+/// about 1.7 more `futex` calls per lock cycle than the raw `SET` alone, `strace -c -f`): this
+/// saves about 0.9 context switches per sequential cycle (`docs/performance-log.md`).
+/// Correctness never rests on the order of replies: should `first` still be pending, it is
+/// awaited as usual.
 async fn one_wake_up<A, B>(
     mut first: BoxedCall<'_, A>,
     second: BoxedCall<'_, B>,
