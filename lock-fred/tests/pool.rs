@@ -4,8 +4,9 @@
 //! two connections may reach the server in either order, so the cleanup release of a cancelled
 //! acquire could run before the acquire's `SET` and leave the key held until its TTL. The
 //! backend sends every command of a key over one client of the pool (its lane, by hash slot).
-//! These tests watch the server's `MONITOR` stream to check it, and that cancelled acquires on
-//! a pool leave no key behind.
+//! These tests watch the server's `MONITOR` stream to check it, that cancelled acquires on a
+//! pool leave no key behind, and that a lone acquire's marker `GET` follows its `SET` on its
+//! connection (the order the data-loss guard stands on), on a client and on a pool.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write};
