@@ -25,6 +25,7 @@ pub use chaos::proxy::{FaultProxy, ProxyMode, ProxyStats};
 pub use doubles::faulty::{Fault, Faulty, Op};
 pub use doubles::memory::{MemoryBackend, OpCounts};
 pub use doubles::mock::{MockBackend, MockFair, MockFairOps, MockShared, MockSharedOps};
+pub use servers::monitor::{Monitor, Monitored};
 #[cfg(feature = "tls")]
 pub use servers::redis_server::TestTls;
 pub use servers::redis_server::{

@@ -934,6 +934,74 @@ pub async fn unfenced_lock_is_one_round_trip_that_checks_the_marker<D: RedisDriv
     }
 }
 
+/// The data-loss guard of an unfenced acquire stands on command order: the marker `GET` that
+/// vouches for a `SET` must run **after** it, on the same connection (a flush between the two
+/// would otherwise go unseen). Checked on the wire ([`crate::Monitor`]): after every `SET` of a
+/// lock, the next command on its connection other than another `SET` of the same batch is the
+/// marker read; for lone acquires one at a time and for
+/// acquires arriving together (a batch: a pipeline of `SET`s, or one script call whose commands
+/// `MONITOR` does not show as the client's).
+///
+/// # Errors
+/// None: a driver that misbehaves fails the test (this panics).
+///
+/// # Cancel safety
+/// Test code: cancelling abandons the check; the servers it spawned are killed on drop.
+///
+/// # Examples
+/// A driver crate runs the whole suite with [`crate::redis_suite!`]; one test alone:
+/// ```no_run
+/// # async fn demo<D: lock_testkit::redis_suite::RedisDriver>(my_driver: D) {
+/// lock_testkit::redis_suite::the_marker_is_read_after_the_set_on_its_connection(my_driver).await;
+/// # }
+/// ```
+pub async fn the_marker_is_read_after_the_set_on_its_connection<D: RedisDriver>(driver: D) {
+    let server = server();
+    let backend = connect(&driver, &server).await;
+    let locks =
+        LockClient::with_config(backend.clone(), LockConfig::builder().watchdog(false).build().unwrap())
+            .unwrap();
+    // Opens the node (creates its marker), so every acquire below is a plain SET.
+    locks.mutex("order:first").unwrap().lock().await.unwrap().release().await.unwrap();
+
+    let monitor = server.monitor().unwrap();
+    // One at a time: each a lone acquire.
+    for i in 0..20 {
+        locks.mutex(format!("order:{i}")).unwrap().lock().await.unwrap().release().await.unwrap();
+    }
+    // Together: writes held back for a moment, so that all but the first join one batch.
+    server.cmd(&["CLIENT", "PAUSE", "200", "WRITE"]).unwrap();
+    let together = (0..16).map(|i| {
+        let locks = locks.clone();
+        async move { locks.mutex(format!("order:together:{i}")).unwrap().lock().await.unwrap() }
+    });
+    for guard in futures::future::join_all(together).await {
+        guard.release().await.unwrap();
+    }
+    let commands = monitor.stop();
+
+    let marker_read = ["GET", lock_core::scripts::MARKER_KEY];
+    let mut sets = 0;
+    for (n, seen) in commands.iter().enumerate() {
+        if seen.words.first().map(String::as_str) != Some("SET") {
+            continue;
+        }
+        sets += 1;
+        let mut on_its_connection = commands[n + 1..].iter().filter(|c| c.client == seen.client);
+        let next = on_its_connection.find(|c| c.words.first().map(String::as_str) != Some("SET"));
+        assert_eq!(
+            next.map(crate::Monitored::words),
+            Some(marker_read.to_vec()),
+            "after {:?} on {}, the next command there (but the batch's SETs) must be the marker read",
+            seen.words,
+            seen.client
+        );
+    }
+    // The 20 lone ones, and at least the first of those arriving together (the rest may be
+    // one script call).
+    assert!(sets > 20, "every lone acquire was a SET on the wire ({sets}): {commands:?}");
+}
+
 /// Unfenced acquires of one server that arrive together share one pipeline (or one
 /// [`lock_core::scripts::SET_MANY`] call) and **one** read of the data-loss marker (see
 /// [`lock_core::coalesce`]): 64 at once cost the server 64 `SET`s
@@ -1676,6 +1744,7 @@ macro_rules! redis_suite {
             permit_release_wakes_one_waiter,
             unfenced_lock_is_one_round_trip_that_checks_the_marker,
             acquires_arriving_together_share_one_marker_read,
+            the_marker_is_read_after_the_set_on_its_connection,
             releases_arriving_together_share_one_script_call,
             flushall_starts_a_quarantine_every_client_sees,
             lost_fence_counter_keeps_tokens_rising,
