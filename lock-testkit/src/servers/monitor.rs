@@ -48,10 +48,14 @@ impl Monitored {
 /// ```
 #[derive(Debug)]
 pub struct Monitor {
+    addr: String,
     stream: TcpStream,
     seen: Arc<Mutex<Vec<Monitored>>>,
     reader: std::thread::JoinHandle<()>,
 }
+
+/// How long [`Monitor::stop`] waits for its own closing command to show in the stream.
+const CATCH_UP: Duration = Duration::from_secs(5);
 
 impl RedisServer {
     /// Starts a [`Monitor`] of this server (plain TCP, no password: not for a TLS or
@@ -82,17 +86,33 @@ impl RedisServer {
                 }
             }
         });
-        Ok(Monitor { stream, seen, reader })
+        Ok(Monitor { addr: self.addr(), stream, seen, reader })
     }
 }
 
 impl Monitor {
-    /// Stops watching and returns what the server ran since the start, in its order. Commands
-    /// sent just before may not have been read yet: stop after their replies came.
+    /// Stops watching and returns what the server ran for its clients from the start until
+    /// this call, in its order: every command whose reply came before it is there. (It runs a
+    /// command of its own, an `ECHO` of a random word, and reads the stream up to it, for at
+    /// most 5 seconds; the `ECHO` is not returned.)
     pub fn stop(self) -> Vec<Monitored> {
+        let word = format!("monitor-stop-{:016x}", rand::random::<u64>());
+        let is_ours = |c: &Monitored| c.words.len() == 2 && c.words[0] == "ECHO" && c.words[1] == word;
+        if crate::resp::command(&self.addr, &["ECHO", &word]).is_ok() {
+            let until = std::time::Instant::now() + CATCH_UP;
+            while !self.seen.lock().unwrap_or_else(PoisonError::into_inner).iter().rev().any(is_ours)
+                && std::time::Instant::now() < until
+            {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
         let _ = self.stream.shutdown(Shutdown::Both);
         let _ = self.reader.join();
-        std::mem::take(&mut *self.seen.lock().unwrap_or_else(PoisonError::into_inner))
+        let mut seen = std::mem::take(&mut *self.seen.lock().unwrap_or_else(PoisonError::into_inner));
+        if let Some(at) = seen.iter().position(is_ours) {
+            seen.truncate(at);
+        }
+        seen
     }
 }
 
