@@ -652,6 +652,33 @@ async fn pause(env: &mut Env, w: usize, how_long: Duration, inj: &mut Injected) 
     Ok(())
 }
 
+/// Returns when a lock key of [`KEYS`] on `node` changes to a new value (a new grant there),
+/// or at `until` at the latest (at once when it has passed).
+async fn fresh_grant(node: &lock_testkit::RedisServer, until: Instant) {
+    let names: Vec<String> = KEYS
+        .iter()
+        .filter_map(|k| lock_core::LockKey::new(*k).ok())
+        .map(|k| lock_core::scripts::RedisKeys::lock_name(&k))
+        .collect();
+    let values = || -> Vec<Option<String>> {
+        names
+            .iter()
+            .map(|name| match node.cmd(&["GET", name]) {
+                Ok(lock_testkit::resp::Resp::Bulk(Some(v))) => Some(String::from_utf8_lossy(&v).into_owned()),
+                _ => None,
+            })
+            .collect()
+    };
+    let before = values();
+    while Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let now = values();
+        if now.iter().zip(&before).any(|(now, before)| now.is_some() && now != before) {
+            return;
+        }
+    }
+}
+
 fn left(end: Instant, need: Duration) -> bool {
     Instant::now() + need < end
 }
@@ -712,6 +739,10 @@ async fn schedule(
         }
         "majority-pause" => {
             for _ in 0..MAX_ROUNDS {
+                // Paused right after a grant, its holder (2-3 TTLs to go) outlives its
+                // lease's validity and must notice the loss; a pause at a fixed moment could
+                // fall where every hold was ending (the scenario then had nothing to judge).
+                fresh_grant(&env.nodes[0], end.checked_sub(ttl * 3).unwrap_or(end)).await;
                 let from = mono_now_ns();
                 for node in &env.nodes[..m] {
                     node.pause()?;
